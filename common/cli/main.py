@@ -1,0 +1,341 @@
+"""`fusedctl`: the operators' command line client of the coordinator's control service."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from common.cli.tables import human_bytes, table, when
+from common.data.partition import PartitionConfig
+from common.data.shards import partition_to_directory
+from common.net import create_channel
+from common.serde import job_from_proto, training_spec_to_proto
+from common.specs import TrainingSpec
+from common.train_config import TrainConfig
+from proto.fused.v1 import control_pb2, control_pb2_grpc
+
+DEFAULT_COORDINATOR = "127.0.0.1:50051"
+TERMINAL = {"completed", "failed"}
+
+
+class CliError(Exception):
+    """A user-facing failure; printed without a traceback."""
+
+
+def _stub(args: argparse.Namespace) -> control_pb2_grpc.ControlServiceStub:
+    return control_pb2_grpc.ControlServiceStub(create_channel(args.coordinator))
+
+
+def _emit(args: argparse.Namespace, payload: Any, text: Callable[[], str]) -> None:
+    print(json.dumps(payload, indent=2, sort_keys=True) if args.json else text())
+
+
+def _as_dict(message: Any) -> dict[str, Any]:
+    return MessageToDict(message, preserving_proto_field_name=True)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    spec = TrainingSpec(
+        model=args.model,
+        rounds=args.rounds,
+        train=TrainConfig(
+            args.local_epochs, args.lr, args.momentum, args.weight_decay, args.batch_size, args.seed
+        ),
+        participants_per_round=args.participants_per_round,
+        min_participants=args.min_participants,
+        round_deadline_s=args.round_deadline,
+        seed=args.seed,
+        init_version=args.init_version,
+        wait_for_participants_s=args.wait_participants,
+        evaluate_each_round=not args.no_eval_each_round,
+    )
+    job = _stub(args).StartTraining(
+        control_pb2.StartTrainingRequest(spec=training_spec_to_proto(spec)), timeout=30
+    )
+    if not args.wait:
+        _emit(args, _as_dict(job), lambda: f"started job {job.job_id}")
+        return 0
+    if not args.json:
+        print(f"started job {job.job_id}")
+    return _follow(args, job.job_id)
+
+
+def _follow(args: argparse.Namespace, job_id: str) -> int:
+    stub = _stub(args)
+    for event in stub.WatchJob(control_pb2.WatchJobRequest(job_id=job_id)):
+        if args.json:
+            print(json.dumps(_as_dict(event), sort_keys=True), flush=True)
+        else:
+            print(_event_line(event), flush=True)
+    final = stub.GetJob(control_pb2.GetJobRequest(job_id=job_id), timeout=30)
+    return 0 if final.status == "completed" else 1
+
+
+def _event_line(event: control_pb2.JobEvent) -> str:
+    data = json.loads(event.data_json or "{}")
+    where = f"{event.phase} {event.round}" if event.phase else ""
+    extra = []
+    if "accuracy" in data:
+        extra.append(f"accuracy {data['accuracy']:.4f}")
+    if "train_loss" in data:
+        extra.append(f"loss {data['train_loss']:.4f}")
+    if isinstance(data.get("bytes"), dict):
+        extra.append(f"{human_bytes(data['bytes'].get('total', 0))} on the wire")
+    tail = f" ({', '.join(extra)})" if extra else ""
+    return f"{when(event.time)}  {event.kind:<16} {where:<12} {event.message}{tail}"
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    return _follow(args, args.job)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    info = _stub(args).GetJob(control_pb2.GetJobRequest(job_id=args.job), timeout=30)
+    job, rounds = job_from_proto(info)
+
+    def text() -> str:
+        head = (
+            f"job {job.job_id} ({job.kind}): {job.status.value}"
+            f"{', ' + job.phase + ' round ' + str(job.round) if job.phase else ''}\n"
+            f"{job.reason}\n"
+        )
+        rows = [
+            [
+                r.phase,
+                r.round,
+                len(r.participants),
+                f"{r.metrics['accuracy']:.4f}" if "accuracy" in r.metrics else "-",
+                f"{r.metrics['train_loss']:.4f}" if "train_loss" in r.metrics else "-",
+                human_bytes(r.metrics.get("bytes", {}).get("total", 0)),
+                f"{r.metrics.get('seconds', 0):.1f}",
+            ]
+            for r in rounds
+        ]
+        return head + table(["phase", "round", "parts", "accuracy", "loss", "bytes", "s"], rows)
+
+    _emit(args, _as_dict(info), text)
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    reply = _stub(args).ListJobs(control_pb2.ListJobsRequest(), timeout=30)
+    rows = [
+        [
+            j.job_id,
+            j.kind,
+            j.status,
+            f"{j.phase} {j.round}".strip(),
+            when(j.created_at),
+            j.reason[:60],
+        ]
+        for j in reply.jobs
+    ]
+    _emit(
+        args,
+        _as_dict(reply).get("jobs", []),
+        lambda: table(["job", "kind", "status", "at", "created", "reason"], rows),
+    )
+    return 0
+
+
+def cmd_participants(args: argparse.Namespace) -> int:
+    reply = _stub(args).ListParticipants(control_pb2.ListParticipantsRequest(), timeout=30)
+    rows = [
+        [
+            p.participant_id,
+            "online" if p.online else "offline",
+            p.dataset,
+            p.num_train,
+            p.num_test,
+            when(p.last_seen),
+        ]
+        for p in reply.participants
+    ]
+    _emit(
+        args,
+        _as_dict(reply).get("participants", []),
+        lambda: table(["participant", "state", "dataset", "train", "test", "last seen"], rows),
+    )
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    reply = _stub(args).ListModels(control_pb2.ListModelsRequest(), timeout=30)
+    rows = [
+        [
+            ("* " if m.active else "  ") + m.version_id,
+            m.kind,
+            m.model,
+            m.parent_id or "-",
+            m.job_id or "-",
+            m.num_params,
+            m.digest[:12],
+            when(m.created_at),
+        ]
+        for m in reply.models
+    ]
+    _emit(
+        args,
+        _as_dict(reply).get("models", []),
+        lambda: table(
+            ["version (* active)", "kind", "model", "parent", "job", "params", "sha256", "created"],
+            rows,
+        ),
+    )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    stream = _stub(args).ExportModel(control_pb2.ExportModelRequest(version_id=args.version))
+    out: Path = args.out
+    tmp = out.with_name(out.name + ".part")
+    digest, size = "", 0
+    with tmp.open("wb") as f:
+        for chunk in stream:
+            digest = digest or chunk.blob_id
+            f.write(chunk.data)
+            size += len(chunk.data)
+    tmp.replace(out)
+    payload = {"path": str(out), "sha256": digest, "bytes": size}
+    _emit(args, payload, lambda: f"wrote {out} ({human_bytes(size)}, sha256 {digest})")
+    return 0
+
+
+def cmd_partition(args: argparse.Namespace) -> int:
+    config = PartitionConfig(
+        num_participants=args.participants,
+        alpha=args.alpha,
+        seed=args.seed,
+        test_fraction=args.test_fraction,
+        attacker=args.attacker,
+        backdoor_participant=args.backdoor_participant,
+        backdoor_count=args.backdoor_count,
+        backdoor_target=args.backdoor_target,
+        trigger_size=args.trigger_size,
+    )
+    try:
+        summary = partition_to_directory(args.dataset, args.data_dir, args.out, config)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+
+    def text() -> str:
+        rows = [
+            [
+                p["id"],
+                p["train_size"],
+                p["test_size"],
+                "yes" if p.get("attacker") else "",
+                p.get("backdoor_count", 0) or "",
+            ]
+            for p in summary["participants"]
+        ]
+        return f"wrote {args.out}\n" + table(
+            ["participant", "train", "test", "attacker", "backdoor"], rows
+        )
+
+    _emit(args, summary, text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fusedctl", description="Operate a FUSED federation.")
+    parser.add_argument(
+        "--coordinator",
+        default=os.environ.get("FUSED_COORDINATOR", DEFAULT_COORDINATOR),
+        help="coordinator address host:port (env FUSED_COORDINATOR)",
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="start a federated training job")
+    defaults = TrainConfig()
+    train.add_argument("--model", default="", help="registry name; default: data set's default")
+    train.add_argument("--rounds", type=int, default=10)
+    train.add_argument("--local-epochs", type=int, default=defaults.local_epochs)
+    train.add_argument("--lr", type=float, default=defaults.lr)
+    train.add_argument("--momentum", type=float, default=defaults.momentum)
+    train.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    train.add_argument("--participants-per-round", type=int, default=0, help="0 = all online")
+    train.add_argument("--min-participants", type=int, default=1)
+    train.add_argument("--round-deadline", type=float, default=300.0, help="seconds")
+    train.add_argument("--wait-participants", type=float, default=60.0, help="seconds")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--init-version", default="", help="start from this model version")
+    train.add_argument("--no-eval-each-round", action="store_true")
+    train.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    train.set_defaults(func=cmd_train)
+
+    for name, func, help_text in (
+        ("status", cmd_status, "a job's state and rounds"),
+        ("watch", cmd_watch, "follow a job's progress live"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("job")
+        p.set_defaults(func=func)
+    sub.add_parser("jobs", help="list jobs").set_defaults(func=cmd_jobs)
+    sub.add_parser("participants", help="list participants").set_defaults(func=cmd_participants)
+    sub.add_parser("models", help="list model versions").set_defaults(func=cmd_models)
+
+    export = sub.add_parser("export", help="download a model version as safetensors")
+    export.add_argument("version", nargs="?", default="", help="default: the active version")
+    export.add_argument("--out", type=Path, required=True)
+    export.set_defaults(func=cmd_export)
+
+    data = sub.add_parser("data", help="data set tools").add_subparsers(dest="data", required=True)
+    part = data.add_parser("partition", help="split a data set into participant shards")
+    part.add_argument("--dataset", default="digits", help="digits, fashionmnist or cifar10")
+    part.add_argument("--data-dir", type=Path, default=None, help="where the raw files are")
+    part.add_argument("--participants", type=int, required=True)
+    part.add_argument("--alpha", type=float, default=1.0, help="Dirichlet concentration")
+    part.add_argument("--seed", type=int, default=0)
+    part.add_argument("--test-fraction", type=float, default=0.2)
+    part.add_argument("--attacker", type=int, default=None, help="index of a label flipper")
+    part.add_argument("--backdoor-participant", type=int, default=None)
+    part.add_argument("--backdoor-count", type=int, default=0)
+    part.add_argument("--backdoor-target", type=int, default=0)
+    part.add_argument("--trigger-size", type=int, default=1)
+    part.add_argument("--out", type=Path, required=True)
+    part.set_defaults(func=cmd_partition)
+    return parser
+
+
+_HINTS = {
+    grpc.StatusCode.UNAVAILABLE: "is fused-coordinator running there? (--coordinator or "
+    "FUSED_COORDINATOR)",
+    grpc.StatusCode.UNAUTHENTICATED: "check your credentials",
+    grpc.StatusCode.NOT_FOUND: "list what exists with `fusedctl jobs` or `fusedctl models`",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CliError as exc:
+        print(f"fusedctl: {exc}", file=sys.stderr)
+    except grpc.RpcError as exc:
+        code = exc.code() if hasattr(exc, "code") else None
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        hint = _HINTS.get(code, "") if code is not None else ""
+        where = f" at {args.coordinator}" if code is grpc.StatusCode.UNAVAILABLE else ""
+        name = code.name if code is not None else "error"
+        print(
+            f"fusedctl: {name}{where}: {details}" + (f"\n  hint: {hint}" if hint else ""),
+            file=sys.stderr,
+        )
+    except KeyboardInterrupt:
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""The one place that builds gRPC servers and channels: limits, keepalive, TLS, interceptors."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+
+log = logging.getLogger(__name__)
+
+# Artifacts travel in chunks of CHUNK_BYTES, so a modest message limit is enough for any model.
+CHUNK_BYTES = 1 << 20
+MAX_MESSAGE_BYTES = 4 << 20
+
+_COMMON_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    # Keepalive pings find dead peers behind NATs and idle load balancers.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+_SERVER_OPTIONS: list[tuple[str, int]] = [
+    *_COMMON_OPTIONS,
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.so_reuseport", 0),
+]
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for TLS; a CA on the server side requires and checks client certificates."""
+
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+
+
+def _read(path: Path | None) -> bytes | None:
+    return path.read_bytes() if path is not None else None
+
+
+def create_server(
+    address: str,
+    interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
+    tls: TlsFiles | None = None,
+) -> tuple[grpc.aio.Server, int]:
+    """A grpc.aio server bound to "host:port" (port 0 picks one). Returns (server, port)."""
+    server = grpc.aio.server(interceptors=list(interceptors), options=_SERVER_OPTIONS)
+    if tls is not None and tls.cert is not None and tls.key is not None:
+        creds = grpc.ssl_server_credentials(
+            [(tls.key.read_bytes(), tls.cert.read_bytes())],
+            root_certificates=_read(tls.ca),
+            require_client_auth=tls.ca is not None,
+        )
+        port = server.add_secure_port(address, creds)
+    else:
+        log.warning("serving %s without TLS: use only on a trusted network", address)
+        port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"could not bind gRPC server to {address}")
+    return server, port
+
+
+def create_channel(target: str, tls: TlsFiles | None = None) -> grpc.Channel:
+    """A blocking channel to target with the project's limits and keepalive."""
+    if tls is not None and tls.ca is not None:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=_read(tls.ca),
+            private_key=_read(tls.key),
+            certificate_chain=_read(tls.cert),
+        )
+        return grpc.secure_channel(target, creds, options=_COMMON_OPTIONS)
+    return grpc.insecure_channel(target, options=_COMMON_OPTIONS)

@@ -1,0 +1,226 @@
+"""Counting of serialized message bytes, per RPC method, direction, phase and participant.
+
+Counting happens where bytes are produced and consumed: a server interceptor wraps each
+method's (de)serializer, and a channel wrapper does the same for clients. The numbers are
+therefore exactly the serialized sizes of the messages exchanged.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import grpc
+import grpc.aio
+from prometheus_client import CollectorRegistry, Counter
+
+# Metadata keys a participant attaches so both ends can label bytes by job phase.
+MD_PARTICIPANT = "fused-participant"
+MD_JOB = "fused-job"
+MD_PHASE = "fused-phase"
+MD_ROUND = "fused-round"
+
+NO_PHASE = "none"
+KNOWN_PHASES = frozenset({NO_PHASE, "train", "evaluate", "sensitivity", "adapter", "export"})
+
+Serializer = Callable[[Any], Any] | None
+ByteHook = Callable[[dict[str, str], str, int], None]  # (metadata, direction, nbytes)
+
+
+class WireMetrics:
+    """Byte and message counters, created on an injected registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ["method", "direction", "phase", "participant"]
+        self.bytes = Counter(
+            "fused_wire_bytes",
+            "Serialized protobuf message bytes sent or received",
+            labels,
+            registry=registry,
+        )
+        self.messages = Counter(
+            "fused_wire_messages",
+            "Protobuf messages sent or received",
+            labels,
+            registry=registry,
+        )
+
+    def record(self, method: str, direction: str, phase: str, participant: str, n: int) -> None:
+        phase = phase if phase in KNOWN_PHASES else "other"
+        self.bytes.labels(method, direction, phase, participant).inc(n)
+        self.messages.labels(method, direction, phase, participant).inc()
+
+
+def short_method(full: str) -> str:
+    """ "/fused.v1.ParticipantService/Register" -> "Register"."""
+    return full.rsplit("/", 1)[-1]
+
+
+def _counting(fn: Serializer, count: Callable[[int], None], outgoing: bool) -> Serializer:
+    if fn is None:
+        return None
+    if outgoing:
+
+        def serialize(message: Any) -> Any:
+            data = fn(message)
+            count(len(data))
+            return data
+
+        return serialize
+
+    def deserialize(data: bytes) -> Any:
+        count(len(data))
+        return fn(data)
+
+    return deserialize
+
+
+class CountingServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Counts every request and response of a grpc.aio server.
+
+    `participant_label` maps the caller's claimed id to a label (unknown ids collapse to one
+    label so a hostile client cannot blow up metric cardinality); `hook` sees every count with
+    the call's metadata (the coordinator uses it for per-job accounting).
+    """
+
+    def __init__(
+        self,
+        metrics: WireMetrics,
+        participant_label: Callable[[str], str],
+        hook: ByteHook | None = None,
+    ) -> None:
+        self._metrics = metrics
+        self._participant_label = participant_label
+        self._hook = hook
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler: Any = await continuation(details)
+        if handler is None:  # unknown method: grpc answers UNIMPLEMENTED
+            return None  # type: ignore[return-value]  # grpc's stubs omit the None case
+        md = {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
+        method = short_method(details.method)
+        participant = self._participant_label(md.get(MD_PARTICIPANT, ""))
+        phase = md.get(MD_PHASE, NO_PHASE)
+
+        def counter(direction: str) -> Callable[[int], None]:
+            def count(n: int) -> None:
+                self._metrics.record(method, direction, phase, participant, n)
+                if self._hook is not None:
+                    self._hook(md, direction, n)
+
+            return count
+
+        replaced: grpc.RpcMethodHandler[Any, Any] = handler._replace(
+            request_deserializer=_counting(
+                handler.request_deserializer, counter("received"), False
+            ),
+            response_serializer=_counting(handler.response_serializer, counter("sent"), True),
+        )
+        return replaced
+
+
+class CallLabels(threading.local):
+    """Per-thread labels a client attaches to the bytes of its calls."""
+
+    phase: str = NO_PHASE
+
+
+class CountingChannel(grpc.Channel):
+    """Wraps a blocking grpc.Channel so generated stubs built on it count their bytes."""
+
+    def __init__(self, inner: grpc.Channel, metrics: WireMetrics, participant: str) -> None:
+        self._inner = inner
+        self._metrics = metrics
+        self._participant = participant
+        self.labels = CallLabels()
+
+    @contextmanager
+    def phase(self, phase: str) -> Iterator[None]:
+        """Label the bytes of calls made by this thread inside the block with `phase`."""
+        previous = self.labels.phase
+        self.labels.phase = phase
+        try:
+            yield
+        finally:
+            self.labels.phase = previous
+
+    def _count(self, method: str, direction: str) -> Callable[[int], None]:
+        name = short_method(method)
+
+        def count(n: int) -> None:
+            self._metrics.record(name, direction, self.labels.phase, self._participant, n)
+
+        return count
+
+    def _wrap(self, method: str, ser: Serializer, deser: Serializer) -> dict[str, Any]:
+        return {
+            "request_serializer": _counting(ser, self._count(method, "sent"), True),
+            "response_deserializer": _counting(deser, self._count(method, "received"), False),
+        }
+
+    def unary_unary(
+        self,
+        method: str,
+        request_serializer: Serializer = None,
+        response_deserializer: Serializer = None,
+        _registered_method: bool = False,
+    ) -> Any:
+        kw = self._wrap(method, request_serializer, response_deserializer)
+        inner: Any = self._inner  # grpc's stubs lack the private flag generated code passes
+        return inner.unary_unary(method, **kw, _registered_method=_registered_method)
+
+    def unary_stream(
+        self,
+        method: str,
+        request_serializer: Serializer = None,
+        response_deserializer: Serializer = None,
+        _registered_method: bool = False,
+    ) -> Any:
+        kw = self._wrap(method, request_serializer, response_deserializer)
+        inner: Any = self._inner  # grpc's stubs lack the private flag generated code passes
+        return inner.unary_stream(method, **kw, _registered_method=_registered_method)
+
+    def stream_unary(
+        self,
+        method: str,
+        request_serializer: Serializer = None,
+        response_deserializer: Serializer = None,
+        _registered_method: bool = False,
+    ) -> Any:
+        kw = self._wrap(method, request_serializer, response_deserializer)
+        inner: Any = self._inner  # grpc's stubs lack the private flag generated code passes
+        return inner.stream_unary(method, **kw, _registered_method=_registered_method)
+
+    def stream_stream(
+        self,
+        method: str,
+        request_serializer: Serializer = None,
+        response_deserializer: Serializer = None,
+        _registered_method: bool = False,
+    ) -> Any:
+        kw = self._wrap(method, request_serializer, response_deserializer)
+        inner: Any = self._inner  # grpc's stubs lack the private flag generated code passes
+        return inner.stream_stream(method, **kw, _registered_method=_registered_method)
+
+    def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:
+        self._inner.subscribe(callback, try_to_connect)
+
+    def unsubscribe(self, callback: Any) -> None:
+        self._inner.unsubscribe(callback)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def __enter__(self) -> CountingChannel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

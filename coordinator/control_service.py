@@ -1,0 +1,114 @@
+"""gRPC servicer for operators (fusedctl): a thin layer over JobManager and the store."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import grpc.aio
+
+from common.serde import (
+    event_to_proto,
+    job_to_proto,
+    model_to_proto,
+    participant_to_proto,
+    training_spec_from_proto,
+)
+from common.specs import SpecError
+from coordinator.artifacts import ArtifactStore, CorruptArtifactError
+from coordinator.fleet import Fleet
+from coordinator.grpc_util import Context, abort
+from coordinator.jobs import JobManager
+from coordinator.state import StateStore
+from coordinator.versions import ACTIVE_VERSION_KEY, active_version
+from proto.fused.v1 import common_pb2, control_pb2, control_pb2_grpc
+
+
+class ControlServicer(control_pb2_grpc.ControlServiceServicer):
+    def __init__(
+        self,
+        store: StateStore,
+        artifacts: ArtifactStore,
+        fleet: Fleet,
+        jobs: JobManager,
+        chunk_bytes: int,
+    ) -> None:
+        self._store = store
+        self._artifacts = artifacts
+        self._fleet = fleet
+        self._jobs = jobs
+        self._chunk_bytes = chunk_bytes
+
+    async def StartTraining(
+        self, request: control_pb2.StartTrainingRequest, context: Context
+    ) -> control_pb2.JobInfo:
+        try:
+            job = self._jobs.start_training(training_spec_from_proto(request.spec))
+        except SpecError as exc:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"invalid training spec: {exc}")
+        return job_to_proto(job)
+
+    async def GetJob(
+        self, request: control_pb2.GetJobRequest, context: Context
+    ) -> control_pb2.JobInfo:
+        job = self._store.get_job(request.job_id)
+        if job is None:
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")
+        return job_to_proto(job, self._store.list_rounds(job.job_id))
+
+    async def WatchJob(
+        self, request: control_pb2.WatchJobRequest, context: Context
+    ) -> AsyncIterator[control_pb2.JobEvent]:
+        if self._store.get_job(request.job_id) is None:
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")
+        async for event in self._jobs.watch(request.job_id, request.after_seq):
+            yield event_to_proto(event)
+
+    async def ListJobs(
+        self, request: control_pb2.ListJobsRequest, context: Context
+    ) -> control_pb2.ListJobsResponse:
+        return control_pb2.ListJobsResponse(jobs=[job_to_proto(j) for j in self._store.list_jobs()])
+
+    async def ListParticipants(
+        self, request: control_pb2.ListParticipantsRequest, context: Context
+    ) -> control_pb2.ListParticipantsResponse:
+        participants = []
+        for record in self._store.list_participants():
+            seen = self._fleet.last_seen(record.participant_id)
+            if seen is not None:
+                record.last_seen = seen
+            participants.append(
+                participant_to_proto(record, self._fleet.is_online(record.participant_id))
+            )
+        return control_pb2.ListParticipantsResponse(participants=participants)
+
+    async def ListModels(
+        self, request: control_pb2.ListModelsRequest, context: Context
+    ) -> control_pb2.ListModelsResponse:
+        active = self._store.get_setting(ACTIVE_VERSION_KEY)
+        return control_pb2.ListModelsResponse(
+            models=[
+                model_to_proto(v, v.version_id == active) for v in self._store.list_model_versions()
+            ]
+        )
+
+    async def ExportModel(
+        self, request: control_pb2.ExportModelRequest, context: Context
+    ) -> AsyncIterator[common_pb2.BlobChunk]:
+        if request.version_id:
+            version = self._store.get_model_version(request.version_id)
+        else:
+            version = active_version(self._store)
+        if version is None:
+            what = repr(request.version_id) if request.version_id else "active version"
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"no model version {what}")
+        total = self._artifacts.size(version.digest)
+        offset = 0
+        try:
+            for chunk in self._artifacts.iter_chunks(version.digest, self._chunk_bytes):
+                yield common_pb2.BlobChunk(
+                    blob_id=version.digest, offset=offset, data=chunk, total_size=total
+                )
+                offset += len(chunk)
+        except CorruptArtifactError as exc:
+            await abort(context, grpc.StatusCode.DATA_LOSS, str(exc))

@@ -1,0 +1,168 @@
+"""Participants as the coordinator sees them: registration, liveness and task dispatch.
+
+Participants pull tasks (long poll) and push outcomes; a job awaits a future per task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from common.tasks import TaskOutcome, TaskSpec
+from coordinator.state import ParticipantRecord, StateStore
+
+Validator = Callable[[TaskOutcome], Awaitable[None]]  # raises ValueError for a bad outcome
+
+_TOUCH_EVERY_S = 30.0  # persist last_seen at most this often per participant
+
+
+class NotRegisteredError(LookupError):
+    """A call named a participant that has not registered with this coordinator process."""
+
+
+class TaskClosedError(LookupError):
+    """An outcome arrived for a task that is unknown, finished, or past its deadline."""
+
+
+@dataclass
+class _OpenTask:
+    spec: TaskSpec
+    participant_id: str
+    future: asyncio.Future[TaskOutcome]
+    validate: Validator | None
+    pulled: bool = False
+
+
+class Fleet:
+    def __init__(
+        self,
+        store: StateStore,
+        offline_after_s: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._offline_after_s = offline_after_s
+        self._clock = clock
+        self._last_seen: dict[str, float] = {}  # registered in this process
+        self._persisted_seen: dict[str, float] = {}
+        self._queues: dict[str, deque[str]] = {}
+        self._wakeups: dict[str, asyncio.Event] = {}
+        self._open: dict[str, _OpenTask] = {}
+
+    # liveness
+    def register(self, record: ParticipantRecord) -> None:
+        """Record (or refresh) a participant; tasks it had pulled are offered again."""
+        pid = record.participant_id
+        previous = self._store.get_participant(pid)
+        if previous is not None:
+            record.registered_at = previous.registered_at
+        self._store.upsert_participant(record)
+        self._last_seen[pid] = self._persisted_seen[pid] = record.last_seen
+        queue = self._queues.setdefault(pid, deque())
+        for task_id, open_task in self._open.items():
+            if open_task.participant_id == pid and open_task.pulled:
+                open_task.pulled = False  # a restarted agent lost it: hand it out again
+                queue.append(task_id)
+        self._wake(pid)
+
+    def heartbeat(self, pid: str) -> bool:
+        """False if pid is not registered here (it should register again)."""
+        if pid not in self._last_seen:
+            return False
+        now = self._clock()
+        self._last_seen[pid] = now
+        if now - self._persisted_seen.get(pid, 0.0) >= _TOUCH_EVERY_S:
+            self._store.touch_participant(pid, now)
+            self._persisted_seen[pid] = now
+        return True
+
+    def is_registered(self, pid: str) -> bool:
+        return pid in self._last_seen
+
+    def is_online(self, pid: str) -> bool:
+        seen = self._last_seen.get(pid)
+        return seen is not None and self._clock() - seen <= self._offline_after_s
+
+    def online_ids(self) -> list[str]:
+        return sorted(pid for pid in self._last_seen if self.is_online(pid))
+
+    def last_seen(self, pid: str) -> float | None:
+        return self._last_seen.get(pid)
+
+    def tasks_in_flight(self) -> int:
+        return len(self._open)
+
+    # dispatch
+    def submit(
+        self, pid: str, spec: TaskSpec, validate: Validator | None = None
+    ) -> asyncio.Future[TaskOutcome]:
+        future: asyncio.Future[TaskOutcome] = asyncio.get_running_loop().create_future()
+        self._open[spec.task_id] = _OpenTask(spec, pid, future, validate)
+        self._queues.setdefault(pid, deque()).append(spec.task_id)
+        self._wake(pid)
+        return future
+
+    def close(self, task_id: str) -> None:
+        """Stop accepting an outcome for task_id (deadline passed or job ended)."""
+        open_task = self._open.pop(task_id, None)
+        if open_task is not None and not open_task.future.done():
+            open_task.future.cancel()
+
+    async def pull(self, pid: str, wait_s: float) -> TaskSpec | None:
+        if pid not in self._last_seen:
+            raise NotRegisteredError(pid)
+        self.heartbeat(pid)
+        deadline = self._clock() + wait_s
+        queue = self._queues.setdefault(pid, deque())
+        while True:
+            while queue:
+                open_task = self._open.get(queue.popleft())
+                if open_task is not None:  # closed tasks are skipped
+                    open_task.pulled = True
+                    return open_task.spec
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                return None
+            event = self._wakeups.setdefault(pid, asyncio.Event())
+            event.clear()
+            try:
+                await asyncio.wait_for(event.wait(), timeout=remaining)
+            except TimeoutError:
+                return None
+
+    async def complete(self, outcome: TaskOutcome) -> None:
+        """Resolve a task with a participant's outcome.
+
+        Raises NotRegisteredError, TaskClosedError, PermissionError (the task belongs to
+        another participant) or ValueError (the outcome failed validation; the task then
+        counts as failed so the round goes on without it).
+        """
+        pid = outcome.participant_id
+        if pid not in self._last_seen:
+            raise NotRegisteredError(pid)
+        open_task = self._open.get(outcome.task_id)
+        if open_task is None:
+            raise TaskClosedError(f"task {outcome.task_id} is not open (unknown or past deadline)")
+        if open_task.participant_id != pid:
+            raise PermissionError(f"task {outcome.task_id} was not assigned to {pid}")
+        self.heartbeat(pid)
+        if outcome.error is None and open_task.validate is not None:
+            try:
+                await open_task.validate(outcome)
+            except ValueError as exc:
+                self._resolve(outcome.task_id, TaskOutcome(pid, outcome.task_id, error=str(exc)))
+                raise
+        self._resolve(outcome.task_id, outcome)
+
+    def _resolve(self, task_id: str, outcome: TaskOutcome) -> None:
+        open_task = self._open.pop(task_id, None)
+        if open_task is not None and not open_task.future.done():
+            open_task.future.set_result(outcome)
+
+    def _wake(self, pid: str) -> None:
+        event = self._wakeups.get(pid)
+        if event is not None:
+            event.set()

@@ -1,0 +1,44 @@
+"""`fused-coordinator`: run the coordinator daemon until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+
+from common.config import ConfigError, load_config
+from common.logs import setup_logging
+from coordinator.server import Coordinator, CoordinatorConfig
+
+
+async def serve(config: CoordinatorConfig) -> None:
+    coordinator = Coordinator(config)
+    await coordinator.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await coordinator.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = load_config(
+            CoordinatorConfig,
+            argv,
+            prog="fused-coordinator",
+            section="coordinator",
+            description="FUSED federation coordinator daemon",
+        )
+    except ConfigError as exc:
+        print(f"fused-coordinator: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level, config.log_json, "coordinator")
+    asyncio.run(serve(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""The coordinator's Prometheus metrics, created on an injected registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from common.wire import WireMetrics
+
+
+class CoordinatorMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.wire = WireMetrics(registry)
+        self.rounds = Counter(
+            "fused_rounds_completed", "Rounds aggregated", ["phase"], registry=registry
+        )
+        self.round_seconds = Histogram(
+            "fused_round_duration_seconds",
+            "Wall time of a round, from dispatch to aggregate",
+            ["phase"],
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+            registry=registry,
+        )
+        self.jobs_finished = Counter(
+            "fused_jobs_finished", "Jobs that ended", ["kind", "status"], registry=registry
+        )
+        self.rejected_results = Counter(
+            "fused_rejected_results",
+            "Task results or uploads refused as invalid",
+            ["reason"],
+            registry=registry,
+        )
+        self.participants_online = Gauge(
+            "fused_participants_online",
+            "Participants seen within the offline timeout",
+            registry=registry,
+        )
+        self.tasks_in_flight = Gauge(
+            "fused_tasks_in_flight", "Tasks handed out and not yet resolved", registry=registry
+        )
+
+    def bind_gauges(self, online: Callable[[], int], in_flight: Callable[[], int]) -> None:
+        """Gauges read live values at scrape time."""
+        self.participants_online.set_function(lambda: float(online()))
+        self.tasks_in_flight.set_function(lambda: float(in_flight()))

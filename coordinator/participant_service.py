@@ -1,0 +1,190 @@
+"""gRPC servicer for participants: a thin layer over Fleet and ArtifactStore."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import grpc.aio
+
+from common.serde import outcome_from_proto, task_to_proto
+from coordinator.artifacts import ArtifactStore, MissingArtifactError
+from coordinator.fleet import Fleet, NotRegisteredError, TaskClosedError
+from coordinator.grpc_util import Context, abort, caller_id
+from coordinator.metrics import CoordinatorMetrics
+from coordinator.state import ParticipantRecord
+from proto.fused.v1 import common_pb2, participant_pb2, participant_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+PARTICIPANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DIGEST = re.compile(r"^[0-9a-f]{64}$")
+MAX_CLASSES = 10_000
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    heartbeat_interval_s: float
+    poll_wait_s: float
+    chunk_bytes: int
+    max_upload_bytes: int
+
+
+class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
+    def __init__(
+        self,
+        fleet: Fleet,
+        artifacts: ArtifactStore,
+        settings: FleetSettings,
+        metrics: CoordinatorMetrics,
+    ) -> None:
+        self._fleet = fleet
+        self._artifacts = artifacts
+        self._settings = settings
+        self._metrics = metrics
+
+    async def Register(
+        self, request: participant_pb2.RegisterRequest, context: Context
+    ) -> participant_pb2.RegisterResponse:
+        pid = request.participant_id
+        if not PARTICIPANT_ID.match(pid):
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"bad participant id {pid!r}")
+        counts = list(request.data.class_counts)
+        if not 0 < len(counts) <= MAX_CLASSES or sum(counts) != request.data.num_train:
+            await abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "data summary: class_counts must be non-empty and sum to num_train",
+            )
+        now = time.time()
+        info = {"dataset": request.data.dataset, "agent_version": request.agent_version}
+        self._fleet.register(
+            ParticipantRecord(
+                pid, counts, request.data.num_train, request.data.num_test, now, now, info
+            )
+        )
+        log.info("participant %s registered (%d training samples)", pid, request.data.num_train)
+        s = self._settings
+        return participant_pb2.RegisterResponse(
+            heartbeat_interval_s=s.heartbeat_interval_s,
+            poll_wait_s=s.poll_wait_s,
+            chunk_bytes=s.chunk_bytes,
+            max_upload_bytes=s.max_upload_bytes,
+        )
+
+    async def Heartbeat(
+        self, request: participant_pb2.HeartbeatRequest, context: Context
+    ) -> participant_pb2.HeartbeatResponse:
+        return participant_pb2.HeartbeatResponse(
+            registered=self._fleet.heartbeat(request.participant_id)
+        )
+
+    async def PullTask(
+        self, request: participant_pb2.PullTaskRequest, context: Context
+    ) -> participant_pb2.PullTaskResponse:
+        wait_s = max(0.0, min(request.wait_s, self._settings.poll_wait_s))
+        try:
+            task = await self._fleet.pull(request.participant_id, wait_s)
+        except NotRegisteredError:
+            await abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"participant {request.participant_id!r} is not registered; call Register first",
+            )
+        if task is None:
+            return participant_pb2.PullTaskResponse()
+        return participant_pb2.PullTaskResponse(task=task_to_proto(task))
+
+    async def PushResult(
+        self, request: participant_pb2.PushResultRequest, context: Context
+    ) -> participant_pb2.PushResultResponse:
+        try:
+            outcome = outcome_from_proto(request)
+            await self._fleet.complete(outcome)
+        except NotRegisteredError:
+            await abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"participant {request.participant_id!r} is not registered; call Register first",
+            )
+        except TaskClosedError as exc:
+            return participant_pb2.PushResultResponse(accepted=False, message=str(exc))
+        except PermissionError as exc:
+            await abort(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except ValueError as exc:
+            self._metrics.rejected_results.labels("invalid_result").inc()
+            log.warning(
+                "rejected result of %s for task %s: %s",
+                request.participant_id,
+                request.task_id,
+                exc,
+            )
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"result rejected: {exc}")
+        return participant_pb2.PushResultResponse(accepted=True)
+
+    async def DownloadBlob(
+        self, request: participant_pb2.DownloadBlobRequest, context: Context
+    ) -> AsyncIterator[common_pb2.BlobChunk]:
+        if not self._fleet.is_registered(caller_id(context)):
+            await abort(context, grpc.StatusCode.FAILED_PRECONDITION, "register before downloading")
+        if not DIGEST.match(request.blob_id):
+            await abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "blob_id must be a sha256 hex digest"
+            )
+        try:
+            total = self._artifacts.size(request.blob_id)
+        except MissingArtifactError:
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"no artifact {request.blob_id}")
+        if request.offset > total:
+            await abort(context, grpc.StatusCode.OUT_OF_RANGE, f"offset beyond size {total}")
+        offset = 0
+        for chunk in self._artifacts.iter_chunks(request.blob_id, self._settings.chunk_bytes):
+            end = offset + len(chunk)
+            if end > request.offset:
+                skip = max(0, request.offset - offset)
+                yield common_pb2.BlobChunk(
+                    blob_id=request.blob_id,
+                    offset=offset + skip,
+                    data=chunk[skip:],
+                    total_size=total,
+                )
+            offset = end
+
+    async def UploadBlob(
+        self,
+        request_iterator: AsyncIterator[common_pb2.BlobChunk],
+        context: Context,
+    ) -> participant_pb2.UploadBlobResponse:
+        if not self._fleet.is_registered(caller_id(context)):
+            await abort(context, grpc.StatusCode.FAILED_PRECONDITION, "register before uploading")
+        writer = None
+        try:
+            expected, received = "", 0
+            async for chunk in request_iterator:
+                if writer is None:
+                    if not DIGEST.match(chunk.blob_id):
+                        raise ValueError("the first chunk must name the blob's sha256 digest")
+                    if chunk.total_size > self._settings.max_upload_bytes:
+                        raise ValueError(
+                            f"upload of {chunk.total_size} bytes exceeds the limit of "
+                            f"{self._settings.max_upload_bytes}"
+                        )
+                    expected = chunk.blob_id
+                    writer = self._artifacts.begin_write(max_bytes=chunk.total_size)
+                if chunk.offset != received:
+                    raise ValueError(f"chunk at offset {chunk.offset}, expected {received}")
+                writer.write(chunk.data)
+                received += len(chunk.data)
+            if writer is None:
+                raise ValueError("empty upload")
+            digest = writer.commit(expected)
+        except ValueError as exc:
+            if writer is not None:
+                writer.abort()
+            self._metrics.rejected_results.labels("invalid_upload").inc()
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"upload rejected: {exc}")
+        return participant_pb2.UploadBlobResponse(blob_id=digest, size=received)

@@ -1,0 +1,47 @@
+"""The coordinator's persistent state: records, the abstract store and its implementations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from coordinator.state.base import StateStore, UnknownRecordError
+from coordinator.state.memory import InMemoryStateStore
+from coordinator.state.records import (
+    JobEvent,
+    JobRecord,
+    JobStatus,
+    ModelVersion,
+    ParticipantRecord,
+    RoundRecord,
+)
+from coordinator.state.sqlite import SCHEMA_VERSION, SchemaVersionError, SqliteStateStore
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "InMemoryStateStore",
+    "JobEvent",
+    "JobRecord",
+    "JobStatus",
+    "ModelVersion",
+    "ParticipantRecord",
+    "RoundRecord",
+    "SchemaVersionError",
+    "SqliteStateStore",
+    "StateStore",
+    "UnknownRecordError",
+    "open_store",
+]
+
+_MEMORY_LOCATIONS = frozenset({"memory", ":memory:"})
+
+
+def open_store(location: str) -> StateStore:
+    """Open the store at `location`.
+
+    "memory" or ":memory:" gives an in-memory store; anything else is a SQLite file path
+    (parent directories are created)."""
+    if location.strip() in _MEMORY_LOCATIONS:
+        return InMemoryStateStore()
+    path = Path(location).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return SqliteStateStore(path)

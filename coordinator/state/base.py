@@ -1,0 +1,102 @@
+"""The coordinator's persistent state behind one abstract interface (memory and SQLite)."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+from coordinator.state.records import (
+    JobEvent,
+    JobRecord,
+    ModelVersion,
+    ParticipantRecord,
+    RoundRecord,
+)
+
+
+class UnknownRecordError(KeyError):
+    """A lookup or update named a record that does not exist."""
+
+
+class StateStore(abc.ABC):
+    """Every method is synchronous and short; callers may run it on the event loop."""
+
+    # participants
+    @abc.abstractmethod
+    def upsert_participant(self, record: ParticipantRecord) -> None: ...
+
+    @abc.abstractmethod
+    def get_participant(self, participant_id: str) -> ParticipantRecord | None: ...
+
+    @abc.abstractmethod
+    def list_participants(self) -> list[ParticipantRecord]:
+        """Sorted by participant_id."""
+
+    @abc.abstractmethod
+    def touch_participant(self, participant_id: str, when: float) -> None:
+        """Set last_seen; raises UnknownRecordError for an unknown id."""
+
+    # jobs
+    @abc.abstractmethod
+    def create_job(self, record: JobRecord) -> None:
+        """Raises ValueError if the id exists."""
+
+    @abc.abstractmethod
+    def update_job(self, job_id: str, **fields: Any) -> JobRecord:
+        """Set the named JobRecord fields (and updated_at if not given); return the new record."""
+
+    @abc.abstractmethod
+    def get_job(self, job_id: str) -> JobRecord | None: ...
+
+    @abc.abstractmethod
+    def list_jobs(self) -> list[JobRecord]:
+        """Oldest first (created_at, then job_id)."""
+
+    # rounds
+    @abc.abstractmethod
+    def save_round(self, record: RoundRecord) -> None:
+        """Insert or replace the round keyed by (job_id, phase, round)."""
+
+    @abc.abstractmethod
+    def list_rounds(self, job_id: str) -> list[RoundRecord]:
+        """In the order they were first saved."""
+
+    # model versions
+    @abc.abstractmethod
+    def add_model_version(self, record: ModelVersion) -> None:
+        """Raises ValueError if the id exists."""
+
+    @abc.abstractmethod
+    def get_model_version(self, version_id: str) -> ModelVersion | None: ...
+
+    @abc.abstractmethod
+    def list_model_versions(self) -> list[ModelVersion]:
+        """Oldest first (created_at, then version_id)."""
+
+    # job events (the watch stream replays these)
+    @abc.abstractmethod
+    def append_event(
+        self,
+        job_id: str,
+        kind: str,
+        phase: str,
+        round: int,
+        message: str,
+        data: dict[str, Any],
+        when: float,
+    ) -> JobEvent:
+        """Store an event with the job's next seq (1-based) and return it."""
+
+    @abc.abstractmethod
+    def list_events(self, job_id: str, after_seq: int = 0) -> list[JobEvent]:
+        """Events with seq > after_seq, in seq order."""
+
+    # settings that outlive jobs, e.g. which model version is served
+    @abc.abstractmethod
+    def set_setting(self, key: str, value: str) -> None: ...
+
+    @abc.abstractmethod
+    def get_setting(self, key: str) -> str | None: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources."""

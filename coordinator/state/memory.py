@@ -1,0 +1,237 @@
+"""In-memory `StateStore`: for tests and throwaway runs. Thread-safe; never aliases callers.
+
+Records are normalized the way the SQLite store stores them (JSON round trip of the
+dict/list fields, floats for times, ints for counts, `JobStatus` for status), so both
+stores return equal records for equal input.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import threading
+import time
+from typing import Any
+
+from coordinator.state.base import StateStore, UnknownRecordError
+from coordinator.state.records import (
+    JobEvent,
+    JobRecord,
+    JobStatus,
+    ModelVersion,
+    ParticipantRecord,
+    RoundRecord,
+)
+
+__all__ = ["InMemoryStateStore"]
+
+_JOB_FIELDS = frozenset(f.name for f in dataclasses.fields(JobRecord))
+
+
+def json_copy(value: Any) -> Any:
+    """A deep copy through JSON; raises TypeError for values that cannot be persisted."""
+    return json.loads(json.dumps(value))
+
+
+def normalize_participant(r: ParticipantRecord) -> ParticipantRecord:
+    return ParticipantRecord(
+        participant_id=r.participant_id,
+        class_counts=[int(c) for c in r.class_counts],
+        num_train=int(r.num_train),
+        num_test=int(r.num_test),
+        registered_at=float(r.registered_at),
+        last_seen=float(r.last_seen),
+        info=json_copy(dict(r.info)),
+    )
+
+
+def normalize_job(r: JobRecord) -> JobRecord:
+    return JobRecord(
+        job_id=r.job_id,
+        kind=r.kind,
+        spec=json_copy(dict(r.spec)),
+        status=JobStatus(r.status),
+        phase=r.phase,
+        round=int(r.round),
+        reason=r.reason,
+        created_at=float(r.created_at),
+        updated_at=float(r.updated_at),
+        result=json_copy(dict(r.result)),
+    )
+
+
+def normalize_round(r: RoundRecord) -> RoundRecord:
+    return RoundRecord(
+        job_id=r.job_id,
+        phase=r.phase,
+        round=int(r.round),
+        started_at=float(r.started_at),
+        finished_at=None if r.finished_at is None else float(r.finished_at),
+        participants=[str(p) for p in r.participants],
+        metrics=json_copy(dict(r.metrics)),
+    )
+
+
+def normalize_model_version(r: ModelVersion) -> ModelVersion:
+    return ModelVersion(
+        version_id=r.version_id,
+        job_id=r.job_id,
+        parent_id=r.parent_id,
+        kind=r.kind,
+        digest=r.digest,
+        model=r.model,
+        num_params=int(r.num_params),
+        created_at=float(r.created_at),
+        meta=json_copy(dict(r.meta)),
+    )
+
+
+def apply_job_update(record: JobRecord, changes: dict[str, Any]) -> JobRecord:
+    """`record` with `changes` applied (updated_at defaults to now), normalized.
+
+    Raises ValueError for names that are not JobRecord fields and for a changed job_id."""
+    unknown = sorted(set(changes) - _JOB_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown JobRecord field(s): {', '.join(unknown)}")
+    if "job_id" in changes and changes["job_id"] != record.job_id:
+        raise ValueError(f"job_id cannot be changed (job {record.job_id!r})")
+    if "updated_at" not in changes:
+        changes = {**changes, "updated_at": time.time()}
+    return normalize_job(dataclasses.replace(record, **changes))
+
+
+class InMemoryStateStore(StateStore):
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._participants: dict[str, ParticipantRecord] = {}
+        self._jobs: dict[str, JobRecord] = {}
+        # dicts keep first-insertion order, also when a key's value is replaced
+        self._rounds: dict[tuple[str, str, int], RoundRecord] = {}
+        self._versions: dict[str, ModelVersion] = {}
+        self._events: dict[str, list[JobEvent]] = {}
+        self._settings: dict[str, str] = {}
+
+    # participants
+    def upsert_participant(self, record: ParticipantRecord) -> None:
+        stored = normalize_participant(record)
+        with self._lock:
+            self._participants[stored.participant_id] = stored
+
+    def get_participant(self, participant_id: str) -> ParticipantRecord | None:
+        with self._lock:
+            return copy.deepcopy(self._participants.get(participant_id))
+
+    def list_participants(self) -> list[ParticipantRecord]:
+        with self._lock:
+            return [copy.deepcopy(self._participants[k]) for k in sorted(self._participants)]
+
+    def touch_participant(self, participant_id: str, when: float) -> None:
+        with self._lock:
+            record = self._participants.get(participant_id)
+            if record is None:
+                raise UnknownRecordError(participant_id)
+            record.last_seen = float(when)
+
+    # jobs
+    def create_job(self, record: JobRecord) -> None:
+        stored = normalize_job(record)
+        with self._lock:
+            if stored.job_id in self._jobs:
+                raise ValueError(f"job {stored.job_id!r} already exists")
+            self._jobs[stored.job_id] = stored
+
+    def update_job(self, job_id: str, **fields: Any) -> JobRecord:
+        with self._lock:
+            current = self._jobs.get(job_id)
+            if current is None:
+                raise UnknownRecordError(job_id)
+            updated = apply_job_update(current, fields)
+            self._jobs[job_id] = updated
+            return copy.deepcopy(updated)
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        with self._lock:
+            return copy.deepcopy(self._jobs.get(job_id))
+
+    def list_jobs(self) -> list[JobRecord]:
+        with self._lock:
+            jobs = sorted(self._jobs.values(), key=lambda j: (j.created_at, j.job_id))
+            return copy.deepcopy(jobs)
+
+    # rounds
+    def save_round(self, record: RoundRecord) -> None:
+        stored = normalize_round(record)
+        with self._lock:
+            if stored.job_id not in self._jobs:
+                raise UnknownRecordError(stored.job_id)
+            self._rounds[(stored.job_id, stored.phase, stored.round)] = stored
+
+    def list_rounds(self, job_id: str) -> list[RoundRecord]:
+        with self._lock:
+            return copy.deepcopy([r for r in self._rounds.values() if r.job_id == job_id])
+
+    # model versions
+    def add_model_version(self, record: ModelVersion) -> None:
+        stored = normalize_model_version(record)
+        with self._lock:
+            if stored.version_id in self._versions:
+                raise ValueError(f"model version {stored.version_id!r} already exists")
+            if stored.job_id is not None and stored.job_id not in self._jobs:
+                raise UnknownRecordError(stored.job_id)
+            if stored.parent_id is not None and stored.parent_id not in self._versions:
+                raise UnknownRecordError(stored.parent_id)
+            self._versions[stored.version_id] = stored
+
+    def get_model_version(self, version_id: str) -> ModelVersion | None:
+        with self._lock:
+            return copy.deepcopy(self._versions.get(version_id))
+
+    def list_model_versions(self) -> list[ModelVersion]:
+        with self._lock:
+            versions = sorted(self._versions.values(), key=lambda v: (v.created_at, v.version_id))
+            return copy.deepcopy(versions)
+
+    # job events
+    def append_event(
+        self,
+        job_id: str,
+        kind: str,
+        phase: str,
+        round: int,
+        message: str,
+        data: dict[str, Any],
+        when: float,
+    ) -> JobEvent:
+        payload = json_copy(dict(data))
+        with self._lock:
+            if job_id not in self._jobs:
+                raise UnknownRecordError(job_id)
+            events = self._events.setdefault(job_id, [])
+            event = JobEvent(
+                job_id=job_id,
+                seq=len(events) + 1,
+                time=float(when),
+                kind=kind,
+                phase=phase,
+                round=int(round),
+                message=message,
+                data=payload,
+            )
+            events.append(event)
+            return copy.deepcopy(event)
+
+    def list_events(self, job_id: str, after_seq: int = 0) -> list[JobEvent]:
+        with self._lock:
+            events = self._events.get(job_id, [])
+            # seq == index + 1, so the tail after `after_seq` is a slice
+            return copy.deepcopy(events[max(after_seq, 0) :])
+
+    # settings
+    def set_setting(self, key: str, value: str) -> None:
+        with self._lock:
+            self._settings[key] = value
+
+    def get_setting(self, key: str) -> str | None:
+        with self._lock:
+            return self._settings.get(key)

@@ -1,0 +1,75 @@
+"""Plain records the coordinator persists. JSON-able dict fields hold open-ended details."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class JobStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+@dataclass
+class ParticipantRecord:
+    participant_id: str
+    class_counts: list[int]  # training samples per class; raw data never leaves the participant
+    num_train: int
+    num_test: int
+    registered_at: float  # unix seconds
+    last_seen: float  # unix seconds of the last register/heartbeat/call
+    info: dict[str, str] = field(default_factory=dict)  # agent version, data set name, ...
+
+
+@dataclass
+class JobRecord:
+    job_id: str
+    kind: str  # "train" (unlearning kinds come later)
+    spec: dict[str, Any]  # the job's full, resolved configuration
+    status: JobStatus
+    phase: str  # current phase name, "" before the first
+    round: int  # current round within the phase, 0 before the first
+    reason: str  # why it stopped (failed) or a short summary (completed)
+    created_at: float
+    updated_at: float
+    result: dict[str, Any] = field(default_factory=dict)  # final metrics, produced versions
+
+
+@dataclass
+class RoundRecord:
+    job_id: str
+    phase: str
+    round: int
+    started_at: float
+    finished_at: float | None
+    participants: list[str]  # those whose results were aggregated
+    metrics: dict[str, Any] = field(default_factory=dict)  # loss, accuracy, bytes, ...
+
+
+@dataclass
+class ModelVersion:
+    version_id: str
+    job_id: str | None
+    parent_id: str | None  # the version this one was derived from
+    kind: str  # "base" (full weights); later "adapter"
+    digest: str  # sha256 of the artifact file
+    model: str  # registry name, e.g. "lenet"
+    num_params: int
+    created_at: float
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class JobEvent:
+    job_id: str
+    seq: int  # 1, 2, ... per job, assigned by the store
+    time: float
+    kind: str  # "job_started", "round_started", "round_completed", "job_completed", ...
+    phase: str
+    round: int
+    message: str
+    data: dict[str, Any] = field(default_factory=dict)

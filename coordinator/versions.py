@@ -1,0 +1,44 @@
+"""Model weights as artifacts and model versions as records."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Mapping
+
+import torch
+
+from common.tensor_codec import TensorSchema, decode_tensors, encode_tensors
+from coordinator.artifacts import ArtifactStore
+from coordinator.state import ModelVersion, StateStore
+
+ACTIVE_VERSION_KEY = "active_version"
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+async def save_weights(
+    artifacts: ArtifactStore, state: Mapping[str, torch.Tensor], model: str
+) -> str:
+    """Store weights as a safetensors artifact; returns its sha256."""
+    data = await asyncio.to_thread(encode_tensors, state, {"model": model})
+    return await asyncio.to_thread(artifacts.put_bytes, data)
+
+
+async def load_weights(
+    artifacts: ArtifactStore, digest: str, schema: TensorSchema | None = None
+) -> dict[str, torch.Tensor]:
+    data = await asyncio.to_thread(artifacts.get_bytes, digest)
+    tensors, _ = await asyncio.to_thread(decode_tensors, data, schema=schema)
+    return tensors
+
+
+def active_version(store: StateStore) -> ModelVersion | None:
+    version_id = store.get_setting(ACTIVE_VERSION_KEY)
+    return store.get_model_version(version_id) if version_id else None
+
+
+def set_active(store: StateStore, version_id: str) -> None:
+    store.set_setting(ACTIVE_VERSION_KEY, version_id)

@@ -1,0 +1,255 @@
+"""The participant agent: connects out to the coordinator, pulls tasks, runs them, reports.
+
+RPC glue only; the PyTorch work is in participant.executor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from common.data.shards import Shard
+from common.net import CHUNK_BYTES, TlsFiles, create_channel
+from common.serde import outcome_to_proto, task_from_proto
+from common.tasks import EvalOutcome, TaskKind, TaskOutcome, TaskSpec, TrainOutcome
+from common.tensor_codec import decode_tensors, encode_tensors
+from common.wire import MD_JOB, MD_PARTICIPANT, MD_PHASE, MD_ROUND, CountingChannel, WireMetrics
+from participant.executor import local_evaluate, local_update, model_schema
+from proto.fused.v1 import common_pb2, participant_pb2, participant_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+AGENT_VERSION = "0.1.0"
+RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.FAILED_PRECONDITION,  # not registered (e.g. the coordinator restarted)
+        grpc.StatusCode.CANCELLED,
+    }
+)
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    coordinator: str
+    participant_id: str
+    tls: TlsFiles | None = None
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    max_download_bytes: int = 1 << 30
+
+
+class ReRegister(Exception):
+    """The coordinator no longer knows us: start a new session."""
+
+
+class ParticipantMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.wire = WireMetrics(registry)
+        self.tasks = Counter(
+            "fused_participant_tasks", "Tasks run", ["kind", "outcome"], registry=registry
+        )
+        self.task_seconds = Histogram(
+            "fused_participant_task_seconds", "Time to run a task", ["kind"], registry=registry
+        )
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings, shard: Shard, metrics: ParticipantMetrics) -> None:
+        self._settings = settings
+        self._shard = shard
+        self._metrics = metrics
+        self._pid = settings.participant_id
+        self.sessions = 0  # successful registrations, for observability and tests
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve until stop is set; reconnect with exponential backoff and jitter."""
+        backoff = self._settings.backoff_initial_s
+        while not stop.is_set():
+            try:
+                self._session(stop)
+                backoff = self._settings.backoff_initial_s
+            except ReRegister:
+                log.warning("coordinator forgot %s; registering again", self._pid)
+            except grpc.RpcError as exc:
+                code = exc.code() if hasattr(exc, "code") else None
+                if code not in RETRYABLE:
+                    raise
+                delay = random.uniform(0.5, 1.0) * backoff
+                log.warning("coordinator unreachable (%s); retrying in %.1f s", code, delay)
+                stop.wait(delay)
+                backoff = min(backoff * 2, self._settings.backoff_max_s)
+
+    def _session(self, stop: threading.Event) -> None:
+        raw = create_channel(self._settings.coordinator, self._settings.tls)
+        channel = CountingChannel(raw, self._metrics.wire, self._pid)
+        stub = participant_pb2_grpc.ParticipantServiceStub(channel)
+        try:
+            reply = stub.Register(self._register_request(), timeout=10, metadata=self._md())
+            self.sessions += 1
+            log.info("registered %s with %s", self._pid, self._settings.coordinator)
+            lost = threading.Event()
+            beat = threading.Thread(
+                target=self._heartbeats,
+                args=(stub, reply.heartbeat_interval_s, stop, lost),
+                daemon=True,
+            )
+            beat.start()
+            try:
+                self._work(stub, channel, reply, stop, lost)
+            finally:
+                lost.set()
+                beat.join()
+        finally:
+            channel.close()
+
+    def _register_request(self) -> participant_pb2.RegisterRequest:
+        counts = self._shard.class_counts()
+        data = participant_pb2.DataSummary(
+            dataset=self._shard.meta.dataset,
+            class_counts=counts,
+            num_train=len(self._shard.train),
+            num_test=len(self._shard.test),
+        )
+        return participant_pb2.RegisterRequest(
+            participant_id=self._pid, data=data, agent_version=AGENT_VERSION
+        )
+
+    def _md(self, task: TaskSpec | None = None) -> tuple[tuple[str, str | bytes], ...]:
+        if task is None:
+            return ((MD_PARTICIPANT, self._pid),)
+        return (
+            (MD_PARTICIPANT, self._pid),
+            (MD_JOB, task.job_id),
+            (MD_PHASE, task.phase),
+            (MD_ROUND, str(task.round)),
+        )
+
+    def _heartbeats(
+        self,
+        stub: participant_pb2_grpc.ParticipantServiceStub,
+        interval: float,
+        stop: threading.Event,
+        lost: threading.Event,
+    ) -> None:
+        while not (stop.is_set() or lost.is_set()):
+            if lost.wait(interval * random.uniform(0.8, 1.2)):  # jitter spreads the load
+                return
+            try:
+                reply = stub.Heartbeat(
+                    participant_pb2.HeartbeatRequest(participant_id=self._pid),
+                    timeout=max(interval, 1.0),
+                    metadata=self._md(),
+                )
+            except grpc.RpcError:
+                continue  # the task loop notices a dead coordinator and reconnects
+            if not reply.registered:
+                lost.set()
+
+    def _work(
+        self,
+        stub: participant_pb2_grpc.ParticipantServiceStub,
+        channel: CountingChannel,
+        reply: participant_pb2.RegisterResponse,
+        stop: threading.Event,
+        lost: threading.Event,
+    ) -> None:
+        wait_s = reply.poll_wait_s
+        while not stop.is_set():
+            if lost.is_set():
+                raise ReRegister
+            request = participant_pb2.PullTaskRequest(participant_id=self._pid, wait_s=wait_s)
+            pulled = stub.PullTask(request, timeout=wait_s + 10, metadata=self._md())
+            if pulled.HasField("task"):
+                task = task_from_proto(pulled.task)
+                with channel.phase(task.phase):
+                    self._execute(stub, task, reply)
+
+    def _execute(
+        self,
+        stub: participant_pb2_grpc.ParticipantServiceStub,
+        task: TaskSpec,
+        reply: participant_pb2.RegisterResponse,
+    ) -> None:
+        started = time.monotonic()
+        try:
+            outcome = self._run_task(stub, task, reply)
+            status = "ok"
+        except (ValueError, RuntimeError) as exc:  # bad weights, shape mismatch, ...
+            log.exception("task %s failed", task.task_id)
+            outcome = TaskOutcome(self._pid, task.task_id, error=f"{type(exc).__name__}: {exc}")
+            status = "error"
+        self._metrics.tasks.labels(task.kind.value, status).inc()
+        self._metrics.task_seconds.labels(task.kind.value).observe(time.monotonic() - started)
+        ack = stub.PushResult(outcome_to_proto(outcome), timeout=60, metadata=self._md(task))
+        if not ack.accepted:
+            log.warning("result for task %s not counted: %s", task.task_id, ack.message)
+
+    def _run_task(
+        self,
+        stub: participant_pb2_grpc.ParticipantServiceStub,
+        task: TaskSpec,
+        reply: participant_pb2.RegisterResponse,
+    ) -> TaskOutcome:
+        data = self._download(stub, task)
+        schema = model_schema(task.model_name, task.num_classes)
+        weights, _ = decode_tensors(
+            data, schema=schema, max_bytes=self._settings.max_download_bytes
+        )
+        if task.kind is TaskKind.EVALUATE:
+            counts = local_evaluate(task.model_name, task.num_classes, weights, self._shard)
+            ev = EvalOutcome(tuple(counts.correct), tuple(counts.total), counts.loss_sum)
+            return TaskOutcome(self._pid, task.task_id, eval=ev)
+        started = time.monotonic()
+        state, stats = local_update(
+            task.model_name, task.num_classes, weights, self._shard, task.train
+        )
+        blob = encode_tensors(state, {"model": task.model_name})
+        blob_id = self._upload(stub, task, blob, reply.chunk_bytes or CHUNK_BYTES)
+        seconds = time.monotonic() - started
+        train = TrainOutcome(blob_id, stats.num_examples, stats.mean_loss, seconds)
+        return TaskOutcome(self._pid, task.task_id, train=train)
+
+    def _download(self, stub: participant_pb2_grpc.ParticipantServiceStub, task: TaskSpec) -> bytes:
+        request = participant_pb2.DownloadBlobRequest(blob_id=task.model_blob_id)
+        parts: list[bytes] = []
+        size = 0
+        for chunk in stub.DownloadBlob(request, timeout=300, metadata=self._md(task)):
+            size += len(chunk.data)
+            if size > self._settings.max_download_bytes:
+                raise ValueError(f"download exceeds {self._settings.max_download_bytes} bytes")
+            parts.append(chunk.data)
+        data = b"".join(parts)
+        if hashlib.sha256(data).hexdigest() != task.model_blob_id:
+            raise ValueError(f"downloaded model does not match its digest {task.model_blob_id}")
+        return data
+
+    def _upload(
+        self,
+        stub: participant_pb2_grpc.ParticipantServiceStub,
+        task: TaskSpec,
+        blob: bytes,
+        chunk_bytes: int,
+    ) -> str:
+        digest = hashlib.sha256(blob).hexdigest()
+
+        def chunks() -> Iterator[common_pb2.BlobChunk]:
+            for offset in range(0, max(len(blob), 1), chunk_bytes):
+                yield common_pb2.BlobChunk(
+                    blob_id=digest,
+                    offset=offset,
+                    data=blob[offset : offset + chunk_bytes],
+                    total_size=len(blob),
+                )
+
+        reply = stub.UploadBlob(chunks(), timeout=300, metadata=self._md(task))
+        return str(reply.blob_id)

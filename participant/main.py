@@ -1,0 +1,88 @@
+"""`fused-participant`: run a participant agent on one local data shard."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from prometheus_client import CollectorRegistry, start_http_server
+
+from common.config import ConfigError, load_config
+from common.data.shards import load_shard
+from common.logs import setup_logging
+from common.net import TlsFiles
+from participant.agent import Agent, AgentSettings, ParticipantMetrics
+
+
+@dataclass(frozen=True)
+class ParticipantConfig:
+    data_dir: Path = dataclasses.field(
+        default=Path("shard"), metadata={"help": "this participant's shard directory"}
+    )
+    coordinator: str = dataclasses.field(
+        default="127.0.0.1:50051", metadata={"help": "coordinator address host:port"}
+    )
+    participant_id: str = dataclasses.field(
+        default="", metadata={"help": "defaults to the id recorded in the shard"}
+    )
+    metrics_address: str = "127.0.0.1"
+    metrics_port: int = dataclasses.field(
+        default=-1, metadata={"help": "Prometheus endpoint port; 0 picks one, -1 disables"}
+    )
+    threads: int = dataclasses.field(default=1, metadata={"help": "torch CPU threads"})
+    backoff_max_s: float = 30.0
+    ready_file: Path | None = dataclasses.field(
+        default=None, metadata={"help": "write the metrics port here as JSON once started"}
+    )
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    log_level: str = "info"
+    log_json: bool = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        cfg = load_config(
+            ParticipantConfig,
+            argv,
+            prog="fused-participant",
+            section="participant",
+            description="FUSED participant agent",
+        )
+        shard = load_shard(cfg.data_dir)
+    except (ConfigError, ValueError, OSError) as exc:
+        print(f"fused-participant: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(cfg.log_level, cfg.log_json, "participant")
+    torch.set_num_threads(cfg.threads)
+    registry = CollectorRegistry()
+    metrics = ParticipantMetrics(registry)
+    port = 0
+    if cfg.metrics_port >= 0:
+        http, _ = start_http_server(cfg.metrics_port, cfg.metrics_address, registry=registry)
+        port = http.server_port
+    if cfg.ready_file is not None:
+        cfg.ready_file.write_text(f'{{"metrics_port": {port}}}')
+    tls = TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.tls_ca) if cfg.tls_ca else None
+    settings = AgentSettings(
+        coordinator=cfg.coordinator,
+        participant_id=cfg.participant_id or shard.meta.participant_id,
+        tls=tls,
+        backoff_max_s=cfg.backoff_max_s,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    Agent(settings, shard, metrics).run(stop)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
