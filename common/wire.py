@@ -7,9 +7,7 @@ therefore exactly the serialized sizes of the messages exchanged.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -127,36 +125,30 @@ class CountingServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[typ
         return replaced
 
 
-class CallLabels(threading.local):
-    """Per-thread labels a client attaches to the bytes of its calls."""
-
-    phase: str = NO_PHASE
-
-
 class CountingChannel(grpc.Channel):
-    """Wraps a blocking grpc.Channel so generated stubs built on it count their bytes."""
+    """Wraps a blocking grpc.Channel so generated stubs built on it count their bytes.
 
-    def __init__(self, inner: grpc.Channel, metrics: WireMetrics, participant: str) -> None:
+    Labels are fixed per wrapper, not per thread: gRPC (de)serializes streamed messages on
+    its own threads. `with_phase` gives a view that labels its calls with another phase.
+    """
+
+    def __init__(
+        self, inner: grpc.Channel, metrics: WireMetrics, participant: str, phase: str = NO_PHASE
+    ) -> None:
         self._inner = inner
         self._metrics = metrics
         self._participant = participant
-        self.labels = CallLabels()
+        self._phase = phase
 
-    @contextmanager
-    def phase(self, phase: str) -> Iterator[None]:
-        """Label the bytes of calls made by this thread inside the block with `phase`."""
-        previous = self.labels.phase
-        self.labels.phase = phase
-        try:
-            yield
-        finally:
-            self.labels.phase = previous
+    def with_phase(self, phase: str) -> CountingChannel:
+        """A view on the same connection whose calls count under `phase`."""
+        return CountingChannel(self._inner, self._metrics, self._participant, phase)
 
     def _count(self, method: str, direction: str) -> Callable[[int], None]:
         name = short_method(method)
 
         def count(n: int) -> None:
-            self._metrics.record(name, direction, self.labels.phase, self._participant, n)
+            self._metrics.record(name, direction, self._phase, self._participant, n)
 
         return count
 

@@ -70,9 +70,19 @@ class Agent:
         self._metrics = metrics
         self._pid = settings.participant_id
         self.sessions = 0  # successful registrations, for observability and tests
+        self._stop = threading.Event()
+        self._channel: grpc.Channel | None = None
 
-    def run(self, stop: threading.Event) -> None:
-        """Serve until stop is set; reconnect with exponential backoff and jitter."""
+    def shutdown(self) -> None:
+        """Stop serving now: cancels the call in progress (safe from a signal handler)."""
+        self._stop.set()
+        channel = self._channel
+        if channel is not None:
+            channel.close()
+
+    def run(self) -> None:
+        """Serve until shutdown(); reconnect with exponential backoff and jitter."""
+        stop = self._stop
         backoff = self._settings.backoff_initial_s
         while not stop.is_set():
             try:
@@ -81,6 +91,8 @@ class Agent:
             except ReRegister:
                 log.warning("coordinator forgot %s; registering again", self._pid)
             except grpc.RpcError as exc:
+                if stop.is_set():
+                    return
                 code = exc.code() if hasattr(exc, "code") else None
                 if code not in RETRYABLE:
                     raise
@@ -92,6 +104,7 @@ class Agent:
     def _session(self, stop: threading.Event) -> None:
         raw = create_channel(self._settings.coordinator, self._settings.tls)
         channel = CountingChannel(raw, self._metrics.wire, self._pid)
+        self._channel = channel
         stub = participant_pb2_grpc.ParticipantServiceStub(channel)
         try:
             reply = stub.Register(self._register_request(), timeout=10, metadata=self._md())
@@ -110,6 +123,7 @@ class Agent:
                 lost.set()
                 beat.join()
         finally:
+            self._channel = None
             channel.close()
 
     def _register_request(self) -> participant_pb2.RegisterRequest:
@@ -171,8 +185,10 @@ class Agent:
             pulled = stub.PullTask(request, timeout=wait_s + 10, metadata=self._md())
             if pulled.HasField("task"):
                 task = task_from_proto(pulled.task)
-                with channel.phase(task.phase):
-                    self._execute(stub, task, reply)
+                task_stub = participant_pb2_grpc.ParticipantServiceStub(
+                    channel.with_phase(task.phase)
+                )
+                self._execute(task_stub, task, reply)
 
     def _execute(
         self,

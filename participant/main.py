@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import signal
 import sys
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,10 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         tls=tls,
         backoff_max_s=cfg.backoff_max_s,
     )
-    stop = threading.Event()
+    agent = Agent(settings, shard, metrics)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    Agent(settings, shard, metrics).run(stop)
+        signal.signal(sig, lambda *_: agent.shutdown())
+    agent.run()
     return 0
 
 

@@ -1,0 +1,34 @@
+"""Fixtures that start real coordinator and participant processes on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from common.data.partition import PartitionConfig
+from common.data.shards import partition_to_directory
+from common.launch import LocalFederation
+
+NUM_PARTICIPANTS = 3
+
+
+@pytest.fixture(scope="session")
+def digits_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("digits") / "shards"
+    partition_to_directory("digits", None, out, PartitionConfig(num_participants=NUM_PARTICIPANTS))
+    return out
+
+
+@pytest.fixture(scope="module")
+def federation(
+    digits_shards: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalFederation]:
+    """A coordinator with NUM_PARTICIPANTS agents, shared by the tests of one module."""
+    with LocalFederation(tmp_path_factory.mktemp("federation")) as fed:
+        fed.start_coordinator("--offline-after-s", "10", "--heartbeat-interval-s", "1")
+        for i in range(NUM_PARTICIPANTS):
+            fed.start_participant(digits_shards / f"p{i}")
+        fed.wait_online(NUM_PARTICIPANTS)
+        yield fed
