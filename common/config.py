@@ -49,6 +49,8 @@ def _parse_value(name: str, kind: type, raw: Any, source: str) -> Any:
         raise ConfigError(f"{name} from {source}: expected a boolean, got {raw!r}")
     if isinstance(raw, bool) and kind is not bool:
         raise ConfigError(f"{name} from {source}: expected {kind.__name__}, got a boolean")
+    if kind is int and isinstance(raw, float):  # int(2.5) would silently truncate
+        raise ConfigError(f"{name} from {source}: expected an integer, got {raw!r}")
     try:
         return kind(raw)
     except (TypeError, ValueError) as exc:
@@ -57,10 +59,11 @@ def _parse_value(name: str, kind: type, raw: Any, source: str) -> Any:
 
 def _toml_values(path: Path, section: str) -> dict[str, Any]:
     try:
-        data = tomllib.loads(path.read_text())
+        with path.open("rb") as f:  # TOML is UTF-8 whatever the locale
+            data = tomllib.load(f)
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
     table = data.get(section, {})
     if not isinstance(table, dict):
@@ -121,7 +124,7 @@ def load_config(
     for name in names:
         kind = _base_type(hints[name])
         flag_value = getattr(args, name)
-        env_value = environ.get(ENV_PREFIX + name.upper())
+        env_value = environ.get(ENV_PREFIX + name.upper()) or None  # empty = unset
         if flag_value is not None:
             values[name] = _parse_value(name, kind, flag_value, "--" + name.replace("_", "-"))
         elif env_value is not None:

@@ -1,0 +1,174 @@
+"""Restarts, reconnects, deadlines and bad input, with real processes."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+
+from common.launch import LocalFederation
+from common.net import create_channel
+from common.serde import training_spec_to_proto
+from common.specs import TrainingSpec
+from common.train_config import TrainConfig
+from common.wire import MD_PARTICIPANT
+from proto.fused.v1 import common_pb2, control_pb2, participant_pb2, participant_pb2_grpc
+from tests.integration.conftest import NUM_PARTICIPANTS
+from tests.integration.test_training import run_job
+
+QUICK = TrainingSpec(
+    rounds=1,
+    train=TrainConfig(lr=0.05, batch_size=32),
+    min_participants=NUM_PARTICIPANTS,
+    round_deadline_s=60,
+    evaluate_each_round=False,
+)
+
+
+def participant_stub(fed: LocalFederation) -> participant_pb2_grpc.ParticipantServiceStub:
+    return participant_pb2_grpc.ParticipantServiceStub(create_channel(fed.address))
+
+
+def register_ghost(fed: LocalFederation, pid: str) -> None:
+    """A participant that registers and then never pulls a task."""
+    summary = participant_pb2.DataSummary(dataset="digits", class_counts=[5] * 10, num_train=50)
+    participant_stub(fed).Register(
+        participant_pb2.RegisterRequest(participant_id=pid, data=summary), timeout=10
+    )
+
+
+def test_round_deadline_goes_on_without_a_silent_participant(federation: LocalFederation) -> None:
+    register_ghost(federation, "ghost")
+    spec = dataclasses.replace(QUICK, round_deadline_s=3.0)
+    started = time.monotonic()
+    info = run_job(federation, spec)
+    assert info.status == "completed", info.reason
+    assert time.monotonic() - started < 30
+    train = next(r for r in info.rounds if r.phase == "train")
+    assert "ghost" not in train.participants
+    assert "no result within 3 s" in json.loads(train.metrics_json)["failures"]["ghost"]
+
+
+def test_job_fails_with_a_reason_when_quorum_is_missing(federation: LocalFederation) -> None:
+    spec = dataclasses.replace(QUICK, min_participants=9, wait_for_participants_s=1.0)
+    info = run_job(federation, spec)
+    assert info.status == "failed"
+    assert "of the 9 required participants were online" in info.reason
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"rounds": 0}, "rounds must be >= 1"),
+        ({"round_deadline_s": 0.0}, "round_deadline_s must be > 0"),
+        ({"init_version": "m-missing"}, "not a known model version"),
+        ({"train": TrainConfig(lr=0.0)}, "lr must be > 0"),
+    ],
+)
+def test_invalid_training_spec_is_rejected(
+    federation: LocalFederation, change: dict[str, object], fragment: str
+) -> None:
+    spec = dataclasses.replace(QUICK, **change)  # type: ignore[arg-type]
+    with pytest.raises(grpc.RpcError) as err:
+        federation.control().StartTraining(
+            control_pb2.StartTrainingRequest(spec=training_spec_to_proto(spec)), timeout=10
+        )
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert fragment in (err.value.details() or "")
+
+
+def test_unknown_names_give_not_found(federation: LocalFederation) -> None:
+    stub = federation.control()
+    for call in (
+        lambda: stub.GetJob(control_pb2.GetJobRequest(job_id="job-nope"), timeout=10),
+        lambda: list(stub.WatchJob(control_pb2.WatchJobRequest(job_id="job-nope"), timeout=10)),
+        lambda: list(stub.ExportModel(control_pb2.ExportModelRequest(version_id="m-nope"))),
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            call()
+        assert err.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+def test_bad_participant_calls_are_refused_and_the_coordinator_stays_up(
+    federation: LocalFederation,
+) -> None:
+    stub = participant_stub(federation)
+    md = ((MD_PARTICIPANT, "p0"),)
+    cases: list[tuple[Callable[[], object], grpc.StatusCode]] = [
+        (
+            lambda: stub.PullTask(participant_pb2.PullTaskRequest(participant_id="stranger")),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        ),
+        (
+            lambda: stub.Register(participant_pb2.RegisterRequest(participant_id="../etc")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            lambda: stub.UploadBlob(
+                iter([common_pb2.BlobChunk(blob_id="0" * 64, data=b"abc", total_size=3)]),
+                metadata=md,
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,  # digest does not match the bytes
+        ),
+        (
+            lambda: stub.UploadBlob(
+                iter([common_pb2.BlobChunk(blob_id="0" * 64, data=b"a", total_size=1 << 40)]),
+                metadata=md,
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,  # over the size limit
+        ),
+        (
+            lambda: stub.UploadBlob(iter([common_pb2.BlobChunk(data=b"x")])),
+            grpc.StatusCode.FAILED_PRECONDITION,  # no registered caller
+        ),
+        (
+            lambda: list(
+                stub.DownloadBlob(
+                    participant_pb2.DownloadBlobRequest(blob_id="a" * 64), metadata=md
+                )
+            ),
+            grpc.StatusCode.NOT_FOUND,
+        ),
+        (
+            lambda: stub.PushResult(
+                participant_pb2.PushResultRequest(participant_id="p0", task_id="t"), metadata=md
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,  # no outcome set
+        ),
+    ]
+    for call, code in cases:
+        with pytest.raises(grpc.RpcError) as err:
+            call()
+        assert err.value.code() is code, err.value.details()
+        assert err.value.details()
+    info = run_job(federation, QUICK)  # everything still works
+    assert info.status == "completed", info.reason
+
+
+def test_state_survives_restart_and_agents_reconnect(digits_shards: Path, tmp_path: Path) -> None:
+    with LocalFederation(tmp_path) as fed:
+        fed.start_coordinator("--heartbeat-interval-s", "1")
+        for i in range(NUM_PARTICIPANTS):
+            fed.start_participant(digits_shards / f"p{i}", "--backoff-max-s", "2")
+        fed.wait_online(NUM_PARTICIPANTS)
+        first = run_job(fed, QUICK)
+        assert first.status == "completed", first.reason
+        port = fed.port
+        assert fed.stop_coordinator() == 0  # SIGTERM: graceful exit
+        fed.start_coordinator("--heartbeat-interval-s", "1", port=port)
+        jobs = fed.control().ListJobs(control_pb2.ListJobsRequest()).jobs
+        assert [j.job_id for j in jobs] == [first.job_id]
+        version_id = json.loads(first.result_json)["version_id"]
+        models = fed.control().ListModels(control_pb2.ListModelsRequest()).models
+        assert [m.version_id for m in models] == [version_id] and models[0].active
+        chunks = list(fed.control().ExportModel(control_pb2.ExportModelRequest()))
+        assert hashlib.sha256(b"".join(c.data for c in chunks)).hexdigest() == models[0].digest
+        fed.wait_online(NUM_PARTICIPANTS, timeout_s=60)  # agents came back on their own
+        second = run_job(fed, dataclasses.replace(QUICK, init_version=version_id))
+        assert second.status == "completed", second.reason

@@ -1,0 +1,454 @@
+"""Byte and message counting on a real grpc.aio server and a real blocking client.
+
+The server runs the generated ParticipantService with a small servicer of our own in a
+background thread's event loop; the client is the generated stub on a CountingChannel.
+Every count is checked against the serialized sizes of the messages actually exchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+from google.protobuf.message import Message
+from prometheus_client import CollectorRegistry
+
+from common.net import create_channel, create_server
+from common.wire import (
+    KNOWN_PHASES,
+    MD_PARTICIPANT,
+    MD_PHASE,
+    CountingChannel,
+    CountingServerInterceptor,
+    WireMetrics,
+    short_method,
+)
+from proto.fused.v1 import common_pb2, participant_pb2, participant_pb2_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
+Metadata = tuple[tuple[str, str], ...]
+
+PID = "p7"
+MD: Metadata = ((MD_PARTICIPANT, PID), (MD_PHASE, "train"))
+CHUNK_SIZES = (1000, 17, 0)  # the last chunk is empty: it still counts as a message
+HookCall = tuple[dict[str, str], str, int]
+
+
+class EchoServicer(participant_pb2_grpc.ParticipantServiceServicer):
+    """Tiny, deterministic behaviour: enough to move messages of known sizes both ways."""
+
+    def __init__(self, known: set[str]) -> None:
+        self.known = known
+        self.uploaded: list[common_pb2.BlobChunk] = []
+
+    async def Register(
+        self, request: participant_pb2.RegisterRequest, context: Context
+    ) -> participant_pb2.RegisterResponse:
+        return participant_pb2.RegisterResponse(
+            heartbeat_interval_s=float(len(request.participant_id)),
+            poll_wait_s=0.5,
+            chunk_bytes=sum(request.data.class_counts),
+            max_upload_bytes=request.data.num_train,
+        )
+
+    async def Heartbeat(
+        self, request: participant_pb2.HeartbeatRequest, context: Context
+    ) -> participant_pb2.HeartbeatResponse:
+        return participant_pb2.HeartbeatResponse(registered=request.participant_id in self.known)
+
+    async def PullTask(
+        self, request: participant_pb2.PullTaskRequest, context: Context
+    ) -> participant_pb2.PullTaskResponse:
+        return participant_pb2.PullTaskResponse()
+
+    async def PushResult(
+        self, request: participant_pb2.PushResultRequest, context: Context
+    ) -> participant_pb2.PushResultResponse:
+        return participant_pb2.PushResultResponse(accepted=True)
+
+    async def DownloadBlob(
+        self, request: participant_pb2.DownloadBlobRequest, context: Context
+    ) -> AsyncIterator[common_pb2.BlobChunk]:
+        for chunk in _chunks(request.blob_id):
+            yield chunk
+
+    async def UploadBlob(
+        self, request_iterator: AsyncIterator[common_pb2.BlobChunk], context: Context
+    ) -> participant_pb2.UploadBlobResponse:
+        async for chunk in request_iterator:
+            self.uploaded.append(chunk)
+        size = sum(len(c.data) for c in self.uploaded)
+        return participant_pb2.UploadBlobResponse(blob_id=self.uploaded[0].blob_id, size=size)
+
+
+def _chunks(blob_id: str) -> list[common_pb2.BlobChunk]:
+    total = sum(CHUNK_SIZES)
+    chunks, offset = [], 0
+    for i, n in enumerate(CHUNK_SIZES):
+        first = i == 0
+        chunks.append(
+            common_pb2.BlobChunk(
+                blob_id=blob_id if first else "",
+                offset=offset,
+                data=bytes(range(256)) * (n // 256) + bytes(n % 256),
+                total_size=total if first else 0,
+            )
+        )
+        offset += n
+    return chunks
+
+
+def _size(*messages: Message) -> float:
+    return float(sum(len(m.SerializeToString()) for m in messages))
+
+
+class ThreadedServer:
+    """A grpc.aio server running in its own thread and event loop."""
+
+    def __init__(self, servicer: EchoServicer, interceptor: CountingServerInterceptor) -> None:
+        self._servicer = servicer
+        self._interceptor = interceptor
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="grpc-aio-test", daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self.port = 0
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # reported to the test thread by start()
+            self._error = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        server, self.port = create_server("127.0.0.1:0", [self._interceptor])
+        participant_pb2_grpc.add_ParticipantServiceServicer_to_server(self._servicer, server)
+        await server.start()
+        self._ready.set()
+        await self._stop.wait()
+        await server.stop(None)
+
+    def start(self) -> None:
+        self._thread.start()
+        assert self._ready.wait(10), "server did not start"
+        if self._error is not None:
+            raise self._error
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+        assert not self._thread.is_alive(), "server thread did not stop"
+
+
+@dataclass
+class Wire:
+    port: int
+    servicer: EchoServicer
+    server_registry: CollectorRegistry
+    hook_calls: list[HookCall]
+    channels: list[CountingChannel] = field(default_factory=list)
+
+    def client(self, participant: str = PID) -> tuple[CountingChannel, CollectorRegistry]:
+        registry = CollectorRegistry()
+        channel = CountingChannel(
+            create_channel(f"127.0.0.1:{self.port}"), WireMetrics(registry), participant
+        )
+        self.channels.append(channel)
+        return channel, registry
+
+
+@pytest.fixture
+def wire() -> Iterator[Wire]:
+    known = {PID}
+    registry = CollectorRegistry()
+    hook_calls: list[HookCall] = []
+    lock = threading.Lock()
+
+    def hook(md: dict[str, str], direction: str, n: int) -> None:
+        with lock:
+            hook_calls.append((dict(md), direction, n))
+
+    interceptor = CountingServerInterceptor(
+        WireMetrics(registry),
+        # as the coordinator does: registered ids as themselves, others collapse to one label
+        participant_label=lambda pid: (pid if pid in known else "unknown") if pid else "-",
+        hook=hook,
+    )
+    servicer = EchoServicer(known)
+    server = ThreadedServer(servicer, interceptor)
+    server.start()
+    state = Wire(server.port, servicer, registry, hook_calls)
+    try:
+        yield state
+    finally:
+        for channel in state.channels:
+            channel.close()
+        server.stop()
+
+
+def _sample(
+    registry: CollectorRegistry,
+    kind: str,
+    method: str,
+    direction: str,
+    phase: str = "train",
+    participant: str = PID,
+) -> float | None:
+    labels = {"method": method, "direction": direction, "phase": phase, "participant": participant}
+    return registry.get_sample_value(f"fused_wire_{kind}_total", labels)
+
+
+def _bytes(registry: CollectorRegistry, method: str, direction: str, **kw: str) -> float | None:
+    return _sample(registry, "bytes", method, direction, **kw)
+
+
+def _messages(registry: CollectorRegistry, method: str, direction: str, **kw: str) -> float | None:
+    return _sample(registry, "messages", method, direction, **kw)
+
+
+def _assert_ends_agree(
+    client: CollectorRegistry,
+    server: CollectorRegistry,
+    method: str,
+    phase: str = "train",
+    client_participant: str = PID,
+    server_participant: str = PID,
+) -> None:
+    """What one end sent is exactly what the other received, in bytes and in messages."""
+    c = {"phase": phase, "participant": client_participant}
+    s = {"phase": phase, "participant": server_participant}
+    for kind in ("bytes", "messages"):
+        assert _sample(client, kind, method, "sent", **c) == _sample(
+            server, kind, method, "received", **s
+        ), (method, kind, "request")
+        assert _sample(client, kind, method, "received", **c) == _sample(
+            server, kind, method, "sent", **s
+        ), (method, kind, "response")
+
+
+def test_unary_bytes_match_serialized_sizes(wire: Wire) -> None:
+    channel, client = wire.client()
+    stub = participant_pb2_grpc.ParticipantServiceStub(channel.with_phase("train"))
+    requests = [
+        participant_pb2.RegisterRequest(
+            participant_id=PID,
+            data=participant_pb2.DataSummary(
+                dataset="digits", class_counts=[3, 4, 5], num_train=12, num_test=2
+            ),
+            agent_version="0.1.0",
+        ),
+        participant_pb2.RegisterRequest(participant_id=PID + "-again", agent_version="x" * 300),
+    ]
+    responses = [stub.Register(r, metadata=MD) for r in requests]
+    assert responses[0].chunk_bytes == 12  # the servicer really ran
+
+    assert _bytes(client, "Register", "sent") == _size(*requests)
+    assert _bytes(client, "Register", "received") == _size(*responses)
+    assert _messages(client, "Register", "sent") == 2
+    assert _messages(client, "Register", "received") == 2
+    _assert_ends_agree(client, wire.server_registry, "Register")
+
+
+def test_empty_messages_count_as_zero_bytes(wire: Wire) -> None:
+    channel, client = wire.client()
+    stub = participant_pb2_grpc.ParticipantServiceStub(channel.with_phase("train"))
+    request = participant_pb2.HeartbeatRequest()  # serializes to b""
+    response = stub.Heartbeat(request, metadata=MD)
+    assert response.registered is False and response.SerializeToString() == b""
+    assert _bytes(client, "Heartbeat", "sent") == 0.0
+    assert _bytes(client, "Heartbeat", "received") == 0.0
+    assert _messages(client, "Heartbeat", "sent") == 1
+    assert _messages(client, "Heartbeat", "received") == 1
+    _assert_ends_agree(client, wire.server_registry, "Heartbeat")
+
+
+def test_server_stream_counts_each_chunk(wire: Wire) -> None:
+    channel, client = wire.client()
+    stub = participant_pb2_grpc.ParticipantServiceStub(channel.with_phase("train"))
+    request = participant_pb2.DownloadBlobRequest(blob_id="ab" * 32, offset=0)
+    chunks = list(stub.DownloadBlob(request, metadata=MD))
+    assert chunks == _chunks("ab" * 32)
+    assert len(chunks) == 3
+
+    assert _bytes(client, "DownloadBlob", "sent") == _size(request)
+    assert _messages(client, "DownloadBlob", "sent") == 1
+    assert _bytes(client, "DownloadBlob", "received") == _size(*chunks)
+    assert _messages(client, "DownloadBlob", "received") == 3
+    assert _messages(wire.server_registry, "DownloadBlob", "sent") == 3
+    _assert_ends_agree(client, wire.server_registry, "DownloadBlob")
+
+
+def test_client_stream_counts_each_chunk(wire: Wire) -> None:
+    channel, client = wire.client()
+    stub = participant_pb2_grpc.ParticipantServiceStub(channel.with_phase("train"))
+    chunks = _chunks("cd" * 32)
+    response = stub.UploadBlob(iter(chunks), metadata=MD)
+    assert response == participant_pb2.UploadBlobResponse(blob_id="cd" * 32, size=1017)
+    assert wire.servicer.uploaded == chunks
+
+    assert _bytes(client, "UploadBlob", "sent") == _size(*chunks)
+    assert _messages(client, "UploadBlob", "sent") == 3
+    assert _bytes(client, "UploadBlob", "received") == _size(response)
+    assert _messages(client, "UploadBlob", "received") == 1
+    assert _messages(wire.server_registry, "UploadBlob", "received") == 3
+    _assert_ends_agree(client, wire.server_registry, "UploadBlob")
+
+
+def test_methods_are_counted_separately(wire: Wire) -> None:
+    channel, client = wire.client()
+    stub = participant_pb2_grpc.ParticipantServiceStub(channel.with_phase("train"))
+    pull = participant_pb2.PullTaskRequest(participant_id=PID, wait_s=0.25)
+    push = participant_pb2.PushResultRequest(
+        participant_id=PID, task_id="t1", error=participant_pb2.TaskError(message="boom")
+    )
+    stub.PullTask(pull, metadata=MD)
+    stub.PushResult(push, metadata=MD)
+    stub.PushResult(push, metadata=MD)
+    assert _bytes(client, "PullTask", "sent") == _size(pull)
+    assert _bytes(client, "PushResult", "sent") == 2 * _size(push)
+    assert _messages(client, "PushResult", "sent") == 2
+    assert _bytes(client, "PushResult", "received") == 2 * _size(
+        participant_pb2.PushResultResponse(accepted=True)
+    )
+    for method in ("PullTask", "PushResult"):
+        _assert_ends_agree(client, wire.server_registry, method)
+    assert _bytes(client, "Register", "sent") is None  # nothing invented for unused methods
+
+
+def test_unknown_participant_and_phase_labels(wire: Wire) -> None:
+    assert "warmup" not in KNOWN_PHASES
+    channel, client = wire.client("p9")
+    stub = participant_pb2_grpc.ParticipantServiceStub(channel.with_phase("warmup"))
+    request = participant_pb2.HeartbeatRequest(participant_id="p9", task_id="t-1")
+    md: Metadata = ((MD_PARTICIPANT, "p9"), (MD_PHASE, "warmup"))
+    stub.Heartbeat(request, metadata=md)
+
+    # the client knows who it is; the server collapses ids it does not know
+    assert _bytes(client, "Heartbeat", "sent", phase="other", participant="p9") == _size(request)
+    assert _bytes(client, "Heartbeat", "sent", phase="warmup", participant="p9") is None
+    assert _bytes(wire.server_registry, "Heartbeat", "received", phase="other") is None
+    assert _bytes(
+        wire.server_registry, "Heartbeat", "received", phase="other", participant="unknown"
+    ) == _size(request)
+    _assert_ends_agree(
+        client,
+        wire.server_registry,
+        "Heartbeat",
+        phase="other",
+        client_participant="p9",
+        server_participant="unknown",
+    )
+
+
+def test_no_metadata_and_no_phase(wire: Wire) -> None:
+    channel, client = wire.client()
+    stub = participant_pb2_grpc.ParticipantServiceStub(channel)  # the base channel: no phase
+    request = participant_pb2.HeartbeatRequest(participant_id=PID)
+    response = stub.Heartbeat(request)
+    assert response.registered is True
+    assert _bytes(client, "Heartbeat", "sent", phase="none") == _size(request)
+    assert _bytes(
+        wire.server_registry, "Heartbeat", "received", phase="none", participant="-"
+    ) == _size(request)
+    assert wire.hook_calls
+    assert all(MD_PARTICIPANT not in md for md, _, _ in wire.hook_calls)
+
+
+def test_phase_views_share_the_connection_not_the_label(wire: Wire) -> None:
+    channel, client = wire.client()
+    request = participant_pb2.DownloadBlobRequest(blob_id="ab" * 32)
+    views = {phase: channel.with_phase(phase) for phase in ("evaluate", "export")}
+    for phase, view in views.items():
+        stub = participant_pb2_grpc.ParticipantServiceStub(view)
+        assert len(list(stub.DownloadBlob(request, metadata=MD))) == 3, phase
+    base = participant_pb2_grpc.ParticipantServiceStub(channel)
+    assert len(list(base.DownloadBlob(request, metadata=MD))) == 3
+
+    # streamed responses are deserialized on gRPC's threads: still labelled by the view
+    for phase in ("evaluate", "export", "none"):
+        assert _messages(client, "DownloadBlob", "sent", phase=phase) == 1, phase
+        assert _messages(client, "DownloadBlob", "received", phase=phase) == 3, phase
+        assert _bytes(client, "DownloadBlob", "received", phase=phase) == _size(
+            *_chunks("ab" * 32)
+        ), phase
+    assert _messages(client, "DownloadBlob", "received", phase="train") is None
+    assert _messages(client, "DownloadBlob", "received", phase="other") is None
+
+
+def test_concurrent_views_keep_their_phases(wire: Wire) -> None:
+    channel, client = wire.client()
+    request = participant_pb2.HeartbeatRequest(participant_id=PID)
+    phases = ("train", "evaluate", "export", "sensitivity")
+    errors: list[BaseException] = []
+
+    def worker(phase: str) -> None:
+        try:
+            stub = participant_pb2_grpc.ParticipantServiceStub(channel.with_phase(phase))
+            for _ in range(5):
+                stub.Heartbeat(request, metadata=MD)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(p,)) for p in phases]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert errors == []
+    for phase in phases:
+        assert _messages(client, "Heartbeat", "sent", phase=phase) == 5, phase
+        assert _bytes(client, "Heartbeat", "sent", phase=phase) == 5 * _size(request), phase
+    # the server labels by the metadata the calls carried, whatever the client's view
+    assert _messages(wire.server_registry, "Heartbeat", "received") == 5 * len(phases)
+
+
+def test_hook_sees_metadata_and_every_count(wire: Wire) -> None:
+    channel, client = wire.client()
+    stub = participant_pb2_grpc.ParticipantServiceStub(channel.with_phase("train"))
+    chunks = _chunks("ef" * 32)
+    md: Metadata = (*MD, ("fused-job", "job-1"), ("fused-round", "3"))
+    stub.UploadBlob(iter(chunks), metadata=md)
+
+    calls = list(wire.hook_calls)
+    for seen_md, _, _ in calls:
+        assert seen_md[MD_PARTICIPANT] == PID
+        assert seen_md[MD_PHASE] == "train"
+        assert seen_md["fused-job"] == "job-1"
+        assert seen_md["fused-round"] == "3"
+    received = [n for _, direction, n in calls if direction == "received"]
+    sent = [n for _, direction, n in calls if direction == "sent"]
+    assert received == [len(c.SerializeToString()) for c in chunks]
+    assert len(sent) == 1
+    assert float(sum(sent)) == _bytes(client, "UploadBlob", "received")
+    assert {d for _, d, _ in calls} == {"received", "sent"}
+
+
+def test_short_method() -> None:
+    assert short_method("/fused.v1.ParticipantService/Register") == "Register"
+    assert short_method("Register") == "Register"
+
+
+def test_unknown_method_is_unimplemented_and_uncounted(wire: Wire) -> None:
+    channel, client = wire.client()
+    call = channel.unary_unary(
+        "/fused.v1.ParticipantService/NoSuchMethod",
+        request_serializer=participant_pb2.HeartbeatRequest.SerializeToString,
+        response_deserializer=participant_pb2.HeartbeatResponse.FromString,
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        call(participant_pb2.HeartbeatRequest(participant_id=PID), metadata=MD)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert _messages(client, "NoSuchMethod", "sent", phase="none") == 1
+    assert _messages(wire.server_registry, "NoSuchMethod", "received") is None
+    assert wire.hook_calls == []
