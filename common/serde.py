@@ -5,8 +5,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from common.specs import TrainingSpec
-from common.tasks import EvalOutcome, TaskKind, TaskOutcome, TaskSpec, TrainOutcome
+from common.specs import TrainingSpec, UnlearningSpec
+from common.tasks import (
+    AdapterRef,
+    EvalOutcome,
+    ForgetSpec,
+    SensitivityOutcome,
+    TaskKind,
+    TaskOutcome,
+    TaskSpec,
+    TrainOutcome,
+)
 from common.train_config import TrainConfig
 from coordinator.state.records import (
     JobEvent,
@@ -21,6 +30,8 @@ from proto.fused.v1 import common_pb2, control_pb2, participant_pb2
 _TASK_KINDS = {
     TaskKind.TRAIN: participant_pb2.TASK_KIND_TRAIN,
     TaskKind.EVALUATE: participant_pb2.TASK_KIND_EVALUATE,
+    TaskKind.SENSITIVITY: participant_pb2.TASK_KIND_SENSITIVITY,
+    TaskKind.ADAPTER_TRAIN: participant_pb2.TASK_KIND_ADAPTER_TRAIN,
 }
 _TASK_KINDS_BACK = {v: k for k, v in _TASK_KINDS.items()}
 
@@ -85,6 +96,86 @@ def training_spec_from_proto(msg: control_pb2.TrainingSpec) -> TrainingSpec:
     )
 
 
+def forget_to_proto(forget: ForgetSpec) -> common_pb2.ForgetSpec:
+    return common_pb2.ForgetSpec(
+        paradigm=forget.paradigm,
+        participant_id=forget.participant_id,
+        class_label=forget.class_label,
+        sample_ids=forget.sample_ids,
+        relabel=forget.relabel,
+        trigger_size=forget.trigger_size,
+        trigger_target=forget.trigger_target,
+    )
+
+
+def forget_from_proto(msg: common_pb2.ForgetSpec) -> ForgetSpec:
+    return ForgetSpec(
+        paradigm=msg.paradigm,
+        participant_id=msg.participant_id,
+        class_label=msg.class_label,
+        sample_ids=tuple(msg.sample_ids),
+        relabel=msg.relabel,
+        trigger_size=msg.trigger_size,
+        trigger_target=msg.trigger_target,
+    )
+
+
+def adapter_to_proto(ref: AdapterRef) -> participant_pb2.AdapterSpec:
+    return participant_pb2.AdapterSpec(
+        layers=ref.layers,
+        density=ref.density,
+        mask_seed=ref.mask_seed,
+        mask_digest=ref.mask_digest,
+        values_blob_id=ref.values_blob_id,
+    )
+
+
+def adapter_from_proto(msg: participant_pb2.AdapterSpec) -> AdapterRef:
+    return AdapterRef(
+        layers=tuple(msg.layers),
+        density=msg.density,
+        mask_seed=msg.mask_seed,
+        mask_digest=msg.mask_digest,
+        values_blob_id=msg.values_blob_id,
+    )
+
+
+def unlearning_spec_to_proto(spec: UnlearningSpec) -> control_pb2.UnlearningSpec:
+    return control_pb2.UnlearningSpec(
+        base_version=spec.base_version,
+        forget=forget_to_proto(spec.forget),
+        method=spec.method,
+        rounds=spec.rounds,
+        train=train_config_to_proto(spec.train),
+        top_k=spec.top_k,
+        layers=spec.layers,
+        density=spec.density,
+        min_participants=spec.min_participants,
+        round_deadline_s=spec.round_deadline_s,
+        wait_for_participants_s=spec.wait_for_participants_s,
+        seed=spec.seed,
+        evaluate_each_round=spec.evaluate_each_round,
+    )
+
+
+def unlearning_spec_from_proto(msg: control_pb2.UnlearningSpec) -> UnlearningSpec:
+    return UnlearningSpec(
+        base_version=msg.base_version,
+        forget=forget_from_proto(msg.forget),
+        method=msg.method,
+        rounds=msg.rounds,
+        train=train_config_from_proto(msg.train),
+        top_k=msg.top_k,
+        layers=tuple(msg.layers),
+        density=msg.density,
+        min_participants=msg.min_participants,
+        round_deadline_s=msg.round_deadline_s,
+        wait_for_participants_s=msg.wait_for_participants_s,
+        seed=msg.seed,
+        evaluate_each_round=msg.evaluate_each_round,
+    )
+
+
 def task_to_proto(task: TaskSpec) -> participant_pb2.Task:
     return participant_pb2.Task(
         task_id=task.task_id,
@@ -97,6 +188,8 @@ def task_to_proto(task: TaskSpec) -> participant_pb2.Task:
         num_classes=task.num_classes,
         train=train_config_to_proto(task.train),
         deadline_unix=task.deadline_unix,
+        forget=forget_to_proto(task.forget) if task.forget else None,
+        adapter=adapter_to_proto(task.adapter) if task.adapter else None,
     )
 
 
@@ -114,6 +207,8 @@ def task_from_proto(msg: participant_pb2.Task) -> TaskSpec:
         num_classes=msg.num_classes,
         train=train_config_from_proto(msg.train),
         deadline_unix=msg.deadline_unix,
+        forget=forget_from_proto(msg.forget) if msg.HasField("forget") else None,
+        adapter=adapter_from_proto(msg.adapter) if msg.HasField("adapter") else None,
     )
 
 
@@ -134,7 +229,20 @@ def outcome_to_proto(outcome: TaskOutcome) -> participant_pb2.PushResultRequest:
     elif outcome.eval is not None:
         e = outcome.eval
         msg.eval.CopyFrom(
-            participant_pb2.EvalResult(correct=e.correct, total=e.total, loss_sum=e.loss_sum)
+            participant_pb2.EvalResult(
+                correct=e.correct,
+                total=e.total,
+                loss_sum=e.loss_sum,
+                forget_correct=e.forget_correct,
+                forget_total=e.forget_total,
+            )
+        )
+    elif outcome.sensitivity is not None:
+        msg.sensitivity.CopyFrom(
+            participant_pb2.SensitivityResult(
+                distances=outcome.sensitivity.distances,
+                num_examples=outcome.sensitivity.num_examples,
+            )
         )
     else:
         msg.error.message = outcome.error or "unknown error"
@@ -151,8 +259,13 @@ def outcome_from_proto(msg: participant_pb2.PushResultRequest) -> TaskOutcome:
         e = msg.eval
         if len(e.correct) != len(e.total):
             raise ValueError("eval result: correct and total must have one entry per class")
-        ev = EvalOutcome(tuple(e.correct), tuple(e.total), e.loss_sum)
+        ev = EvalOutcome(
+            tuple(e.correct), tuple(e.total), e.loss_sum, e.forget_correct, e.forget_total
+        )
         return TaskOutcome(msg.participant_id, msg.task_id, eval=ev)
+    if which == "sensitivity":
+        sens = SensitivityOutcome(dict(msg.sensitivity.distances), msg.sensitivity.num_examples)
+        return TaskOutcome(msg.participant_id, msg.task_id, sensitivity=sens)
     if which == "error":
         return TaskOutcome(msg.participant_id, msg.task_id, error=msg.error.message)
     raise ValueError("result has no outcome: set one of train, eval or error")
@@ -293,3 +406,8 @@ def model_from_proto(msg: control_pb2.ModelVersionInfo) -> tuple[ModelVersion, b
         meta=_loads(msg.meta_json),
     )
     return version, msg.active
+
+
+def forget_from_dict(data: dict[str, Any]) -> ForgetSpec:
+    """A ForgetSpec from its stored JSON form (dataclasses.asdict)."""
+    return ForgetSpec(**{**data, "sample_ids": tuple(data.get("sample_ids", ()))})

@@ -21,7 +21,9 @@ MD_PHASE = "fused-phase"
 MD_ROUND = "fused-round"
 
 NO_PHASE = "none"
-KNOWN_PHASES = frozenset({NO_PHASE, "train", "evaluate", "sensitivity", "adapter", "export"})
+KNOWN_PHASES = frozenset(
+    {NO_PHASE, "train", "evaluate", "sensitivity", "adapter", "retrain", "finetune"}
+)
 
 Serializer = Callable[[Any], Any] | None
 ByteHook = Callable[[dict[str, str], str, int], None]  # (metadata, direction, nbytes)

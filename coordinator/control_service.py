@@ -9,10 +9,12 @@ import grpc.aio
 
 from common.serde import (
     event_to_proto,
+    forget_from_proto,
     job_to_proto,
     model_to_proto,
     participant_to_proto,
     training_spec_from_proto,
+    unlearning_spec_from_proto,
 )
 from common.specs import SpecError
 from coordinator.artifacts import ArtifactStore, CorruptArtifactError
@@ -20,7 +22,7 @@ from coordinator.fleet import Fleet
 from coordinator.grpc_util import Context, abort
 from coordinator.jobs import JobManager
 from coordinator.state import StateStore
-from coordinator.versions import ACTIVE_VERSION_KEY, active_version
+from coordinator.versions import ACTIVE_VERSION_KEY, active_version, set_active
 from proto.fused.v1 import common_pb2, control_pb2, control_pb2_grpc
 
 
@@ -47,6 +49,77 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         except SpecError as exc:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"invalid training spec: {exc}")
         return job_to_proto(job)
+
+    async def StartUnlearning(
+        self, request: control_pb2.StartUnlearningRequest, context: Context
+    ) -> control_pb2.JobInfo:
+        try:
+            job = self._jobs.start_unlearning(unlearning_spec_from_proto(request.spec))
+        except SpecError as exc:
+            await abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, f"invalid unlearning spec: {exc}"
+            )
+        return job_to_proto(job)
+
+    async def StartEvaluation(
+        self, request: control_pb2.StartEvaluationRequest, context: Context
+    ) -> control_pb2.JobInfo:
+        version_id = request.version_id or self._store.get_setting(ACTIVE_VERSION_KEY) or ""
+        forget = forget_from_proto(request.forget) if request.HasField("forget") else None
+        deadline = request.round_deadline_s or 300.0
+        try:
+            job = self._jobs.start_evaluation(version_id, forget, deadline)
+        except SpecError as exc:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"cannot evaluate: {exc}")
+        return job_to_proto(job)
+
+    async def GetLayers(
+        self, request: control_pb2.GetJobRequest, context: Context
+    ) -> control_pb2.LayersResponse:
+        if self._store.get_job(request.job_id) is None:
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")
+        for record in self._store.list_rounds(request.job_id):
+            if record.phase == "sensitivity" and "ranking" in record.metrics:
+                return control_pb2.LayersResponse(
+                    layers=[control_pb2.LayerScore(**entry) for entry in record.metrics["ranking"]]
+                )
+        await abort(
+            context,
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"job {request.job_id} has no sensitivity ranking (not a FUSED job, or not there yet)",
+        )
+
+    async def Revert(
+        self, request: control_pb2.VersionRequest, context: Context
+    ) -> control_pb2.ModelVersionInfo:
+        version = self._store.get_model_version(request.version_id)
+        if version is None:
+            await abort(
+                context, grpc.StatusCode.NOT_FOUND, f"no model version {request.version_id!r}"
+            )
+        if version.parent_id is None:
+            await abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{version.version_id} has no parent version to revert to",
+            )
+        return self._activate(version.parent_id)
+
+    async def Reapply(
+        self, request: control_pb2.VersionRequest, context: Context
+    ) -> control_pb2.ModelVersionInfo:
+        if self._store.get_model_version(request.version_id) is None:
+            await abort(
+                context, grpc.StatusCode.NOT_FOUND, f"no model version {request.version_id!r}"
+            )
+        return self._activate(request.version_id)
+
+    def _activate(self, version_id: str) -> control_pb2.ModelVersionInfo:
+        """Switch the served version: instant, and exact since artifacts are immutable."""
+        set_active(self._store, version_id)
+        version = self._store.get_model_version(version_id)
+        assert version is not None
+        return model_to_proto(version, active=True)
 
     async def GetJob(
         self, request: control_pb2.GetJobRequest, context: Context

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import defaultdict
@@ -11,7 +12,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.specs import SpecError, TrainingSpec
+from common.serde import forget_from_dict
+from common.specs import SpecError, TrainingSpec, UnlearningSpec
+from common.tasks import ForgetSpec
 from common.wire import MD_JOB, MD_PARTICIPANT, MD_PHASE, MD_ROUND
 from coordinator.artifacts import ArtifactStore
 from coordinator.fleet import Fleet
@@ -96,6 +99,37 @@ class JobManager:
         if spec.init_version and self._store.get_model_version(spec.init_version) is None:
             raise SpecError(f"init_version {spec.init_version!r} is not a known model version")
         return self._start("train", spec.to_dict(), lambda ctx: run_training(ctx, spec))
+
+    def start_unlearning(self, spec: UnlearningSpec) -> JobRecord:
+        from coordinator.unlearning_job import run_unlearning
+
+        spec.validate()
+        if spec.base_version and self._store.get_model_version(spec.base_version) is None:
+            raise SpecError(f"base_version {spec.base_version!r} is not a known model version")
+        return self._start("unlearn", spec.to_dict(), lambda ctx: run_unlearning(ctx, spec))
+
+    def start_evaluation(
+        self, version_id: str, forget: ForgetSpec | None, deadline_s: float
+    ) -> JobRecord:
+        """Evaluate a version; without a forget spec, use that of the job that made it."""
+        from coordinator.evaluation_job import run_evaluation
+
+        version = self._store.get_model_version(version_id)
+        if version is None:
+            raise SpecError(f"{version_id!r} is not a known model version")
+        if forget is None and version.job_id:
+            job = self._store.get_job(version.job_id)
+            if job is not None and job.kind == "unlearn":
+                forget = forget_from_dict(job.spec["forget"])
+        if forget is not None:
+            try:
+                forget.validate()
+            except ValueError as exc:
+                raise SpecError(str(exc)) from exc
+        spec = {"version_id": version_id, "forget": forget and dataclasses.asdict(forget)}
+        return self._start(
+            "evaluate", spec, lambda ctx: run_evaluation(ctx, version_id, forget, deadline_s)
+        )
 
     def _start(self, kind: str, spec: dict[str, Any], body: JobBody) -> JobRecord:
         now = self._clock()

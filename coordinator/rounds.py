@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from common.tasks import EvalOutcome, TaskKind, TaskOutcome, TaskSpec
+from common.tasks import AdapterRef, EvalOutcome, ForgetSpec, TaskKind, TaskOutcome, TaskSpec
 from common.train_config import TrainConfig
 from coordinator.fleet import Validator
 from coordinator.jobs import JobContext
@@ -30,6 +30,8 @@ class RoundPlan:
     num_classes: int
     deadline_s: float
     train_config: Callable[[str], TrainConfig]  # per participant (seeds differ)
+    forget: ForgetSpec | None = None
+    adapter: AdapterRef | None = None
 
 
 async def run_round(
@@ -49,6 +51,8 @@ async def run_round(
             num_classes=plan.num_classes,
             train=plan.train_config(pid),
             deadline_unix=deadline,
+            forget=plan.forget.for_participant(pid) if plan.forget else None,
+            adapter=plan.adapter,
         )
         futures[ctx.fleet.submit(pid, spec, validate)] = (pid, spec.task_id)
     result = RoundResult()
@@ -84,6 +88,8 @@ def eval_validator(num_classes: int) -> Validator:
             )
         if any(c > t for c, t in zip(ev.correct, ev.total, strict=True)):
             raise ValueError("evaluation counts: correct exceeds total for some class")
+        if ev.forget_correct > ev.forget_total:
+            raise ValueError("evaluation counts: forget_correct exceeds forget_total")
 
     return validate
 
@@ -92,6 +98,7 @@ def merge_eval(outcomes: dict[str, TaskOutcome], num_classes: int) -> dict[str, 
     """Federated evaluation: sum the per-class counts of every participant."""
     correct = [0] * num_classes
     total = [0] * num_classes
+    forget_correct = forget_total = 0
     loss_sum = 0.0
     per_participant: dict[str, float] = {}
     for pid, outcome in sorted(outcomes.items()):
@@ -101,11 +108,15 @@ def merge_eval(outcomes: dict[str, TaskOutcome], num_classes: int) -> dict[str, 
             correct[c] += ev.correct[c]
             total[c] += ev.total[c]
         loss_sum += ev.loss_sum
+        forget_correct += ev.forget_correct
+        forget_total += ev.forget_total
         n = ev.num_examples
         per_participant[pid] = sum(ev.correct) / n if n else 0.0
     n_all = sum(total)
     return {
-        "accuracy": sum(correct) / n_all if n_all else 0.0,
+        "accuracy": sum(correct) / n_all if n_all else 0.0,  # RA: on the remaining test data
+        "fa": forget_correct / forget_total if forget_total else None,  # on the forgotten set
+        "forget_total": forget_total,
         "loss": loss_sum / n_all if n_all else 0.0,
         "num_examples": n_all,
         "correct": correct,

@@ -14,15 +14,26 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
+import torch
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from common.adapter_codec import decode_adapter, encode_adapter
+from common.adapters import AdapterLayout, merge_weights, zero_values
 from common.data.shards import Shard
 from common.net import CHUNK_BYTES, TlsFiles, create_channel
 from common.serde import outcome_to_proto, task_from_proto
-from common.tasks import EvalOutcome, TaskKind, TaskOutcome, TaskSpec, TrainOutcome
+from common.tasks import SensitivityOutcome, TaskKind, TaskOutcome, TaskSpec, TrainOutcome
 from common.tensor_codec import decode_tensors, encode_tensors
 from common.wire import MD_JOB, MD_PARTICIPANT, MD_PHASE, MD_ROUND, CountingChannel, WireMetrics
-from participant.executor import local_evaluate, local_update, model_schema
+from participant.blobs import BlobCache
+from participant.executor import (
+    adapter_layout,
+    local_adapter_update,
+    local_evaluate,
+    local_sensitivity,
+    local_update,
+    model_schema,
+)
 from proto.fused.v1 import common_pb2, participant_pb2, participant_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -46,6 +57,7 @@ class AgentSettings:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     max_download_bytes: int = 1 << 30
+    cache_bytes: int = 512 << 20
 
 
 class ReRegister(Exception):
@@ -70,6 +82,7 @@ class Agent:
         self._metrics = metrics
         self._pid = settings.participant_id
         self.sessions = 0  # successful registrations, for observability and tests
+        self._cache = BlobCache(settings.cache_bytes)
         self._stop = threading.Event()
         self._channel: grpc.Channel | None = None
 
@@ -216,27 +229,65 @@ class Agent:
         task: TaskSpec,
         reply: participant_pb2.RegisterResponse,
     ) -> TaskOutcome:
-        data = self._download(stub, task)
+        started = time.monotonic()
         schema = model_schema(task.model_name, task.num_classes)
         weights, _ = decode_tensors(
-            data, schema=schema, max_bytes=self._settings.max_download_bytes
+            self._fetch(stub, task, task.model_blob_id),
+            schema=schema,
+            max_bytes=self._settings.max_download_bytes,
         )
+        name, classes, pid = task.model_name, task.num_classes, self._pid
+        layout, values = self._adapter(stub, task)
         if task.kind is TaskKind.EVALUATE:
-            counts = local_evaluate(task.model_name, task.num_classes, weights, self._shard)
-            ev = EvalOutcome(tuple(counts.correct), tuple(counts.total), counts.loss_sum)
-            return TaskOutcome(self._pid, task.task_id, eval=ev)
-        started = time.monotonic()
-        state, stats = local_update(
-            task.model_name, task.num_classes, weights, self._shard, task.train
-        )
-        blob = encode_tensors(state, {"model": task.model_name})
+            if layout is not None:
+                weights = merge_weights(weights, layout, values)
+            ev = local_evaluate(name, classes, weights, self._shard, task.forget)
+            return TaskOutcome(pid, task.task_id, eval=ev)
+        if task.kind is TaskKind.SENSITIVITY:
+            distances, n = local_sensitivity(name, classes, weights, self._shard, task.train)
+            return TaskOutcome(pid, task.task_id, sensitivity=SensitivityOutcome(distances, n))
+        if task.kind is TaskKind.ADAPTER_TRAIN:
+            if layout is None:
+                raise ValueError("an adapter training task without an adapter")
+            new_values, stats = local_adapter_update(
+                name, classes, weights, layout, values, self._shard, task.train, task.forget
+            )
+            blob = encode_adapter(layout, new_values)
+        else:
+            state, stats = local_update(
+                name, classes, weights, self._shard, task.train, task.forget
+            )
+            blob = encode_tensors(state, {"model": name})
         blob_id = self._upload(stub, task, blob, reply.chunk_bytes or CHUNK_BYTES)
         seconds = time.monotonic() - started
         train = TrainOutcome(blob_id, stats.num_examples, stats.mean_loss, seconds)
-        return TaskOutcome(self._pid, task.task_id, train=train)
+        return TaskOutcome(pid, task.task_id, train=train)
 
-    def _download(self, stub: participant_pb2_grpc.ParticipantServiceStub, task: TaskSpec) -> bytes:
-        request = participant_pb2.DownloadBlobRequest(blob_id=task.model_blob_id)
+    def _adapter(
+        self, stub: participant_pb2_grpc.ParticipantServiceStub, task: TaskSpec
+    ) -> tuple[AdapterLayout | None, dict[str, torch.Tensor]]:
+        """The task's adapter layout (mask derived locally) and current values, if any."""
+        if task.adapter is None:
+            return None, {}
+        layout = adapter_layout(task.model_name, task.num_classes, task.adapter)
+        if not task.adapter.values_blob_id:
+            return layout, zero_values(layout)
+        data = self._fetch(stub, task, task.adapter.values_blob_id)
+        return layout, decode_adapter(data, layout)
+
+    def _fetch(
+        self, stub: participant_pb2_grpc.ParticipantServiceStub, task: TaskSpec, digest: str
+    ) -> bytes:
+        cached = self._cache.get(digest)
+        if cached is None:
+            cached = self._download(stub, task, digest)
+            self._cache.put(digest, cached)
+        return cached
+
+    def _download(
+        self, stub: participant_pb2_grpc.ParticipantServiceStub, task: TaskSpec, digest: str
+    ) -> bytes:
+        request = participant_pb2.DownloadBlobRequest(blob_id=digest)
         parts: list[bytes] = []
         size = 0
         for chunk in stub.DownloadBlob(request, timeout=300, metadata=self._md(task)):
@@ -245,8 +296,8 @@ class Agent:
                 raise ValueError(f"download exceeds {self._settings.max_download_bytes} bytes")
             parts.append(chunk.data)
         data = b"".join(parts)
-        if hashlib.sha256(data).hexdigest() != task.model_blob_id:
-            raise ValueError(f"downloaded model does not match its digest {task.model_blob_id}")
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise ValueError(f"downloaded artifact does not match its digest {digest}")
         return data
 
     def _upload(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.adapters import frozen_norm_stats
 from common.data.tensors import TensorData
 from common.train_config import TrainConfig
 
@@ -48,8 +50,12 @@ def train_local(
     data: TensorData,
     cfg: TrainConfig,
     params: Iterable[nn.Parameter] | None = None,
+    freeze_norm_stats: bool = False,
 ) -> TrainStats:
     """Train `model` in place with SGD on `data` for `cfg.local_epochs` epochs.
+
+    With `freeze_norm_stats`, normalisation layers stay in eval mode so their running
+    statistics (buffers, not parameters) never change: the base model stays bit-exact.
 
     Only `params` (default: every parameter that requires grad) are updated; the model's other
     parameters are temporarily frozen and restored afterwards. Shuffling uses a local generator
@@ -91,16 +97,17 @@ def train_local(
         for p in all_params:
             p.requires_grad_(id(p) in chosen)
         model.train()
-        for _ in range(cfg.local_epochs):
-            perm = torch.randperm(n, generator=gen).to(device)  # (N,)
-            for start in range(0, n, cfg.batch_size):
-                idx = perm[start : start + cfg.batch_size]
-                opt.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(model(x[idx]), y[idx])
-                torch.autograd.backward(loss)
-                opt.step()
-                loss_sum += loss.detach().to(torch.float64) * idx.numel()
-                steps += 1
+        with frozen_norm_stats(model) if freeze_norm_stats else nullcontext():
+            for _ in range(cfg.local_epochs):
+                perm = torch.randperm(n, generator=gen).to(device)  # (N,)
+                for start in range(0, n, cfg.batch_size):
+                    idx = perm[start : start + cfg.batch_size]
+                    opt.zero_grad(set_to_none=True)
+                    loss = F.cross_entropy(model(x[idx]), y[idx])
+                    torch.autograd.backward(loss)
+                    opt.step()
+                    loss_sum += loss.detach().to(torch.float64) * idx.numel()
+                    steps += 1
     finally:
         for p, flag in zip(all_params, saved_flags, strict=True):
             p.requires_grad_(flag)

@@ -17,8 +17,14 @@ from common.cli.tables import human_bytes, table, when
 from common.data.partition import PartitionConfig
 from common.data.shards import partition_to_directory
 from common.net import create_channel
-from common.serde import job_from_proto, training_spec_to_proto
-from common.specs import TrainingSpec
+from common.serde import (
+    forget_to_proto,
+    job_from_proto,
+    training_spec_to_proto,
+    unlearning_spec_to_proto,
+)
+from common.specs import METHODS, TrainingSpec, UnlearningSpec
+from common.tasks import ForgetSpec
 from common.train_config import TrainConfig
 from proto.fused.v1 import control_pb2, control_pb2_grpc
 
@@ -57,15 +63,111 @@ def cmd_train(args: argparse.Namespace) -> int:
         wait_for_participants_s=args.wait_participants,
         evaluate_each_round=not args.no_eval_each_round,
     )
-    job = _stub(args).StartTraining(
-        control_pb2.StartTrainingRequest(spec=training_spec_to_proto(spec)), timeout=30
-    )
+    request = control_pb2.StartTrainingRequest(spec=training_spec_to_proto(spec))
+    return _start(args, _stub(args).StartTraining(request, timeout=30))
+
+
+def _start(args: argparse.Namespace, job: control_pb2.JobInfo) -> int:
     if not args.wait:
         _emit(args, _as_dict(job), lambda: f"started job {job.job_id}")
         return 0
     if not args.json:
         print(f"started job {job.job_id}")
     return _follow(args, job.job_id)
+
+
+def read_sample_ids(path: Path) -> tuple[int, ...]:
+    """Sample ids, one or more per line (commas or spaces), `#` starts a comment."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise CliError(f"cannot read sample ids from {path}: {exc.strerror}") from exc
+    ids = []
+    for number, line in enumerate(text.splitlines(), 1):
+        for token in line.split("#", 1)[0].replace(",", " ").split():
+            if not token.isdigit():
+                raise CliError(f"{path}:{number}: {token!r} is not a sample id")
+            ids.append(int(token))
+    if not ids:
+        raise CliError(f"{path} lists no sample ids")
+    return tuple(sorted(set(ids)))
+
+
+def forget_from_args(args: argparse.Namespace) -> ForgetSpec:
+    if args.participant:
+        return ForgetSpec("participant", participant_id=args.participant)
+    if args.forget_class is not None:
+        return ForgetSpec("class", class_label=args.forget_class, relabel=args.relabel)
+    holder, sep, file = args.samples.partition(":")
+    if not sep or not holder or not file:
+        raise CliError("--samples takes PARTICIPANT:FILE")
+    return ForgetSpec(
+        "samples",
+        participant_id=holder,
+        sample_ids=read_sample_ids(Path(file)),
+        trigger_size=args.trigger_size,
+        trigger_target=args.trigger_target,
+    )
+
+
+def cmd_unlearn(args: argparse.Namespace) -> int:
+    spec = UnlearningSpec(
+        forget=forget_from_args(args),
+        base_version=args.base,
+        method=args.method,
+        rounds=args.rounds,
+        train=TrainConfig(
+            args.local_epochs, args.lr, args.momentum, args.weight_decay, args.batch_size, args.seed
+        ),
+        top_k=args.top_k,
+        layers=tuple(n for n in args.layers.split(",") if n),
+        density=args.density,
+        min_participants=args.min_participants,
+        round_deadline_s=args.round_deadline,
+        wait_for_participants_s=args.wait_participants,
+        seed=args.seed,
+        evaluate_each_round=not args.no_eval_each_round,
+    )
+    request = control_pb2.StartUnlearningRequest(spec=unlearning_spec_to_proto(spec))
+    return _start(args, _stub(args).StartUnlearning(request, timeout=30))
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    request = control_pb2.StartEvaluationRequest(version_id=args.version)
+    if args.participant or args.forget_class is not None or args.samples:
+        request.forget.CopyFrom(forget_to_proto(forget_from_args(args)))
+    return _start(args, _stub(args).StartEvaluation(request, timeout=30))
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    reply = _stub(args).GetLayers(control_pb2.GetJobRequest(job_id=args.job), timeout=30)
+    rows = [
+        [
+            i + 1,
+            ("* " if entry.selected else "  ") + entry.name,
+            f"{entry.distance:.6g}",
+            entry.numel,
+        ]
+        for i, entry in enumerate(reply.layers)
+    ]
+    _emit(
+        args,
+        _as_dict(reply).get("layers", []),
+        lambda: table(["rank", "tensor (* adapted)", "L1 distance", "numel"], rows),
+    )
+    return 0
+
+
+def cmd_switch(args: argparse.Namespace) -> int:
+    stub = _stub(args)
+    call = stub.Revert if args.command == "revert" else stub.Reapply
+    active = call(control_pb2.VersionRequest(version_id=args.version), timeout=30)
+    _emit(
+        args,
+        _as_dict(active),
+        lambda: f"now serving {active.version_id} ({active.kind}, sha256 {active.digest})",
+    )
+    return 0
 
 
 def _follow(args: argparse.Namespace, job_id: str) -> int:
@@ -84,7 +186,9 @@ def _event_line(event: control_pb2.JobEvent) -> str:
     where = f"{event.phase} {event.round}" if event.phase else ""
     extra = []
     if "accuracy" in data:
-        extra.append(f"accuracy {data['accuracy']:.4f}")
+        extra.append(f"RA {data['accuracy']:.4f}")
+    if data.get("fa") is not None:
+        extra.append(f"FA {data['fa']:.4f}")
     if "train_loss" in data:
         extra.append(f"loss {data['train_loss']:.4f}")
     if isinstance(data.get("bytes"), dict):
@@ -186,7 +290,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         args,
         _as_dict(reply).get("models", []),
         lambda: table(
-            ["version (* active)", "kind", "model", "parent", "job", "params", "sha256", "created"],
+            ["version (* active)", "kind", "model", "job", "params", "sha256", "created"],
             rows,
         ),
     )
@@ -274,6 +378,44 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--wait", action="store_true", help="follow the job until it ends")
     train.set_defaults(func=cmd_train)
 
+    unlearn = sub.add_parser("unlearn", help="forget a participant, a class or samples")
+    _forget_options(unlearn, required=True)
+    unlearn.add_argument("--method", choices=METHODS, default="fused")
+    unlearn.add_argument("--base", default="", help="version to unlearn from; default: active")
+    unlearn.add_argument("--rounds", type=int, default=5)
+    unlearn.add_argument("--local-epochs", type=int, default=defaults.local_epochs)
+    unlearn.add_argument("--lr", type=float, default=defaults.lr)
+    unlearn.add_argument("--momentum", type=float, default=defaults.momentum)
+    unlearn.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    unlearn.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    unlearn.add_argument("--top-k", type=int, default=2, help="fused: tensors to adapt")
+    unlearn.add_argument("--layers", default="", help="fused: comma-separated tensor names")
+    unlearn.add_argument("--density", type=float, default=0.1, help="fused: mask density rho")
+    unlearn.add_argument("--min-participants", type=int, default=1)
+    unlearn.add_argument("--round-deadline", type=float, default=300.0, help="seconds")
+    unlearn.add_argument("--wait-participants", type=float, default=60.0, help="seconds")
+    unlearn.add_argument("--seed", type=int, default=0)
+    unlearn.add_argument("--no-eval-each-round", action="store_true")
+    unlearn.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    unlearn.set_defaults(func=cmd_unlearn)
+
+    evaluate = sub.add_parser("eval", help="federated evaluation of a model version (RA/FA)")
+    evaluate.add_argument("version", nargs="?", default="", help="default: the active version")
+    _forget_options(evaluate, required=False)
+    evaluate.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    evaluate.set_defaults(func=cmd_eval)
+
+    layers = sub.add_parser("layers", help="a FUSED job's sensitivity ranking")
+    layers.add_argument("job")
+    layers.set_defaults(func=cmd_layers)
+    for name, help_text in (
+        ("revert", "serve the version's parent again (exact)"),
+        ("reapply", "serve the version again (exact)"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("version")
+        p.set_defaults(func=cmd_switch)
+
     for name, func, help_text in (
         ("status", cmd_status, "a job's state and rounds"),
         ("watch", cmd_watch, "follow a job's progress live"),
@@ -306,6 +448,25 @@ def build_parser() -> argparse.ArgumentParser:
     part.add_argument("--out", type=Path, required=True)
     part.set_defaults(func=cmd_partition)
     return parser
+
+
+def _forget_options(parser: argparse.ArgumentParser, required: bool) -> None:
+    what = parser.add_mutually_exclusive_group(required=required)
+    what.add_argument("--participant", help="forget everything this participant contributed")
+    what.add_argument("--class", dest="forget_class", type=int, help="forget a label everywhere")
+    what.add_argument("--samples", help="PARTICIPANT:FILE, the sample ids to forget")
+    parser.add_argument(
+        "--relabel",
+        action="store_true",
+        help="--class: relabel at random instead of dropping (research code)",
+    )
+    parser.add_argument(
+        "--trigger-size",
+        type=int,
+        default=0,
+        help="--samples: the samples are a backdoor with this trigger size",
+    )
+    parser.add_argument("--trigger-target", type=int, default=0, help="--samples: its label")
 
 
 _HINTS = {

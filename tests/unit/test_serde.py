@@ -13,8 +13,17 @@ import pytest
 from google.protobuf.message import Message
 
 from common import serde
-from common.specs import SpecError, TrainingSpec
-from common.tasks import EvalOutcome, TaskKind, TaskOutcome, TaskSpec, TrainOutcome
+from common.specs import SpecError, TrainingSpec, UnlearningSpec
+from common.tasks import (
+    AdapterRef,
+    EvalOutcome,
+    ForgetSpec,
+    SensitivityOutcome,
+    TaskKind,
+    TaskOutcome,
+    TaskSpec,
+    TrainOutcome,
+)
 from common.train_config import TrainConfig, task_seed
 from coordinator.state.records import (
     JobEvent,
@@ -112,7 +121,62 @@ def _model_pair(pair: tuple[ModelVersion, bool]) -> Message:
     return serde.model_to_proto(*pair)
 
 
+FORGET = ForgetSpec(
+    paradigm="samples",
+    participant_id="p0",
+    sample_ids=(3, 99, 2**40),
+    trigger_size=2,
+    trigger_target=0,
+)
+ADAPTER = AdapterRef(("fc3.weight", "conv1.bias"), 0.05, 2**50 + 3, "12" * 32, "34" * 32)
+
 CASES = [
+    RoundTrip("forget", FORGET, serde.forget_to_proto, serde.forget_from_proto),
+    RoundTrip(
+        "forget_class_relabel",
+        ForgetSpec("class", class_label=0, relabel=True),
+        serde.forget_to_proto,
+        serde.forget_from_proto,
+    ),
+    RoundTrip("adapter", ADAPTER, serde.adapter_to_proto, serde.adapter_from_proto),
+    RoundTrip(
+        "unlearning_spec",
+        UnlearningSpec(
+            forget=FORGET,
+            base_version="m-1",
+            method="retrain",
+            rounds=3,
+            train=TRAIN_CFG,
+            top_k=4,
+            layers=("fc3.weight",),
+            density=0.25,
+            min_participants=2,
+            round_deadline_s=9.5,
+            wait_for_participants_s=1.5,
+            seed=5,
+            evaluate_each_round=False,
+        ),
+        serde.unlearning_spec_to_proto,
+        serde.unlearning_spec_from_proto,
+    ),
+    RoundTrip(
+        "task_adapter_with_forget",
+        dataclasses.replace(_task(TaskKind.ADAPTER_TRAIN), forget=FORGET, adapter=ADAPTER),
+        serde.task_to_proto,
+        serde.task_from_proto,
+    ),
+    RoundTrip(
+        "outcome_sensitivity",
+        TaskOutcome("p1", "t6", sensitivity=SensitivityOutcome({"fc3.weight": 1.5}, 300)),
+        serde.outcome_to_proto,
+        serde.outcome_from_proto,
+    ),
+    RoundTrip(
+        "outcome_eval_forget_counts",
+        TaskOutcome("p1", "t7", eval=EvalOutcome((1, 2), (3, 4), 0.5, 7, 9)),
+        serde.outcome_to_proto,
+        serde.outcome_from_proto,
+    ),
     RoundTrip(
         "train_config",
         TRAIN_CFG,
@@ -259,7 +323,12 @@ def test_round_trip(case: RoundTrip) -> None:
 
 def test_task_kinds_map_to_distinct_proto_values() -> None:
     kinds = {serde.task_to_proto(_task(k)).kind for k in TaskKind}
-    assert kinds == {participant_pb2.TASK_KIND_TRAIN, participant_pb2.TASK_KIND_EVALUATE}
+    assert kinds == {
+        participant_pb2.TASK_KIND_TRAIN,
+        participant_pb2.TASK_KIND_EVALUATE,
+        participant_pb2.TASK_KIND_SENSITIVITY,
+        participant_pb2.TASK_KIND_ADAPTER_TRAIN,
+    }
 
 
 def test_outcome_oneof_matches_the_set_field() -> None:
@@ -267,7 +336,9 @@ def test_outcome_oneof_matches_the_set_field() -> None:
         if isinstance(case.value, TaskOutcome):
             msg = serde.outcome_to_proto(case.value)
             expected = next(
-                f for f in ("train", "eval", "error") if getattr(case.value, f) is not None
+                f
+                for f in ("train", "eval", "sensitivity", "error")
+                if getattr(case.value, f) is not None
             )
             assert msg.WhichOneof("outcome") == expected, case.name
 

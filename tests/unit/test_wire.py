@@ -368,7 +368,7 @@ def test_no_metadata_and_no_phase(wire: Wire) -> None:
 def test_phase_views_share_the_connection_not_the_label(wire: Wire) -> None:
     channel, client = wire.client()
     request = participant_pb2.DownloadBlobRequest(blob_id="ab" * 32)
-    views = {phase: channel.with_phase(phase) for phase in ("evaluate", "export")}
+    views = {phase: channel.with_phase(phase) for phase in ("evaluate", "adapter")}
     for phase, view in views.items():
         stub = participant_pb2_grpc.ParticipantServiceStub(view)
         assert len(list(stub.DownloadBlob(request, metadata=MD))) == 3, phase
@@ -376,7 +376,7 @@ def test_phase_views_share_the_connection_not_the_label(wire: Wire) -> None:
     assert len(list(base.DownloadBlob(request, metadata=MD))) == 3
 
     # streamed responses are deserialized on gRPC's threads: still labelled by the view
-    for phase in ("evaluate", "export", "none"):
+    for phase in ("evaluate", "adapter", "none"):
         assert _messages(client, "DownloadBlob", "sent", phase=phase) == 1, phase
         assert _messages(client, "DownloadBlob", "received", phase=phase) == 3, phase
         assert _bytes(client, "DownloadBlob", "received", phase=phase) == _size(
@@ -389,7 +389,7 @@ def test_phase_views_share_the_connection_not_the_label(wire: Wire) -> None:
 def test_concurrent_views_keep_their_phases(wire: Wire) -> None:
     channel, client = wire.client()
     request = participant_pb2.HeartbeatRequest(participant_id=PID)
-    phases = ("train", "evaluate", "export", "sensitivity")
+    phases = ("train", "evaluate", "adapter", "sensitivity")
     errors: list[BaseException] = []
 
     def worker(phase: str) -> None:

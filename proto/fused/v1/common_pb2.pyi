@@ -3,8 +3,10 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -86,3 +88,53 @@ class TrainConfig(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TrainConfig: _TypeAlias = TrainConfig  # noqa: Y015
+
+@_typing.final
+class ForgetSpec(_message.Message):
+    """What an unlearning job forgets. Each participant applies it to its own shard: it drops
+    (or relabels) forgotten samples from training and reports counts on the forgotten set.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARADIGM_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    CLASS_LABEL_FIELD_NUMBER: _builtins.int
+    SAMPLE_IDS_FIELD_NUMBER: _builtins.int
+    RELABEL_FIELD_NUMBER: _builtins.int
+    TRIGGER_SIZE_FIELD_NUMBER: _builtins.int
+    TRIGGER_TARGET_FIELD_NUMBER: _builtins.int
+    paradigm: _builtins.str
+    """"participant", "class" or "samples" """
+    participant_id: _builtins.str
+    """participant: whose data; samples: who holds the samples"""
+    class_label: _builtins.int
+    """class paradigm"""
+    relabel: _builtins.bool
+    """class paradigm: relabel at random instead of dropping"""
+    trigger_size: _builtins.int
+    """samples paradigm: > 0 means the samples are a backdoor and"""
+    trigger_target: _builtins.int
+    """  FA is the attack success rate on triggered test inputs"""
+    @_builtins.property
+    def sample_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """samples paradigm; sent only to the holder"""
+
+    def __init__(
+        self,
+        *,
+        paradigm: _builtins.str = ...,
+        participant_id: _builtins.str = ...,
+        class_label: _builtins.int = ...,
+        sample_ids: _abc.Iterable[_builtins.int] | None = ...,
+        relabel: _builtins.bool = ...,
+        trigger_size: _builtins.int = ...,
+        trigger_target: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_label", b"class_label", "paradigm", b"paradigm", "participant_id", b"participant_id", "relabel", b"relabel", "sample_ids", b"sample_ids", "trigger_size", b"trigger_size", "trigger_target", b"trigger_target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForgetSpec: _TypeAlias = ForgetSpec  # noqa: Y015

@@ -471,3 +471,186 @@ class ExportModelRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExportModelRequest: _TypeAlias = ExportModelRequest  # noqa: Y015
+
+@_typing.final
+class UnlearningSpec(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BASE_VERSION_FIELD_NUMBER: _builtins.int
+    FORGET_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    ROUNDS_FIELD_NUMBER: _builtins.int
+    TRAIN_FIELD_NUMBER: _builtins.int
+    TOP_K_FIELD_NUMBER: _builtins.int
+    LAYERS_FIELD_NUMBER: _builtins.int
+    DENSITY_FIELD_NUMBER: _builtins.int
+    MIN_PARTICIPANTS_FIELD_NUMBER: _builtins.int
+    ROUND_DEADLINE_S_FIELD_NUMBER: _builtins.int
+    WAIT_FOR_PARTICIPANTS_S_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    EVALUATE_EACH_ROUND_FIELD_NUMBER: _builtins.int
+    base_version: _builtins.str
+    """the model to unlearn from; "" = the active version"""
+    method: _builtins.str
+    """"fused" (default), "retrain" or "finetune" """
+    rounds: _builtins.int
+    top_k: _builtins.int
+    """fused: adapt the K most sensitive tensors ..."""
+    density: _builtins.float
+    """fused: adapter mask density rho"""
+    min_participants: _builtins.int
+    round_deadline_s: _builtins.float
+    wait_for_participants_s: _builtins.float
+    seed: _builtins.int
+    evaluate_each_round: _builtins.bool
+    @_builtins.property
+    def forget(self) -> _common_pb2.ForgetSpec: ...
+    @_builtins.property
+    def train(self) -> _common_pb2.TrainConfig: ...
+    @_builtins.property
+    def layers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """... or exactly these"""
+
+    def __init__(
+        self,
+        *,
+        base_version: _builtins.str = ...,
+        forget: _common_pb2.ForgetSpec | None = ...,
+        method: _builtins.str = ...,
+        rounds: _builtins.int = ...,
+        train: _common_pb2.TrainConfig | None = ...,
+        top_k: _builtins.int = ...,
+        layers: _abc.Iterable[_builtins.str] | None = ...,
+        density: _builtins.float = ...,
+        min_participants: _builtins.int = ...,
+        round_deadline_s: _builtins.float = ...,
+        wait_for_participants_s: _builtins.float = ...,
+        seed: _builtins.int = ...,
+        evaluate_each_round: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["forget", b"forget", "train", b"train"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_version", b"base_version", "density", b"density", "evaluate_each_round", b"evaluate_each_round", "forget", b"forget", "layers", b"layers", "method", b"method", "min_participants", b"min_participants", "round_deadline_s", b"round_deadline_s", "rounds", b"rounds", "seed", b"seed", "top_k", b"top_k", "train", b"train", "wait_for_participants_s", b"wait_for_participants_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnlearningSpec: _TypeAlias = UnlearningSpec  # noqa: Y015
+
+@_typing.final
+class StartUnlearningRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPEC_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def spec(self) -> Global___UnlearningSpec: ...
+    def __init__(
+        self,
+        *,
+        spec: Global___UnlearningSpec | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartUnlearningRequest: _TypeAlias = StartUnlearningRequest  # noqa: Y015
+
+@_typing.final
+class StartEvaluationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_ID_FIELD_NUMBER: _builtins.int
+    FORGET_FIELD_NUMBER: _builtins.int
+    ROUND_DEADLINE_S_FIELD_NUMBER: _builtins.int
+    version_id: _builtins.str
+    """"" = the active version"""
+    round_deadline_s: _builtins.float
+    @_builtins.property
+    def forget(self) -> _common_pb2.ForgetSpec:
+        """unset: the forget spec of the job that made the version, if any"""
+
+    def __init__(
+        self,
+        *,
+        version_id: _builtins.str = ...,
+        forget: _common_pb2.ForgetSpec | None = ...,
+        round_deadline_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["forget", b"forget"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["forget", b"forget", "round_deadline_s", b"round_deadline_s", "version_id", b"version_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartEvaluationRequest: _TypeAlias = StartEvaluationRequest  # noqa: Y015
+
+@_typing.final
+class LayerScore(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DISTANCE_FIELD_NUMBER: _builtins.int
+    NUMEL_FIELD_NUMBER: _builtins.int
+    SELECTED_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    distance: _builtins.float
+    """sample-weighted mean L1 distance"""
+    numel: _builtins.int
+    selected: _builtins.bool
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        distance: _builtins.float = ...,
+        numel: _builtins.int = ...,
+        selected: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["distance", b"distance", "name", b"name", "numel", b"numel", "selected", b"selected"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LayerScore: _TypeAlias = LayerScore  # noqa: Y015
+
+@_typing.final
+class LayersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LAYERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def layers(self) -> _containers.RepeatedCompositeFieldContainer[Global___LayerScore]:
+        """ranked, most sensitive first"""
+
+    def __init__(
+        self,
+        *,
+        layers: _abc.Iterable[Global___LayerScore] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["layers", b"layers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LayersResponse: _TypeAlias = LayersResponse  # noqa: Y015
+
+@_typing.final
+class VersionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_ID_FIELD_NUMBER: _builtins.int
+    version_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        version_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["version_id", b"version_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VersionRequest: _TypeAlias = VersionRequest  # noqa: Y015

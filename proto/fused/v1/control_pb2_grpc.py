@@ -27,8 +27,7 @@ if _version_not_supported:
 
 
 class ControlServiceStub:
-    """The operators' service, used by fusedctl. Unlearning calls (unlearn, revert, reapply,
-    evaluate, layers) join this service in the next revision of fused.v1.
+    """The operators' service, used by fusedctl.
     """
 
     def __init__(self, channel):
@@ -41,6 +40,31 @@ class ControlServiceStub:
                 '/fused.v1.ControlService/StartTraining',
                 request_serializer=proto_dot_fused_dot_v1_dot_control__pb2.StartTrainingRequest.SerializeToString,
                 response_deserializer=proto_dot_fused_dot_v1_dot_control__pb2.JobInfo.FromString,
+                _registered_method=True)
+        self.StartUnlearning = channel.unary_unary(
+                '/fused.v1.ControlService/StartUnlearning',
+                request_serializer=proto_dot_fused_dot_v1_dot_control__pb2.StartUnlearningRequest.SerializeToString,
+                response_deserializer=proto_dot_fused_dot_v1_dot_control__pb2.JobInfo.FromString,
+                _registered_method=True)
+        self.StartEvaluation = channel.unary_unary(
+                '/fused.v1.ControlService/StartEvaluation',
+                request_serializer=proto_dot_fused_dot_v1_dot_control__pb2.StartEvaluationRequest.SerializeToString,
+                response_deserializer=proto_dot_fused_dot_v1_dot_control__pb2.JobInfo.FromString,
+                _registered_method=True)
+        self.GetLayers = channel.unary_unary(
+                '/fused.v1.ControlService/GetLayers',
+                request_serializer=proto_dot_fused_dot_v1_dot_control__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=proto_dot_fused_dot_v1_dot_control__pb2.LayersResponse.FromString,
+                _registered_method=True)
+        self.Revert = channel.unary_unary(
+                '/fused.v1.ControlService/Revert',
+                request_serializer=proto_dot_fused_dot_v1_dot_control__pb2.VersionRequest.SerializeToString,
+                response_deserializer=proto_dot_fused_dot_v1_dot_control__pb2.ModelVersionInfo.FromString,
+                _registered_method=True)
+        self.Reapply = channel.unary_unary(
+                '/fused.v1.ControlService/Reapply',
+                request_serializer=proto_dot_fused_dot_v1_dot_control__pb2.VersionRequest.SerializeToString,
+                response_deserializer=proto_dot_fused_dot_v1_dot_control__pb2.ModelVersionInfo.FromString,
                 _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/fused.v1.ControlService/GetJob',
@@ -75,11 +99,42 @@ class ControlServiceStub:
 
 
 class ControlServiceServicer:
-    """The operators' service, used by fusedctl. Unlearning calls (unlearn, revert, reapply,
-    evaluate, layers) join this service in the next revision of fused.v1.
+    """The operators' service, used by fusedctl.
     """
 
     def StartTraining(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartUnlearning(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartEvaluation(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLayers(self, request, context):
+        """The sensitivity ranking of an unlearning job's critical layer identification.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Revert(self, request, context):
+        """Serve a version's parent again / serve the version again. Instant and exact.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Reapply(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -129,6 +184,31 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     request_deserializer=proto_dot_fused_dot_v1_dot_control__pb2.StartTrainingRequest.FromString,
                     response_serializer=proto_dot_fused_dot_v1_dot_control__pb2.JobInfo.SerializeToString,
             ),
+            'StartUnlearning': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartUnlearning,
+                    request_deserializer=proto_dot_fused_dot_v1_dot_control__pb2.StartUnlearningRequest.FromString,
+                    response_serializer=proto_dot_fused_dot_v1_dot_control__pb2.JobInfo.SerializeToString,
+            ),
+            'StartEvaluation': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartEvaluation,
+                    request_deserializer=proto_dot_fused_dot_v1_dot_control__pb2.StartEvaluationRequest.FromString,
+                    response_serializer=proto_dot_fused_dot_v1_dot_control__pb2.JobInfo.SerializeToString,
+            ),
+            'GetLayers': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLayers,
+                    request_deserializer=proto_dot_fused_dot_v1_dot_control__pb2.GetJobRequest.FromString,
+                    response_serializer=proto_dot_fused_dot_v1_dot_control__pb2.LayersResponse.SerializeToString,
+            ),
+            'Revert': grpc.unary_unary_rpc_method_handler(
+                    servicer.Revert,
+                    request_deserializer=proto_dot_fused_dot_v1_dot_control__pb2.VersionRequest.FromString,
+                    response_serializer=proto_dot_fused_dot_v1_dot_control__pb2.ModelVersionInfo.SerializeToString,
+            ),
+            'Reapply': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reapply,
+                    request_deserializer=proto_dot_fused_dot_v1_dot_control__pb2.VersionRequest.FromString,
+                    response_serializer=proto_dot_fused_dot_v1_dot_control__pb2.ModelVersionInfo.SerializeToString,
+            ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
                     request_deserializer=proto_dot_fused_dot_v1_dot_control__pb2.GetJobRequest.FromString,
@@ -168,8 +248,7 @@ def add_ControlServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ControlService:
-    """The operators' service, used by fusedctl. Unlearning calls (unlearn, revert, reapply,
-    evaluate, layers) join this service in the next revision of fused.v1.
+    """The operators' service, used by fusedctl.
     """
 
     @staticmethod
@@ -189,6 +268,141 @@ class ControlService:
             '/fused.v1.ControlService/StartTraining',
             proto_dot_fused_dot_v1_dot_control__pb2.StartTrainingRequest.SerializeToString,
             proto_dot_fused_dot_v1_dot_control__pb2.JobInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartUnlearning(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fused.v1.ControlService/StartUnlearning',
+            proto_dot_fused_dot_v1_dot_control__pb2.StartUnlearningRequest.SerializeToString,
+            proto_dot_fused_dot_v1_dot_control__pb2.JobInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartEvaluation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fused.v1.ControlService/StartEvaluation',
+            proto_dot_fused_dot_v1_dot_control__pb2.StartEvaluationRequest.SerializeToString,
+            proto_dot_fused_dot_v1_dot_control__pb2.JobInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLayers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fused.v1.ControlService/GetLayers',
+            proto_dot_fused_dot_v1_dot_control__pb2.GetJobRequest.SerializeToString,
+            proto_dot_fused_dot_v1_dot_control__pb2.LayersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Revert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fused.v1.ControlService/Revert',
+            proto_dot_fused_dot_v1_dot_control__pb2.VersionRequest.SerializeToString,
+            proto_dot_fused_dot_v1_dot_control__pb2.ModelVersionInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reapply(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fused.v1.ControlService/Reapply',
+            proto_dot_fused_dot_v1_dot_control__pb2.VersionRequest.SerializeToString,
+            proto_dot_fused_dot_v1_dot_control__pb2.ModelVersionInfo.FromString,
             options,
             channel_credentials,
             insecure,

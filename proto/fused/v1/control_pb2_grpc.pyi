@@ -28,15 +28,20 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class ControlServiceStub:
-    """The operators' service, used by fusedctl. Unlearning calls (unlearn, revert, reapply,
-    evaluate, layers) join this service in the next revision of fused.v1.
-    """
+    """The operators' service, used by fusedctl."""
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ControlServiceAsyncStub: ...
     StartTraining: _grpc.UnaryUnaryMultiCallable[_control_pb2.StartTrainingRequest, _control_pb2.JobInfo]
+    StartUnlearning: _grpc.UnaryUnaryMultiCallable[_control_pb2.StartUnlearningRequest, _control_pb2.JobInfo]
+    StartEvaluation: _grpc.UnaryUnaryMultiCallable[_control_pb2.StartEvaluationRequest, _control_pb2.JobInfo]
+    GetLayers: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetJobRequest, _control_pb2.LayersResponse]
+    """The sensitivity ranking of an unlearning job's critical layer identification."""
+    Revert: _grpc.UnaryUnaryMultiCallable[_control_pb2.VersionRequest, _control_pb2.ModelVersionInfo]
+    """Serve a version's parent again / serve the version again. Instant and exact."""
+    Reapply: _grpc.UnaryUnaryMultiCallable[_control_pb2.VersionRequest, _control_pb2.ModelVersionInfo]
     GetJob: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetJobRequest, _control_pb2.JobInfo]
     WatchJob: _grpc.UnaryStreamMultiCallable[_control_pb2.WatchJobRequest, _control_pb2.JobEvent]
     ListJobs: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListJobsRequest, _control_pb2.ListJobsResponse]
@@ -46,12 +51,17 @@ class ControlServiceStub:
 
 @_typing.type_check_only
 class ControlServiceAsyncStub(ControlServiceStub):
-    """The operators' service, used by fusedctl. Unlearning calls (unlearn, revert, reapply,
-    evaluate, layers) join this service in the next revision of fused.v1.
-    """
+    """The operators' service, used by fusedctl."""
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     StartTraining: _aio.UnaryUnaryMultiCallable[_control_pb2.StartTrainingRequest, _control_pb2.JobInfo]  # type: ignore[assignment]
+    StartUnlearning: _aio.UnaryUnaryMultiCallable[_control_pb2.StartUnlearningRequest, _control_pb2.JobInfo]  # type: ignore[assignment]
+    StartEvaluation: _aio.UnaryUnaryMultiCallable[_control_pb2.StartEvaluationRequest, _control_pb2.JobInfo]  # type: ignore[assignment]
+    GetLayers: _aio.UnaryUnaryMultiCallable[_control_pb2.GetJobRequest, _control_pb2.LayersResponse]  # type: ignore[assignment]
+    """The sensitivity ranking of an unlearning job's critical layer identification."""
+    Revert: _aio.UnaryUnaryMultiCallable[_control_pb2.VersionRequest, _control_pb2.ModelVersionInfo]  # type: ignore[assignment]
+    """Serve a version's parent again / serve the version again. Instant and exact."""
+    Reapply: _aio.UnaryUnaryMultiCallable[_control_pb2.VersionRequest, _control_pb2.ModelVersionInfo]  # type: ignore[assignment]
     GetJob: _aio.UnaryUnaryMultiCallable[_control_pb2.GetJobRequest, _control_pb2.JobInfo]  # type: ignore[assignment]
     WatchJob: _aio.UnaryStreamMultiCallable[_control_pb2.WatchJobRequest, _control_pb2.JobEvent]  # type: ignore[assignment]
     ListJobs: _aio.UnaryUnaryMultiCallable[_control_pb2.ListJobsRequest, _control_pb2.ListJobsResponse]  # type: ignore[assignment]
@@ -60,9 +70,7 @@ class ControlServiceAsyncStub(ControlServiceStub):
     ExportModel: _aio.UnaryStreamMultiCallable[_control_pb2.ExportModelRequest, _common_pb2.BlobChunk]  # type: ignore[assignment]
 
 class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
-    """The operators' service, used by fusedctl. Unlearning calls (unlearn, revert, reapply,
-    evaluate, layers) join this service in the next revision of fused.v1.
-    """
+    """The operators' service, used by fusedctl."""
 
     @_abc_1.abstractmethod
     def StartTraining(
@@ -70,6 +78,43 @@ class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _control_pb2.StartTrainingRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.JobInfo, _abc.Awaitable[_control_pb2.JobInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def StartUnlearning(
+        self,
+        request: _control_pb2.StartUnlearningRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.JobInfo, _abc.Awaitable[_control_pb2.JobInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def StartEvaluation(
+        self,
+        request: _control_pb2.StartEvaluationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.JobInfo, _abc.Awaitable[_control_pb2.JobInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def GetLayers(
+        self,
+        request: _control_pb2.GetJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.LayersResponse, _abc.Awaitable[_control_pb2.LayersResponse]]:
+        """The sensitivity ranking of an unlearning job's critical layer identification."""
+
+    @_abc_1.abstractmethod
+    def Revert(
+        self,
+        request: _control_pb2.VersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ModelVersionInfo, _abc.Awaitable[_control_pb2.ModelVersionInfo]]:
+        """Serve a version's parent again / serve the version again. Instant and exact."""
+
+    @_abc_1.abstractmethod
+    def Reapply(
+        self,
+        request: _control_pb2.VersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ModelVersionInfo, _abc.Awaitable[_control_pb2.ModelVersionInfo]]: ...
 
     @_abc_1.abstractmethod
     def GetJob(

@@ -31,6 +31,10 @@ class _TaskKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskKind.Val
     """train the model locally, upload the new weights"""
     TASK_KIND_EVALUATE: _TaskKind.ValueType  # 2
     """evaluate the model on the local test split, report counts"""
+    TASK_KIND_SENSITIVITY: _TaskKind.ValueType  # 3
+    """train one round, report per-tensor L1 distances only"""
+    TASK_KIND_ADAPTER_TRAIN: _TaskKind.ValueType  # 4
+    """train only the sparse adapter values, upload them"""
 
 class TaskKind(_TaskKind, metaclass=_TaskKindEnumTypeWrapper): ...
 
@@ -39,6 +43,10 @@ TASK_KIND_TRAIN: TaskKind.ValueType  # 1
 """train the model locally, upload the new weights"""
 TASK_KIND_EVALUATE: TaskKind.ValueType  # 2
 """evaluate the model on the local test split, report counts"""
+TASK_KIND_SENSITIVITY: TaskKind.ValueType  # 3
+"""train one round, report per-tensor L1 distances only"""
+TASK_KIND_ADAPTER_TRAIN: TaskKind.ValueType  # 4
+"""train only the sparse adapter values, upload them"""
 Global___TaskKind: _TypeAlias = TaskKind  # noqa: Y015
 
 @_typing.final
@@ -197,6 +205,45 @@ class PullTaskRequest(_message.Message):
 Global___PullTaskRequest: _TypeAlias = PullTaskRequest  # noqa: Y015
 
 @_typing.final
+class AdapterSpec(_message.Message):
+    """A sparse adapter on a frozen base. The mask is derived locally from the seed; both sides
+    check its digest.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LAYERS_FIELD_NUMBER: _builtins.int
+    DENSITY_FIELD_NUMBER: _builtins.int
+    MASK_SEED_FIELD_NUMBER: _builtins.int
+    MASK_DIGEST_FIELD_NUMBER: _builtins.int
+    VALUES_BLOB_ID_FIELD_NUMBER: _builtins.int
+    density: _builtins.float
+    mask_seed: _builtins.int
+    mask_digest: _builtins.str
+    values_blob_id: _builtins.str
+    """current values (adapter codec); "" = zeros"""
+    @_builtins.property
+    def layers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """adapted parameter tensors"""
+
+    def __init__(
+        self,
+        *,
+        layers: _abc.Iterable[_builtins.str] | None = ...,
+        density: _builtins.float = ...,
+        mask_seed: _builtins.int = ...,
+        mask_digest: _builtins.str = ...,
+        values_blob_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["density", b"density", "layers", b"layers", "mask_digest", b"mask_digest", "mask_seed", b"mask_seed", "values_blob_id", b"values_blob_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdapterSpec: _TypeAlias = AdapterSpec  # noqa: Y015
+
+@_typing.final
 class Task(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -210,6 +257,8 @@ class Task(_message.Message):
     NUM_CLASSES_FIELD_NUMBER: _builtins.int
     TRAIN_FIELD_NUMBER: _builtins.int
     DEADLINE_UNIX_FIELD_NUMBER: _builtins.int
+    FORGET_FIELD_NUMBER: _builtins.int
+    ADAPTER_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     job_id: _builtins.str
     phase: _builtins.str
@@ -224,6 +273,14 @@ class Task(_message.Message):
     """results after this are not counted"""
     @_builtins.property
     def train(self) -> _common_pb2.TrainConfig: ...
+    @_builtins.property
+    def forget(self) -> _common_pb2.ForgetSpec:
+        """unset: nothing is forgotten"""
+
+    @_builtins.property
+    def adapter(self) -> Global___AdapterSpec:
+        """set: the model is base + this adapter"""
+
     def __init__(
         self,
         *,
@@ -237,10 +294,12 @@ class Task(_message.Message):
         num_classes: _builtins.int = ...,
         train: _common_pb2.TrainConfig | None = ...,
         deadline_unix: _builtins.float = ...,
+        forget: _common_pb2.ForgetSpec | None = ...,
+        adapter: Global___AdapterSpec | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["train", b"train"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "forget", b"forget", "train", b"train"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline_unix", b"deadline_unix", "job_id", b"job_id", "kind", b"kind", "model_blob_id", b"model_blob_id", "model_name", b"model_name", "num_classes", b"num_classes", "phase", b"phase", "round", b"round", "task_id", b"task_id", "train", b"train"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "deadline_unix", b"deadline_unix", "forget", b"forget", "job_id", b"job_id", "kind", b"kind", "model_blob_id", b"model_blob_id", "model_name", b"model_name", "num_classes", b"num_classes", "phase", b"phase", "round", b"round", "task_id", b"task_id", "train", b"train"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -304,14 +363,19 @@ class EvalResult(_message.Message):
     CORRECT_FIELD_NUMBER: _builtins.int
     TOTAL_FIELD_NUMBER: _builtins.int
     LOSS_SUM_FIELD_NUMBER: _builtins.int
+    FORGET_CORRECT_FIELD_NUMBER: _builtins.int
+    FORGET_TOTAL_FIELD_NUMBER: _builtins.int
     loss_sum: _builtins.float
+    forget_correct: _builtins.int
+    """on this participant's part of the forgotten set"""
+    forget_total: _builtins.int
     @_builtins.property
     def correct(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """per class"""
+        """per class, on the remaining test data"""
 
     @_builtins.property
     def total(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """per class"""
+        """per class, on the remaining test data"""
 
     def __init__(
         self,
@@ -319,14 +383,61 @@ class EvalResult(_message.Message):
         correct: _abc.Iterable[_builtins.int] | None = ...,
         total: _abc.Iterable[_builtins.int] | None = ...,
         loss_sum: _builtins.float = ...,
+        forget_correct: _builtins.int = ...,
+        forget_total: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["correct", b"correct", "loss_sum", b"loss_sum", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correct", b"correct", "forget_correct", b"forget_correct", "forget_total", b"forget_total", "loss_sum", b"loss_sum", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EvalResult: _TypeAlias = EvalResult  # noqa: Y015
+
+@_typing.final
+class SensitivityResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class DistancesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    DISTANCES_FIELD_NUMBER: _builtins.int
+    NUM_EXAMPLES_FIELD_NUMBER: _builtins.int
+    num_examples: _builtins.int
+    @_builtins.property
+    def distances(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """parameter tensor -> sum |p_after - p_before|"""
+
+    def __init__(
+        self,
+        *,
+        distances: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        num_examples: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["distances", b"distances", "num_examples", b"num_examples"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SensitivityResult: _TypeAlias = SensitivityResult  # noqa: Y015
 
 @_typing.final
 class TaskError(_message.Message):
@@ -356,6 +467,7 @@ class PushResultRequest(_message.Message):
     TRAIN_FIELD_NUMBER: _builtins.int
     EVAL_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    SENSITIVITY_FIELD_NUMBER: _builtins.int
     participant_id: _builtins.str
     task_id: _builtins.str
     @_builtins.property
@@ -364,6 +476,8 @@ class PushResultRequest(_message.Message):
     def eval(self) -> Global___EvalResult: ...
     @_builtins.property
     def error(self) -> Global___TaskError: ...
+    @_builtins.property
+    def sensitivity(self) -> Global___SensitivityResult: ...
     def __init__(
         self,
         *,
@@ -372,12 +486,13 @@ class PushResultRequest(_message.Message):
         train: Global___TrainResult | None = ...,
         eval: Global___EvalResult | None = ...,
         error: Global___TaskError | None = ...,
+        sensitivity: Global___SensitivityResult | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "eval", b"eval", "outcome", b"outcome", "train", b"train"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "eval", b"eval", "outcome", b"outcome", "sensitivity", b"sensitivity", "train", b"train"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "eval", b"eval", "outcome", b"outcome", "participant_id", b"participant_id", "task_id", b"task_id", "train", b"train"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "eval", b"eval", "outcome", b"outcome", "participant_id", b"participant_id", "sensitivity", b"sensitivity", "task_id", b"task_id", "train", b"train"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["train", "eval", "error"]  # noqa: Y015
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["train", "eval", "error", "sensitivity"]  # noqa: Y015
     _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
 

@@ -1,0 +1,220 @@
+"""Steps shared by the coordinator's jobs: waiting for participants, FedAvg rounds,
+federated evaluation, round bookkeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from common.fedavg import fedavg, weighted_mean
+from common.tasks import AdapterRef, ForgetSpec, TaskKind, TaskOutcome
+from common.tensor_codec import TensorSchema
+from common.train_config import TrainConfig, task_seed
+from coordinator.fleet import Validator
+from coordinator.jobs import JobContext, JobFailed
+from coordinator.rounds import RoundPlan, RoundResult, eval_validator, merge_eval, run_round
+from coordinator.state import RoundRecord
+from coordinator.versions import load_weights, save_weights
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str  # registry name
+    num_classes: int
+    dataset: str
+
+
+@dataclass(frozen=True)
+class FedAvgPlan:
+    rounds: int
+    train: TrainConfig
+    seed: int
+    participants_per_round: int
+    min_participants: int
+    deadline_s: float
+    evaluate_each_round: bool
+    forget: ForgetSpec | None = None
+    phase: str = "train"
+
+
+async def wait_for_participants(ctx: JobContext, needed: int, timeout_s: float) -> list[str]:
+    deadline = ctx.clock() + timeout_s
+    while True:
+        online = ctx.fleet.online_ids()
+        if len(online) >= needed:
+            return online
+        if ctx.clock() >= deadline:
+            raise JobFailed(
+                f"only {len(online)} of the {needed} required participants were online "
+                f"after waiting {timeout_s:g} s"
+            )
+        await asyncio.sleep(0.2)
+
+
+def federation_data(ctx: JobContext, pids: list[str]) -> tuple[str, int]:
+    """The data set and class count the participants share."""
+    kinds = set()
+    for pid in pids:
+        record = ctx.store.get_participant(pid)
+        if record is not None:
+            kinds.add((record.info.get("dataset", ""), len(record.class_counts)))
+    if len(kinds) != 1:
+        raise JobFailed(f"participants disagree on data set / class count: {sorted(kinds)}")
+    return kinds.pop()
+
+
+def select_participants(online: list[str], k: int, rng: random.Random) -> list[str]:
+    return sorted(rng.sample(online, k)) if 0 < k < len(online) else list(online)
+
+
+def eligible(ctx: JobContext, forget: ForgetSpec | None) -> list[str]:
+    """Online participants that hold remaining data."""
+    return [p for p in ctx.fleet.online_ids() if forget is None or not forget.excludes(p)]
+
+
+def check_examples(ctx: JobContext, outcome: TaskOutcome, n: int) -> None:
+    record = ctx.store.get_participant(outcome.participant_id)
+    registered = record.num_train if record else 0
+    if not 0 < n <= registered:
+        raise ValueError(
+            f"num_examples {n} is not within the {registered} training samples this "
+            "participant registered"
+        )
+
+
+def update_validator(
+    ctx: JobContext, schema: TensorSchema, decoded: dict[str, dict[str, torch.Tensor]]
+) -> Validator:
+    """Checks an uploaded model against the job's schema; keeps the decoded tensors."""
+
+    async def validate(outcome: TaskOutcome) -> None:
+        t = outcome.train
+        if t is None:
+            raise ValueError("expected a training result for a training task")
+        check_examples(ctx, outcome, t.num_examples)
+        if not ctx.artifacts.exists(t.update_blob_id):
+            raise ValueError(f"update {t.update_blob_id} was not uploaded")
+        decoded[outcome.task_id] = await load_weights(ctx.artifacts, t.update_blob_id, schema)
+
+    return validate
+
+
+def check_quorum(result: RoundResult, needed: int, phase: str, round_number: int) -> None:
+    if len(result.outcomes) < needed:
+        reasons = "; ".join(f"{p}: {why}" for p, why in sorted(result.failures.items()))
+        raise JobFailed(
+            f"{phase} round {round_number}: {len(result.outcomes)} results, "
+            f"{needed} required ({reasons or 'no participant available'})"
+        )
+
+
+def finish_round(
+    ctx: JobContext,
+    phase: str,
+    r: int,
+    started: float,
+    result: RoundResult,
+    metrics: dict[str, Any],
+) -> dict[str, Any]:
+    seconds = ctx.clock() - started
+    full = {
+        **metrics,
+        "seconds": seconds,
+        "failures": result.failures,
+        "bytes": ctx.round_bytes(phase, r).summary(),
+    }
+    ctx.store.save_round(
+        RoundRecord(ctx.job_id, phase, r, started, ctx.clock(), sorted(result.outcomes), full)
+    )
+    ctx.metrics.rounds.labels(phase).inc()
+    ctx.metrics.round_seconds.labels(phase).observe(seconds)
+    ctx.emit("round_completed", phase, r, f"{phase} round {r} done", full)
+    return full
+
+
+def seeded(train: TrainConfig, seed: int, r: int) -> Any:
+    return lambda pid: dataclasses.replace(train, seed=task_seed(seed, r, pid))
+
+
+async def evaluate_model(
+    ctx: JobContext,
+    model: ModelInfo,
+    r: int,
+    model_blob: str,
+    deadline_s: float,
+    forget: ForgetSpec | None = None,
+    adapter: AdapterRef | None = None,
+) -> dict[str, Any]:
+    """Federated evaluation by every online participant: RA and, with a forget spec, FA."""
+    started = ctx.clock()
+    ctx.progress("evaluate", r)
+    plan = RoundPlan(
+        "evaluate",
+        r,
+        TaskKind.EVALUATE,
+        ctx.fleet.online_ids(),
+        model_blob,
+        model.name,
+        model.num_classes,
+        deadline_s,
+        seeded(TrainConfig(), 0, r),
+        forget,
+        adapter,
+    )
+    result = await run_round(ctx, plan, eval_validator(model.num_classes))
+    check_quorum(result, 1, "evaluate", r)
+    metrics = merge_eval(result.outcomes, model.num_classes)
+    finish_round(ctx, "evaluate", r, started, result, metrics)
+    return metrics
+
+
+async def fedavg_rounds(
+    ctx: JobContext,
+    model: ModelInfo,
+    plan: FedAvgPlan,
+    weights: dict[str, torch.Tensor],
+    schema: TensorSchema,
+) -> tuple[str, list[dict[str, Any]]]:
+    """FedAvg weighted by sample counts; returns the final weights' blob and per-round metrics."""
+    blob = await save_weights(ctx.artifacts, weights, model.name)
+    rng = random.Random(plan.seed)
+    history: list[dict[str, Any]] = []
+    for r in range(1, plan.rounds + 1):
+        started = ctx.clock()
+        ctx.progress(plan.phase, r)
+        chosen = select_participants(eligible(ctx, plan.forget), plan.participants_per_round, rng)
+        ctx.emit("round_started", plan.phase, r, f"round {r}: {len(chosen)} participants")
+        decoded: dict[str, dict[str, torch.Tensor]] = {}
+        round_plan = RoundPlan(
+            plan.phase,
+            r,
+            TaskKind.TRAIN,
+            chosen,
+            blob,
+            model.name,
+            model.num_classes,
+            plan.deadline_s,
+            seeded(plan.train, plan.seed, r),
+            plan.forget,
+        )
+        result = await run_round(ctx, round_plan, update_validator(ctx, schema, decoded))
+        check_quorum(result, plan.min_participants, plan.phase, r)
+        outcomes = [o for _, o in sorted(result.outcomes.items()) if o.train is not None]
+        updates = [(decoded[o.task_id], o.train.num_examples) for o in outcomes if o.train]
+        weights = await asyncio.to_thread(fedavg, updates)
+        blob = await save_weights(ctx.artifacts, weights, model.name)
+        loss = weighted_mean(
+            [(o.train.mean_loss, o.train.num_examples) for o in outcomes if o.train]
+        )
+        metrics: dict[str, Any] = {"train_loss": loss, "num_examples": sum(n for _, n in updates)}
+        finish_round(ctx, plan.phase, r, started, result, metrics)
+        if plan.evaluate_each_round or r == plan.rounds:
+            ev = await evaluate_model(ctx, model, r, blob, plan.deadline_s, plan.forget)
+            metrics.update({"accuracy": ev["accuracy"], "fa": ev["fa"]})
+        history.append({"round": r, **metrics})
+    return blob, history
