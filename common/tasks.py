@@ -27,7 +27,7 @@ class ForgetSpec:
     participant_id: str = ""  # participant: whose data; samples: who holds them
     class_label: int = -1  # class paradigm
     sample_ids: tuple[int, ...] = ()  # samples paradigm
-    relabel: bool = False  # class paradigm: relabel at random instead of dropping
+    relabel: bool = False  # class, samples: relabel at random instead of dropping
     trigger_size: int = 0  # samples paradigm: > 0 = backdoor; FA = attack success rate
     trigger_target: int = 0
 

@@ -20,7 +20,8 @@ def _holds(data: TensorData, ids: tuple[int, ...]) -> torch.Tensor:
 
 
 def remaining_train(shard: Shard, forget: ForgetSpec | None, seed: int) -> TensorData:
-    """D_r on this participant: its training data without (or with relabelled) forgotten samples."""
+    """D_r on this participant: its training data without the forgotten samples, or, with
+    `relabel` (the research code's variant), with them relabelled to random other classes."""
     data = shard.train
     if forget is None:
         return data
@@ -28,13 +29,13 @@ def remaining_train(shard: Shard, forget: ForgetSpec | None, seed: int) -> Tenso
     if forget.paradigm == "participant":
         return _empty(data) if forget.participant_id == me else data
     if forget.paradigm == "samples":
-        return (
-            data.subset(~_holds(data, forget.sample_ids)) if forget.participant_id == me else data
-        )
-    hit = data.y == forget.class_label
+        if forget.participant_id != me:
+            return data
+        hit = _holds(data, forget.sample_ids)
+    else:
+        hit = data.y == forget.class_label
     if not forget.relabel:
         return data.subset(~hit)
-    # The research code's variant: forgotten-class samples get a random other label.
     gen = torch.Generator().manual_seed(seed)
     shift = torch.randint(1, shard.meta.num_classes, (len(data),), generator=gen)
     y = torch.where(hit, (data.y + shift) % shard.meta.num_classes, data.y)

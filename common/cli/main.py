@@ -458,7 +458,7 @@ def _forget_options(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument(
         "--relabel",
         action="store_true",
-        help="--class: relabel at random instead of dropping (research code)",
+        help="--class, --samples: relabel at random instead of dropping (research code)",
     )
     parser.add_argument(
         "--trigger-size",

@@ -111,7 +111,7 @@ class ForgetSpec(_message.Message):
     class_label: _builtins.int
     """class paradigm"""
     relabel: _builtins.bool
-    """class paradigm: relabel at random instead of dropping"""
+    """class, samples: relabel at random instead of dropping"""
     trigger_size: _builtins.int
     """samples paradigm: > 0 means the samples are a backdoor and"""
     trigger_target: _builtins.int
