@@ -8,6 +8,7 @@ import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -52,7 +53,7 @@ def export_sha(fed: LocalFederation, version_id: str = "") -> str:
     return hashlib.sha256(b"".join(c.data for c in chunks)).hexdigest()
 
 
-def unlearn(trained: Trained, **fields: object) -> dict[str, object]:
+def unlearn(trained: Trained, **fields: Any) -> dict[str, Any]:
     spec = UnlearningSpec(
         **{
             "base_version": trained.base,
@@ -62,11 +63,11 @@ def unlearn(trained: Trained, **fields: object) -> dict[str, object]:
             "min_participants": 2,
             "evaluate_each_round": False,
             **fields,
-        }  # type: ignore[arg-type]
+        }
     )
     request = control_pb2.StartUnlearningRequest(spec=unlearning_spec_to_proto(spec))
     info = run(trained.fed, trained.fed.control().StartUnlearning(request, timeout=30))
-    result: dict[str, object] = json.loads(info.result_json)
+    result: dict[str, Any] = json.loads(info.result_json)
     result["job_id"] = info.job_id
     return result
 
@@ -94,9 +95,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
         yield Trained(fed, root / "shards", base, export_sha(fed, base))
 
 
-def check_forgetting(result: dict[str, object], max_ra_drop: float = 0.05) -> None:
-    fa_before, fa_after = float(result["fa_before"]), float(result["fa_after"])  # type: ignore[arg-type]
-    ra_before, ra_after = float(result["ra_before"]), float(result["ra_after"])  # type: ignore[arg-type]
+def check_forgetting(result: dict[str, Any], max_ra_drop: float = 0.05) -> None:
+    fa_before, fa_after = float(result["fa_before"]), float(result["fa_after"])
+    ra_before, ra_after = float(result["ra_before"]), float(result["ra_after"])
     assert fa_after <= fa_before / 2, result
     assert ra_after >= ra_before - max_ra_drop, result
 
@@ -109,7 +110,7 @@ def test_fused_forgets_a_participant_and_reverts_exactly(trained: Trained) -> No
     layers = stub.GetLayers(control_pb2.GetJobRequest(job_id=str(result["job_id"]))).layers
     assert [entry.name for entry in layers if entry.selected] == sorted(
         result["critical_layers"],
-        key=[entry.name for entry in layers].index,  # type: ignore[arg-type]
+        key=[entry.name for entry in layers].index,
     )
     assert [entry.distance for entry in layers] == sorted(
         (entry.distance for entry in layers), reverse=True
@@ -128,7 +129,7 @@ def test_fused_forgets_a_participant_and_reverts_exactly(trained: Trained) -> No
 
 def test_fused_forgets_a_class(trained: Trained) -> None:
     result = unlearn(trained, forget=ForgetSpec("class", class_label=3))
-    assert float(result["fa_before"]) > 0.5  # type: ignore[arg-type]
+    assert float(result["fa_before"]) > 0.5
     check_forgetting(result)
 
 
@@ -145,7 +146,7 @@ def test_fused_removes_a_backdoor(trained: Trained) -> None:
         trigger_target=0,
     )
     result = unlearn(trained, forget=forget, rounds=8, density=0.2)
-    assert float(result["fa_before"]) > 0.3, result  # type: ignore[arg-type]
+    assert float(result["fa_before"]) > 0.3, result
     check_forgetting(result)
 
 
@@ -216,4 +217,4 @@ def test_a_bad_adapter_upload_is_rejected_and_the_round_goes_on(trained: Trained
         stop.set()
         worker.join(timeout=10)
     assert errors and set(errors) == {grpc.StatusCode.INVALID_ARGUMENT}
-    assert float(result["fa_after"]) < float(result["fa_before"])  # type: ignore[arg-type]
+    assert float(result["fa_after"]) < float(result["fa_before"])
