@@ -43,6 +43,9 @@ class ForgetSpec:
             raise ValueError("forgetting samples needs at least one sample id")
         if self.trigger_size < 0:
             raise ValueError("trigger_size must be >= 0")
+        target_too_high = num_classes is not None and self.trigger_target >= num_classes
+        if self.trigger_size > 0 and (self.trigger_target < 0 or target_too_high):
+            raise ValueError(f"trigger_target {self.trigger_target} is not a class of this model")
 
     def excludes(self, participant_id: str) -> bool:
         """Whether this participant takes no part in training on the remaining data."""

@@ -282,6 +282,27 @@ def test_relabel_is_deterministic_per_seed_and_differs_across_seeds(shards: list
     assert _ids(remaining_train(shard, drop, 1)) == _ids(remaining_train(shard, drop, 2))
 
 
+def test_samples_relabel_changes_exactly_the_listed_labels_at_the_holder(
+    shards: list[Shard],
+) -> None:
+    spec = _backdoor_spec(shards)
+    assert spec is not None
+    spec = dataclasses.replace(spec, relabel=True)
+    holder = shards[HOLDER].train
+    got = remaining_train(shards[HOLDER], spec, seed=SEED)
+    listed = torch.isin(holder.ids, torch.tensor(spec.sample_ids))
+    assert int(listed.sum()) == BACKDOOR_COUNT
+    assert torch.equal(got.ids, holder.ids)
+    assert torch.equal(got.x, holder.x)
+    assert torch.equal(got.y_true, holder.y_true)
+    assert torch.equal(got.y != holder.y, listed)  # every listed label moves, nothing else
+    assert int(got.y.min()) >= 0 and int(got.y.max()) < NUM_CLASSES
+    assert torch.equal(got.y, remaining_train(shards[HOLDER], spec, seed=SEED).y)
+    for index in (ATTACKER, CLEAN):
+        other = remaining_train(shards[index], spec.for_participant(_pid(index)), seed=SEED)
+        _assert_same_rows(other, shards[index].train)
+
+
 def test_relabel_leaves_the_global_rng_alone(shards: list[Shard]) -> None:
     spec = ForgetSpec("class", class_label=FORGET_CLASS, relabel=True)
     torch.manual_seed(1234)
@@ -451,11 +472,6 @@ def test_validate_rejects(spec: ForgetSpec, num_classes: int | None, message: st
         spec.validate(num_classes)
 
 
-@pytest.mark.xfail(
-    reason="ForgetSpec.validate never checks trigger_target against num_classes; an "
-    "out-of-range target passes and only fails later in each participant's evaluate",
-    strict=True,
-)
 @pytest.mark.parametrize("target", [-1, NUM_CLASSES])
 def test_validate_rejects_trigger_target_outside_the_classes(target: int) -> None:
     spec = ForgetSpec(
