@@ -1,0 +1,333 @@
+"""Reproduce the FUSED paper's experiments through the real system.
+
+    python -m experiments.paper --dataset fashionmnist --paradigm client|class|sample \
+        [--participants 10] [--quick]
+
+Partitions the data (Dirichlet alpha=1.0), starts a coordinator and one process per
+participant on loopback, trains the original model by FedAvg, then runs every method from
+that model: fused, fused_random (same adapter budget on random layers), finetune and
+retrain. Evaluates the exported versions centrally (official test set, forgotten data),
+reads bytes from the coordinator's Prometheus counters and writes
+results/<dataset>-<paradigm>.json with two PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from common.data.partition import PartitionConfig
+from common.data.shards import partition_to_directory
+from common.launch import LocalFederation, scrape
+from common.models import default_model_for, init_model
+from common.serde import training_spec_to_proto, unlearning_spec_to_proto
+from common.specs import TrainingSpec, UnlearningSpec
+from common.tasks import ForgetSpec
+from common.tensor_codec import decode_tensors
+from common.train_config import TrainConfig
+from experiments.central import EvalSets, build_sets, evaluate_weights
+from experiments.plots import plot_bytes, plot_curves
+from proto.fused.v1 import control_pb2
+
+METHOD_PHASES = {
+    "fused": "adapter",
+    "fused_random": "adapter",
+    "finetune": "finetune",
+    "retrain": "retrain",
+}
+
+
+@dataclass(frozen=True)
+class Budget:
+    train_rounds: int
+    unlearn_rounds: int
+    local_epochs: int
+    relearn_epochs: int
+
+
+FULL = Budget(train_rounds=20, unlearn_rounds=10, local_epochs=1, relearn_epochs=2)
+QUICK = Budget(train_rounds=2, unlearn_rounds=2, local_epochs=1, relearn_epochs=1)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    dataset: str
+    paradigm: str
+    participants: int
+    budget: Budget
+    lr: float
+    batch_size: int
+    top_k: int
+    density: float
+    trigger_size: int
+    backdoor_count: int
+    seed: int
+    data_dir: Path | None
+    work: Path
+    out: Path
+
+    @property
+    def train(self) -> TrainConfig:
+        return TrainConfig(self.budget.local_epochs, self.lr, 0.9, 5e-4, self.batch_size, self.seed)
+
+    def forget(self) -> ForgetSpec:
+        if self.paradigm == "client":
+            return ForgetSpec("participant", participant_id="p0")
+        if self.paradigm == "class":
+            return ForgetSpec("class", class_label=0)
+        shard = json.loads((self.work / "shards" / "p0" / "shard.json").read_text())
+        return ForgetSpec(
+            "samples",
+            participant_id="p0",
+            sample_ids=tuple(shard["backdoor_ids"]),
+            relabel=True,
+            trigger_size=self.trigger_size,
+            trigger_target=0,
+        )
+
+
+def partition(exp: Experiment) -> dict[str, Any]:
+    config = PartitionConfig(
+        num_participants=exp.participants,
+        alpha=1.0,
+        seed=exp.seed,
+        attacker=0 if exp.paradigm == "client" else None,
+        backdoor_participant=0 if exp.paradigm == "sample" else None,
+        backdoor_count=exp.backdoor_count if exp.paradigm == "sample" else 0,
+        backdoor_target=0,
+        trigger_size=exp.trigger_size,
+    )
+    return partition_to_directory(exp.dataset, exp.data_dir, exp.work / "shards", config)
+
+
+def run_job(fed: LocalFederation, job: control_pb2.JobInfo) -> control_pb2.JobInfo:
+    stub = fed.control()
+    for event in stub.WatchJob(control_pb2.WatchJobRequest(job_id=job.job_id)):
+        if event.kind in ("round_completed", "job_completed", "job_failed"):
+            print(f"  {event.kind} {event.phase} {event.round}: {event.message}", flush=True)
+    info: control_pb2.JobInfo = stub.GetJob(control_pb2.GetJobRequest(job_id=job.job_id))
+    if info.status != "completed":
+        raise RuntimeError(f"job {info.job_id} {info.status}: {info.reason}")
+    return info
+
+
+def export(fed: LocalFederation, version_id: str = "") -> bytes:
+    chunks = fed.control().ExportModel(control_pb2.ExportModelRequest(version_id=version_id))
+    return b"".join(c.data for c in chunks)
+
+
+def wire_bytes(port: int) -> float:
+    return sum(v for (name, _), v in scrape(port).items() if name == "fused_wire_bytes_total")
+
+
+def curve(info: control_pb2.JobInfo) -> list[dict[str, Any]]:
+    """Federated RA/FA after each round (round 0: before unlearning)."""
+    points = []
+    for r in info.rounds:
+        if r.phase == "evaluate":
+            metrics = json.loads(r.metrics_json)
+            points.append({"round": r.round, "ra": metrics["accuracy"], "fa": metrics["fa"]})
+    return points
+
+
+def bytes_per_round(info: control_pb2.JobInfo, phase: str) -> float:
+    """Mean bytes a training participant moves in one round (its phase plus that round's
+    evaluation: participants cache artifacts, so downloads may land in either)."""
+    per_round: dict[int, dict[str, float]] = {}
+    for r in info.rounds:
+        if r.round == 0 or r.phase not in (phase, "evaluate"):
+            continue
+        moved = json.loads(r.metrics_json)["bytes"]
+        bucket = per_round.setdefault(r.round, {})
+        for pid in set(moved["up"]) | set(moved["down"]):
+            bucket[pid] = bucket.get(pid, 0.0) + moved["up"].get(pid, 0) + moved["down"].get(pid, 0)
+    trainers = {
+        r.round: set(r.participants) for r in info.rounds if r.phase == phase and r.round > 0
+    }
+    samples = [b[p] for rnd, b in per_round.items() for p in trainers.get(rnd, set()) if p in b]
+    return sum(samples) / len(samples) if samples else 0.0
+
+
+def random_layers(exp: Experiment, model: str) -> tuple[str, ...]:
+    names = [n for n, _ in init_model(model, 10, 0).named_parameters()]
+    return tuple(sorted(random.Random(exp.seed + 1).sample(names, exp.top_k)))
+
+
+def method_specs(exp: Experiment, base: str, model: str) -> dict[str, UnlearningSpec]:
+    common = UnlearningSpec(
+        forget=exp.forget(),
+        base_version=base,
+        rounds=exp.budget.unlearn_rounds,
+        train=exp.train,
+        top_k=exp.top_k,
+        density=exp.density,
+        min_participants=exp.participants - 1,
+        round_deadline_s=900,
+        seed=exp.seed,
+        evaluate_each_round=True,
+    )
+    return {
+        "fused": common,
+        "fused_random": dataclasses.replace(common, layers=random_layers(exp, model)),
+        "finetune": dataclasses.replace(common, method="finetune"),
+        # The gold standard: retrain from scratch with the original training budget.
+        "retrain": dataclasses.replace(common, method="retrain", rounds=exp.budget.train_rounds),
+    }
+
+
+def run_method(
+    fed: LocalFederation,
+    exp: Experiment,
+    name: str,
+    spec: UnlearningSpec,
+    sets: EvalSets,
+    model: str,
+    base_sha: str,
+) -> dict[str, Any]:
+    print(f"[{name}]", flush=True)
+    before = wire_bytes(fed.metrics_port)
+    stub = fed.control()
+    request = control_pb2.StartUnlearningRequest(spec=unlearning_spec_to_proto(spec))
+    info = run_job(fed, stub.StartUnlearning(request, timeout=30))
+    total = wire_bytes(fed.metrics_port) - before
+    result = json.loads(info.result_json)
+    version = result["version_id"]
+    data = export(fed, version)
+    weights, _ = decode_tensors(data)
+    metrics = evaluate_weights(model, weights, sets, exp.train, exp.budget.relearn_epochs)
+    stub.Revert(control_pb2.VersionRequest(version_id=version))
+    reverted = hashlib.sha256(export(fed)).hexdigest() == base_sha
+    stub.Reapply(control_pb2.VersionRequest(version_id=version))
+    reapplied = export(fed) == data
+    stub.Revert(control_pb2.VersionRequest(version_id=version))  # serve the original again
+    return {
+        **metrics,
+        "bytes_per_round": bytes_per_round(info, METHOD_PHASES[name]),
+        "bytes_total": total / exp.participants,
+        "seconds": info.updated_at - info.created_at,
+        "revert_exact": reverted and reapplied,
+        "rounds": spec.rounds,
+        "version_id": version,
+        "critical_layers": result.get("critical_layers") or list(spec.layers),
+        "adapter_params": result.get("adapter_params"),
+        "federated_ra_fa_after": [result["ra_after"], result["fa_after"]],
+        "curve": curve(info),
+    }
+
+
+def run(exp: Experiment) -> dict[str, Any]:
+    started = time.monotonic()
+    summary = partition(exp)
+    sets = build_sets(exp.work / "shards", exp.paradigm)
+    model = default_model_for(summary["dataset"])
+    with LocalFederation(exp.work / "processes") as fed:
+        fed.start_coordinator()
+        for pid in summary["participant_ids"]:
+            fed.start_participant(exp.work / "shards" / pid)
+        fed.wait_online(exp.participants, timeout_s=300)
+        print(f"[train] {exp.participants} participants online", flush=True)
+        spec = TrainingSpec(
+            rounds=exp.budget.train_rounds,
+            train=exp.train,
+            min_participants=exp.participants,
+            round_deadline_s=900,
+            seed=exp.seed,
+            evaluate_each_round=False,
+        )
+        request = control_pb2.StartTrainingRequest(spec=training_spec_to_proto(spec))
+        trained = run_job(fed, fed.control().StartTraining(request, timeout=30))
+        base = json.loads(trained.result_json)["version_id"]
+        base_data = export(fed, base)
+        base_weights, _ = decode_tensors(base_data)
+        original = evaluate_weights(model, base_weights, sets, exp.train, exp.budget.relearn_epochs)
+        original["seconds"] = trained.updated_at - trained.created_at
+        methods = {
+            name: run_method(
+                fed, exp, name, spec, sets, model, hashlib.sha256(base_data).hexdigest()
+            )
+            for name, spec in method_specs(exp, base, model).items()
+        }
+    config = {
+        **{
+            k: v for k, v in dataclasses.asdict(exp).items() if k not in ("work", "out", "data_dir")
+        },
+        "model": model,
+        "partition_seed": exp.seed,
+        "alpha": 1.0,
+        "participant_sizes": {p["id"]: p["train_size"] for p in summary["participants"]},
+        "torch": torch.__version__,
+        "wall_seconds": time.monotonic() - started,
+    }
+    return {"methods": methods, "original": original, "config": config}
+
+
+def parse(argv: Sequence[str] | None) -> Experiment:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--dataset", default="fashionmnist", choices=["fashionmnist", "digits"])
+    parser.add_argument("--paradigm", required=True, choices=["client", "class", "sample"])
+    parser.add_argument("--participants", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="a few minutes, for smoke tests")
+    parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--lr", type=float, default=None, help="default: 0.005 (paper)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--top-k", type=int, default=2)
+    parser.add_argument("--density", type=float, default=0.05)
+    parser.add_argument("--trigger-size", type=int, default=3)
+    parser.add_argument("--backdoor-count", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("results"))
+    parser.add_argument("--work", type=Path, default=None, help="default: runs/paper-<...>")
+    args = parser.parse_args(argv)
+    name = f"{args.dataset}-{args.paradigm}"
+    return Experiment(
+        dataset=args.dataset,
+        paradigm=args.paradigm,
+        participants=args.participants,
+        budget=QUICK if args.quick else FULL,
+        lr=args.lr if args.lr is not None else (0.005 if args.dataset == "fashionmnist" else 0.05),
+        batch_size=args.batch_size,
+        top_k=args.top_k,
+        density=args.density,
+        trigger_size=args.trigger_size,
+        backdoor_count=args.backdoor_count,
+        seed=args.seed,
+        data_dir=args.data_dir,
+        work=args.work or Path("runs") / f"paper-{name}",
+        out=args.out,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    exp = parse(argv)
+    results = run(exp)
+    exp.out.mkdir(parents=True, exist_ok=True)
+    stem = exp.out / f"{exp.dataset}-{exp.paradigm}"
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    plot_curves(results, stem.with_name(stem.name + "-rounds.png"))
+    plot_bytes(results, stem.with_name(stem.name + "-bytes.png"))
+    table = {
+        n: {
+            k: m[k]
+            for k in ("ra", "fa", "mia_auc", "rea", "bytes_per_round", "seconds", "revert_exact")
+        }
+        for n, m in results["methods"].items()
+    }
+    print(json.dumps({"original": results["original"], "methods": table}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

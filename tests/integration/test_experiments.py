@@ -1,0 +1,75 @@
+"""Smoke runs of the paper experiment runner (`--quick`), through the real system."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from common.data.sources import DEFAULT_FASHION_MNIST_DIRS
+from experiments.paper import main
+
+METHODS = {"fused", "fused_random", "finetune", "retrain"}
+KEYS = {"ra", "fa", "mia_auc", "rea", "bytes_per_round", "bytes_total", "seconds", "revert_exact"}
+
+
+def check(out: Path, name: str) -> None:
+    results = json.loads((out / f"{name}.json").read_text())
+    assert set(results["methods"]) == METHODS
+    for method, metrics in results["methods"].items():
+        assert set(metrics) >= KEYS, method
+        assert 0.0 <= metrics["ra"] <= 1.0 and 0.0 <= metrics["fa"] <= 1.0
+        assert 0.0 <= metrics["mia_auc"] <= 1.0
+        assert metrics["revert_exact"] is True, method
+        assert metrics["bytes_per_round"] > 0 and metrics["bytes_total"] > 0
+        assert metrics["curve"][0]["round"] == 0  # evaluated before unlearning
+    fused, retrain = results["methods"]["fused"], results["methods"]["retrain"]
+    assert fused["bytes_per_round"] < retrain["bytes_per_round"]
+    for plot in ("rounds", "bytes"):
+        assert (out / f"{name}-{plot}.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("paradigm", ["client", "class", "sample"])
+def test_quick_run_on_digits(tmp_path: Path, paradigm: str) -> None:
+    args = [
+        "--dataset",
+        "digits",
+        "--paradigm",
+        paradigm,
+        "--participants",
+        "3",
+        "--quick",
+        "--trigger-size",
+        "2",
+        "--backdoor-count",
+        "40",
+        "--out",
+        str(tmp_path / "results"),
+        "--work",
+        str(tmp_path / "work"),
+    ]
+    assert main(args) == 0
+    check(tmp_path / "results", f"digits-{paradigm}")
+
+
+@pytest.mark.skipif(
+    not any((d / "train-images-idx3-ubyte.gz").exists() for d in DEFAULT_FASHION_MNIST_DIRS),
+    reason="FashionMNIST IDX files are not installed (Debian: dataset-fashion-mnist)",
+)
+def test_quick_run_on_fashionmnist(tmp_path: Path) -> None:
+    args = [
+        "--dataset",
+        "fashionmnist",
+        "--paradigm",
+        "class",
+        "--participants",
+        "3",
+        "--quick",
+        "--out",
+        str(tmp_path / "results"),
+        "--work",
+        str(tmp_path / "work"),
+    ]
+    assert main(args) == 0
+    check(tmp_path / "results", "fashionmnist-class")
