@@ -4,8 +4,9 @@ A payload is ONE zstd frame that declares its content size, wrapping a safetenso
 by `common.tensor_codec`) holding, for every tensor of the adapter layout,
 
 * ``<name>::indices``: int64 flat positions of the NONZERO values, strictly increasing, each a
-  member of the layout's mask;
-* ``<name>::values``: the float32 values at those positions;
+  member of the layout's mask — omitted when every masked position is nonzero (the usual case
+  after training), since both sides derive the mask from its seed and check its digest;
+* ``<name>::values``: the float32 values at those positions (in mask order);
 
 and the metadata ``{"format": "fused-adapter-v1", "mask_digest": layout.digest}``. Zeros are
 omitted (a fresh or partly trained adapter costs only what it carries) and must not be sent, so
@@ -91,6 +92,9 @@ def encode_adapter(
         if not bool(torch.isfinite(vector).all()):
             raise AdapterCodecError(f"adapter values for {name!r} are not all finite")
         keep = vector != 0
+        if bool(keep.all()):  # the usual case after training: positions are the mask's
+            tensors[name + VALUES_SUFFIX] = vector
+            continue
         tensors[name + INDICES_SUFFIX] = layout.indices[name][keep]
         tensors[name + VALUES_SUFFIX] = vector[keep]
     raw = encode_tensors(tensors, {"format": FORMAT, "mask_digest": layout.digest})
@@ -148,9 +152,10 @@ def _check_metadata(metadata: Mapping[str, str], layout: AdapterLayout) -> None:
 
 
 def _check_names(tensors: Mapping[str, torch.Tensor], layout: AdapterLayout) -> None:
-    expected = {n + s for n in layout.names for s in (INDICES_SUFFIX, VALUES_SUFFIX)}
-    missing = sorted(expected - set(tensors))
-    unexpected = sorted(set(tensors) - expected)
+    required = {n + VALUES_SUFFIX for n in layout.names}
+    allowed = required | {n + INDICES_SUFFIX for n in layout.names}
+    missing = sorted(required - set(tensors))
+    unexpected = sorted(set(tensors) - allowed)
     if missing or unexpected:
         raise AdapterCodecError(
             f"adapter payload tensors do not match the layout: missing {missing}, "
@@ -237,7 +242,15 @@ def decode_adapter(
     _check_names(tensors, layout)
     out: dict[str, torch.Tensor] = {}
     for name in layout.names:
-        indices, values = tensors[name + INDICES_SUFFIX], tensors[name + VALUES_SUFFIX]
+        values = tensors[name + VALUES_SUFFIX]
+        indices = tensors.get(name + INDICES_SUFFIX)
+        if indices is None:  # every masked position, in mask order
+            indices = layout.indices[name]
+            if values.dim() == 1 and values.numel() != indices.numel():
+                raise AdapterCodecError(
+                    f"tensor {name + VALUES_SUFFIX!r}: {values.numel()} values without "
+                    f"indices, but the mask has {indices.numel()} positions"
+                )
         _check_pair(name, indices, values)
         slots = _check_indices(name, indices, layout)
         dense = torch.zeros(layout.indices[name].numel(), dtype=torch.float32)

@@ -56,7 +56,7 @@ class Budget:
     relearn_epochs: int
 
 
-FULL = Budget(train_rounds=20, unlearn_rounds=10, local_epochs=1, relearn_epochs=2)
+FULL = Budget(train_rounds=30, unlearn_rounds=10, local_epochs=2, relearn_epochs=2)
 QUICK = Budget(train_rounds=2, unlearn_rounds=2, local_epochs=1, relearn_epochs=1)
 
 

@@ -220,3 +220,38 @@ def test_compressed_size_limit() -> None:
 def test_non_bytes_rejected() -> None:
     with pytest.raises(AdapterCodecError, match="must be bytes"):
         decode_adapter("text", LAYOUT)  # type: ignore[arg-type]
+
+
+def test_dense_values_travel_without_indices() -> None:
+    """When every masked position is nonzero, positions are implied by the mask."""
+    import safetensors.torch
+    import zstandard
+
+    from common.adapters import build_layout
+
+    layout = build_layout({"w": (100, 100)}, 0.1, seed=3)
+    values = {"w": torch.linspace(0.5, 1.5, layout.num_values)}
+    payload = encode_adapter(layout, values)
+    inner = safetensors.torch.load(zstandard.ZstdDecompressor().decompress(payload))
+    assert set(inner) == {"w::values"}
+    assert torch.equal(decode_adapter(payload, layout)["w"], values["w"])
+    sparse = dict(values)
+    sparse["w"] = values["w"].clone()
+    sparse["w"][0] = 0.0
+    assert len(encode_adapter(layout, sparse)) > len(payload)
+
+
+def test_values_without_indices_must_cover_the_mask() -> None:
+    import zstandard
+
+    from common.adapters import build_layout
+    from common.tensor_codec import encode_tensors
+
+    layout = build_layout({"w": (100, 100)}, 0.1, seed=3)
+    raw = encode_tensors(
+        {"w::values": torch.ones(layout.num_values - 1)},
+        {"format": "fused-adapter-v1", "mask_digest": layout.digest},
+    )
+    payload = zstandard.ZstdCompressor(write_content_size=True).compress(raw)
+    with pytest.raises(AdapterCodecError, match="without indices"):
+        decode_adapter(payload, layout)
