@@ -14,8 +14,6 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from common.cli.tables import human_bytes, table, when
-from common.data.partition import PartitionConfig
-from common.data.shards import partition_to_directory
 from common.net import create_channel
 from common.serde import (
     forget_to_proto,
@@ -271,20 +269,36 @@ def cmd_participants(args: argparse.Namespace) -> int:
     return 0
 
 
+def version_tree(models: Sequence[control_pb2.ModelVersionInfo]) -> list[tuple[str, Any]]:
+    """Versions depth first under their parents: (indented name, version)."""
+    ids = {m.version_id for m in models}
+    children: dict[str, list[control_pb2.ModelVersionInfo]] = {}
+    for m in models:
+        children.setdefault(m.parent_id if m.parent_id in ids else "", []).append(m)
+    out: list[tuple[str, Any]] = []
+
+    def walk(parent: str, depth: int) -> None:
+        for m in children.get(parent, []):
+            out.append(("  " * depth + ("└ " if depth else "") + m.version_id, m))
+            walk(m.version_id, depth + 1)
+
+    walk("", 0)
+    return out
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     reply = _stub(args).ListModels(control_pb2.ListModelsRequest(), timeout=30)
     rows = [
         [
-            ("* " if m.active else "  ") + m.version_id,
+            ("* " if m.active else "  ") + name,
             m.kind,
             m.model,
-            m.parent_id or "-",
             m.job_id or "-",
             m.num_params,
             m.digest[:12],
             when(m.created_at),
         ]
-        for m in reply.models
+        for name, m in version_tree(reply.models)
     ]
     _emit(
         args,
@@ -314,6 +328,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_partition(args: argparse.Namespace) -> int:
+    # Imported here: torch loads slowly and no other command needs it.
+    from common.data.partition import PartitionConfig
+    from common.data.shards import partition_to_directory
+
     config = PartitionConfig(
         num_participants=args.participants,
         alpha=args.alpha,

@@ -173,3 +173,26 @@ def test_state_survives_restart_and_agents_reconnect(digits_shards: Path, tmp_pa
         fed.wait_online(NUM_PARTICIPANTS, timeout_s=60)  # agents came back on their own
         second = run_job(fed, dataclasses.replace(QUICK, init_version=version_id))
         assert second.status == "completed", second.reason
+
+
+def test_a_45_mb_artifact_moves_in_chunks(federation: LocalFederation) -> None:
+    """A ResNet-18-sized payload crosses with the modest message limit, both ways."""
+    payload = hashlib.sha256(b"seed").digest() * (45 * 2**20 // 32)
+    digest = hashlib.sha256(payload).hexdigest()
+    stub = participant_stub(federation)
+    md = ((MD_PARTICIPANT, "p0"),)
+    step = 1 << 20
+    chunks = (
+        common_pb2.BlobChunk(
+            blob_id=digest, offset=o, data=payload[o : o + step], total_size=len(payload)
+        )
+        for o in range(0, len(payload), step)
+    )
+    reply = stub.UploadBlob(chunks, metadata=md, timeout=120)
+    assert reply.blob_id == digest and reply.size == len(payload)
+    request = participant_pb2.DownloadBlobRequest(blob_id=digest)
+    back = b"".join(c.data for c in stub.DownloadBlob(request, metadata=md, timeout=120))
+    assert back == payload
+    resumed = participant_pb2.DownloadBlobRequest(blob_id=digest, offset=len(payload) - 10)
+    tail = b"".join(c.data for c in stub.DownloadBlob(resumed, metadata=md, timeout=120))
+    assert tail == payload[-10:]
