@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,13 +14,13 @@ import torch
 
 from common.fedavg import fedavg, weighted_mean
 from common.tasks import AdapterRef, ForgetSpec, TaskKind, TaskOutcome
-from common.tensor_codec import TensorSchema
+from common.tensor_codec import TensorSchema, decode_tensors
 from common.train_config import TrainConfig, task_seed
 from coordinator.fleet import Validator
 from coordinator.jobs import JobContext, JobFailed
 from coordinator.rounds import RoundPlan, RoundResult, eval_validator, merge_eval, run_round
 from coordinator.state import RoundRecord
-from coordinator.versions import load_weights, save_weights
+from coordinator.versions import save_weights
 
 
 @dataclass(frozen=True)
@@ -87,21 +88,30 @@ def check_examples(ctx: JobContext, outcome: TaskOutcome, n: int) -> None:
         )
 
 
-def update_validator(
-    ctx: JobContext, schema: TensorSchema, decoded: dict[str, dict[str, torch.Tensor]]
+Decoder = Callable[[bytes], dict[str, torch.Tensor]]
+
+
+def upload_validator(
+    ctx: JobContext, decode: Decoder, decoded: dict[str, dict[str, torch.Tensor]]
 ) -> Validator:
-    """Checks an uploaded model against the job's schema; keeps the decoded tensors."""
+    """Checks a training result's uploaded tensors with `decode` (which raises ValueError on
+    anything off-schema); keeps the decoded tensors for aggregation."""
 
     async def validate(outcome: TaskOutcome) -> None:
         t = outcome.train
         if t is None:
-            raise ValueError("expected a training result for a training task")
+            raise ValueError("expected a training result (uploaded tensors) for this task")
         check_examples(ctx, outcome, t.num_examples)
         if not ctx.artifacts.exists(t.update_blob_id):
-            raise ValueError(f"update {t.update_blob_id} was not uploaded")
-        decoded[outcome.task_id] = await load_weights(ctx.artifacts, t.update_blob_id, schema)
+            raise ValueError(f"upload {t.update_blob_id} not found: upload before pushing")
+        data = await asyncio.to_thread(ctx.artifacts.get_bytes, t.update_blob_id)
+        decoded[outcome.task_id] = await asyncio.to_thread(decode, data)
 
     return validate
+
+
+def model_decoder(schema: TensorSchema) -> Decoder:
+    return lambda data: decode_tensors(data, schema=schema)[0]
 
 
 def check_quorum(result: RoundResult, needed: int, phase: str, round_number: int) -> None:
@@ -202,7 +212,9 @@ async def fedavg_rounds(
             seeded(plan.train, plan.seed, r),
             plan.forget,
         )
-        result = await run_round(ctx, round_plan, update_validator(ctx, schema, decoded))
+        result = await run_round(
+            ctx, round_plan, upload_validator(ctx, model_decoder(schema), decoded)
+        )
         check_quorum(result, plan.min_participants, plan.phase, r)
         outcomes = [o for _, o in sorted(result.outcomes.items()) if o.train is not None]
         updates = [(decoded[o.task_id], o.train.num_examples) for o in outcomes if o.train]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -18,7 +19,6 @@ from common.specs import UnlearningSpec
 from common.tasks import AdapterRef, TaskKind, TaskOutcome
 from common.tensor_codec import schema_of
 from common.train_config import task_seed
-from coordinator.fleet import Validator
 from coordinator.job_steps import (
     FedAvgPlan,
     ModelInfo,
@@ -31,6 +31,7 @@ from coordinator.job_steps import (
     finish_round,
     seeded,
     select_participants,
+    upload_validator,
     wait_for_participants,
 )
 from coordinator.jobs import JobContext, JobFailed
@@ -121,22 +122,6 @@ async def critical_layers(
     return ranking
 
 
-def adapter_validator(
-    ctx: JobContext, layout: AdapterLayout, decoded: dict[str, dict[str, torch.Tensor]]
-) -> Validator:
-    async def validate(outcome: TaskOutcome) -> None:
-        t = outcome.train
-        if t is None:
-            raise ValueError("expected adapter values for an adapter training task")
-        check_examples(ctx, outcome, t.num_examples)
-        if not ctx.artifacts.exists(t.update_blob_id):
-            raise ValueError(f"adapter values {t.update_blob_id} were not uploaded")
-        data = await asyncio.to_thread(ctx.artifacts.get_bytes, t.update_blob_id)
-        decoded[outcome.task_id] = await asyncio.to_thread(decode_adapter, data, layout)
-
-    return validate
-
-
 async def adapter_rounds(
     ctx: JobContext, spec: UnlearningSpec, base: Base, layout: AdapterLayout, mask_seed: int
 ) -> tuple[dict[str, torch.Tensor], str, list[dict[str, Any]]]:
@@ -165,7 +150,8 @@ async def adapter_rounds(
             spec.forget,
             ref,
         )
-        result = await run_round(ctx, plan, adapter_validator(ctx, layout, decoded))
+        decode = partial(decode_adapter, layout=layout)
+        result = await run_round(ctx, plan, upload_validator(ctx, decode, decoded))
         check_quorum(result, spec.min_participants, "adapter", r)
         outcomes = [o for _, o in sorted(result.outcomes.items()) if o.train is not None]
         values = fedavg([(decoded[o.task_id], o.train.num_examples) for o in outcomes if o.train])

@@ -46,13 +46,17 @@ def _as_dict(message: Any) -> dict[str, Any]:
     return MessageToDict(message, preserving_proto_field_name=True)
 
 
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        args.local_epochs, args.lr, args.momentum, args.weight_decay, args.batch_size, args.seed
+    )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     spec = TrainingSpec(
         model=args.model,
         rounds=args.rounds,
-        train=TrainConfig(
-            args.local_epochs, args.lr, args.momentum, args.weight_decay, args.batch_size, args.seed
-        ),
+        train=train_config(args),
         participants_per_round=args.participants_per_round,
         min_participants=args.min_participants,
         round_deadline_s=args.round_deadline,
@@ -114,9 +118,7 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
         base_version=args.base,
         method=args.method,
         rounds=args.rounds,
-        train=TrainConfig(
-            args.local_epochs, args.lr, args.momentum, args.weight_decay, args.batch_size, args.seed
-        ),
+        train=train_config(args),
         top_k=args.top_k,
         layers=tuple(n for n in args.layers.split(",") if n),
         density=args.density,
