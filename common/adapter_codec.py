@@ -6,6 +6,8 @@ by `common.tensor_codec`) holding, for every tensor of the adapter layout,
 * ``<name>::indices``: int64 flat positions of the NONZERO values, strictly increasing, each a
   member of the layout's mask — omitted when every masked position is nonzero (the usual case
   after training), since both sides derive the mask from its seed and check its digest;
+* ``<name>::present``: instead of indices, when cheaper (nearly always): a little-endian
+  bitmap over the mask's slots marking the nonzero ones;
 * ``<name>::values``: the float32 values at those positions (in mask order);
 
 and the metadata ``{"format": "fused-adapter-v1", "mask_digest": layout.digest}``. Zeros are
@@ -22,6 +24,7 @@ import json
 import math
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 import zstandard
 
@@ -40,9 +43,10 @@ __all__ = [
 FORMAT = "fused-adapter-v1"
 INDICES_SUFFIX = "::indices"
 VALUES_SUFFIX = "::values"
+PRESENT_SUFFIX = "::present"
 _BYTES_PER_VALUE = 12  # int64 index + float32 value
 _HEADER_SLACK = 256  # room beyond our own encoder's exact header length
-_ALLOWED_DTYPES = frozenset({torch.int64, torch.float32})
+_ALLOWED_DTYPES = frozenset({torch.int64, torch.float32, torch.uint8})
 
 
 class AdapterCodecError(ValueError):
@@ -92,11 +96,14 @@ def encode_adapter(
         if not bool(torch.isfinite(vector).all()):
             raise AdapterCodecError(f"adapter values for {name!r} are not all finite")
         keep = vector != 0
-        if bool(keep.all()):  # the usual case after training: positions are the mask's
-            tensors[name + VALUES_SUFFIX] = vector
-            continue
-        tensors[name + INDICES_SUFFIX] = layout.indices[name][keep]
         tensors[name + VALUES_SUFFIX] = vector[keep]
+        if bool(keep.all()):  # positions are the mask's, which both sides derive from its seed
+            continue
+        if int(keep.sum()) * 8 > (keep.numel() + 7) // 8:  # a bitmap over the mask is smaller
+            bits = np.packbits(keep.numpy(), bitorder="little")
+            tensors[name + PRESENT_SUFFIX] = torch.from_numpy(bits)
+        else:
+            tensors[name + INDICES_SUFFIX] = layout.indices[name][keep]
     raw = encode_tensors(tensors, {"format": FORMAT, "mask_digest": layout.digest})
     compressor = zstandard.ZstdCompressor(level=level, write_content_size=True)
     return compressor.compress(raw)
@@ -153,9 +160,14 @@ def _check_metadata(metadata: Mapping[str, str], layout: AdapterLayout) -> None:
 
 def _check_names(tensors: Mapping[str, torch.Tensor], layout: AdapterLayout) -> None:
     required = {n + VALUES_SUFFIX for n in layout.names}
-    allowed = required | {n + INDICES_SUFFIX for n in layout.names}
+    allowed = required | {n + s for n in layout.names for s in (INDICES_SUFFIX, PRESENT_SUFFIX)}
     missing = sorted(required - set(tensors))
     unexpected = sorted(set(tensors) - allowed)
+    both = sorted(
+        n for n in layout.names if {n + INDICES_SUFFIX, n + PRESENT_SUFFIX} <= set(tensors)
+    )
+    if both:
+        unexpected += [f"{n} (both indices and a presence bitmap)" for n in both]
     if missing or unexpected:
         raise AdapterCodecError(
             f"adapter payload tensors do not match the layout: missing {missing}, "
@@ -217,6 +229,26 @@ def _check_indices(name: str, indices: torch.Tensor, layout: AdapterLayout) -> t
     return slots
 
 
+def _implied_indices(
+    name: str, present: torch.Tensor | None, layout: AdapterLayout
+) -> torch.Tensor:
+    """Positions implied by the mask, or by a little-endian bitmap over the mask's slots."""
+    mask = layout.indices[name]
+    if present is None:
+        return mask
+    key = name + PRESENT_SUFFIX
+    n = mask.numel()
+    if present.dtype != torch.uint8 or present.dim() != 1 or present.numel() != (n + 7) // 8:
+        raise AdapterCodecError(
+            f"tensor {key!r}: expected {(n + 7) // 8} uint8 bitmap bytes for {n} mask slots, "
+            f"got {present.dtype} of shape {list(present.shape)}"
+        )
+    bits = np.unpackbits(present.numpy(), bitorder="little")
+    if bits[n:].any():
+        raise AdapterCodecError(f"tensor {key!r}: bits set beyond the {n} mask slots")
+    return mask[torch.from_numpy(bits[:n].astype(bool))]
+
+
 def decode_adapter(
     data: bytes, layout: AdapterLayout, max_bytes: int | None = None
 ) -> dict[str, torch.Tensor]:
@@ -244,12 +276,13 @@ def decode_adapter(
     for name in layout.names:
         values = tensors[name + VALUES_SUFFIX]
         indices = tensors.get(name + INDICES_SUFFIX)
-        if indices is None:  # every masked position, in mask order
-            indices = layout.indices[name]
+        if indices is None:
+            indices = _implied_indices(name, tensors.get(name + PRESENT_SUFFIX), layout)
             if values.dim() == 1 and values.numel() != indices.numel():
                 raise AdapterCodecError(
                     f"tensor {name + VALUES_SUFFIX!r}: {values.numel()} values without "
-                    f"indices, but the mask has {indices.numel()} positions"
+                    f"indices, but the mask (or its presence bitmap) has {indices.numel()} "
+                    "positions"
                 )
         _check_pair(name, indices, values)
         slots = _check_indices(name, indices, layout)

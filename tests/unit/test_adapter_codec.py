@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 import torch
 import zstandard
@@ -66,7 +67,11 @@ def test_round_trip_omits_zeros() -> None:
     assert meta == {"format": FORMAT, "mask_digest": LAYOUT.digest}
     for n in LAYOUT.names:
         nonzero = values[n] != 0
-        assert torch.equal(tensors[f"{n}::indices"], LAYOUT.indices[n][nonzero])
+        if f"{n}::indices" in tensors:
+            assert torch.equal(tensors[f"{n}::indices"], LAYOUT.indices[n][nonzero])
+        else:  # a presence bitmap over the mask, whichever is smaller
+            bits = np.unpackbits(tensors[f"{n}::present"].numpy(), bitorder="little")
+            assert torch.equal(torch.from_numpy(bits[: nonzero.numel()].astype(bool)), nonzero)
         assert torch.equal(tensors[f"{n}::values"], values[n][nonzero])
     assert zstandard.get_frame_parameters(payload).content_size == len(raw)
 
@@ -254,4 +259,47 @@ def test_values_without_indices_must_cover_the_mask() -> None:
     )
     payload = zstandard.ZstdCompressor(write_content_size=True).compress(raw)
     with pytest.raises(AdapterCodecError, match="without indices"):
+        decode_adapter(payload, layout)
+
+
+def test_partly_zero_values_travel_with_a_presence_bitmap() -> None:
+    import safetensors.torch
+    import zstandard
+
+    from common.adapters import build_layout
+
+    layout = build_layout({"w": (100, 100)}, 0.1, seed=3)
+    values = torch.linspace(0.5, 1.5, layout.num_values)
+    values[::7] = 0.0  # e.g. weights of dead units that never got a gradient
+    payload = encode_adapter(layout, {"w": values})
+    inner = safetensors.torch.load(zstandard.ZstdDecompressor().decompress(payload))
+    assert set(inner) == {"w::present", "w::values"}
+    assert torch.equal(decode_adapter(payload, layout)["w"], values)
+
+
+@pytest.mark.parametrize(
+    ("present", "message"),
+    [
+        (lambda n: torch.zeros(n // 8, dtype=torch.uint8), "uint8 bitmap bytes"),
+        (lambda n: torch.zeros((n + 7) // 8, dtype=torch.int64), "uint8 bitmap bytes"),
+        (lambda n: torch.full(((n + 7) // 8,), 255, dtype=torch.uint8), "beyond the"),
+    ],
+)
+def test_malformed_presence_bitmaps_are_rejected(
+    present: Callable[[int], torch.Tensor], message: str
+) -> None:
+    import zstandard
+
+    from common.adapters import build_layout
+    from common.tensor_codec import encode_tensors
+
+    layout = build_layout({"w": (100, 100)}, 0.1, seed=3)
+    n = layout.num_values
+    assert n % 8, "the padding case needs a mask size that is not a multiple of 8"
+    raw = encode_tensors(
+        {"w::present": present(n), "w::values": torch.ones(1)},
+        {"format": "fused-adapter-v1", "mask_digest": layout.digest},
+    )
+    payload = zstandard.ZstdCompressor(write_content_size=True).compress(raw)
+    with pytest.raises(AdapterCodecError, match=message):
         decode_adapter(payload, layout)
