@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from common.cli.main import _event_line
+from common.cli.commands import event_line
 from common.data.partition import PartitionConfig
 from common.data.shards import partition_to_directory
 from common.launch import LocalFederation, scrape
@@ -65,7 +65,7 @@ def bytes_by_phase(metrics_port: int) -> dict[str, dict[str, float]]:
 def follow(fed: LocalFederation, job: control_pb2.JobInfo) -> control_pb2.JobInfo:
     stub = fed.control()
     for event in stub.WatchJob(control_pb2.WatchJobRequest(job_id=job.job_id)):
-        print(_event_line(event), flush=True)
+        print(event_line(event), flush=True)
     final: control_pb2.JobInfo = stub.GetJob(control_pb2.GetJobRequest(job_id=job.job_id))
     if final.status != "completed":
         raise RuntimeError(f"{final.kind} job {final.job_id} {final.status}: {final.reason}")
