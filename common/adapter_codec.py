@@ -1,18 +1,11 @@
-"""Wire format of FUSED adapter values ("fused-adapter-v1").
+"""Wire format of FUSED adapter values ("fused-adapter-v2").
 
-A payload is ONE zstd frame that declares its content size, wrapping a safetensors file (built
-by `common.tensor_codec`) holding, for every tensor of the adapter layout,
-
-* ``<name>::indices``: int64 flat positions of the NONZERO values, strictly increasing, each a
-  member of the layout's mask — omitted when every masked position is nonzero (the usual case
-  after training), since both sides derive the mask from its seed and check its digest;
-* ``<name>::present``: instead of indices, when cheaper (nearly always): a little-endian
-  bitmap over the mask's slots marking the nonzero ones;
-* ``<name>::values``: the float32 values at those positions (in mask order);
-
-and the metadata ``{"format": "fused-adapter-v1", "mask_digest": layout.digest}``. Zeros are
-omitted (a fresh or partly trained adapter costs only what it carries) and must not be sent, so
-equal values always encode to identical bytes.
+The mask of an adapter job is fixed and both sides derive it from its seed (checking its
+digest), so positions never travel with the values: a payload carries, for every tensor of the
+layout, ``<name>``: the values at every masked position, in mask order (zeros included;
+they compress), as float32, or float16/bfloat16 when the job asks for smaller uploads. It is
+ONE zstd frame that declares its content size, wrapping a safetensors file (built by
+`common.tensor_codec`) with metadata ``{"format": "fused-adapter-v2", "mask_digest": ...}``.
 
 Payloads are untrusted: `decode_adapter` bounds the compressed size and the frame's declared
 content size (from the layout) before decompressing anything, then validates every tensor.
@@ -21,10 +14,8 @@ content size (from the layout) before decompressing anything, then validates eve
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 
-import numpy as np
 import torch
 import zstandard
 
@@ -33,6 +24,7 @@ from common.tensor_codec import CodecError, decode_tensors, encode_tensors
 
 __all__ = [
     "FORMAT",
+    "VALUE_DTYPES",
     "AdapterCodecError",
     "decode_adapter",
     "default_max_bytes",
@@ -40,76 +32,56 @@ __all__ = [
     "max_content_bytes",
 ]
 
-FORMAT = "fused-adapter-v1"
-INDICES_SUFFIX = "::indices"
-VALUES_SUFFIX = "::values"
-PRESENT_SUFFIX = "::present"
-_BYTES_PER_VALUE = 12  # int64 index + float32 value
+FORMAT = "fused-adapter-v2"
+VALUE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _HEADER_SLACK = 256  # room beyond our own encoder's exact header length
-_ALLOWED_DTYPES = frozenset({torch.int64, torch.float32, torch.uint8})
 
 
 class AdapterCodecError(ValueError):
-    """Adapter values or bytes that do not form a valid payload for the given layout."""
-
-
-# --------------------------------------------------------------------------- bounds
+    """An adapter payload is malformed, oversized or does not fit the job's layout."""
 
 
 def _header_bound(layout: AdapterLayout) -> int:
-    """Length of the safetensors header of a payload carrying every masked position, with
-    the widest possible numbers (offsets are at most the data size)."""
-    widest = _BYTES_PER_VALUE * layout.num_values
+    """Length of the safetensors header with the widest possible numbers."""
+    widest = 4 * layout.num_values
     header: dict[str, object] = {"__metadata__": {"format": FORMAT, "mask_digest": layout.digest}}
     for name in layout.names:
-        entry = {"dtype": "I64", "shape": [widest], "data_offsets": [widest, widest]}
-        header[name + INDICES_SUFFIX] = entry
-        header[name + VALUES_SUFFIX] = entry
+        header[name] = {"dtype": "BF16", "shape": [widest], "data_offsets": [widest, widest]}
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     return 8 + len(text) + 7  # length field, header, alignment padding
 
 
 def max_content_bytes(layout: AdapterLayout) -> int:
     """The largest decompressed size an honest payload for ``layout`` can have."""
-    return _header_bound(layout) + _HEADER_SLACK + _BYTES_PER_VALUE * layout.num_values
+    return _header_bound(layout) + _HEADER_SLACK + 4 * layout.num_values
 
 
 def default_max_bytes(layout: AdapterLayout) -> int:
-    """Default limit on the compressed size: 64 KiB + 16 bytes per masked position."""
-    return 64 * 1024 + 16 * layout.num_values
-
-
-# --------------------------------------------------------------------------- encode
+    """Default limit on the compressed size (zstd may grow incompressible data a little)."""
+    return 4096 + max_content_bytes(layout) + max_content_bytes(layout) // 64
 
 
 def encode_adapter(
-    layout: AdapterLayout, values: Mapping[str, torch.Tensor], level: int = 3
+    layout: AdapterLayout,
+    values: Mapping[str, torch.Tensor],
+    dtype: str = "float32",
+    level: int = 3,
 ) -> bytes:
     """Encode ``values`` (one vector per layout tensor, aligned with ``layout.indices``)."""
+    if dtype not in VALUE_DTYPES:
+        raise AdapterCodecError(f"value dtype must be one of {sorted(VALUE_DTYPES)}, got {dtype!r}")
     try:
         check_values(layout, values)
     except ValueError as exc:
         raise AdapterCodecError(str(exc)) from exc
     tensors: dict[str, torch.Tensor] = {}
     for name in layout.names:
-        vector = values[name].detach().to(device="cpu", dtype=torch.float32)
+        vector = values[name].detach().to(device="cpu", dtype=VALUE_DTYPES[dtype])
         if not bool(torch.isfinite(vector).all()):
-            raise AdapterCodecError(f"adapter values for {name!r} are not all finite")
-        keep = vector != 0
-        tensors[name + VALUES_SUFFIX] = vector[keep]
-        if bool(keep.all()):  # positions are the mask's, which both sides derive from its seed
-            continue
-        if int(keep.sum()) * 8 > (keep.numel() + 7) // 8:  # a bitmap over the mask is smaller
-            bits = np.packbits(keep.numpy(), bitorder="little")
-            tensors[name + PRESENT_SUFFIX] = torch.from_numpy(bits)
-        else:
-            tensors[name + INDICES_SUFFIX] = layout.indices[name][keep]
+            raise AdapterCodecError(f"adapter values for {name!r} are not all finite in {dtype}")
+        tensors[name] = vector
     raw = encode_tensors(tensors, {"format": FORMAT, "mask_digest": layout.digest})
-    compressor = zstandard.ZstdCompressor(level=level, write_content_size=True)
-    return compressor.compress(raw)
-
-
-# --------------------------------------------------------------------------- decode
+    return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(raw)
 
 
 def _decompress(data: bytes, limit: int) -> bytes:
@@ -158,102 +130,35 @@ def _check_metadata(metadata: Mapping[str, str], layout: AdapterLayout) -> None:
         )
 
 
-def _check_names(tensors: Mapping[str, torch.Tensor], layout: AdapterLayout) -> None:
-    required = {n + VALUES_SUFFIX for n in layout.names}
-    allowed = required | {n + s for n in layout.names for s in (INDICES_SUFFIX, PRESENT_SUFFIX)}
-    missing = sorted(required - set(tensors))
-    unexpected = sorted(set(tensors) - allowed)
-    both = sorted(
-        n for n in layout.names if {n + INDICES_SUFFIX, n + PRESENT_SUFFIX} <= set(tensors)
-    )
-    if both:
-        unexpected += [f"{n} (both indices and a presence bitmap)" for n in both]
-    if missing or unexpected:
+def _check_tensor(
+    name: str, tensor: torch.Tensor, layout: AdapterLayout, dtype: str | None
+) -> None:
+    allowed = {VALUE_DTYPES[dtype]} if dtype else set(VALUE_DTYPES.values())
+    if tensor.dtype not in allowed:
         raise AdapterCodecError(
-            f"adapter payload tensors do not match the layout: missing {missing}, "
-            f"unexpected {unexpected}"
+            f"tensor {name!r}: dtype {tensor.dtype} is not the job's value dtype "
+            f"({', '.join(sorted(str(d) for d in allowed))})"
         )
-
-
-def _check_pair(name: str, indices: torch.Tensor, values: torch.Tensor) -> None:
-    for key, tensor, dtype in (
-        (name + INDICES_SUFFIX, indices, torch.int64),
-        (name + VALUES_SUFFIX, values, torch.float32),
-    ):
-        if tensor.dtype != dtype:
-            raise AdapterCodecError(f"tensor {key!r}: expected dtype {dtype}, got {tensor.dtype}")
-        if tensor.dim() != 1:
-            raise AdapterCodecError(f"tensor {key!r}: expected 1-D, got shape {list(tensor.shape)}")
-    if indices.numel() != values.numel():
+    expected = layout.indices[name].numel()
+    if tensor.dim() != 1 or tensor.numel() != expected:
         raise AdapterCodecError(
-            f"tensor {name!r}: {indices.numel()} indices but {values.numel()} values "
-            "(lengths must be equal)"
+            f"tensor {name!r}: expected {expected} values (one per masked position), "
+            f"got shape {list(tensor.shape)}"
         )
-    zero = (values == 0).nonzero()
-    if zero.numel():
-        k = int(zero[0])
-        raise AdapterCodecError(
-            f"tensor {name + VALUES_SUFFIX!r}: explicit zero at position {k} "
-            "(zeros must be omitted)"
-        )
-
-
-def _check_indices(name: str, indices: torch.Tensor, layout: AdapterLayout) -> torch.Tensor:
-    """Validate order, range and mask membership; return the positions within the mask."""
-    key = name + INDICES_SUFFIX
-    steps = indices[1:] - indices[:-1]
-    bad = (steps <= 0).nonzero()
+    bad = (~torch.isfinite(tensor)).nonzero()
     if bad.numel():
-        k = int(bad[0]) + 1
-        prev, cur = int(indices[k - 1]), int(indices[k])
-        what = f"duplicate index {cur}" if prev == cur else f"index {cur} follows {prev}"
-        raise AdapterCodecError(
-            f"tensor {key!r}: indices must be strictly increasing; {what} at position {k}"
-        )
-    numel = math.prod(layout.shapes[name])
-    outside = ((indices < 0) | (indices >= numel)).nonzero()
-    if outside.numel():
-        k = int(outside[0])
-        raise AdapterCodecError(
-            f"tensor {key!r}: index {int(indices[k])} at position {k} is out of range [0, {numel})"
-        )
-    mask = layout.indices[name]
-    slots = torch.searchsorted(mask, indices)
-    found = mask[slots.clamp(max=mask.numel() - 1)] == indices
-    absent = (~found).nonzero()
-    if absent.numel():
-        k = int(absent[0])
-        raise AdapterCodecError(
-            f"tensor {key!r}: index {int(indices[k])} at position {k} is not in the adapter mask"
-        )
-    return slots
-
-
-def _implied_indices(
-    name: str, present: torch.Tensor | None, layout: AdapterLayout
-) -> torch.Tensor:
-    """Positions implied by the mask, or by a little-endian bitmap over the mask's slots."""
-    mask = layout.indices[name]
-    if present is None:
-        return mask
-    key = name + PRESENT_SUFFIX
-    n = mask.numel()
-    if present.dtype != torch.uint8 or present.dim() != 1 or present.numel() != (n + 7) // 8:
-        raise AdapterCodecError(
-            f"tensor {key!r}: expected {(n + 7) // 8} uint8 bitmap bytes for {n} mask slots, "
-            f"got {present.dtype} of shape {list(present.shape)}"
-        )
-    bits = np.unpackbits(present.numpy(), bitorder="little")
-    if bits[n:].any():
-        raise AdapterCodecError(f"tensor {key!r}: bits set beyond the {n} mask slots")
-    return mask[torch.from_numpy(bits[:n].astype(bool))]
+        k = int(bad[0])
+        raise AdapterCodecError(f"tensor {name!r}: value {float(tensor[k])} at {k} is not finite")
 
 
 def decode_adapter(
-    data: bytes, layout: AdapterLayout, max_bytes: int | None = None
+    data: bytes,
+    layout: AdapterLayout,
+    dtype: str | None = None,
+    max_bytes: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Validate a payload against ``layout`` and return float32 values aligned with
-    ``layout.indices`` (zeros at omitted positions). Raises AdapterCodecError."""
+    """Validate a payload against ``layout`` (and the job's value ``dtype``, if given);
+    return float32 values aligned with ``layout.indices``. Raises AdapterCodecError."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise AdapterCodecError(f"adapter payload must be bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -266,27 +171,18 @@ def decode_adapter(
     raw = _decompress(data, content_limit)
     try:
         tensors, metadata = decode_tensors(
-            raw, max_bytes=content_limit, allowed_dtypes=_ALLOWED_DTYPES
+            raw, max_bytes=content_limit, allowed_dtypes=frozenset(VALUE_DTYPES.values())
         )
     except CodecError as exc:
         raise AdapterCodecError(f"adapter payload: {exc}") from exc
     _check_metadata(metadata, layout)
-    _check_names(tensors, layout)
-    out: dict[str, torch.Tensor] = {}
+    missing = sorted(set(layout.names) - set(tensors))
+    unexpected = sorted(set(tensors) - set(layout.names))
+    if missing or unexpected:
+        raise AdapterCodecError(
+            f"adapter payload tensors do not match the layout: missing {missing}, "
+            f"unexpected {unexpected}"
+        )
     for name in layout.names:
-        values = tensors[name + VALUES_SUFFIX]
-        indices = tensors.get(name + INDICES_SUFFIX)
-        if indices is None:
-            indices = _implied_indices(name, tensors.get(name + PRESENT_SUFFIX), layout)
-            if values.dim() == 1 and values.numel() != indices.numel():
-                raise AdapterCodecError(
-                    f"tensor {name + VALUES_SUFFIX!r}: {values.numel()} values without "
-                    f"indices, but the mask (or its presence bitmap) has {indices.numel()} "
-                    "positions"
-                )
-        _check_pair(name, indices, values)
-        slots = _check_indices(name, indices, layout)
-        dense = torch.zeros(layout.indices[name].numel(), dtype=torch.float32)
-        dense[slots] = values
-        out[name] = dense
-    return out
+        _check_tensor(name, tensors[name], layout, dtype)
+    return {name: tensors[name].to(torch.float32) for name in layout.names}

@@ -127,6 +127,7 @@ def adapter_to_proto(ref: AdapterRef) -> participant_pb2.AdapterSpec:
         mask_seed=ref.mask_seed,
         mask_digest=ref.mask_digest,
         values_blob_id=ref.values_blob_id,
+        upload_dtype=ref.upload_dtype,
     )
 
 
@@ -137,6 +138,7 @@ def adapter_from_proto(msg: participant_pb2.AdapterSpec) -> AdapterRef:
         mask_seed=msg.mask_seed,
         mask_digest=msg.mask_digest,
         values_blob_id=msg.values_blob_id,
+        upload_dtype=msg.upload_dtype or "float32",
     )
 
 
@@ -155,6 +157,7 @@ def unlearning_spec_to_proto(spec: UnlearningSpec) -> control_pb2.UnlearningSpec
         wait_for_participants_s=spec.wait_for_participants_s,
         seed=spec.seed,
         evaluate_each_round=spec.evaluate_each_round,
+        upload_dtype=spec.upload_dtype,
     )
 
 
@@ -173,6 +176,7 @@ def unlearning_spec_from_proto(msg: control_pb2.UnlearningSpec) -> UnlearningSpe
         wait_for_participants_s=msg.wait_for_participants_s,
         seed=msg.seed,
         evaluate_each_round=msg.evaluate_each_round,
+        upload_dtype=msg.upload_dtype or "float32",
     )
 
 

@@ -63,6 +63,7 @@ class TrainingSpec:
 
 
 METHODS = ("fused", "retrain", "finetune")
+UPLOAD_DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class UnlearningSpec:
     wait_for_participants_s: float = 60.0
     seed: int = 0
     evaluate_each_round: bool = True
+    upload_dtype: str = "float32"  # fused: float32, float16 or bfloat16 adapter uploads
 
     def validate(self) -> None:
         try:
@@ -96,6 +98,10 @@ class UnlearningSpec:
             (self.round_deadline_s > 0, "round_deadline_s must be > 0"),
             (self.wait_for_participants_s >= 0, "wait_for_participants_s must be >= 0"),
             (self.seed >= 0, "seed must be >= 0"),
+            (
+                self.upload_dtype in UPLOAD_DTYPES,
+                f"upload_dtype must be one of {', '.join(UPLOAD_DTYPES)}",
+            ),
         ]
         for ok, message in checks:
             if not ok:

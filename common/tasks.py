@@ -67,6 +67,7 @@ class AdapterRef:
     mask_seed: int
     mask_digest: str
     values_blob_id: str = ""  # "" = all zeros
+    upload_dtype: str = "float32"  # dtype participants upload values in
 
 
 @dataclass(frozen=True)

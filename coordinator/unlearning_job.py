@@ -134,7 +134,9 @@ async def adapter_rounds(
         started = ctx.clock()
         ctx.progress("adapter", r)
         chosen = select_participants(eligible(ctx, spec.forget), 0, rng)
-        ref = AdapterRef(layout.names, layout.density, mask_seed, layout.digest, values_blob)
+        ref = AdapterRef(
+            layout.names, layout.density, mask_seed, layout.digest, values_blob, spec.upload_dtype
+        )
         ctx.emit("round_started", "adapter", r, f"adapter round {r}: {len(chosen)} participants")
         decoded: dict[str, dict[str, torch.Tensor]] = {}
         plan = RoundPlan(
@@ -150,7 +152,7 @@ async def adapter_rounds(
             spec.forget,
             ref,
         )
-        decode = partial(decode_adapter, layout=layout)
+        decode = partial(decode_adapter, layout=layout, dtype=spec.upload_dtype)
         result = await run_round(ctx, plan, upload_validator(ctx, decode, decoded))
         check_quorum(result, spec.min_participants, "adapter", r)
         outcomes = [o for _, o in sorted(result.outcomes.items()) if o.train is not None]

@@ -247,12 +247,12 @@ class Agent:
             distances, n = local_sensitivity(name, classes, weights, self._shard, task.train)
             return TaskOutcome(pid, task.task_id, sensitivity=SensitivityOutcome(distances, n))
         if task.kind is TaskKind.ADAPTER_TRAIN:
-            if layout is None:
+            if layout is None or task.adapter is None:
                 raise ValueError("an adapter training task without an adapter")
             new_values, stats = local_adapter_update(
                 name, classes, weights, layout, values, self._shard, task.train, task.forget
             )
-            blob = encode_adapter(layout, new_values)
+            blob = encode_adapter(layout, new_values, dtype=task.adapter.upload_dtype)
         else:
             state, stats = local_update(
                 name, classes, weights, self._shard, task.train, task.forget
@@ -273,7 +273,7 @@ class Agent:
         if not task.adapter.values_blob_id:
             return layout, zero_values(layout)
         data = self._fetch(stub, task, task.adapter.values_blob_id)
-        return layout, decode_adapter(data, layout)
+        return layout, decode_adapter(data, layout, dtype="float32")  # the coordinator's mean
 
     def _fetch(
         self, stub: participant_pb2_grpc.ParticipantServiceStub, task: TaskSpec, digest: str

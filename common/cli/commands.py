@@ -119,6 +119,7 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         layers=tuple(n for n in args.layers.split(",") if n),
         density=args.density,
+        upload_dtype=args.upload_dtype,
         min_participants=args.min_participants,
         round_deadline_s=args.round_deadline,
         wait_for_participants_s=args.wait_participants,

@@ -26,7 +26,7 @@ from common.cli.commands import (
     cmd_unlearn,
     cmd_watch,
 )
-from common.specs import METHODS
+from common.specs import METHODS, UPLOAD_DTYPES
 from common.train_config import TrainConfig
 
 
@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     unlearn.add_argument("--top-k", type=int, default=2, help="fused: tensors to adapt")
     unlearn.add_argument("--layers", default="", help="fused: comma-separated tensor names")
     unlearn.add_argument("--density", type=float, default=0.1, help="fused: mask density rho")
+    unlearn.add_argument(
+        "--upload-dtype",
+        choices=UPLOAD_DTYPES,
+        default="float32",
+        help="fused: precision of adapter uploads",
+    )
     unlearn.add_argument("--min-participants", type=int, default=1)
     unlearn.add_argument("--round-deadline", type=float, default=300.0, help="seconds")
     unlearn.add_argument("--wait-participants", type=float, default=60.0, help="seconds")

@@ -128,7 +128,7 @@ FORGET = ForgetSpec(
     trigger_size=2,
     trigger_target=0,
 )
-ADAPTER = AdapterRef(("fc3.weight", "conv1.bias"), 0.05, 2**50 + 3, "12" * 32, "34" * 32)
+ADAPTER = AdapterRef(("fc3.weight", "conv1.bias"), 0.05, 2**50 + 3, "12" * 32, "34" * 32, "float16")
 
 CASES = [
     RoundTrip("forget", FORGET, serde.forget_to_proto, serde.forget_from_proto),
@@ -155,6 +155,7 @@ CASES = [
             wait_for_participants_s=1.5,
             seed=5,
             evaluate_each_round=False,
+            upload_dtype="bfloat16",
         ),
         serde.unlearning_spec_to_proto,
         serde.unlearning_spec_from_proto,

@@ -489,6 +489,7 @@ class UnlearningSpec(_message.Message):
     WAIT_FOR_PARTICIPANTS_S_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     EVALUATE_EACH_ROUND_FIELD_NUMBER: _builtins.int
+    UPLOAD_DTYPE_FIELD_NUMBER: _builtins.int
     base_version: _builtins.str
     """the model to unlearn from; "" = the active version"""
     method: _builtins.str
@@ -503,6 +504,8 @@ class UnlearningSpec(_message.Message):
     wait_for_participants_s: _builtins.float
     seed: _builtins.int
     evaluate_each_round: _builtins.bool
+    upload_dtype: _builtins.str
+    """fused: adapter uploads as float32 (default), float16 or bfloat16"""
     @_builtins.property
     def forget(self) -> _common_pb2.ForgetSpec: ...
     @_builtins.property
@@ -527,10 +530,11 @@ class UnlearningSpec(_message.Message):
         wait_for_participants_s: _builtins.float = ...,
         seed: _builtins.int = ...,
         evaluate_each_round: _builtins.bool = ...,
+        upload_dtype: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["forget", b"forget", "train", b"train"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_version", b"base_version", "density", b"density", "evaluate_each_round", b"evaluate_each_round", "forget", b"forget", "layers", b"layers", "method", b"method", "min_participants", b"min_participants", "round_deadline_s", b"round_deadline_s", "rounds", b"rounds", "seed", b"seed", "top_k", b"top_k", "train", b"train", "wait_for_participants_s", b"wait_for_participants_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_version", b"base_version", "density", b"density", "evaluate_each_round", b"evaluate_each_round", "forget", b"forget", "layers", b"layers", "method", b"method", "min_participants", b"min_participants", "round_deadline_s", b"round_deadline_s", "rounds", b"rounds", "seed", b"seed", "top_k", b"top_k", "train", b"train", "upload_dtype", b"upload_dtype", "wait_for_participants_s", b"wait_for_participants_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

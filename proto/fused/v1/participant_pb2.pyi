@@ -217,11 +217,14 @@ class AdapterSpec(_message.Message):
     MASK_SEED_FIELD_NUMBER: _builtins.int
     MASK_DIGEST_FIELD_NUMBER: _builtins.int
     VALUES_BLOB_ID_FIELD_NUMBER: _builtins.int
+    UPLOAD_DTYPE_FIELD_NUMBER: _builtins.int
     density: _builtins.float
     mask_seed: _builtins.int
     mask_digest: _builtins.str
     values_blob_id: _builtins.str
     """current values (adapter codec); "" = zeros"""
+    upload_dtype: _builtins.str
+    """dtype of uploaded values: float32, float16 or bfloat16"""
     @_builtins.property
     def layers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """adapted parameter tensors"""
@@ -234,10 +237,11 @@ class AdapterSpec(_message.Message):
         mask_seed: _builtins.int = ...,
         mask_digest: _builtins.str = ...,
         values_blob_id: _builtins.str = ...,
+        upload_dtype: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["density", b"density", "layers", b"layers", "mask_digest", b"mask_digest", "mask_seed", b"mask_seed", "values_blob_id", b"values_blob_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["density", b"density", "layers", b"layers", "mask_digest", b"mask_digest", "mask_seed", b"mask_seed", "upload_dtype", b"upload_dtype", "values_blob_id", b"values_blob_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

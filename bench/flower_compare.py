@@ -1,0 +1,774 @@
+"""Same FedAvg job in FUSED and in Flower: bytes on the wire and seconds per round, side by side.
+
+    python -m bench.flower_compare [--rounds 5] [--participants 4] [--dataset digits]
+                                   [--venv .bench-venvs/flwr] [--quick]
+
+Flower (`flwr` from the package registry) is installed into its own virtual environment
+(`--venv`), never into the project's. Both systems run as real processes on 127.0.0.1 with the
+same model (the registry default for the data set), the same non-IID shards, the same initial
+weights, the same local training code (`participant.executor.local_update`, which the Flower
+clients import read-only from this repository), the same per-participant seeds and the same
+hyper-parameters; every participant takes part in every round and nothing is evaluated between
+rounds.
+
+Bytes are counted by a transparent TCP proxy on loopback between the participants and the
+server of each system, so they are full wire bytes: protobuf messages plus gRPC and HTTP/2
+framing, headers, pings and window updates, both directions, all participants, from the start of
+round 1 to the end of the last round's aggregation (start-up, registration and FUSED's final
+evaluation are outside that window). FUSED's own Prometheus counters (`fused_wire_bytes_total`,
+serialized message bytes of the train phase) are reported beside them. Seconds per round are the
+wall time of that same window divided by the number of rounds. Accuracy is the final global
+model's on the untouched global test split, computed here the same way for both.
+
+The JSON report goes to stdout and to WORK_DIR/report.json; process logs stay under WORK_DIR.
+Internal roles, run by the Flower environment's interpreter: `_flower-server`, `_flower-client`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from common.launch import LocalFederation
+    from common.train_config import TrainConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_VENV = REPO_ROOT / ".bench-venvs" / "flwr"
+DEFAULT_WORK_DIR = REPO_ROOT / "runs" / "flower-compare"
+FLWR_VERSION = "1.42.0"
+TORCH_VERSION = "2.13.0"  # the project's pin, so both sides train with the same kernels
+LOOPBACK = "127.0.0.1"
+SERVER_ROLE = "_flower-server"
+CLIENT_ROLE = "_flower-client"
+# The job: the issue's FedAvg settings.
+LR = 0.05
+MOMENTUM = 0.9
+WEIGHT_DECAY = 5e-4
+BATCH_SIZE = 32
+LOCAL_EPOCHS = 1
+UP, DOWN = "up", "down"  # participant -> server, server -> participant
+
+
+# --- pure helpers ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WireEvent:
+    """One read from a socket by the proxy: when, which way, how many bytes."""
+
+    time: float
+    direction: str  # UP or DOWN
+    nbytes: int
+
+
+def bytes_in_window(events: Sequence[WireEvent], start: float, end: float) -> dict[str, int]:
+    """Bytes each way (and in total) of the events with start <= time <= end."""
+    if end < start:
+        raise ValueError(f"window ends ({end}) before it starts ({start})")
+    totals = {UP: 0, DOWN: 0}
+    for event in events:
+        if start <= event.time <= end:
+            totals[event.direction] += event.nbytes
+    return {**totals, "total": totals[UP] + totals[DOWN]}
+
+
+def per_round(value: float, rounds: int) -> float:
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    return value / rounds
+
+
+def ratio(ours: float, theirs: float) -> float | None:
+    """ours / theirs, or None where theirs is zero (nothing to compare against)."""
+    return ours / theirs if theirs else None
+
+
+def train_phase_bytes(samples: Mapping[tuple[str, tuple[tuple[str, str], ...]], float]) -> float:
+    """Sum of `fused_wire_bytes_total` over the train phase, every method and direction."""
+    total = 0.0
+    for (name, labels), value in samples.items():
+        if name == "fused_wire_bytes_total" and dict(labels).get("phase") == "train":
+            total += value
+    return total
+
+
+Samples = Mapping[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def message_bytes_by_method(
+    before: Samples, after: Samples, phases: frozenset[str] = frozenset({"train", "none"})
+) -> dict[str, float]:
+    """Growth of `fused_wire_bytes_total` between two scrapes, per RPC method (directions and
+    participants summed), over the given phases ("none": Register, PullTask, Heartbeat)."""
+    totals: dict[str, float] = {}
+    for key, value in after.items():
+        name, labels = key
+        label = dict(labels)
+        if name == "fused_wire_bytes_total" and label.get("phase") in phases:
+            grown = value - before.get(key, 0.0)
+            totals[label["method"]] = totals.get(label["method"], 0.0) + grown
+    return dict(sorted(totals.items()))
+
+
+def steady_seconds_per_round(started: Sequence[float], finished: Sequence[float]) -> float | None:
+    """Mean round time after the first (which pays each process's first-use costs); None for a
+    single round. Rounds run back to back, so this is (end of last - end of first) / (R - 1)."""
+    if len(started) != len(finished) or not finished:
+        raise ValueError("need one start and one finish time per round")
+    if len(finished) < 2:
+        return None
+    return (finished[-1] - finished[0]) / (len(finished) - 1)
+
+
+def system_report(
+    window: dict[str, int], started: Sequence[float], finished: Sequence[float], accuracy: float
+) -> dict[str, Any]:
+    """The per-system block of the report: `window` holds the proxy's bytes between the first
+    round's start and the last round's end; `started` / `finished` are the rounds' times."""
+    rounds = len(finished)
+    return {
+        "bytes_per_round": per_round(window["total"], rounds),
+        "bytes_up_per_round": per_round(window[UP], rounds),
+        "bytes_down_per_round": per_round(window[DOWN], rounds),
+        "seconds_per_round": per_round(finished[-1] - started[0], rounds),
+        "steady_seconds_per_round": steady_seconds_per_round(started, finished),
+        "round_seconds": [b - a for a, b in zip(started, finished, strict=True)],
+        "accuracy": accuracy,
+    }
+
+
+def compare(fused: dict[str, Any], flower: dict[str, Any]) -> dict[str, Any]:
+    """Ratios FUSED / Flower and whether the goal holds (no more bytes, no more seconds)."""
+    ratio_bytes = ratio(fused["bytes_per_round"], flower["bytes_per_round"])
+    ratio_seconds = ratio(fused["seconds_per_round"], flower["seconds_per_round"])
+    ours, theirs = fused["steady_seconds_per_round"], flower["steady_seconds_per_round"]
+    return {
+        "ratio_bytes": ratio_bytes,
+        "ratio_seconds": ratio_seconds,
+        "ratio_steady_seconds": None if ours is None or theirs is None else ratio(ours, theirs),
+        "goal_met": {
+            "bytes": ratio_bytes is not None and ratio_bytes <= 1.0,
+            "seconds": ratio_seconds is not None and ratio_seconds <= 1.0,
+        },
+    }
+
+
+def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
+    """Apply --quick (2 rounds on digits) and check the numbers."""
+    if args.quick:
+        args.rounds, args.dataset = 2, "digits"
+    if args.rounds < 1:
+        raise SystemExit(f"--rounds must be >= 1, got {args.rounds}")
+    if args.participants < 1:
+        raise SystemExit(f"--participants must be >= 1, got {args.participants}")
+    return args
+
+
+def check_venv_path(venv: Path) -> None:
+    """Refuse the project's own environment (or the running one): Flower never goes there."""
+    target = venv.resolve()
+    forbidden = {(REPO_ROOT / ".venv").resolve(), Path(sys.prefix).resolve()}
+    if target in forbidden:
+        raise SystemExit(f"refusing to install Flower into {target}: pick another --venv")
+
+
+# --- a counting TCP proxy on loopback ----------------------------------------------------------
+
+
+class CountingProxy:
+    """Forwards every connection made to LOOPBACK:port to LOOPBACK:upstream_port and records
+    each read (time, direction, bytes). Runs an asyncio loop in a thread of its own."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = 0
+        self.connections = 0
+        self._events: list[WireEvent] = []
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def events(self) -> list[WireEvent]:
+        with self._lock:
+            return list(self._events)
+
+    def _record(self, direction: str, nbytes: int) -> None:
+        with self._lock:
+            self._events.append(WireEvent(time.time(), direction, nbytes))
+
+    async def _pump(
+        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, direction: str
+    ) -> None:
+        try:
+            while data := await src.read(1 << 16):
+                self._record(direction, len(data))
+                dst.write(data)
+                await dst.drain()
+            if dst.can_write_eof():
+                dst.write_eof()
+        except (ConnectionError, OSError):
+            pass
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            try:
+                up_reader, up_writer = await asyncio.open_connection(LOOPBACK, self.upstream_port)
+            except OSError:
+                writer.close()
+                return
+            self.connections += 1
+            try:
+                await asyncio.gather(
+                    self._pump(reader, up_writer, UP), self._pump(up_reader, writer, DOWN)
+                )
+            finally:
+                for w in (writer, up_writer):
+                    w.close()
+                    with contextlib.suppress(ConnectionError, OSError):
+                        await w.wait_closed()
+        finally:
+            self._tasks.discard(task)
+
+    async def _start(self) -> int:
+        self._server = await asyncio.start_server(self._handle, LOOPBACK, 0)
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def _stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def start(self) -> CountingProxy:
+        self._thread.start()
+        self.port = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    def __enter__(self) -> CountingProxy:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+
+def log(message: str) -> None:
+    print(f"[flower-compare] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), timeout=1):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on {LOOPBACK}:{port} after {timeout_s} s")
+
+
+def child_env() -> dict[str, str]:
+    """Environment of a Flower-side process: this repository importable, no venv leaking in."""
+    env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "PYTHONHOME"}}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def spawn(args: Sequence[str], log_path: Path) -> subprocess.Popen[bytes]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as out:
+        return subprocess.Popen(
+            list(args), stdout=out, stderr=subprocess.STDOUT, env=child_env(), cwd=REPO_ROOT
+        )
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 10) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def installed_flwr(python: Path) -> str | None:
+    if not python.exists():
+        return None
+    probe = subprocess.run(
+        [str(python), "-c", "import flwr, torch, safetensors, numpy; print(flwr.__version__)"],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        check=False,
+    )
+    return probe.stdout.strip() if probe.returncode == 0 else None
+
+
+def ensure_flower_venv(venv: Path, flwr_version: str) -> Path:
+    """The interpreter of a virtual environment holding flwr==flwr_version (made if needed)."""
+    check_venv_path(venv)
+    python = venv / "bin" / "python"
+    if installed_flwr(python) == flwr_version:
+        return python
+    log(f"installing flwr=={flwr_version} into {venv}")
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    packages = [f"flwr=={flwr_version}", f"torch=={TORCH_VERSION}", "safetensors", "numpy"]
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", *packages],
+        check=True,
+        stdout=sys.stderr,
+        env=child_env(),
+    )
+    found = installed_flwr(python)
+    if found != flwr_version:
+        raise RuntimeError(f"{venv} has flwr {found!r} after installing, not {flwr_version}")
+    return python
+
+
+# --- shared job settings -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    dataset: str
+    model: str
+    num_classes: int
+    participants: int
+    rounds: int
+    seed: int
+    shards: Path
+    work_dir: Path
+
+    def train_config(self) -> TrainConfig:
+        from common.train_config import TrainConfig
+
+        return TrainConfig(
+            local_epochs=LOCAL_EPOCHS,
+            lr=LR,
+            momentum=MOMENTUM,
+            weight_decay=WEIGHT_DECAY,
+            batch_size=BATCH_SIZE,
+        )
+
+    @property
+    def timeout_s(self) -> float:
+        return 300.0 + 600.0 * self.rounds
+
+
+def prepare_shards(
+    dataset: str, data_dir: Path | None, participants: int, seed: int, out: Path
+) -> dict[str, Any]:
+    from common.data.partition import PartitionConfig
+    from common.data.shards import partition_to_directory
+
+    shutil.rmtree(out, ignore_errors=True)
+    config = PartitionConfig(num_participants=participants, seed=seed)
+    return partition_to_directory(dataset, data_dir, out, config)
+
+
+def global_accuracy(job: Job, weights: Mapping[str, torch.Tensor]) -> float:
+    """Accuracy of a final model on the untouched global test split."""
+    from common.data.shards import load_global_test
+    from participant.executor import load_model
+    from participant.training import evaluate
+
+    model = load_model(job.model, job.num_classes, weights)
+    return evaluate(model, load_global_test(job.shards), job.num_classes).accuracy
+
+
+# --- FUSED -------------------------------------------------------------------------------------
+
+
+def _follow(fed: LocalFederation, job_id: str, timeout_s: float) -> Any:
+    from proto.fused.v1 import control_pb2
+
+    stub = fed.control()
+    for event in stub.WatchJob(control_pb2.WatchJobRequest(job_id=job_id), timeout=timeout_s):
+        if event.kind in {"job_completed", "job_failed"}:
+            break
+    return stub.GetJob(control_pb2.GetJobRequest(job_id=job_id), timeout=30)
+
+
+def run_fused(job: Job) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    from common.launch import LocalFederation, scrape
+    from common.serde import training_spec_to_proto
+    from common.specs import TrainingSpec
+    from common.tensor_codec import decode_tensors
+    from proto.fused.v1 import control_pb2
+
+    work = job.work_dir / "fused"
+    shutil.rmtree(work, ignore_errors=True)
+    spec = TrainingSpec(
+        model=job.model,
+        rounds=job.rounds,
+        train=job.train_config(),
+        participants_per_round=0,
+        min_participants=job.participants,
+        round_deadline_s=job.timeout_s,
+        seed=job.seed,
+        evaluate_each_round=False,
+    )
+    with LocalFederation(work) as fed:
+        fed.start_coordinator()
+        with CountingProxy(fed.port) as proxy:
+            agents = LocalFederation(work)  # participants reach the coordinator via the proxy
+            agents.port = proxy.port
+            try:
+                for i in range(job.participants):
+                    agents.start_participant(job.shards / f"p{i}")
+                fed.wait_online(job.participants)
+                before = scrape(fed.metrics_port)
+                log(f"FUSED: {job.participants} participants online; training")
+                request = control_pb2.StartTrainingRequest(spec=training_spec_to_proto(spec))
+                started = fed.control().StartTraining(request, timeout=30)
+                info = _follow(fed, started.job_id, job.timeout_s)
+                if info.status != "completed":
+                    raise RuntimeError(f"FUSED job {info.job_id} {info.status}: {info.reason}")
+                rounds = sorted(
+                    (r for r in info.rounds if r.phase == "train"), key=lambda r: r.round
+                )
+                if len(rounds) != job.rounds:
+                    raise RuntimeError(f"FUSED ran {len(rounds)} train rounds, not {job.rounds}")
+                started_at = [r.started_at for r in rounds]
+                finished_at = [r.finished_at for r in rounds]
+                after = scrape(fed.metrics_port)
+                result = json.loads(info.result_json)
+                chunks = fed.control().ExportModel(
+                    control_pb2.ExportModelRequest(version_id=result["version_id"]), timeout=60
+                )
+                blob = b"".join(c.data for c in chunks)
+            finally:
+                agents.stop()
+            events = proxy.events()
+            connections = proxy.connections
+    weights, _ = decode_tensors(blob)
+    window = bytes_in_window(events, started_at[0], finished_at[-1])
+    report = system_report(window, started_at, finished_at, global_accuracy(job, weights))
+    by_method = message_bytes_by_method(before, after)
+    report.update(
+        {
+            "message_bytes_per_round": per_round(train_phase_bytes(after), job.rounds),
+            "message_bytes_by_method_per_round": {
+                method: per_round(n, job.rounds) for method, n in by_method.items()
+            },
+            "federated_accuracy": result["accuracy"],
+            "model_payload_bytes": len(blob),
+            "connections": connections,
+        }
+    )
+    return report, weights
+
+
+# --- Flower (orchestration, in this environment) -----------------------------------------------
+
+
+def run_flower(job: Job, python: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    from safetensors.torch import load_file
+
+    work = job.work_dir / "flower"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    port = free_port()
+    result_path, weights_path = work / "server.json", work / "final.safetensors"
+    model_args = ["--model", job.model, "--num-classes", str(job.num_classes)]
+    train = json.dumps(dataclasses.asdict(job.train_config()))
+    server_args = [
+        *(str(python), "-m", "bench.flower_compare", SERVER_ROLE),
+        *("--listen", f"{LOOPBACK}:{port}", "--clients", str(job.participants)),
+        *("--rounds", str(job.rounds), "--seed", str(job.seed), *model_args),
+        *("--result", str(result_path), "--weights", str(weights_path)),
+    ]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        server = spawn(server_args, work / "server.log")
+        procs.append(server)
+        wait_for_port(port, server, 120)
+        with CountingProxy(port) as proxy:
+            for i in range(job.participants):
+                client_args = [
+                    *(str(python), "-m", "bench.flower_compare", CLIENT_ROLE),
+                    *("--server", f"{LOOPBACK}:{proxy.port}", "--shard", str(job.shards / f"p{i}")),
+                    *("--train", train, *model_args),
+                ]
+                procs.append(spawn(client_args, work / f"p{i}.log"))
+            log(f"Flower: server and {job.participants} clients started; training")
+            if server.wait(job.timeout_s) != 0:
+                raise RuntimeError(f"Flower server exited with {server.returncode}")
+            for proc in procs[1:]:
+                if proc.wait(60) != 0:
+                    raise RuntimeError(f"a Flower client exited with {proc.returncode}")
+            events = proxy.events()
+            connections = proxy.connections
+    finally:
+        for proc in procs:
+            stop_process(proc)
+    result = json.loads(result_path.read_text())
+    started_at, finished_at = result["round_started"], result["round_finished"]
+    weights = load_file(str(weights_path))
+    window = bytes_in_window(events, started_at[0], finished_at[-1])
+    report = system_report(window, started_at, finished_at, global_accuracy(job, weights))
+    report.update(
+        {
+            "version": result["flwr_version"],
+            "model_payload_bytes": result["model_payload_bytes"],
+            "dtypes": result["dtypes"],
+            "connections": connections,
+        }
+    )
+    return report, weights
+
+
+# --- Flower (roles, run by the Flower environment's interpreter) -------------------------------
+
+
+def flower_server(argv: Sequence[str]) -> int:
+    import flwr as fl  # type: ignore[import-not-found,unused-ignore]
+    import numpy as np
+    import torch
+    from safetensors.numpy import save_file
+
+    from common.models import init_model
+
+    parser = argparse.ArgumentParser(prog=SERVER_ROLE)
+    for name in ("--listen", "--model", "--result", "--weights"):
+        parser.add_argument(name, required=True)
+    for name in ("--clients", "--rounds", "--seed", "--num-classes"):
+        parser.add_argument(name, type=int, required=True)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+
+    state = init_model(args.model, args.num_classes, args.seed).state_dict()
+    names = list(state)
+    manager = fl.server.client_manager.SimpleClientManager()
+    started: list[float] = []
+    finished: list[float] = []
+
+    def fit_config(server_round: int) -> dict[str, int]:
+        if server_round == 1 and not manager.wait_for(args.clients, timeout=300):
+            raise RuntimeError(f"fewer than {args.clients} clients connected")
+        started.append(time.time())  # round starts once every client is there
+        return {"server_round": server_round, "seed": args.seed}
+
+    def fit_metrics(results: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+        finished.append(time.time())  # called by aggregate_fit after averaging
+        return {}
+
+    strategy = fl.server.strategy.FedAvg(
+        fraction_fit=1.0,
+        fraction_evaluate=0.0,  # no federated evaluation between rounds
+        min_fit_clients=args.clients,
+        min_available_clients=args.clients,
+        on_fit_config_fn=fit_config,
+        fit_metrics_aggregation_fn=fit_metrics,
+        accept_failures=False,
+        initial_parameters=fl.common.ndarrays_to_parameters(
+            [t.detach().numpy() for t in state.values()]
+        ),
+    )
+    server = fl.server.Server(client_manager=manager, strategy=strategy)
+    fl.server.start_server(
+        server_address=args.listen,
+        server=server,
+        config=fl.server.ServerConfig(num_rounds=args.rounds),
+    )
+    if len(finished) != args.rounds:
+        raise RuntimeError(f"{len(finished)} of {args.rounds} rounds aggregated")
+    final = fl.common.parameters_to_ndarrays(server.parameters)
+    save_file({n: np.ascontiguousarray(a) for n, a in zip(names, final, strict=True)}, args.weights)
+    result = {
+        "flwr_version": fl.__version__,
+        "round_started": started,
+        "round_finished": finished,
+        "model_payload_bytes": sum(len(t) for t in server.parameters.tensors),
+        "dtypes": sorted({str(a.dtype) for a in final}),
+    }
+    Path(args.result).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def flower_client(argv: Sequence[str]) -> int:
+    import flwr as fl  # type: ignore[import-not-found,unused-ignore]
+    import numpy as np
+    import torch
+
+    from common.data.shards import load_shard
+    from common.models import build_model
+    from common.train_config import TrainConfig, task_seed
+    from participant.executor import local_update
+
+    parser = argparse.ArgumentParser(prog=CLIENT_ROLE)
+    for name in ("--server", "--shard", "--train", "--model"):
+        parser.add_argument(name, required=True)
+    parser.add_argument("--num-classes", type=int, required=True)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # as a FUSED participant agent (its --threads default)
+
+    shard = load_shard(Path(args.shard))
+    pid = shard.meta.participant_id
+    base = TrainConfig(**json.loads(args.train))
+    names = list(build_model(args.model, args.num_classes).state_dict())
+
+    class Participant(fl.client.NumPyClient):  # type: ignore[misc]
+        def get_parameters(self, config: dict[str, Any]) -> list[Any]:
+            model = build_model(args.model, args.num_classes)
+            return [t.detach().numpy() for t in model.state_dict().values()]
+
+        def fit(
+            self, parameters: list[Any], config: dict[str, Any]
+        ) -> tuple[list[Any], int, dict[str, Any]]:
+            weights = {
+                n: torch.from_numpy(np.array(a, copy=True))
+                for n, a in zip(names, parameters, strict=True)
+            }
+            seed = task_seed(int(config["seed"]), int(config["server_round"]), pid)
+            cfg = dataclasses.replace(base, seed=seed)
+            state, stats = local_update(args.model, args.num_classes, weights, shard, cfg)
+            arrays = [t.numpy() for t in state.values()]
+            return arrays, stats.num_examples, {"loss": stats.mean_loss}
+
+        def evaluate(
+            self, parameters: list[Any], config: dict[str, Any]
+        ) -> tuple[float, int, dict[str, Any]]:
+            raise RuntimeError("evaluation is off in this benchmark")
+
+    fl.client.start_client(server_address=args.server, client=Participant().to_client())
+    return 0
+
+
+# --- main --------------------------------------------------------------------------------------
+
+
+def max_abs_diff(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
+    """Largest elementwise difference between two state dicts with the same keys."""
+    if a.keys() != b.keys():
+        raise ValueError(f"state dicts differ in keys: {sorted(a.keys() ^ b.keys())}")
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.flower_compare",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--participants", type=int, default=4)
+    parser.add_argument("--dataset", choices=("digits", "fashionmnist"), default="digits")
+    parser.add_argument("--data-dir", type=Path, default=None, help="FashionMNIST files")
+    parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="Flower's own venv")
+    parser.add_argument("--flwr-version", default=FLWR_VERSION)
+    parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="2 rounds on digits")
+    return resolve_settings(parser.parse_args(argv))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == SERVER_ROLE:
+        return flower_server(argv[1:])
+    if argv and argv[0] == CLIENT_ROLE:
+        return flower_client(argv[1:])
+    args = parse_args(argv)
+
+    from common.models import count_parameters, default_model_for, init_model
+
+    python = ensure_flower_venv(args.venv.absolute(), args.flwr_version)
+    work: Path = args.work_dir.absolute()
+    work.mkdir(parents=True, exist_ok=True)
+    summary = prepare_shards(
+        args.dataset, args.data_dir, args.participants, args.seed, work / "shards"
+    )
+    model = default_model_for(args.dataset)
+    job = Job(
+        dataset=args.dataset,
+        model=model,
+        num_classes=int(summary["num_classes"]),
+        participants=args.participants,
+        rounds=args.rounds,
+        seed=args.seed,
+        shards=work / "shards",
+        work_dir=work,
+    )
+    fused, fused_weights = run_fused(job)
+    flower, flower_weights = run_flower(job, python)
+    params = count_parameters(init_model(model, job.num_classes, 0))
+    report: dict[str, Any] = {
+        "fused": fused,
+        "flower": flower,
+        **compare(fused, flower),
+        "final_weights_max_abs_diff": max_abs_diff(fused_weights, flower_weights),
+        "config": {
+            "dataset": args.dataset,
+            "model": model,
+            "parameters": params,
+            "float32_model_bytes": 4 * params,
+            "participants": args.participants,
+            "rounds": args.rounds,
+            "train_sizes": [p["train_size"] for p in summary["participants"]],
+            "train": dataclasses.asdict(job.train_config()),
+            "seed": args.seed,
+            "flwr_version": flower["version"],
+            "flower_api": "flwr.server.start_server + flwr.client.start_client (grpc-bidi)",
+            "bytes": "TCP bytes through a loopback proxy (gRPC + HTTP/2 framing included), "
+            "both directions, all participants, round 1 start to last aggregation",
+            "seconds": "wall time of the same window / rounds",
+            "accuracy": "final global model on the global test split",
+            "cpus": os.cpu_count(),
+        },
+    }
+    text = json.dumps(report, indent=2)
+    (work / "report.json").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
