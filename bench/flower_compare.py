@@ -4,24 +4,28 @@
                                    [--venv .bench-venvs/flwr] [--quick]
 
 Flower (`flwr` from the package registry) is installed into its own virtual environment
-(`--venv`), never into the project's. Both systems run as real processes on 127.0.0.1 with the
-same model (the registry default for the data set), the same non-IID shards, the same initial
-weights, the same local training code (`participant.executor.local_update`, which the Flower
-clients import read-only from this repository), the same per-participant seeds and the same
-hyper-parameters; every participant takes part in every round and nothing is evaluated between
-rounds.
+(`--venv`), never into the project's, and run through its classic gRPC API
+(`flwr.server.start_server` + `flwr.client.start_client`, transport grpc-bidi), which works with
+no network access. Both systems run as real processes on 127.0.0.1 with the same model (the
+registry default for the data set), the same non-IID shards, the same initial weights, the same
+local training code (`participant.executor.local_update`, which the Flower clients import
+read-only from this repository), the same per-participant seeds, the same hyper-parameters and
+one torch thread per participant; every participant takes part in every round and nothing is
+evaluated between rounds. Up to float rounding in the averaging, both train the same model.
 
 Bytes are counted by a transparent TCP proxy on loopback between the participants and the
 server of each system, so they are full wire bytes: protobuf messages plus gRPC and HTTP/2
-framing, headers, pings and window updates, both directions, all participants, from the start of
-round 1 to the end of the last round's aggregation (start-up, registration and FUSED's final
-evaluation are outside that window). FUSED's own Prometheus counters (`fused_wire_bytes_total`,
-serialized message bytes of the train phase) are reported beside them. Seconds per round are the
-wall time of that same window divided by the number of rounds. Accuracy is the final global
-model's on the untouched global test split, computed here the same way for both.
+framing, headers, pings and window updates, both directions, all participants. They are counted
+over the measured rounds: from the end of the warm-up rounds (`--warmup-rounds`, default 1: the
+first round pays each process's first-use costs) to the end of the last round's aggregation, so
+start-up, registration and FUSED's final evaluation lie outside. Seconds per round are the wall
+time of that same window per measured round. FUSED's own Prometheus counters
+(`fused_wire_bytes_total`: serialized message bytes) are reported beside them. Accuracy is the
+final global model's on the untouched global test split, computed here the same way for both.
 
-The JSON report goes to stdout and to WORK_DIR/report.json; process logs stay under WORK_DIR.
-Internal roles, run by the Flower environment's interpreter: `_flower-server`, `_flower-client`.
+The JSON report goes to stdout and to WORK_DIR/report.json; progress goes to stderr and process
+logs stay under WORK_DIR. Internal roles, run by the Flower environment's interpreter:
+`_flower-server`, `_flower-client`.
 """
 
 from __future__ import annotations
@@ -101,55 +105,74 @@ def ratio(ours: float, theirs: float) -> float | None:
     return ours / theirs if theirs else None
 
 
-def train_phase_bytes(samples: Mapping[tuple[str, tuple[tuple[str, str], ...]], float]) -> float:
-    """Sum of `fused_wire_bytes_total` over the train phase, every method and direction."""
-    total = 0.0
-    for (name, labels), value in samples.items():
-        if name == "fused_wire_bytes_total" and dict(labels).get("phase") == "train":
-            total += value
-    return total
+Samples = Mapping[tuple[str, tuple[tuple[str, str], ...]], float]  # common.launch.scrape's
 
-
-Samples = Mapping[tuple[str, tuple[tuple[str, str], ...]], float]
+# The participant service's methods: what participants and coordinator exchange.
+PARTICIPANT_METHODS = frozenset(
+    {"Register", "Heartbeat", "PullTask", "PushResult", "DownloadBlob", "UploadBlob"}
+)
 
 
 def message_bytes_by_method(
     before: Samples, after: Samples, phases: frozenset[str] = frozenset({"train", "none"})
 ) -> dict[str, float]:
-    """Growth of `fused_wire_bytes_total` between two scrapes, per RPC method (directions and
-    participants summed), over the given phases ("none": Register, PullTask, Heartbeat)."""
+    """Growth of `fused_wire_bytes_total` between two scrapes per participant-service method
+    (directions and participants summed), over the given phases ("none": Register, PullTask,
+    Heartbeat; "train": DownloadBlob, UploadBlob, PushResult of training tasks)."""
     totals: dict[str, float] = {}
     for key, value in after.items():
         name, labels = key
         label = dict(labels)
-        if name == "fused_wire_bytes_total" and label.get("phase") in phases:
-            grown = value - before.get(key, 0.0)
-            totals[label["method"]] = totals.get(label["method"], 0.0) + grown
+        method = label.get("method", "")
+        if (
+            name == "fused_wire_bytes_total"
+            and label.get("phase") in phases
+            and method in PARTICIPANT_METHODS
+        ):
+            totals[method] = totals.get(method, 0.0) + value - before.get(key, 0.0)
     return dict(sorted(totals.items()))
 
 
-def steady_seconds_per_round(started: Sequence[float], finished: Sequence[float]) -> float | None:
-    """Mean round time after the first (which pays each process's first-use costs); None for a
-    single round. Rounds run back to back, so this is (end of last - end of first) / (R - 1)."""
-    if len(started) != len(finished) or not finished:
-        raise ValueError("need one start and one finish time per round")
-    if len(finished) < 2:
-        return None
-    return (finished[-1] - finished[0]) / (len(finished) - 1)
+@dataclass(frozen=True)
+class Window:
+    """The measured rounds: from the end of the last warm-up round (the start of round 1 when
+    there is none) to the end of the last round."""
+
+    start: float
+    end: float
+    rounds: int
+
+
+def measured_window(started: Sequence[float], finished: Sequence[float], warmup: int) -> Window:
+    """Rounds run back to back, so the window after `warmup` rounds is [finish of the last
+    warm-up round, finish of the last round] and holds the rest of the rounds."""
+    if len(started) != len(finished):
+        raise ValueError(f"{len(started)} round starts but {len(finished)} round ends")
+    rounds = len(finished) - warmup
+    if warmup < 0 or rounds < 1:
+        raise ValueError(f"{len(finished)} rounds leave none to measure after {warmup} warm-up")
+    start = started[0] if warmup == 0 else finished[warmup - 1]
+    if finished[-1] < start:
+        raise ValueError("the last round ends before the measured window starts")
+    return Window(start, finished[-1], rounds)
 
 
 def system_report(
-    window: dict[str, int], started: Sequence[float], finished: Sequence[float], accuracy: float
+    events: Sequence[WireEvent],
+    started: Sequence[float],
+    finished: Sequence[float],
+    warmup: int,
+    accuracy: float,
 ) -> dict[str, Any]:
-    """The per-system block of the report: `window` holds the proxy's bytes between the first
-    round's start and the last round's end; `started` / `finished` are the rounds' times."""
-    rounds = len(finished)
+    """The per-system block of the report: the proxy's bytes and the wall time of the measured
+    window, per measured round; `started` / `finished` are the times of every round run."""
+    window = measured_window(started, finished, warmup)
+    moved = bytes_in_window(events, window.start, window.end)
     return {
-        "bytes_per_round": per_round(window["total"], rounds),
-        "bytes_up_per_round": per_round(window[UP], rounds),
-        "bytes_down_per_round": per_round(window[DOWN], rounds),
-        "seconds_per_round": per_round(finished[-1] - started[0], rounds),
-        "steady_seconds_per_round": steady_seconds_per_round(started, finished),
+        "bytes_per_round": per_round(moved["total"], window.rounds),
+        "bytes_up_per_round": per_round(moved[UP], window.rounds),
+        "bytes_down_per_round": per_round(moved[DOWN], window.rounds),
+        "seconds_per_round": per_round(window.end - window.start, window.rounds),
         "round_seconds": [b - a for a, b in zip(started, finished, strict=True)],
         "accuracy": accuracy,
     }
@@ -159,11 +182,9 @@ def compare(fused: dict[str, Any], flower: dict[str, Any]) -> dict[str, Any]:
     """Ratios FUSED / Flower and whether the goal holds (no more bytes, no more seconds)."""
     ratio_bytes = ratio(fused["bytes_per_round"], flower["bytes_per_round"])
     ratio_seconds = ratio(fused["seconds_per_round"], flower["seconds_per_round"])
-    ours, theirs = fused["steady_seconds_per_round"], flower["steady_seconds_per_round"]
     return {
         "ratio_bytes": ratio_bytes,
         "ratio_seconds": ratio_seconds,
-        "ratio_steady_seconds": None if ours is None or theirs is None else ratio(ours, theirs),
         "goal_met": {
             "bytes": ratio_bytes is not None and ratio_bytes <= 1.0,
             "seconds": ratio_seconds is not None and ratio_seconds <= 1.0,
@@ -172,11 +193,13 @@ def compare(fused: dict[str, Any], flower: dict[str, Any]) -> dict[str, Any]:
 
 
 def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
-    """Apply --quick (2 rounds on digits) and check the numbers."""
+    """Apply --quick (2 measured rounds on digits) and check the numbers."""
     if args.quick:
         args.rounds, args.dataset = 2, "digits"
     if args.rounds < 1:
         raise SystemExit(f"--rounds must be >= 1, got {args.rounds}")
+    if args.warmup_rounds < 0:
+        raise SystemExit(f"--warmup-rounds must be >= 0, got {args.warmup_rounds}")
     if args.participants < 1:
         raise SystemExit(f"--participants must be >= 1, got {args.participants}")
     return args
@@ -311,10 +334,13 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float) ->
     raise TimeoutError(f"nothing listens on {LOOPBACK}:{port} after {timeout_s} s")
 
 
-def child_env() -> dict[str, str]:
-    """Environment of a Flower-side process: this repository importable, no venv leaking in."""
-    env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "PYTHONHOME"}}
-    env["PYTHONPATH"] = str(REPO_ROOT)
+def child_env(repo_importable: bool = True) -> dict[str, str]:
+    """Environment of a Flower-side process: no venv leaking in; this repository importable
+    (read-only) where asked; pip gets it without, lest it take the repo for an installed one."""
+    drop = {"VIRTUAL_ENV", "PYTHONHOME", "PYTHONPATH"}
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    if repo_importable:
+        env["PYTHONPATH"] = str(REPO_ROOT)
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -344,7 +370,8 @@ def installed_flwr(python: Path) -> str | None:
         [str(python), "-c", "import flwr, torch, safetensors, numpy; print(flwr.__version__)"],
         capture_output=True,
         text=True,
-        env=child_env(),
+        env=child_env(repo_importable=False),
+        cwd=python.parent,  # not the repository: its egg-info would look like an install
         check=False,
     )
     return probe.stdout.strip() if probe.returncode == 0 else None
@@ -364,7 +391,8 @@ def ensure_flower_venv(venv: Path, flwr_version: str) -> Path:
         [str(python), "-m", "pip", "install", "--quiet", *packages],
         check=True,
         stdout=sys.stderr,
-        env=child_env(),
+        env=child_env(repo_importable=False),
+        cwd=python.parent,
     )
     found = installed_flwr(python)
     if found != flwr_version:
@@ -381,10 +409,15 @@ class Job:
     model: str
     num_classes: int
     participants: int
-    rounds: int
+    rounds: int  # measured
+    warmup: int  # run before the measured ones, not counted
     seed: int
     shards: Path
     work_dir: Path
+
+    @property
+    def rounds_run(self) -> int:
+        return self.warmup + self.rounds
 
     def train_config(self) -> TrainConfig:
         from common.train_config import TrainConfig
@@ -399,7 +432,7 @@ class Job:
 
     @property
     def timeout_s(self) -> float:
-        return 300.0 + 600.0 * self.rounds
+        return 300.0 + 600.0 * self.rounds_run
 
 
 def prepare_shards(
@@ -447,7 +480,7 @@ def run_fused(job: Job) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     shutil.rmtree(work, ignore_errors=True)
     spec = TrainingSpec(
         model=job.model,
-        rounds=job.rounds,
+        rounds=job.rounds_run,
         train=job.train_config(),
         participants_per_round=0,
         min_participants=job.participants,
@@ -474,8 +507,8 @@ def run_fused(job: Job) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
                 rounds = sorted(
                     (r for r in info.rounds if r.phase == "train"), key=lambda r: r.round
                 )
-                if len(rounds) != job.rounds:
-                    raise RuntimeError(f"FUSED ran {len(rounds)} train rounds, not {job.rounds}")
+                if len(rounds) != job.rounds_run:
+                    raise RuntimeError(f"FUSED ran {len(rounds)} rounds, not {job.rounds_run}")
                 started_at = [r.started_at for r in rounds]
                 finished_at = [r.finished_at for r in rounds]
                 after = scrape(fed.metrics_port)
@@ -489,14 +522,16 @@ def run_fused(job: Job) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
             events = proxy.events()
             connections = proxy.connections
     weights, _ = decode_tensors(blob)
-    window = bytes_in_window(events, started_at[0], finished_at[-1])
-    report = system_report(window, started_at, finished_at, global_accuracy(job, weights))
+    accuracy = global_accuracy(job, weights)
+    report = system_report(events, started_at, finished_at, job.warmup, accuracy)
+    train = message_bytes_by_method(before, after, frozenset({"train"}))
     by_method = message_bytes_by_method(before, after)
     report.update(
         {
-            "message_bytes_per_round": per_round(train_phase_bytes(after), job.rounds),
+            # Counters cannot be cut at round boundaries: these average over every round run.
+            "message_bytes_per_round": per_round(sum(train.values()), job.rounds_run),
             "message_bytes_by_method_per_round": {
-                method: per_round(n, job.rounds) for method, n in by_method.items()
+                method: per_round(n, job.rounds_run) for method, n in by_method.items()
             },
             "federated_accuracy": result["accuracy"],
             "model_payload_bytes": len(blob),
@@ -522,7 +557,7 @@ def run_flower(job: Job, python: Path) -> tuple[dict[str, Any], dict[str, torch.
     server_args = [
         *(str(python), "-m", "bench.flower_compare", SERVER_ROLE),
         *("--listen", f"{LOOPBACK}:{port}", "--clients", str(job.participants)),
-        *("--rounds", str(job.rounds), "--seed", str(job.seed), *model_args),
+        *("--rounds", str(job.rounds_run), "--seed", str(job.seed), *model_args),
         *("--result", str(result_path), "--weights", str(weights_path)),
     ]
     procs: list[subprocess.Popen[bytes]] = []
@@ -552,8 +587,8 @@ def run_flower(job: Job, python: Path) -> tuple[dict[str, Any], dict[str, torch.
     result = json.loads(result_path.read_text())
     started_at, finished_at = result["round_started"], result["round_finished"]
     weights = load_file(str(weights_path))
-    window = bytes_in_window(events, started_at[0], finished_at[-1])
-    report = system_report(window, started_at, finished_at, global_accuracy(job, weights))
+    accuracy = global_accuracy(job, weights)
+    report = system_report(events, started_at, finished_at, job.warmup, accuracy)
     report.update(
         {
             "version": result["flwr_version"],
@@ -698,7 +733,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="measured rounds")
+    parser.add_argument(
+        "--warmup-rounds",
+        type=int,
+        default=1,
+        help="rounds run first and not measured (each process's first-use costs)",
+    )
     parser.add_argument("--participants", type=int, default=4)
     parser.add_argument("--dataset", choices=("digits", "fashionmnist"), default="digits")
     parser.add_argument("--data-dir", type=Path, default=None, help="FashionMNIST files")
@@ -706,7 +747,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--flwr-version", default=FLWR_VERSION)
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="2 rounds on digits")
+    parser.add_argument("--quick", action="store_true", help="2 measured rounds on digits")
     return resolve_settings(parser.parse_args(argv))
 
 
@@ -733,6 +774,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         num_classes=int(summary["num_classes"]),
         participants=args.participants,
         rounds=args.rounds,
+        warmup=args.warmup_rounds,
         seed=args.seed,
         shards=work / "shards",
         work_dir=work,
@@ -752,15 +794,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             "float32_model_bytes": 4 * params,
             "participants": args.participants,
             "rounds": args.rounds,
+            "warmup_rounds": args.warmup_rounds,
+            "rounds_run": job.rounds_run,
             "train_sizes": [p["train_size"] for p in summary["participants"]],
             "train": dataclasses.asdict(job.train_config()),
             "seed": args.seed,
             "flwr_version": flower["version"],
             "flower_api": "flwr.server.start_server + flwr.client.start_client (grpc-bidi)",
             "bytes": "TCP bytes through a loopback proxy (gRPC + HTTP/2 framing included), "
-            "both directions, all participants, round 1 start to last aggregation",
-            "seconds": "wall time of the same window / rounds",
-            "accuracy": "final global model on the global test split",
+            "both directions, all participants, from the end of the warm-up rounds to the "
+            "end of the last aggregation, per measured round",
+            "seconds": "wall time of the same window per measured round",
+            "message_bytes": "FUSED's fused_wire_bytes_total (serialized protobuf messages), "
+            "averaged over every round run",
+            "accuracy": "final global model (after rounds_run rounds) on the global test split",
             "cpus": os.cpu_count(),
         },
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -16,7 +17,8 @@ from coordinator.artifacts import ArtifactStore, MissingArtifactError
 from coordinator.fleet import Fleet, NotRegisteredError, TaskClosedError
 from coordinator.grpc_util import Context, abort, caller_id
 from coordinator.metrics import CoordinatorMetrics
-from coordinator.state import ParticipantRecord
+from coordinator.state import ParticipantRecord, StateStore
+from coordinator.uploads import SpoolWriter, UploadSpool
 from proto.fused.v1 import common_pb2, participant_pb2, participant_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -41,9 +43,13 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
         artifacts: ArtifactStore,
         settings: FleetSettings,
         metrics: CoordinatorMetrics,
+        spool: UploadSpool,
+        store: StateStore,
     ) -> None:
         self._fleet = fleet
         self._artifacts = artifacts
+        self._spool = spool
+        self._store = store
         self._settings = settings
         self._metrics = metrics
 
@@ -154,37 +160,65 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
                 )
             offset = end
 
+    async def GetUploadStatus(
+        self, request: participant_pb2.UploadStatusRequest, context: Context
+    ) -> participant_pb2.UploadStatusResponse:
+        pid = caller_id(context)
+        if not self._fleet.is_registered(pid):
+            await abort(context, grpc.StatusCode.FAILED_PRECONDITION, "register before uploading")
+        if not DIGEST.match(request.blob_id):
+            await abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "blob_id must be a sha256 hex digest"
+            )
+        if self._artifacts.exists(request.blob_id):
+            return participant_pb2.UploadStatusResponse(complete=True)
+        return participant_pb2.UploadStatusResponse(offset=self._spool.offset(pid, request.blob_id))
+
     async def UploadBlob(
         self,
         request_iterator: AsyncIterator[common_pb2.BlobChunk],
         context: Context,
     ) -> participant_pb2.UploadBlobResponse:
-        if not self._fleet.is_registered(caller_id(context)):
+        pid = caller_id(context)
+        if not self._fleet.is_registered(pid):
             await abort(context, grpc.StatusCode.FAILED_PRECONDITION, "register before uploading")
-        writer = None
+        writer: SpoolWriter | None = None
         try:
-            expected, received = "", 0
             async for chunk in request_iterator:
                 if writer is None:
-                    if not DIGEST.match(chunk.blob_id):
-                        raise ValueError("the first chunk must name the blob's sha256 digest")
-                    if chunk.total_size > self._settings.max_upload_bytes:
-                        raise ValueError(
-                            f"upload of {chunk.total_size} bytes exceeds the limit of "
-                            f"{self._settings.max_upload_bytes}"
+                    self._check_first_chunk(chunk)
+                    if self._artifacts.exists(chunk.blob_id):  # idempotent: already stored
+                        return participant_pb2.UploadBlobResponse(
+                            blob_id=chunk.blob_id, size=self._artifacts.size(chunk.blob_id)
                         )
-                    expected = chunk.blob_id
-                    writer = self._artifacts.begin_write(max_bytes=chunk.total_size)
-                if chunk.offset != received:
-                    raise ValueError(f"chunk at offset {chunk.offset}, expected {received}")
-                writer.write(chunk.data)
-                received += len(chunk.data)
+                    writer = self._spool.open(pid, chunk.blob_id, chunk.total_size, chunk.offset)
+                writer.write(chunk.offset, chunk.data)
             if writer is None:
                 raise ValueError("empty upload")
-            digest = writer.commit(expected)
+            if writer.size != writer.total:
+                writer.close()
+                raise ValueError(
+                    f"stream ended after {writer.size} of {writer.total} bytes; resume at "
+                    f"offset {writer.size}"
+                )
+            digest = await asyncio.to_thread(writer.finish)
         except ValueError as exc:
-            if writer is not None:
-                writer.abort()
+            if writer is not None and writer.size != writer.total:
+                writer.close()  # keep the part: the participant may resume
             self._metrics.rejected_results.labels("invalid_upload").inc()
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"upload rejected: {exc}")
-        return participant_pb2.UploadBlobResponse(blob_id=digest, size=received)
+        finally:
+            if writer is not None:
+                writer.close()  # a broken connection keeps what arrived
+        return participant_pb2.UploadBlobResponse(blob_id=digest, size=writer.total)
+
+    def _check_first_chunk(self, chunk: common_pb2.BlobChunk) -> None:
+        if not DIGEST.match(chunk.blob_id):
+            raise ValueError("the first chunk must name the blob's sha256 digest")
+        if chunk.total_size > self._settings.max_upload_bytes:
+            raise ValueError(
+                f"upload of {chunk.total_size} bytes exceeds the limit of "
+                f"{self._settings.max_upload_bytes}"
+            )
+        if chunk.job_id and self._store.get_job(chunk.job_id) is None:
+            raise ValueError(f"upload names unknown job {chunk.job_id!r}")

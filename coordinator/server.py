@@ -20,6 +20,7 @@ from coordinator.jobs import JobManager
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.participant_service import FleetSettings, ParticipantServicer
 from coordinator.state import StateStore, open_store
+from coordinator.uploads import UploadSpool
 from proto.fused.v1 import control_pb2_grpc, participant_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,15 @@ class Coordinator:
             cfg.heartbeat_interval_s, cfg.poll_wait_s, CHUNK_BYTES, cfg.max_upload_mb << 20
         )
         participant_pb2_grpc.add_ParticipantServiceServicer_to_server(
-            ParticipantServicer(fleet, artifacts, settings, self.metrics), self._server
+            ParticipantServicer(
+                fleet,
+                artifacts,
+                settings,
+                self.metrics,
+                UploadSpool(cfg.state_dir / "uploads", artifacts),
+                store,
+            ),
+            self._server,
         )
         control_pb2_grpc.add_ControlServiceServicer_to_server(
             ControlServicer(store, artifacts, fleet, jobs, CHUNK_BYTES), self._server

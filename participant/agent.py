@@ -103,9 +103,11 @@ class Agent:
                 backoff = self._settings.backoff_initial_s
             except ReRegister:
                 log.warning("coordinator forgot %s; registering again", self._pid)
-            except grpc.RpcError as exc:
-                if stop.is_set():
+            except (grpc.RpcError, ValueError) as exc:
+                if stop.is_set():  # shutdown() closed the channel under a call
                     return
+                if not isinstance(exc, grpc.RpcError):
+                    raise
                 code = exc.code() if hasattr(exc, "code") else None
                 if code not in RETRYABLE:
                     raise
@@ -179,6 +181,8 @@ class Agent:
                 )
             except grpc.RpcError:
                 continue  # the task loop notices a dead coordinator and reconnects
+            except ValueError:
+                return  # the channel was closed: the session is over
             if not reply.registered:
                 lost.set()
 
@@ -306,17 +310,43 @@ class Agent:
         task: TaskSpec,
         blob: bytes,
         chunk_bytes: int,
+        attempts: int = 4,
     ) -> str:
+        """Idempotent, resumable upload: ask what the coordinator holds, send the rest, and
+        after a broken connection continue from where it stopped."""
         digest = hashlib.sha256(blob).hexdigest()
+        md = self._md(task)
+        for attempt in range(attempts):
+            status = stub.GetUploadStatus(
+                participant_pb2.UploadStatusRequest(
+                    blob_id=digest, job_id=task.job_id, round=task.round
+                ),
+                timeout=30,
+                metadata=md,
+            )
+            if status.complete:
+                return digest
+            try:
+                chunks = upload_chunks(blob, digest, status.offset, chunk_bytes, task)
+                return str(stub.UploadBlob(chunks, timeout=300, metadata=md).blob_id)
+            except grpc.RpcError as exc:
+                if exc.code() not in RETRYABLE or attempt == attempts - 1:
+                    raise
+                log.warning("upload of %s broke (%s); resuming", digest[:12], exc.code())
+                time.sleep(min(2.0**attempt, 10.0) * random.uniform(0.5, 1.0))
+        raise AssertionError("unreachable")
 
-        def chunks() -> Iterator[common_pb2.BlobChunk]:
-            for offset in range(0, max(len(blob), 1), chunk_bytes):
-                yield common_pb2.BlobChunk(
-                    blob_id=digest,
-                    offset=offset,
-                    data=blob[offset : offset + chunk_bytes],
-                    total_size=len(blob),
-                )
 
-        reply = stub.UploadBlob(chunks(), timeout=300, metadata=self._md(task))
-        return str(reply.blob_id)
+def upload_chunks(
+    blob: bytes, digest: str, offset: int, chunk_bytes: int, task: TaskSpec
+) -> Iterator[common_pb2.BlobChunk]:
+    """The blob from offset on, in chunks naming the job, round and digest."""
+    for start in range(offset, max(len(blob), offset + 1), chunk_bytes):
+        yield common_pb2.BlobChunk(
+            blob_id=digest,
+            offset=start,
+            data=blob[start : start + chunk_bytes],
+            total_size=len(blob),
+            job_id=task.job_id,
+            round=task.round,
+        )

@@ -86,6 +86,11 @@ class EchoServicer(participant_pb2_grpc.ParticipantServiceServicer):
         size = sum(len(c.data) for c in self.uploaded)
         return participant_pb2.UploadBlobResponse(blob_id=self.uploaded[0].blob_id, size=size)
 
+    async def GetUploadStatus(
+        self, request: participant_pb2.UploadStatusRequest, context: Context
+    ) -> participant_pb2.UploadStatusResponse:
+        return participant_pb2.UploadStatusResponse(offset=0)
+
 
 def _chunks(blob_id: str) -> list[common_pb2.BlobChunk]:
     total = sum(CHUNK_SIZES)

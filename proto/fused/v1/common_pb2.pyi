@@ -30,6 +30,8 @@ class BlobChunk(_message.Message):
     OFFSET_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     TOTAL_SIZE_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
     blob_id: _builtins.str
     """sha256 hex digest of the whole artifact; set on the first chunk"""
     offset: _builtins.int
@@ -37,6 +39,9 @@ class BlobChunk(_message.Message):
     data: _builtins.bytes
     total_size: _builtins.int
     """size of the whole artifact; set on the first chunk"""
+    job_id: _builtins.str
+    """uploads: the job and round the artifact belongs to"""
+    round: _builtins.int
     def __init__(
         self,
         *,
@@ -44,10 +49,12 @@ class BlobChunk(_message.Message):
         offset: _builtins.int = ...,
         data: _builtins.bytes = ...,
         total_size: _builtins.int = ...,
+        job_id: _builtins.str = ...,
+        round: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_id", b"blob_id", "data", b"data", "offset", b"offset", "total_size", b"total_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_id", b"blob_id", "data", b"data", "job_id", b"job_id", "offset", b"offset", "round", b"round", "total_size", b"total_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

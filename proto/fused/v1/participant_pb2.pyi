@@ -549,6 +549,55 @@ class DownloadBlobRequest(_message.Message):
 Global___DownloadBlobRequest: _TypeAlias = DownloadBlobRequest  # noqa: Y015
 
 @_typing.final
+class UploadStatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOB_ID_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
+    blob_id: _builtins.str
+    job_id: _builtins.str
+    round: _builtins.int
+    def __init__(
+        self,
+        *,
+        blob_id: _builtins.str = ...,
+        job_id: _builtins.str = ...,
+        round: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_id", b"blob_id", "job_id", b"job_id", "round", b"round"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadStatusRequest: _TypeAlias = UploadStatusRequest  # noqa: Y015
+
+@_typing.final
+class UploadStatusResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPLETE_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    complete: _builtins.bool
+    """the artifact is stored: nothing to send"""
+    offset: _builtins.int
+    """bytes of a partial upload already held: resume here"""
+    def __init__(
+        self,
+        *,
+        complete: _builtins.bool = ...,
+        offset: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "offset", b"offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadStatusResponse: _TypeAlias = UploadStatusResponse  # noqa: Y015
+
+@_typing.final
 class UploadBlobResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -67,6 +67,11 @@ class ParticipantServiceStub:
                 request_serializer=proto_dot_fused_dot_v1_dot_common__pb2.BlobChunk.SerializeToString,
                 response_deserializer=proto_dot_fused_dot_v1_dot_participant__pb2.UploadBlobResponse.FromString,
                 _registered_method=True)
+        self.GetUploadStatus = channel.unary_unary(
+                '/fused.v1.ParticipantService/GetUploadStatus',
+                request_serializer=proto_dot_fused_dot_v1_dot_participant__pb2.UploadStatusRequest.SerializeToString,
+                response_deserializer=proto_dot_fused_dot_v1_dot_participant__pb2.UploadStatusResponse.FromString,
+                _registered_method=True)
 
 
 class ParticipantServiceServicer:
@@ -106,6 +111,14 @@ class ParticipantServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UploadBlob(self, request_iterator, context):
+        """Idempotent and resumable: an artifact already stored is not sent again, and after a
+        broken stream the next upload continues at the offset GetUploadStatus reports.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUploadStatus(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -143,6 +156,11 @@ def add_ParticipantServiceServicer_to_server(servicer, server):
                     servicer.UploadBlob,
                     request_deserializer=proto_dot_fused_dot_v1_dot_common__pb2.BlobChunk.FromString,
                     response_serializer=proto_dot_fused_dot_v1_dot_participant__pb2.UploadBlobResponse.SerializeToString,
+            ),
+            'GetUploadStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUploadStatus,
+                    request_deserializer=proto_dot_fused_dot_v1_dot_participant__pb2.UploadStatusRequest.FromString,
+                    response_serializer=proto_dot_fused_dot_v1_dot_participant__pb2.UploadStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -309,6 +327,33 @@ class ParticipantService:
             '/fused.v1.ParticipantService/UploadBlob',
             proto_dot_fused_dot_v1_dot_common__pb2.BlobChunk.SerializeToString,
             proto_dot_fused_dot_v1_dot_participant__pb2.UploadBlobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUploadStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fused.v1.ParticipantService/GetUploadStatus',
+            proto_dot_fused_dot_v1_dot_participant__pb2.UploadStatusRequest.SerializeToString,
+            proto_dot_fused_dot_v1_dot_participant__pb2.UploadStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

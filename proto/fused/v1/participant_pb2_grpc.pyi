@@ -43,6 +43,10 @@ class ParticipantServiceStub:
     PushResult: _grpc.UnaryUnaryMultiCallable[_participant_pb2.PushResultRequest, _participant_pb2.PushResultResponse]
     DownloadBlob: _grpc.UnaryStreamMultiCallable[_participant_pb2.DownloadBlobRequest, _common_pb2.BlobChunk]
     UploadBlob: _grpc.StreamUnaryMultiCallable[_common_pb2.BlobChunk, _participant_pb2.UploadBlobResponse]
+    """Idempotent and resumable: an artifact already stored is not sent again, and after a
+    broken stream the next upload continues at the offset GetUploadStatus reports.
+    """
+    GetUploadStatus: _grpc.UnaryUnaryMultiCallable[_participant_pb2.UploadStatusRequest, _participant_pb2.UploadStatusResponse]
 
 @_typing.type_check_only
 class ParticipantServiceAsyncStub(ParticipantServiceStub):
@@ -58,6 +62,10 @@ class ParticipantServiceAsyncStub(ParticipantServiceStub):
     PushResult: _aio.UnaryUnaryMultiCallable[_participant_pb2.PushResultRequest, _participant_pb2.PushResultResponse]  # type: ignore[assignment]
     DownloadBlob: _aio.UnaryStreamMultiCallable[_participant_pb2.DownloadBlobRequest, _common_pb2.BlobChunk]  # type: ignore[assignment]
     UploadBlob: _aio.StreamUnaryMultiCallable[_common_pb2.BlobChunk, _participant_pb2.UploadBlobResponse]  # type: ignore[assignment]
+    """Idempotent and resumable: an artifact already stored is not sent again, and after a
+    broken stream the next upload continues at the offset GetUploadStatus reports.
+    """
+    GetUploadStatus: _aio.UnaryUnaryMultiCallable[_participant_pb2.UploadStatusRequest, _participant_pb2.UploadStatusResponse]  # type: ignore[assignment]
 
 class ParticipantServiceServicer(metaclass=_abc_1.ABCMeta):
     """The service participants call. Participants connect out to the coordinator: tasks are
@@ -105,6 +113,16 @@ class ParticipantServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request_iterator: _MaybeAsyncIterator[_common_pb2.BlobChunk],
         context: _ServicerContext,
-    ) -> _typing.Union[_participant_pb2.UploadBlobResponse, _abc.Awaitable[_participant_pb2.UploadBlobResponse]]: ...
+    ) -> _typing.Union[_participant_pb2.UploadBlobResponse, _abc.Awaitable[_participant_pb2.UploadBlobResponse]]:
+        """Idempotent and resumable: an artifact already stored is not sent again, and after a
+        broken stream the next upload continues at the offset GetUploadStatus reports.
+        """
+
+    @_abc_1.abstractmethod
+    def GetUploadStatus(
+        self,
+        request: _participant_pb2.UploadStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_participant_pb2.UploadStatusResponse, _abc.Awaitable[_participant_pb2.UploadStatusResponse]]: ...
 
 def add_ParticipantServiceServicer_to_server(servicer: ParticipantServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,157 @@
+"""The Flower comparison's own arithmetic and its counting proxy (no Flower needed)."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from bench.flower_compare import (
+    DOWN,
+    REPO_ROOT,
+    UP,
+    CountingProxy,
+    WireEvent,
+    bytes_in_window,
+    check_venv_path,
+    compare,
+    measured_window,
+    message_bytes_by_method,
+    ratio,
+    resolve_settings,
+    system_report,
+)
+
+
+def test_bytes_in_window_counts_each_way_inclusive_bounds() -> None:
+    events = [
+        WireEvent(0.5, UP, 1000),  # before: registration
+        WireEvent(1.0, DOWN, 10),
+        WireEvent(1.5, UP, 20),
+        WireEvent(2.0, DOWN, 30),
+        WireEvent(2.5, UP, 4000),  # after: final evaluation
+    ]
+    assert bytes_in_window(events, 1.0, 2.0) == {UP: 20, DOWN: 40, "total": 60}
+    with pytest.raises(ValueError, match="before it starts"):
+        bytes_in_window(events, 2.0, 1.0)
+
+
+def test_measured_window_skips_warmup_rounds() -> None:
+    started, finished = [10.0, 20.0, 23.0], [19.0, 22.0, 26.0]
+    whole = measured_window(started, finished, 0)
+    assert (whole.start, whole.end, whole.rounds) == (10.0, 26.0, 3)
+    warm = measured_window(started, finished, 1)  # from the end of round 1
+    assert (warm.start, warm.end, warm.rounds) == (19.0, 26.0, 2)
+    with pytest.raises(ValueError, match="none to measure"):
+        measured_window(started, finished, 3)
+    with pytest.raises(ValueError, match="round ends"):
+        measured_window(started, finished[:2], 0)
+
+
+def test_system_report_per_measured_round() -> None:
+    events = [WireEvent(5.0, UP, 999), WireEvent(12.0, UP, 300), WireEvent(14.0, DOWN, 100)]
+    report = system_report(events, [0.0, 10.0, 13.0], [10.0, 13.0, 16.0], 1, 0.75)
+    assert report["bytes_per_round"] == 200.0  # 400 bytes over 2 measured rounds
+    assert report["bytes_up_per_round"] == 150.0
+    assert report["bytes_down_per_round"] == 50.0
+    assert report["seconds_per_round"] == 3.0  # (16 - 10) / 2
+    assert report["round_seconds"] == [10.0, 3.0, 3.0]
+    assert report["accuracy"] == 0.75
+
+
+def test_compare_ratios_and_goal() -> None:
+    fused = {"bytes_per_round": 90.0, "seconds_per_round": 2.0}
+    flower = {"bytes_per_round": 100.0, "seconds_per_round": 1.0}
+    result = compare(fused, flower)
+    assert result["ratio_bytes"] == pytest.approx(0.9)
+    assert result["ratio_seconds"] == pytest.approx(2.0)
+    assert result["goal_met"] == {"bytes": True, "seconds": False}
+    assert ratio(1.0, 0.0) is None
+    assert compare(fused, {"bytes_per_round": 0.0, "seconds_per_round": 0.0})["goal_met"] == {
+        "bytes": False,
+        "seconds": False,
+    }
+
+
+def _sample(
+    method: str, phase: str, direction: str, participant: str = "p0"
+) -> tuple[str, tuple[tuple[str, str], ...]]:
+    labels = {"method": method, "phase": phase, "direction": direction, "participant": participant}
+    return ("fused_wire_bytes_total", tuple(sorted(labels.items())))
+
+
+def test_message_bytes_by_method_takes_growth_of_participant_methods() -> None:
+    before = {_sample("PullTask", "none", "sent"): 100.0, _sample("Register", "none", "sent"): 50.0}
+    after = {
+        _sample("PullTask", "none", "sent"): 160.0,
+        _sample("Register", "none", "sent"): 50.0,
+        _sample("DownloadBlob", "train", "sent"): 1000.0,
+        _sample("DownloadBlob", "train", "received", "p1"): 10.0,
+        _sample("DownloadBlob", "evaluate", "sent"): 777.0,  # not a training round's
+        _sample("GetJob", "none", "sent"): 5.0,  # control traffic, not a participant's
+        ("fused_wire_messages_total", _sample("PullTask", "none", "sent")[1]): 9.0,
+    }
+    assert message_bytes_by_method(before, after) == {
+        "DownloadBlob": 1010.0,
+        "PullTask": 60.0,
+        "Register": 0.0,
+    }
+    assert message_bytes_by_method(before, after, frozenset({"train"})) == {"DownloadBlob": 1010.0}
+
+
+def _args(**values: object) -> argparse.Namespace:
+    defaults: dict[str, object] = {
+        "quick": False,
+        "rounds": 5,
+        "warmup_rounds": 1,
+        "participants": 4,
+        "dataset": "fashionmnist",
+    }
+    return argparse.Namespace(**{**defaults, **values})
+
+
+def test_quick_means_two_rounds_on_digits() -> None:
+    args = resolve_settings(_args(quick=True))
+    assert (args.rounds, args.dataset, args.participants) == (2, "digits", 4)
+    assert resolve_settings(_args()).rounds == 5
+    for bad in ({"rounds": 0}, {"warmup_rounds": -1}, {"participants": 0}):
+        with pytest.raises(SystemExit):
+            resolve_settings(_args(**bad))
+
+
+def test_never_installs_into_the_project_venv(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="refusing"):
+        check_venv_path(REPO_ROOT / ".venv")
+    check_venv_path(tmp_path / "flwr")  # anywhere else is fine
+
+
+def test_proxy_forwards_and_counts_both_ways() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as upstream:
+        port = upstream.getsockname()[1]
+
+        def echo_twice() -> None:
+            conn, _ = upstream.accept()
+            with conn:
+                data = b""
+                while len(data) < 1000:
+                    data += conn.recv(4096)
+                conn.sendall(data + data)
+
+        server = threading.Thread(target=echo_twice, daemon=True)
+        server.start()
+        with CountingProxy(port) as proxy, socket.create_connection(("127.0.0.1", proxy.port)) as c:
+            c.sendall(b"x" * 1000)
+            got = b""
+            while len(got) < 2000:
+                chunk = c.recv(4096)
+                assert chunk
+                got += chunk
+            assert got == b"x" * 2000
+            server.join(5)
+            events = proxy.events()
+        assert proxy.connections == 1
+        moved = bytes_in_window(events, 0.0, float("inf"))
+        assert moved == {UP: 1000, DOWN: 2000, "total": 3000}
