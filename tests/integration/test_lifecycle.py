@@ -45,14 +45,14 @@ def register_ghost(fed: LocalFederation, pid: str) -> None:
 
 def test_round_deadline_goes_on_without_a_silent_participant(federation: LocalFederation) -> None:
     register_ghost(federation, "ghost")
-    spec = dataclasses.replace(QUICK, round_deadline_s=3.0)
+    spec = dataclasses.replace(QUICK, round_deadline_s=10.0)
     started = time.monotonic()
     info = run_job(federation, spec)
     assert info.status == "completed", info.reason
-    assert time.monotonic() - started < 30
+    assert time.monotonic() - started < 60
     train = next(r for r in info.rounds if r.phase == "train")
     assert "ghost" not in train.participants
-    assert "no result within 3 s" in json.loads(train.metrics_json)["failures"]["ghost"]
+    assert "no result within 10 s" in json.loads(train.metrics_json)["failures"]["ghost"]
 
 
 def test_job_fails_with_a_reason_when_quorum_is_missing(federation: LocalFederation) -> None:
