@@ -94,6 +94,12 @@ def bytes_in_window(events: Sequence[WireEvent], start: float, end: float) -> di
     return {**totals, "total": totals[UP] + totals[DOWN]}
 
 
+def write_events(path: Path, events: Sequence[WireEvent]) -> None:
+    """Every proxy read as CSV (unix time, direction, bytes), for a closer look afterwards."""
+    lines = ["time,direction,bytes", *(f"{e.time:.6f},{e.direction},{e.nbytes}" for e in events)]
+    path.write_text("\n".join(lines) + "\n")
+
+
 def per_round(value: float, rounds: int) -> float:
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
@@ -107,28 +113,19 @@ def ratio(ours: float, theirs: float) -> float | None:
 
 Samples = Mapping[tuple[str, tuple[tuple[str, str], ...]], float]  # common.launch.scrape's
 
-# The participant service's methods: what participants and coordinator exchange.
-PARTICIPANT_METHODS = frozenset(
-    {"Register", "Heartbeat", "PullTask", "PushResult", "DownloadBlob", "UploadBlob"}
-)
-
 
 def message_bytes_by_method(
-    before: Samples, after: Samples, phases: frozenset[str] = frozenset({"train", "none"})
+    before: Samples, after: Samples, methods: frozenset[str], phases: frozenset[str]
 ) -> dict[str, float]:
-    """Growth of `fused_wire_bytes_total` between two scrapes per participant-service method
+    """Growth of `fused_wire_bytes_total` between two scrapes per method among `methods`
     (directions and participants summed), over the given phases ("none": Register, PullTask,
-    Heartbeat; "train": DownloadBlob, UploadBlob, PushResult of training tasks)."""
+    Heartbeat; "train": the transfers and results of training tasks)."""
     totals: dict[str, float] = {}
     for key, value in after.items():
         name, labels = key
         label = dict(labels)
         method = label.get("method", "")
-        if (
-            name == "fused_wire_bytes_total"
-            and label.get("phase") in phases
-            and method in PARTICIPANT_METHODS
-        ):
+        if name == "fused_wire_bytes_total" and label.get("phase") in phases and method in methods:
             totals[method] = totals.get(method, 0.0) + value - before.get(key, 0.0)
     return dict(sorted(totals.items()))
 
@@ -474,7 +471,7 @@ def run_fused(job: Job) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     from common.serde import training_spec_to_proto
     from common.specs import TrainingSpec
     from common.tensor_codec import decode_tensors
-    from proto.fused.v1 import control_pb2
+    from proto.fused.v1 import control_pb2, participant_pb2
 
     work = job.work_dir / "fused"
     shutil.rmtree(work, ignore_errors=True)
@@ -521,11 +518,14 @@ def run_fused(job: Job) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
                 agents.stop()
             events = proxy.events()
             connections = proxy.connections
+    write_events(work / "wire_events.csv", events)
     weights, _ = decode_tensors(blob)
     accuracy = global_accuracy(job, weights)
     report = system_report(events, started_at, finished_at, job.warmup, accuracy)
-    train = message_bytes_by_method(before, after, frozenset({"train"}))
-    by_method = message_bytes_by_method(before, after)
+    service = participant_pb2.DESCRIPTOR.services_by_name["ParticipantService"]
+    methods = frozenset(m.name for m in service.methods)  # not the control service's
+    train = message_bytes_by_method(before, after, methods, frozenset({"train"}))
+    by_method = message_bytes_by_method(before, after, methods, frozenset({"train", "none"}))
     report.update(
         {
             # Counters cannot be cut at round boundaries: these average over every round run.
@@ -584,6 +584,7 @@ def run_flower(job: Job, python: Path) -> tuple[dict[str, Any], dict[str, torch.
     finally:
         for proc in procs:
             stop_process(proc)
+    write_events(work / "wire_events.csv", events)
     result = json.loads(result_path.read_text())
     started_at, finished_at = result["round_started"], result["round_finished"]
     weights = load_file(str(weights_path))

@@ -94,12 +94,14 @@ def test_message_bytes_by_method_takes_growth_of_participant_methods() -> None:
         _sample("GetJob", "none", "sent"): 5.0,  # control traffic, not a participant's
         ("fused_wire_messages_total", _sample("PullTask", "none", "sent")[1]): 9.0,
     }
-    assert message_bytes_by_method(before, after) == {
+    methods = frozenset({"PullTask", "Register", "DownloadBlob"})
+    assert message_bytes_by_method(before, after, methods, frozenset({"train", "none"})) == {
         "DownloadBlob": 1010.0,
         "PullTask": 60.0,
         "Register": 0.0,
     }
-    assert message_bytes_by_method(before, after, frozenset({"train"})) == {"DownloadBlob": 1010.0}
+    train = message_bytes_by_method(before, after, methods, frozenset({"train"}))
+    assert train == {"DownloadBlob": 1010.0}
 
 
 def _args(**values: object) -> argparse.Namespace:

@@ -1,0 +1,404 @@
+"""Wire-efficiency benchmark: bytes per round (FedAvg vs FUSED) with real processes on
+loopback, adapter upload overhead, position encoding vs the entropy bound, codec throughput,
+and moving a 45 MB model by RPC vs a plain socket copy.
+
+    python -m bench.wire [--quick]
+
+Prints JSON and writes docs/BENCHMARKS.md. Model weights and images are random: byte counts
+depend on shapes, not on values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from common.adapter_codec import decode_adapter, encode_adapter
+from common.adapters import build_layout, mask_indices
+from common.data.partition import PartitionConfig, partition_source
+from common.data.shards import write_partition
+from common.data.sources import SourceData
+from common.data.tensors import TensorData
+from common.launch import LocalFederation, scrape
+from common.models import init_model
+from common.net import create_channel
+from common.positions import encode_positions, entropy_bound_bytes
+from common.serde import training_spec_to_proto, unlearning_spec_to_proto
+from common.specs import TrainingSpec, UnlearningSpec
+from common.tasks import ForgetSpec
+from common.tensor_codec import decode_tensors, encode_tensors
+from common.train_config import TrainConfig
+from common.wire import MD_PARTICIPANT
+from proto.fused.v1 import common_pb2, control_pb2, participant_pb2, participant_pb2_grpc
+
+PARTICIPANTS = 2
+
+
+@dataclass(frozen=True)
+class ModelCase:
+    name: str  # registry name
+    dataset: str  # data set name whose default model it is
+    shape: tuple[int, int, int]
+
+
+CASES = (
+    ModelCase("lenet", "fashionmnist", (1, 28, 28)),
+    ModelCase("resnet18", "cifar10", (3, 32, 32)),
+)
+
+
+def synthetic_shards(case: ModelCase, out: Path, per_participant: int) -> None:
+    """Random images of the model's input shape, partitioned like real data."""
+    gen = torch.Generator().manual_seed(0)
+    n = per_participant * PARTICIPANTS * 2
+
+    def split(count: int, offset: int) -> TensorData:
+        x = torch.randint(0, 256, (count, *case.shape), generator=gen, dtype=torch.uint8)
+        y = torch.arange(count) % 10
+        return TensorData(
+            x=x, y=y, y_true=y.clone(), ids=torch.arange(count) + offset, scale=1 / 255
+        )
+
+    source = SourceData(case.dataset, 10, split(n, 0), split(64, n), 255)
+    config = PartitionConfig(num_participants=PARTICIPANTS, alpha=100.0, min_train_size=8)
+    write_partition(out, source, partition_source(source, config), config)
+
+
+def phase_bytes(port: int) -> dict[tuple[str, str], float]:
+    """{(phase, participant): serialized bytes both directions} from the Prometheus counters."""
+    totals: dict[tuple[str, str], float] = {}
+    for (name, labels), value in scrape(port).items():
+        if name == "fused_wire_bytes_total":
+            label = dict(labels)
+            key = (label["phase"], label["participant"])
+            totals[key] = totals.get(key, 0.0) + value
+    return totals
+
+
+def run_job(fed: LocalFederation, job: control_pb2.JobInfo) -> control_pb2.JobInfo:
+    stub = fed.control()
+    list(stub.WatchJob(control_pb2.WatchJobRequest(job_id=job.job_id)))
+    info: control_pb2.JobInfo = stub.GetJob(control_pb2.GetJobRequest(job_id=job.job_id))
+    if info.status != "completed":
+        raise RuntimeError(f"{info.kind} job failed: {info.reason}")
+    return info
+
+
+def per_round(info: control_pb2.JobInfo, phase: str) -> list[float]:
+    """Mean bytes per participant, both directions, of each round of a phase."""
+    out = []
+    for r in info.rounds:
+        if r.phase == phase:
+            moved = json.loads(r.metrics_json)["bytes"]
+            pids = r.participants
+            out.append(sum(moved["up"][p] + moved["down"][p] for p in pids) / len(pids))
+    return out
+
+
+def nonzero_values(work: Path, result: dict[str, Any]) -> int:
+    """Nonzero values of the job's final adapter, read from the coordinator's artifacts."""
+    digest = result["adapter_digest"]
+    data = (
+        work / "processes" / "state" / "artifacts" / "sha256" / digest[:2] / digest
+    ).read_bytes()
+    shapes = {
+        n: tuple(p.shape)
+        for n, p in init_model(result["model"], 10, 0).named_parameters()
+        if n in result["layers"]
+    }
+    layout = build_layout(shapes, result["density"], result["mask_seed"])
+    return sum(int((v != 0).sum()) for v in decode_adapter(data, layout).values())
+
+
+def measure_model(case: ModelCase, work: Path, rounds: int) -> dict[str, Any]:
+    shutil.rmtree(work, ignore_errors=True)  # a fresh coordinator: nothing deduplicated
+    synthetic_shards(case, work / "shards", per_participant=32)
+    dense = len(encode_tensors(init_model(case.name, 10, 0).state_dict()))
+    train = TrainConfig(local_epochs=1, lr=0.01, batch_size=32)
+    with LocalFederation(work / "processes") as fed:
+        fed.start_coordinator()
+        for i in range(PARTICIPANTS):
+            fed.start_participant(work / "shards" / f"p{i}")
+        fed.wait_online(PARTICIPANTS)
+        stub = fed.control()
+        before = phase_bytes(fed.metrics_port)
+        spec = TrainingSpec(
+            rounds=rounds,
+            train=train,
+            min_participants=PARTICIPANTS,
+            evaluate_each_round=False,
+            round_deadline_s=900,
+        )
+        trained = run_job(
+            fed,
+            stub.StartTraining(control_pb2.StartTrainingRequest(spec=training_spec_to_proto(spec))),
+        )
+        after = phase_bytes(fed.metrics_port)
+        prom_train = (
+            sum(
+                after.get(("train", f"p{i}"), 0) - before.get(("train", f"p{i}"), 0)
+                for i in range(PARTICIPANTS)
+            )
+            / PARTICIPANTS
+            / rounds
+        )
+        unlearn = UnlearningSpec(
+            forget=ForgetSpec("class", class_label=0),
+            rounds=rounds + 1,
+            train=train,
+            top_k=2,
+            density=0.05,
+            min_participants=PARTICIPANTS,
+            evaluate_each_round=False,
+            round_deadline_s=900,
+        )
+        fused = run_job(
+            fed,
+            stub.StartUnlearning(
+                control_pb2.StartUnlearningRequest(spec=unlearning_spec_to_proto(unlearn))
+            ),
+        )
+        final = phase_bytes(fed.metrics_port)
+        last_uploads = upload_bytes(fed, fused, rounds + 1)
+    fedavg = per_round(trained, "train")
+    adapter = per_round(fused, "adapter")
+    result = json.loads(fused.result_json)
+    result["model"] = case.name
+    result["layers"] = result["critical_layers"]
+    values = result["adapter_params"]
+    nonzero = nonzero_values(work, result)
+    return {
+        "dense_bytes": dense,
+        "fedavg_round_bytes": sum(fedavg) / len(fedavg),
+        "fedavg_round_bytes_prometheus": prom_train,
+        "fused_round_bytes_first": adapter[0],
+        "fused_round_bytes_later": sum(adapter[1:]) / len(adapter[1:]),
+        "reduction": (sum(fedavg) / len(fedavg)) / (sum(adapter[1:]) / len(adapter[1:])),
+        "adapter_values": values,
+        "adapted_tensors": result["critical_layers"],
+        "nonzero_values": nonzero,
+        "values_overhead_ratio": last_uploads / PARTICIPANTS / (nonzero * 4),
+        "adapter_bytes_prometheus": sum(
+            final.get(("adapter", f"p{i}"), 0) for i in range(PARTICIPANTS)
+        )
+        / PARTICIPANTS,
+    }
+
+
+def upload_bytes(fed: LocalFederation, job: control_pb2.JobInfo, last: int) -> float:
+    """UploadBlob bytes the participants sent in the job's last adapter round (job accounting,
+    the same counts as the Prometheus counters, split by round)."""
+    del fed
+    for r in job.rounds:
+        if r.phase == "adapter" and r.round == last:
+            moved = json.loads(r.metrics_json)["bytes"]["up"]
+            return float(sum(moved.values()))
+    raise RuntimeError("no last adapter round")
+
+
+def positions(densities: Sequence[float], n: int) -> list[dict[str, float]]:
+    rows = []
+    for density in densities:
+        idx = mask_indices("layer4.1.conv2.weight", n, density, seed=0)
+        size = len(encode_positions(idx, n))
+        bound = entropy_bound_bytes(n, int(idx.numel()))
+        rows.append(
+            {
+                "density": density,
+                "n": n,
+                "bytes": size,
+                "bound_bytes": round(bound, 1),
+                "ratio": size / bound,
+            }
+        )
+    return rows
+
+
+def throughput(repeat: int) -> dict[str, float]:
+    """MB/s of the model codec on ResNet-18 weights and of the adapter codec."""
+    state = init_model("resnet18", 10, 0).state_dict()
+    blob = encode_tensors(state)
+    mb = len(blob) / 1e6
+
+    def timed(fn: Any) -> float:
+        start = time.perf_counter()
+        for _ in range(repeat):
+            fn()
+        return (time.perf_counter() - start) / repeat
+
+    layout = build_layout({"w": (512, 512, 3, 3)}, 0.1, seed=0)
+    values = {"w": torch.randn(layout.num_values)}
+    payload = encode_adapter(layout, values)
+    amb = layout.num_values * 4 / 1e6
+    return {
+        "model_mb": mb,
+        "model_encode_mb_s": mb / timed(lambda: encode_tensors(state)),
+        "model_decode_mb_s": mb / timed(lambda: decode_tensors(blob)),
+        "adapter_values_mb": amb,
+        "adapter_encode_mb_s": amb / timed(lambda: encode_adapter(layout, values)),
+        "adapter_decode_mb_s": amb / timed(lambda: decode_adapter(payload, layout)),
+    }
+
+
+SOCKET_SERVER = """
+import socket, sys
+data = bytes.fromhex(sys.argv[1]) * int(sys.argv[2])
+srv = socket.create_server(("127.0.0.1", 0))
+print(srv.getsockname()[1], flush=True)
+conn, _ = srv.accept()
+conn.sendall(data)
+conn.close()
+"""
+
+
+def socket_copy_seconds(size: int) -> float:
+    """A plain loopback TCP copy of `size` bytes from another process."""
+    unit = hashlib.sha256(b"socket").digest()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SOCKET_SERVER, unit.hex(), str(size // 32)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    port = int(proc.stdout.readline())
+    start = time.perf_counter()
+    received = 0
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        while chunk := conn.recv(1 << 20):
+            received += len(chunk)
+    seconds = time.perf_counter() - start
+    proc.wait()
+    assert received == size // 32 * 32
+    return seconds
+
+
+def transfer(work: Path, size_mb: int) -> dict[str, float]:
+    """Download a size_mb artifact from the coordinator process vs a plain socket copy."""
+    payload = hashlib.sha256(b"rpc").digest() * (size_mb * 2**20 // 32)
+    digest = hashlib.sha256(payload).hexdigest()
+    with LocalFederation(work) as fed:
+        fed.start_coordinator()
+        stub = participant_pb2_grpc.ParticipantServiceStub(create_channel(fed.address))
+        summary = participant_pb2.DataSummary(dataset="x", class_counts=[1], num_train=1)
+        stub.Register(participant_pb2.RegisterRequest(participant_id="bench", data=summary))
+        md = ((MD_PARTICIPANT, "bench"),)
+        step = 1 << 20
+        stub.UploadBlob(
+            (
+                common_pb2.BlobChunk(
+                    blob_id=digest, offset=o, data=payload[o : o + step], total_size=len(payload)
+                )
+                for o in range(0, len(payload), step)
+            ),
+            metadata=md,
+        )
+        runs = []
+        for _ in range(3):
+            start = time.perf_counter()
+            got = sum(
+                len(c.data)
+                for c in stub.DownloadBlob(
+                    participant_pb2.DownloadBlobRequest(blob_id=digest), metadata=md
+                )
+            )
+            runs.append(time.perf_counter() - start)
+            assert got == len(payload)
+    sockets = [socket_copy_seconds(len(payload)) for _ in range(3)]
+    rpc, sock = min(runs), min(sockets)
+    return {
+        "model_mb": len(payload) / 2**20,
+        "rpc_seconds": rpc,
+        "socket_seconds": sock,
+        "relative_speed": sock / rpc,
+    }
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        "Produced by `python -m bench.wire` on this machine (2 CPU cores, "
+        "shared and noisy: compare within a run, quote ratios).",
+        "",
+        "## Bytes per participant per round (both directions, serialized messages)",
+        "",
+        "| model | dense model | FedAvg round | FUSED first round | FUSED later round | "
+        "reduction | upload / (values x 4 B) | adapted tensors |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in results["models"].items():
+        lines.append(
+            f"| {name} | {m['dense_bytes']:,} | {m['fedavg_round_bytes']:,.0f} | "
+            f"{m['fused_round_bytes_first']:,.0f} | {m['fused_round_bytes_later']:,.0f} | "
+            f"{m['reduction']:.1f}x | {m['values_overhead_ratio']:.3f} | "
+            f"{', '.join(m['adapted_tensors'])} ({m['adapter_values']:,} values) |"
+        )
+    lines += [
+        "",
+        "## Position encoding vs the information bound n·H(rho)/8",
+        "",
+        "| density | n | bytes | bound | ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for row in results["positions"]:
+        lines.append(
+            f"| {row['density']} | {row['n']:,} | {row['bytes']:,} | "
+            f"{row['bound_bytes']:,.0f} | {row['ratio']:.3f} |"
+        )
+    c, t = results["codec"], results["transfer"]
+    lines += [
+        "",
+        "## Codec throughput",
+        "",
+        f"- model codec (ResNet-18, {c['model_mb']:.1f} MB): encode "
+        f"{c['model_encode_mb_s']:.0f} MB/s, decode {c['model_decode_mb_s']:.0f} MB/s",
+        f"- adapter codec ({c['adapter_values_mb']:.1f} MB of values): encode "
+        f"{c['adapter_encode_mb_s']:.0f} MB/s, decode {c['adapter_decode_mb_s']:.0f} MB/s",
+        "",
+        "## Moving a model between processes",
+        "",
+        f"{t['model_mb']:.0f} MiB: DownloadBlob from the coordinator {t['rpc_seconds']:.3f} s, "
+        f"plain loopback socket copy {t['socket_seconds']:.3f} s: the RPC runs at "
+        f"{t['relative_speed']:.2f}x the socket's speed (best of 3 each).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--work", type=Path, default=Path("runs/bench-wire"))
+    parser.add_argument("--doc", type=Path, default=Path("docs/BENCHMARKS.md"))
+    args = parser.parse_args(argv)
+    rounds = 1 if args.quick else 2
+    cases = CASES[:1] if args.quick else CASES
+    results = {
+        "models": {c.name: measure_model(c, args.work / c.name, rounds) for c in cases},
+        "positions": positions(
+            [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5], 200_000 if args.quick else 2_359_296
+        ),
+        "codec": throughput(1 if args.quick else 3),
+        "transfer": transfer(args.work / "transfer", 8 if args.quick else 45),
+    }
+    print(json.dumps(results, indent=2))
+    if not args.quick:
+        args.doc.parent.mkdir(parents=True, exist_ok=True)
+        args.doc.write_text(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
