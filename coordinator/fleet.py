@@ -51,6 +51,8 @@ class Fleet:
         self._queues: dict[str, deque[str]] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
         self._open: dict[str, _OpenTask] = {}
+        self._polling: dict[str, int] = {}  # open PullTask calls: a waiting agent is alive
+        self._closing = False
 
     # liveness
     def register(self, record: ParticipantRecord) -> None:
@@ -84,7 +86,9 @@ class Fleet:
 
     def is_online(self, pid: str) -> bool:
         seen = self._last_seen.get(pid)
-        return seen is not None and self._clock() - seen <= self._offline_after_s
+        if seen is None:
+            return False
+        return self._polling.get(pid, 0) > 0 or self._clock() - seen <= self._offline_after_s
 
     def online_ids(self) -> list[str]:
         return sorted(pid for pid in self._last_seen if self.is_online(pid))
@@ -115,9 +119,23 @@ class Fleet:
         if pid not in self._last_seen:
             raise NotRegisteredError(pid)
         self.heartbeat(pid)
+        self._polling[pid] = self._polling.get(pid, 0) + 1
+        try:
+            return await self._wait_for_task(pid, wait_s)
+        finally:
+            self._polling[pid] -= 1
+            self.heartbeat(pid)  # the call ends now: count the agent alive until here
+
+    def shutdown(self) -> None:
+        """Answer every open long poll now (empty), so the server can stop without waiting."""
+        self._closing = True
+        for event in self._wakeups.values():
+            event.set()
+
+    async def _wait_for_task(self, pid: str, wait_s: float) -> TaskSpec | None:
         deadline = self._clock() + wait_s
         queue = self._queues.setdefault(pid, deque())
-        while True:
+        while not self._closing:
             while queue:
                 open_task = self._open.get(queue.popleft())
                 if open_task is not None:  # closed tasks are skipped
@@ -132,6 +150,7 @@ class Fleet:
                 await asyncio.wait_for(event.wait(), timeout=remaining)
             except TimeoutError:
                 return None
+        return None
 
     async def complete(self, outcome: TaskOutcome) -> None:
         """Resolve a task with a participant's outcome.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -41,9 +42,9 @@ class CoordinatorConfig:
     metrics_port: int = dataclasses.field(
         default=9464, metadata={"help": "Prometheus endpoint port; 0 picks one, -1 disables"}
     )
-    heartbeat_interval_s: float = 2.0
-    offline_after_s: float = 10.0
-    poll_wait_s: float = 5.0
+    heartbeat_interval_s: float = 5.0  # agents beat only while busy: a long poll shows liveness
+    offline_after_s: float = 15.0
+    poll_wait_s: float = 30.0
     max_upload_mb: int = 512
     ready_file: Path | None = dataclasses.field(
         default=None, metadata={"help": "write the bound ports here as JSON once serving"}
@@ -71,6 +72,7 @@ class Coordinator:
         self._server: Any = None
         self._http: Any = None
         self.jobs: JobManager | None = None
+        self.fleet: Fleet | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -78,7 +80,7 @@ class Coordinator:
         store = self._store = open_store(cfg.store_location())
         artifacts = ArtifactStore(cfg.state_dir / "artifacts")
         artifacts.ensure()
-        fleet = Fleet(store, cfg.offline_after_s)
+        fleet = self.fleet = Fleet(store, cfg.offline_after_s)
         jobs = self.jobs = JobManager(store, artifacts, fleet, self.metrics)
         for job_id in jobs.recover():
             log.warning("job %s was unfinished when the coordinator stopped: marked failed", job_id)
@@ -130,7 +132,11 @@ class Coordinator:
         if self.jobs is not None:
             await self.jobs.shutdown()
         if self._server is not None:
-            await self._server.stop(grace_s)
+            stopping = asyncio.create_task(self._server.stop(grace_s))  # refuses new calls
+            await asyncio.sleep(0)
+            if self.fleet is not None:
+                self.fleet.shutdown()  # answer open long polls instead of waiting out grace_s
+            await stopping
         if self._http is not None:
             self._http.shutdown()
         if self._store is not None:

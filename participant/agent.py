@@ -84,6 +84,7 @@ class Agent:
         self.sessions = 0  # successful registrations, for observability and tests
         self._cache = BlobCache(settings.cache_bytes)
         self._stop = threading.Event()
+        self._busy = threading.Event()  # set while a task runs: only then are heartbeats sent
         self._channel: grpc.Channel | None = None
 
     def shutdown(self) -> None:
@@ -173,6 +174,8 @@ class Agent:
         while not (stop.is_set() or lost.is_set()):
             if lost.wait(interval * random.uniform(0.8, 1.2)):  # jitter spreads the load
                 return
+            if not self._busy.is_set():
+                continue  # an idle agent sits in a long poll, which shows it is alive
             try:
                 reply = stub.Heartbeat(
                     participant_pb2.HeartbeatRequest(participant_id=self._pid),
@@ -214,6 +217,7 @@ class Agent:
         reply: participant_pb2.RegisterResponse,
     ) -> None:
         started = time.monotonic()
+        self._busy.set()
         try:
             outcome = self._run_task(stub, task, reply)
             status = "ok"
@@ -221,6 +225,8 @@ class Agent:
             log.exception("task %s failed", task.task_id)
             outcome = TaskOutcome(self._pid, task.task_id, error=f"{type(exc).__name__}: {exc}")
             status = "error"
+        finally:
+            self._busy.clear()
         self._metrics.tasks.labels(task.kind.value, status).inc()
         self._metrics.task_seconds.labels(task.kind.value).observe(time.monotonic() - started)
         ack = stub.PushResult(outcome_to_proto(outcome), timeout=60, metadata=self._md(task))
@@ -316,7 +322,20 @@ class Agent:
         after a broken connection continue from where it stopped."""
         digest = hashlib.sha256(blob).hexdigest()
         md = self._md(task)
+        offset = 0  # a fresh upload just streams: the status is asked only after a failure
         for attempt in range(attempts):
+            try:
+                chunks = upload_chunks(blob, digest, offset, chunk_bytes, task)
+                return str(stub.UploadBlob(chunks, timeout=300, metadata=md).blob_id)
+            except grpc.RpcError as exc:
+                code, details = exc.code(), exc.details() or ""
+                if (code not in RETRYABLE and "resume at offset" not in details) or (
+                    attempt == attempts - 1
+                ):
+                    raise
+                log.warning("upload of %s interrupted (%s); resuming", digest[:12], code)
+                if code in RETRYABLE:
+                    time.sleep(min(2.0**attempt, 10.0) * random.uniform(0.5, 1.0))
             status = stub.GetUploadStatus(
                 participant_pb2.UploadStatusRequest(
                     blob_id=digest, job_id=task.job_id, round=task.round
@@ -326,14 +345,7 @@ class Agent:
             )
             if status.complete:
                 return digest
-            try:
-                chunks = upload_chunks(blob, digest, status.offset, chunk_bytes, task)
-                return str(stub.UploadBlob(chunks, timeout=300, metadata=md).blob_id)
-            except grpc.RpcError as exc:
-                if exc.code() not in RETRYABLE or attempt == attempts - 1:
-                    raise
-                log.warning("upload of %s broke (%s); resuming", digest[:12], exc.code())
-                time.sleep(min(2.0**attempt, 10.0) * random.uniform(0.5, 1.0))
+            offset = status.offset
         raise AssertionError("unreachable")
 
 
