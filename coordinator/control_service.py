@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import grpc
 import grpc.aio
 
+from common.blobwire import encode_blob_chunk
 from common.serde import (
     event_to_proto,
     forget_from_proto,
@@ -23,7 +24,7 @@ from coordinator.grpc_util import Context, abort
 from coordinator.jobs import JobManager
 from coordinator.state import StateStore
 from coordinator.versions import ACTIVE_VERSION_KEY, active_version, set_active
-from proto.fused.v1 import common_pb2, control_pb2, control_pb2_grpc
+from proto.fused.v1 import control_pb2, control_pb2_grpc
 
 
 class ControlServicer(control_pb2_grpc.ControlServiceServicer):
@@ -165,9 +166,9 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             ]
         )
 
-    async def ExportModel(
+    async def ExportModel(  # type: ignore[override]
         self, request: control_pb2.ExportModelRequest, context: Context
-    ) -> AsyncIterator[common_pb2.BlobChunk]:
+    ) -> AsyncIterator[bytes]:  # pre-serialized BlobChunks (PreSerializedResponses)
         if request.version_id:
             version = self._store.get_model_version(request.version_id)
         else:
@@ -179,9 +180,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         offset = 0
         try:
             for chunk in self._artifacts.iter_chunks(version.digest, self._chunk_bytes):
-                yield common_pb2.BlobChunk(
-                    blob_id=version.digest, offset=offset, data=chunk, total_size=total
-                )
+                yield encode_blob_chunk(version.digest, offset, chunk, total)
                 offset += len(chunk)
         except CorruptArtifactError as exc:
             await abort(context, grpc.StatusCode.DATA_LOSS, str(exc))

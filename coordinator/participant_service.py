@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import grpc
 import grpc.aio
 
+from common.blobwire import encode_blob_chunk
 from common.serde import outcome_from_proto, task_to_proto
 from coordinator.artifacts import ArtifactStore, MissingArtifactError
 from coordinator.fleet import Fleet, NotRegisteredError, TaskClosedError
@@ -132,9 +133,9 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"result rejected: {exc}")
         return participant_pb2.PushResultResponse(accepted=True)
 
-    async def DownloadBlob(
+    async def DownloadBlob(  # type: ignore[override]
         self, request: participant_pb2.DownloadBlobRequest, context: Context
-    ) -> AsyncIterator[common_pb2.BlobChunk]:
+    ) -> AsyncIterator[bytes]:  # pre-serialized BlobChunks (PreSerializedResponses)
         if not self._fleet.is_registered(caller_id(context)):
             await abort(context, grpc.StatusCode.FAILED_PRECONDITION, "register before downloading")
         if not DIGEST.match(request.blob_id):
@@ -152,12 +153,7 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
             end = offset + len(chunk)
             if end > request.offset:
                 skip = max(0, request.offset - offset)
-                yield common_pb2.BlobChunk(
-                    blob_id=request.blob_id,
-                    offset=offset + skip,
-                    data=chunk[skip:],
-                    total_size=total,
-                )
+                yield encode_blob_chunk(request.blob_id, offset + skip, chunk[skip:], total)
             offset = end
 
     async def GetUploadStatus(

@@ -13,7 +13,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, start_http_server
 
 from common.net import CHUNK_BYTES, TlsFiles, create_server
-from common.wire import CountingServerInterceptor
+from common.wire import CountingServerInterceptor, PreSerializedResponses
 from coordinator.artifacts import ArtifactStore
 from coordinator.control_service import ControlServicer
 from coordinator.fleet import Fleet
@@ -93,7 +93,9 @@ class Coordinator:
             hook=jobs.record_bytes,
         )
         tls = TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.tls_ca) if cfg.tls_cert else None
-        self._server, self.port = create_server(cfg.listen, [interceptor], tls)
+        self._server, self.port = create_server(
+            cfg.listen, [interceptor, PreSerializedResponses()], tls
+        )
         settings = FleetSettings(
             cfg.heartbeat_interval_s, cfg.poll_wait_s, CHUNK_BYTES, cfg.max_upload_mb << 20
         )

@@ -457,3 +457,21 @@ def test_unknown_method_is_unimplemented_and_uncounted(wire: Wire) -> None:
     assert _messages(client, "NoSuchMethod", "sent", phase="none") == 1
     assert _messages(wire.server_registry, "NoSuchMethod", "received") is None
     assert wire.hook_calls == []
+
+
+@pytest.mark.parametrize(
+    ("blob_id", "offset", "data", "total"),
+    [
+        ("ab" * 32, 0, b"x" * 300, 300),
+        ("", 5, b"", 0),
+        ("ab" * 32, 2**40, b"\x00" * 3, 2**41),
+        ("", 0, b"", 0),
+    ],
+)
+def test_hand_written_blob_chunks_equal_protobuf(
+    blob_id: str, offset: int, data: bytes, total: int
+) -> None:
+    from common.blobwire import encode_blob_chunk
+
+    expected = common_pb2.BlobChunk(blob_id=blob_id, offset=offset, data=data, total_size=total)
+    assert encode_blob_chunk(blob_id, offset, data, total) == expected.SerializeToString()
