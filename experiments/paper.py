@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import random
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -70,6 +71,7 @@ class Experiment:
     batch_size: int
     top_k: int
     density: float
+    unlearn_lr: float | None  # None: the training learning rate
     trigger_size: int
     backdoor_count: int
     seed: int
@@ -80,6 +82,10 @@ class Experiment:
     @property
     def train(self) -> TrainConfig:
         return TrainConfig(self.budget.local_epochs, self.lr, 0.9, 5e-4, self.batch_size, self.seed)
+
+    @property
+    def unlearn_train(self) -> TrainConfig:
+        return dataclasses.replace(self.train, lr=self.unlearn_lr or self.lr)
 
     def forget(self) -> ForgetSpec:
         if self.paradigm == "client":
@@ -182,7 +188,9 @@ def method_specs(exp: Experiment, base: str, model: str) -> dict[str, Unlearning
         "fused_random": dataclasses.replace(common, layers=random_layers(exp, model)),
         "finetune": dataclasses.replace(common, method="finetune"),
         # The gold standard: retrain from scratch with the original training budget.
-        "retrain": dataclasses.replace(common, method="retrain", rounds=exp.budget.train_rounds),
+        "retrain": dataclasses.replace(
+            common, method="retrain", rounds=exp.budget.train_rounds, train=exp.train
+        ),
     }
 
 
@@ -267,6 +275,9 @@ def run(exp: Experiment) -> dict[str, Any]:
         "alpha": 1.0,
         "participant_sizes": {p["id"]: p["train_size"] for p in summary["participants"]},
         "torch": torch.__version__,
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip(),
         "wall_seconds": time.monotonic() - started,
     }
     return {"methods": methods, "original": original, "config": config}
@@ -285,6 +296,10 @@ def parse(argv: Sequence[str] | None) -> Experiment:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--top-k", type=int, default=2)
     parser.add_argument("--density", type=float, default=0.05)
+    parser.add_argument("--unlearn-rounds", type=int, default=None, help="default: 10 (2 quick)")
+    parser.add_argument(
+        "--unlearn-lr", type=float, default=None, help="learning rate of unlearning; default --lr"
+    )
     parser.add_argument("--trigger-size", type=int, default=3)
     parser.add_argument("--backdoor-count", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
@@ -292,11 +307,15 @@ def parse(argv: Sequence[str] | None) -> Experiment:
     parser.add_argument("--work", type=Path, default=None, help="default: runs/paper-<...>")
     args = parser.parse_args(argv)
     name = f"{args.dataset}-{args.paradigm}"
+    budget = QUICK if args.quick else FULL
+    if args.unlearn_rounds is not None:
+        budget = dataclasses.replace(budget, unlearn_rounds=args.unlearn_rounds)
     return Experiment(
         dataset=args.dataset,
         paradigm=args.paradigm,
         participants=args.participants,
-        budget=QUICK if args.quick else FULL,
+        budget=budget,
+        unlearn_lr=args.unlearn_lr,
         lr=args.lr if args.lr is not None else (0.005 if args.dataset == "fashionmnist" else 0.05),
         batch_size=args.batch_size,
         top_k=args.top_k,
