@@ -175,7 +175,7 @@ def method_specs(exp: Experiment, base: str, model: str) -> dict[str, Unlearning
         forget=exp.forget(),
         base_version=base,
         rounds=exp.budget.unlearn_rounds,
-        train=exp.train,
+        train=exp.unlearn_train,
         top_k=exp.top_k,
         density=exp.density,
         min_participants=exp.participants - 1,
