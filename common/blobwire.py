@@ -6,17 +6,7 @@ The output equals `BlobChunk(...).SerializeToString()` byte for byte (a unit tes
 
 from __future__ import annotations
 
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+from common.positions import varint as _varint
 
 
 def encode_blob_chunk(blob_id: str, offset: int, data: bytes, total_size: int) -> bytes:

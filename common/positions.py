@@ -106,7 +106,8 @@ def entropy_bound_bytes(n: int, count: int) -> float:
     return n * (-p * math.log2(p) - (1.0 - p) * math.log2(1.0 - p)) / 8.0
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
+    """LEB128, as protobuf and this format write unsigned integers."""
     out = bytearray()
     while True:
         byte = value & 0x7F
@@ -118,7 +119,7 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _read_varint(data: bytes, pos: int, what: str) -> tuple[int, int]:
+def _readvarint(data: bytes, pos: int, what: str) -> tuple[int, int]:
     """Canonical LEB128 at ``data[pos:]``: (value, position after it)."""
     value = 0
     for i in range(_MAX_VARINT_BYTES):
@@ -209,7 +210,7 @@ def _msb_bits(values: Int64Array, width: int) -> UInt8Array:
 def _golomb_body(positions: Int64Array, n: int) -> bytes:
     count = int(positions.size)
     if count == 0:
-        return _varint(0) + _varint(1)
+        return varint(0) + varint(1)
     gaps = _gaps(positions)
     m = min(_candidate_ms(gaps, n), key=lambda c: (_golomb_bits(gaps, c), c))
     width, u = _golomb_layout(m)
@@ -223,7 +224,7 @@ def _golomb_body(positions: Int64Array, n: int) -> bytes:
     unary = np.ones(count + int(q.sum()), dtype=np.uint8)
     unary[np.cumsum(q + 1) - 1] = 0
     bits = np.concatenate([prefix, extra, unary])
-    return _varint(count) + _varint(m) + np.packbits(bits).tobytes()
+    return varint(count) + varint(m) + np.packbits(bits).tobytes()
 
 
 def _complement_body(positions: Int64Array, n: int) -> bytes | None:
@@ -233,7 +234,7 @@ def _complement_body(positions: Int64Array, n: int) -> bytes | None:
 
 
 def _golomb_decode(body: bytes, n: int, max_count: int | None, complement: bool) -> Int64Array:
-    count, pos = _read_varint(body, 0, "count")
+    count, pos = _readvarint(body, 0, "count")
     if count > n:
         raise PositionCodecError(f"position payload declares {count} positions, more than n={n}")
     if complement and 2 * count > n:
@@ -245,7 +246,7 @@ def _golomb_decode(body: bytes, n: int, max_count: int | None, complement: bool)
         raise PositionCodecError(
             f"position payload holds {selected} positions, more than max_count={max_count}"
         )
-    m, pos = _read_varint(body, pos, "Golomb parameter")
+    m, pos = _readvarint(body, pos, "Golomb parameter")
     if count == 0:
         if m != 1:
             raise PositionCodecError(f"empty Golomb payload must have m = 1, got {m}")
@@ -350,11 +351,11 @@ def _planes_body(positions: Int64Array, n: int) -> bytes | None:
     width = max(1, (int(gaps.max()).bit_length() + 7) // 8)
     planes = gaps.astype("<u8").view(np.uint8).reshape(count, 8)[:, :width]
     raw = np.ascontiguousarray(planes.T).tobytes()
-    return _varint(count) + bytes([width]) + _compress(raw)
+    return varint(count) + bytes([width]) + _compress(raw)
 
 
 def _planes_decode(body: bytes, n: int, max_count: int | None) -> Int64Array:
-    count, pos = _read_varint(body, 0, "count")
+    count, pos = _readvarint(body, 0, "count")
     if not 1 <= count <= n // 2:
         raise PositionCodecError(
             f"plane payload declares {count} positions, outside [1, n // 2 = {n // 2}]"
