@@ -10,12 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.flower_compare import (
-    DOWN,
     REPO_ROOT,
-    UP,
-    CountingProxy,
-    WireEvent,
-    bytes_in_window,
     check_venv_path,
     compare,
     measured_window,
@@ -24,6 +19,7 @@ from bench.flower_compare import (
     resolve_settings,
     system_report,
 )
+from bench.proxy import DOWN, UP, CountingProxy, WireEvent, bytes_in_window
 
 
 def test_bytes_in_window_counts_each_way_inclusive_bounds() -> None:
