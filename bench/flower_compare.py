@@ -24,8 +24,8 @@ time of that same window per measured round. FUSED's own Prometheus counters
 final global model's on the untouched global test split, computed here the same way for both.
 
 The JSON report goes to stdout and to WORK_DIR/report.json; progress goes to stderr and process
-logs stay under WORK_DIR. Internal roles, run by the Flower environment's interpreter:
-`_flower-server`, `_flower-client`.
+logs stay under WORK_DIR. The Flower side (server and clients, run by the Flower
+environment's interpreter) is `bench/flower_side.py`.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.flower_side import CLIENT_ROLE, SERVER_ROLE
 from bench.proxy import DOWN, LOOPBACK, UP, CountingProxy, WireEvent, bytes_in_window, write_events
 
 if TYPE_CHECKING:
@@ -58,8 +59,6 @@ DEFAULT_VENV = REPO_ROOT / ".bench-venvs" / "flwr"
 DEFAULT_WORK_DIR = REPO_ROOT / "runs" / "flower-compare"
 FLWR_VERSION = "1.42.0"
 TORCH_VERSION = "2.13.0"  # the project's pin, so both sides train with the same kernels
-SERVER_ROLE = "_flower-server"
-CLIENT_ROLE = "_flower-client"
 # The job: the issue's FedAvg settings.
 LR = 0.05
 MOMENTUM = 0.9
@@ -430,7 +429,7 @@ def run_flower(job: Job, python: Path) -> tuple[dict[str, Any], dict[str, torch.
     model_args = ["--model", job.model, "--num-classes", str(job.num_classes)]
     train = json.dumps(dataclasses.asdict(job.train_config()))
     server_args = [
-        *(str(python), "-m", "bench.flower_compare", SERVER_ROLE),
+        *(str(python), "-m", "bench.flower_side", SERVER_ROLE),
         *("--listen", f"{LOOPBACK}:{port}", "--clients", str(job.participants)),
         *("--rounds", str(job.rounds_run), "--seed", str(job.seed), *model_args),
         *("--result", str(result_path), "--weights", str(weights_path)),
@@ -443,7 +442,7 @@ def run_flower(job: Job, python: Path) -> tuple[dict[str, Any], dict[str, torch.
         with CountingProxy(port) as proxy:
             for i in range(job.participants):
                 client_args = [
-                    *(str(python), "-m", "bench.flower_compare", CLIENT_ROLE),
+                    *(str(python), "-m", "bench.flower_side", CLIENT_ROLE),
                     *("--server", f"{LOOPBACK}:{proxy.port}", "--shard", str(job.shards / f"p{i}")),
                     *("--train", train, *model_args),
                 ]
@@ -477,120 +476,6 @@ def run_flower(job: Job, python: Path) -> tuple[dict[str, Any], dict[str, torch.
 
 
 # --- Flower (roles, run by the Flower environment's interpreter) -------------------------------
-
-
-def flower_server(argv: Sequence[str]) -> int:
-    import flwr as fl  # type: ignore[import-not-found,unused-ignore]
-    import numpy as np
-    import torch
-    from safetensors.numpy import save_file
-
-    from common.models import init_model
-
-    parser = argparse.ArgumentParser(prog=SERVER_ROLE)
-    for name in ("--listen", "--model", "--result", "--weights"):
-        parser.add_argument(name, required=True)
-    for name in ("--clients", "--rounds", "--seed", "--num-classes"):
-        parser.add_argument(name, type=int, required=True)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-
-    state = init_model(args.model, args.num_classes, args.seed).state_dict()
-    names = list(state)
-    manager = fl.server.client_manager.SimpleClientManager()
-    started: list[float] = []
-    finished: list[float] = []
-
-    def fit_config(server_round: int) -> dict[str, int]:
-        if server_round == 1 and not manager.wait_for(args.clients, timeout=300):
-            raise RuntimeError(f"fewer than {args.clients} clients connected")
-        started.append(time.time())  # round starts once every client is there
-        return {"server_round": server_round, "seed": args.seed}
-
-    def fit_metrics(results: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
-        finished.append(time.time())  # called by aggregate_fit after averaging
-        return {}
-
-    strategy = fl.server.strategy.FedAvg(
-        fraction_fit=1.0,
-        fraction_evaluate=0.0,  # no federated evaluation between rounds
-        min_fit_clients=args.clients,
-        min_available_clients=args.clients,
-        on_fit_config_fn=fit_config,
-        fit_metrics_aggregation_fn=fit_metrics,
-        accept_failures=False,
-        initial_parameters=fl.common.ndarrays_to_parameters(
-            [t.detach().numpy() for t in state.values()]
-        ),
-    )
-    server = fl.server.Server(client_manager=manager, strategy=strategy)
-    fl.server.start_server(
-        server_address=args.listen,
-        server=server,
-        config=fl.server.ServerConfig(num_rounds=args.rounds),
-    )
-    if len(finished) != args.rounds:
-        raise RuntimeError(f"{len(finished)} of {args.rounds} rounds aggregated")
-    final = fl.common.parameters_to_ndarrays(server.parameters)
-    save_file({n: np.ascontiguousarray(a) for n, a in zip(names, final, strict=True)}, args.weights)
-    result = {
-        "flwr_version": fl.__version__,
-        "round_started": started,
-        "round_finished": finished,
-        "model_payload_bytes": sum(len(t) for t in server.parameters.tensors),
-        "dtypes": sorted({str(a.dtype) for a in final}),
-    }
-    Path(args.result).write_text(json.dumps(result, indent=2) + "\n")
-    return 0
-
-
-def flower_client(argv: Sequence[str]) -> int:
-    import flwr as fl  # type: ignore[import-not-found,unused-ignore]
-    import numpy as np
-    import torch
-
-    from common.data.shards import load_shard
-    from common.models import build_model
-    from common.train_config import TrainConfig, task_seed
-    from participant.executor import local_update
-
-    parser = argparse.ArgumentParser(prog=CLIENT_ROLE)
-    for name in ("--server", "--shard", "--train", "--model"):
-        parser.add_argument(name, required=True)
-    parser.add_argument("--num-classes", type=int, required=True)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # as a FUSED participant agent (its --threads default)
-
-    shard = load_shard(Path(args.shard))
-    pid = shard.meta.participant_id
-    base = TrainConfig(**json.loads(args.train))
-    names = list(build_model(args.model, args.num_classes).state_dict())
-
-    class Participant(fl.client.NumPyClient):  # type: ignore[misc]
-        def get_parameters(self, config: dict[str, Any]) -> list[Any]:
-            model = build_model(args.model, args.num_classes)
-            return [t.detach().numpy() for t in model.state_dict().values()]
-
-        def fit(
-            self, parameters: list[Any], config: dict[str, Any]
-        ) -> tuple[list[Any], int, dict[str, Any]]:
-            weights = {
-                n: torch.from_numpy(np.array(a, copy=True))
-                for n, a in zip(names, parameters, strict=True)
-            }
-            seed = task_seed(int(config["seed"]), int(config["server_round"]), pid)
-            cfg = dataclasses.replace(base, seed=seed)
-            state, stats = local_update(args.model, args.num_classes, weights, shard, cfg)
-            arrays = [t.numpy() for t in state.values()]
-            return arrays, stats.num_examples, {"loss": stats.mean_loss}
-
-        def evaluate(
-            self, parameters: list[Any], config: dict[str, Any]
-        ) -> tuple[float, int, dict[str, Any]]:
-            raise RuntimeError("evaluation is off in this benchmark")
-
-    fl.client.start_client(server_address=args.server, client=Participant().to_client())
-    return 0
 
 
 # --- main --------------------------------------------------------------------------------------
@@ -628,11 +513,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == SERVER_ROLE:
-        return flower_server(argv[1:])
-    if argv and argv[0] == CLIENT_ROLE:
-        return flower_client(argv[1:])
     args = parse_args(argv)
 
     from common.models import count_parameters, default_model_for, init_model

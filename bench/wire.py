@@ -171,7 +171,7 @@ def measure_model(case: ModelCase, work: Path, rounds: int) -> dict[str, Any]:
             ),
         )
         final = phase_bytes(fed.metrics_port)
-        last_uploads = upload_bytes(fed, fused, rounds + 1)
+        last_uploads = upload_bytes(fused, rounds + 1)
     fedavg = per_round(trained, "train")
     adapter = per_round(fused, "adapter")
     result = json.loads(fused.result_json)
@@ -197,10 +197,9 @@ def measure_model(case: ModelCase, work: Path, rounds: int) -> dict[str, Any]:
     }
 
 
-def upload_bytes(fed: LocalFederation, job: control_pb2.JobInfo, last: int) -> float:
+def upload_bytes(job: control_pb2.JobInfo, last: int) -> float:
     """UploadBlob bytes the participants sent in the job's last adapter round (job accounting,
     the same counts as the Prometheus counters, split by round)."""
-    del fed
     for r in job.rounds:
         if r.phase == "adapter" and r.round == last:
             moved = json.loads(r.metrics_json)["bytes"]["up"]
