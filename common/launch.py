@@ -15,7 +15,7 @@ from types import TracebackType
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from common.net import create_channel
+from common.net import TlsFiles, create_channel
 from proto.fused.v1 import control_pb2, control_pb2_grpc
 
 
@@ -47,9 +47,17 @@ def scrape(
 class LocalFederation:
     """A coordinator and participant agents as child processes, logs under work_dir."""
 
-    def __init__(self, work_dir: Path, python: str = sys.executable) -> None:
+    def __init__(
+        self,
+        work_dir: Path,
+        python: str = sys.executable,
+        tls: TlsFiles | None = None,
+        operator_token: str | None = None,
+    ) -> None:
         self.work_dir = work_dir
         self.python = python
+        self.tls = tls  # the operator's TLS files, for control()
+        self.operator_token = operator_token
         self.coordinator: subprocess.Popen[bytes] | None = None
         self.participants: dict[str, subprocess.Popen[bytes]] = {}
         self.participant_metrics: dict[str, int] = {}
@@ -115,7 +123,8 @@ class LocalFederation:
         return name
 
     def control(self) -> control_pb2_grpc.ControlServiceStub:
-        return control_pb2_grpc.ControlServiceStub(create_channel(self.address))
+        channel = create_channel(self.address, self.tls, self.operator_token)
+        return control_pb2_grpc.ControlServiceStub(channel)
 
     def wait_online(self, count: int, timeout_s: float = 60) -> list[str]:
         deadline = time.monotonic() + timeout_s

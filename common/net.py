@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
@@ -68,13 +68,70 @@ def create_server(
     return server, port
 
 
-def create_channel(target: str, tls: TlsFiles | None = None) -> grpc.Channel:
-    """A blocking channel to target with the project's limits and keepalive."""
+def create_channel(
+    target: str, tls: TlsFiles | None = None, token: str | None = None
+) -> grpc.Channel:
+    """A blocking channel to target with the project's limits and keepalive; with a token,
+    every call carries it as `authorization: Bearer <token>`."""
     if tls is not None and tls.ca is not None:
         creds = grpc.ssl_channel_credentials(
             root_certificates=_read(tls.ca),
             private_key=_read(tls.key),
             certificate_chain=_read(tls.cert),
         )
-        return grpc.secure_channel(target, creds, options=_COMMON_OPTIONS)
-    return grpc.insecure_channel(target, options=_COMMON_OPTIONS)
+        channel = grpc.secure_channel(target, creds, options=_COMMON_OPTIONS)
+    else:
+        channel = grpc.insecure_channel(target, options=_COMMON_OPTIONS)
+    if not token:
+        return channel
+    if tls is None:
+        log.warning(
+            "sending a bearer token to %s without TLS: anyone on the path can read it", target
+        )
+    return grpc.intercept_channel(channel, _BearerToken(token))
+
+
+class _CallDetails(grpc.ClientCallDetails):
+    def __init__(
+        self, base: grpc.ClientCallDetails, metadata: tuple[tuple[str, str | bytes], ...]
+    ) -> None:
+        self.method = base.method
+        self.timeout = base.timeout
+        self.metadata = metadata
+        self.credentials = base.credentials
+        self.wait_for_ready = getattr(base, "wait_for_ready", None)
+        self.compression = getattr(base, "compression", None)
+
+
+if TYPE_CHECKING:  # generic in grpc's stubs only
+    _UnaryUnary = grpc.UnaryUnaryClientInterceptor[Any, Any]
+    _UnaryStream = grpc.UnaryStreamClientInterceptor[Any, Any]
+    _StreamUnary = grpc.StreamUnaryClientInterceptor[Any, Any]
+    _StreamStream = grpc.StreamStreamClientInterceptor[Any, Any]
+else:
+    _UnaryUnary = grpc.UnaryUnaryClientInterceptor
+    _UnaryStream = grpc.UnaryStreamClientInterceptor
+    _StreamUnary = grpc.StreamUnaryClientInterceptor
+    _StreamStream = grpc.StreamStreamClientInterceptor
+
+
+class _BearerToken(_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream):
+    """Adds the bearer token to every call's metadata."""
+
+    def __init__(self, token: str) -> None:
+        self._entry = ("authorization", f"Bearer {token}")
+
+    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        return _CallDetails(details, (*(details.metadata or ()), self._entry))
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)

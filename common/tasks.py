@@ -85,6 +85,11 @@ class TaskSpec:
     forget: ForgetSpec | None = None
     adapter: AdapterRef | None = None
 
+    def blob_ids(self) -> tuple[str, ...]:
+        """The artifacts this task reads."""
+        blobs = (self.model_blob_id, self.adapter.values_blob_id if self.adapter else "")
+        return tuple(b for b in blobs if b)
+
 
 @dataclass(frozen=True)
 class TrainOutcome:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -52,6 +52,9 @@ class Fleet:
         self._wakeups: dict[str, asyncio.Event] = {}
         self._open: dict[str, _OpenTask] = {}
         self._polling: dict[str, int] = {}  # open PullTask calls: a waiting agent is alive
+        self._grants: dict[str, Counter[str]] = {}  # blobs a participant's open tasks name
+        self._uploads: dict[str, set[str]] = {}  # blobs each participant sent in full
+        self._offline: set[str] = set()  # marked offline by reap(); cleared when heard from
         self._closing = False
 
     # liveness
@@ -76,6 +79,7 @@ class Fleet:
             return False
         now = self._clock()
         self._last_seen[pid] = now
+        self._offline.discard(pid)
         if now - self._persisted_seen.get(pid, 0.0) >= _TOUCH_EVERY_S:
             self._store.touch_participant(pid, now)
             self._persisted_seen[pid] = now
@@ -99,12 +103,47 @@ class Fleet:
     def tasks_in_flight(self) -> int:
         return len(self._open)
 
+    def reap(self) -> dict[str, list[str]]:
+        """Mark silent participants offline and fail their open tasks at once, instead of
+        letting rounds wait for their deadlines. Returns {newly offline id: failed task ids}."""
+        reaped: dict[str, list[str]] = {}
+        for pid in self._last_seen:
+            if pid in self._offline or self.is_online(pid):
+                continue
+            self._offline.add(pid)
+            silent_s = self._clock() - self._last_seen[pid]
+            why = f"participant {pid} went silent ({silent_s:.0f} s without a heartbeat)"
+            reaped[pid] = [t for t, o in self._open.items() if o.participant_id == pid]
+            for task_id in reaped[pid]:
+                self._resolve(task_id, TaskOutcome(pid, task_id, error=why))
+        return reaped
+
+    # what a participant may read and has written
+    def may_download(self, pid: str, blob_id: str) -> bool:
+        """Participants read only the blobs their own open tasks name."""
+        return self._grants.get(pid, Counter())[blob_id] > 0
+
+    def record_upload(self, pid: str, blob_id: str) -> None:
+        self._uploads.setdefault(pid, set()).add(blob_id)
+
+    def uploaded(self, pid: str, blob_id: str) -> bool:
+        """Whether pid itself sent every byte of blob_id (to this coordinator process)."""
+        return blob_id in self._uploads.get(pid, ())
+
+    def _grant(self, open_task: _OpenTask, delta: int) -> None:
+        grants = self._grants.setdefault(open_task.participant_id, Counter())
+        for blob in open_task.spec.blob_ids():
+            grants[blob] += delta
+            if grants[blob] <= 0:
+                del grants[blob]
+
     # dispatch
     def submit(
         self, pid: str, spec: TaskSpec, validate: Validator | None = None
     ) -> asyncio.Future[TaskOutcome]:
         future: asyncio.Future[TaskOutcome] = asyncio.get_running_loop().create_future()
-        self._open[spec.task_id] = _OpenTask(spec, pid, future, validate)
+        open_task = self._open[spec.task_id] = _OpenTask(spec, pid, future, validate)
+        self._grant(open_task, +1)
         self._queues.setdefault(pid, deque()).append(spec.task_id)
         self._wake(pid)
         return future
@@ -112,8 +151,10 @@ class Fleet:
     def close(self, task_id: str) -> None:
         """Stop accepting an outcome for task_id (deadline passed or job ended)."""
         open_task = self._open.pop(task_id, None)
-        if open_task is not None and not open_task.future.done():
-            open_task.future.cancel()
+        if open_task is not None:
+            self._grant(open_task, -1)
+            if not open_task.future.done():
+                open_task.future.cancel()
 
     async def pull(self, pid: str, wait_s: float) -> TaskSpec | None:
         if pid not in self._last_seen:
@@ -178,8 +219,10 @@ class Fleet:
 
     def _resolve(self, task_id: str, outcome: TaskOutcome) -> None:
         open_task = self._open.pop(task_id, None)
-        if open_task is not None and not open_task.future.done():
-            open_task.future.set_result(outcome)
+        if open_task is not None:
+            self._grant(open_task, -1)
+            if not open_task.future.done():
+                open_task.future.set_result(outcome)
 
     def _wake(self, pid: str) -> None:
         event = self._wakeups.get(pid)

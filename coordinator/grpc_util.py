@@ -7,7 +7,7 @@ from typing import Any, NoReturn
 import grpc
 import grpc.aio
 
-from common.wire import MD_PARTICIPANT
+from coordinator.auth import current_identity
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -18,8 +18,18 @@ async def abort(context: Context, code: grpc.StatusCode, msg: str) -> NoReturn:
 
 
 def caller_id(context: Context) -> str:
-    """The participant id the caller attached as metadata ("" if none)."""
-    for key, value in context.invocation_metadata() or ():
-        if key == MD_PARTICIPANT and isinstance(value, str):
-            return value
-    return ""
+    """The participant the call was authenticated as ("" if it named none in local mode)."""
+    identity = current_identity.get()
+    return identity.name if identity is not None else ""
+
+
+async def bound_participant(context: Context, named: str) -> str:
+    """`named` (a request's participant_id) if it is the caller; PERMISSION_DENIED if not."""
+    caller = caller_id(context)
+    if caller and named != caller:
+        await abort(
+            context,
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"authenticated as {caller!r}; the request names participant {named!r}",
+        )
+    return named

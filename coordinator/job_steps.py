@@ -69,7 +69,10 @@ def federation_data(ctx: JobContext, pids: list[str]) -> tuple[str, int]:
     return kinds.pop()
 
 
-def select_participants(online: list[str], k: int, rng: random.Random) -> list[str]:
+def select_participants(online: list[str], k: int, seed: int, r: int) -> list[str]:
+    """k of the online participants, drawn from (seed, round) alone so a resumed job draws
+    the same ones."""
+    rng = random.Random(task_seed(seed, r, "select"))
     return sorted(rng.sample(online, k)) if 0 < k < len(online) else list(online)
 
 
@@ -102,8 +105,11 @@ def upload_validator(
         if t is None:
             raise ValueError("expected a training result (uploaded tensors) for this task")
         check_examples(ctx, outcome, t.num_examples)
-        if not ctx.artifacts.exists(t.update_blob_id):
-            raise ValueError(f"upload {t.update_blob_id} not found: upload before pushing")
+        if not ctx.fleet.uploaded(outcome.participant_id, t.update_blob_id):
+            raise ValueError(
+                f"{outcome.participant_id} has not uploaded {t.update_blob_id}: upload before "
+                "pushing"
+            )
         data = await asyncio.to_thread(ctx.artifacts.get_bytes, t.update_blob_id)
         decoded[outcome.task_id] = await asyncio.to_thread(decode, data)
 
@@ -142,6 +148,7 @@ def finish_round(
         RoundRecord(ctx.job_id, phase, r, started, ctx.clock(), sorted(result.outcomes), full)
     )
     ctx.metrics.rounds.labels(phase).inc()
+    ctx.metrics.last_round_bytes.labels(phase).set(full["bytes"]["total"])
     ctx.metrics.round_seconds.labels(phase).observe(seconds)
     ctx.emit("round_completed", phase, r, f"{phase} round {r} done", full)
     return full
@@ -179,8 +186,42 @@ async def evaluate_model(
     result = await run_round(ctx, plan, eval_validator(model.num_classes))
     check_quorum(result, 1, "evaluate", r)
     metrics = merge_eval(result.outcomes, model.num_classes)
+    ctx.metrics.job_accuracy.labels(ctx.job_id).set(metrics["accuracy"])
+    if isinstance(metrics["fa"], float):
+        ctx.metrics.job_forget_accuracy.labels(ctx.job_id).set(metrics["fa"])
     finish_round(ctx, "evaluate", r, started, result, metrics)
     return metrics
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The last committed round of a phase: its aggregate model and the history so far."""
+
+    round: int
+    blob: str
+    history: list[dict[str, Any]]
+
+
+def last_checkpoint(ctx: JobContext, phase: str) -> Checkpoint | None:
+    """A round is committed once its record (naming the aggregate's blob) is stored."""
+    records = ctx.store.list_rounds(ctx.job_id)
+    committed = [r for r in records if r.phase == phase and "model" in r.metrics]
+    if not committed:
+        return None
+    evals = {r.round: r.metrics for r in records if r.phase == "evaluate"}
+    history = []
+    for record in sorted(committed, key=lambda r: r.round):
+        m = record.metrics
+        entry = {
+            "round": record.round,
+            "train_loss": m.get("train_loss"),
+            "num_examples": m.get("num_examples"),
+        }
+        if record.round in evals:
+            entry.update(accuracy=evals[record.round]["accuracy"], fa=evals[record.round]["fa"])
+        history.append(entry)
+    last = max(committed, key=lambda r: r.round)
+    return Checkpoint(last.round, str(last.metrics["model"]), history)
 
 
 async def fedavg_rounds(
@@ -189,15 +230,19 @@ async def fedavg_rounds(
     plan: FedAvgPlan,
     weights: dict[str, torch.Tensor],
     schema: TensorSchema,
+    start: Checkpoint | None = None,
 ) -> tuple[str, list[dict[str, Any]]]:
-    """FedAvg weighted by sample counts; returns the final weights' blob and per-round metrics."""
-    blob = await save_weights(ctx.artifacts, weights, model.name)
-    rng = random.Random(plan.seed)
-    history: list[dict[str, Any]] = []
-    for r in range(1, plan.rounds + 1):
+    """FedAvg weighted by sample counts, from round 1 or after a checkpoint; returns the final
+    weights' blob and per-round metrics."""
+    if start is None:
+        blob, history, first = await save_weights(ctx.artifacts, weights, model.name), [], 1
+    else:
+        blob, history, first = start.blob, list(start.history), start.round + 1
+    for r in range(first, plan.rounds + 1):
         started = ctx.clock()
         ctx.progress(plan.phase, r)
-        chosen = select_participants(eligible(ctx, plan.forget), plan.participants_per_round, rng)
+        eligible_now = eligible(ctx, plan.forget)
+        chosen = select_participants(eligible_now, plan.participants_per_round, plan.seed, r)
         ctx.emit("round_started", plan.phase, r, f"round {r}: {len(chosen)} participants")
         decoded: dict[str, dict[str, torch.Tensor]] = {}
         round_plan = RoundPlan(
@@ -224,9 +269,17 @@ async def fedavg_rounds(
             [(o.train.mean_loss, o.train.num_examples) for o in outcomes if o.train]
         )
         metrics: dict[str, Any] = {"train_loss": loss, "num_examples": sum(n for _, n in updates)}
-        finish_round(ctx, plan.phase, r, started, result, metrics)
-        if plan.evaluate_each_round or r == plan.rounds:
-            ev = await evaluate_model(ctx, model, r, blob, plan.deadline_s, plan.forget)
-            metrics.update({"accuracy": ev["accuracy"], "fa": ev["fa"]})
+        finish_round(ctx, plan.phase, r, started, result, {**metrics, "model": blob})
         history.append({"round": r, **metrics})
+        if plan.evaluate_each_round or r == plan.rounds:
+            await _evaluate_into(ctx, model, plan, r, blob, history[-1])
+    if history and "accuracy" not in history[-1]:  # resumed after the last aggregate
+        await _evaluate_into(ctx, model, plan, plan.rounds, blob, history[-1])
     return blob, history
+
+
+async def _evaluate_into(
+    ctx: JobContext, model: ModelInfo, plan: FedAvgPlan, r: int, blob: str, entry: dict[str, Any]
+) -> None:
+    ev = await evaluate_model(ctx, model, r, blob, plan.deadline_s, plan.forget)
+    entry.update({"accuracy": ev["accuracy"], "fa": ev["fa"]})

@@ -67,6 +67,12 @@ class JobContext:
 JobBody = Callable[[JobContext], Awaitable[dict[str, Any]]]
 
 
+def _resumed_training(spec: TrainingSpec) -> JobBody:
+    from coordinator.training_job import run_training  # the job body imports us back
+
+    return lambda ctx: run_training(ctx, spec, resume=True)
+
+
 class JobManager:
     def __init__(
         self,
@@ -85,12 +91,22 @@ class JobManager:
         self._changed = asyncio.Condition()
         self._bytes: dict[tuple[str, str, int], RoundBytes] = {}
 
-    def recover(self) -> list[str]:
-        """Fail jobs a previous coordinator process left unfinished; returns their ids."""
-        stale = [j.job_id for j in self._store.list_jobs() if j.status not in TERMINAL]
-        for job_id in stale:
-            self._finish(job_id, JobStatus.FAILED, "coordinator restarted while the job ran", {})
-        return stale
+    def recover(self) -> tuple[list[str], list[str]]:
+        """Jobs a previous coordinator process left unfinished: training jobs resume from
+        their last committed round; others fail. Returns (resumed ids, failed ids)."""
+        resumed: list[str] = []
+        failed: list[str] = []
+        for job in self._store.list_jobs():
+            if job.status in TERMINAL:
+                continue
+            if job.kind == "train":
+                self._launch(job, _resumed_training(TrainingSpec.from_dict(job.spec)))
+                resumed.append(job.job_id)
+            else:
+                reason = "coordinator restarted while the job ran; start it again"
+                self._finish(job.job_id, JobStatus.FAILED, reason, {})
+                failed.append(job.job_id)
+        return resumed, failed
 
     def start_training(self, spec: TrainingSpec) -> JobRecord:
         from coordinator.training_job import run_training  # the job body imports us back
@@ -145,6 +161,10 @@ class JobManager:
             updated_at=now,
         )
         self._store.create_job(record)
+        self._launch(record, body)
+        return record
+
+    def _launch(self, record: JobRecord, body: JobBody) -> None:
         ctx = JobContext(
             job_id=record.job_id,
             store=self._store,
@@ -155,8 +175,7 @@ class JobManager:
             round_bytes=lambda phase, r: self.round_bytes(record.job_id, phase, r),
             clock=self._clock,
         )
-        self._running[record.job_id] = asyncio.create_task(self._run(ctx, kind, body))
-        return record
+        self._running[record.job_id] = asyncio.create_task(self._run(ctx, record.kind, body))
 
     async def _run(self, ctx: JobContext, kind: str, body: JobBody) -> None:
         job_id = ctx.job_id

@@ -32,6 +32,42 @@ class CoordinatorMetrics:
             ["reason"],
             registry=registry,
         )
+        self.rejected_calls = Counter(
+            "fused_rejected_calls",
+            "Calls refused before their handler ran (authentication, unknown fields)",
+            ["code"],
+            registry=registry,
+        )
+        self.marked_offline = Counter(
+            "fused_participants_marked_offline",
+            "Times a silent participant was marked offline and its open tasks failed",
+            registry=registry,
+        )
+        self.last_round_bytes = Gauge(
+            "fused_last_round_bytes",
+            "Bytes both ways of the last completed round of each phase, all participants",
+            ["phase"],
+            registry=registry,
+        )
+        self.expected_round_bytes = Gauge(
+            "fused_expected_round_bytes",
+            "What a round of the phase should move: adapter values both ways plus a control "
+            "allowance (set by unlearning jobs)",
+            ["phase"],
+            registry=registry,
+        )
+        self.job_accuracy = Gauge(
+            "fused_job_accuracy",
+            "RA: accuracy on the remaining test data at the job's latest evaluation",
+            ["job_id"],
+            registry=registry,
+        )
+        self.job_forget_accuracy = Gauge(
+            "fused_job_forget_accuracy",
+            "FA: accuracy on the forgotten set (or attack success) at the latest evaluation",
+            ["job_id"],
+            registry=registry,
+        )
         self.participants_online = Gauge(
             "fused_participants_online",
             "Participants seen within the offline timeout",

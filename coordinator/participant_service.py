@@ -15,8 +15,9 @@ import grpc.aio
 from common.blobwire import encode_blob_chunk
 from common.serde import outcome_from_proto, task_to_proto
 from coordinator.artifacts import ArtifactStore, MissingArtifactError
+from coordinator.auth import RequestRefused, check_known_fields
 from coordinator.fleet import Fleet, NotRegisteredError, TaskClosedError
-from coordinator.grpc_util import Context, abort, caller_id
+from coordinator.grpc_util import Context, abort, bound_participant, caller_id
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.state import ParticipantRecord, StateStore
 from coordinator.uploads import SpoolWriter, UploadSpool
@@ -60,6 +61,7 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
         pid = request.participant_id
         if not PARTICIPANT_ID.match(pid):
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"bad participant id {pid!r}")
+        await bound_participant(context, pid)
         counts = list(request.data.class_counts)
         if not 0 < len(counts) <= MAX_CLASSES or sum(counts) != request.data.num_train:
             await abort(
@@ -86,16 +88,16 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
     async def Heartbeat(
         self, request: participant_pb2.HeartbeatRequest, context: Context
     ) -> participant_pb2.HeartbeatResponse:
-        return participant_pb2.HeartbeatResponse(
-            registered=self._fleet.heartbeat(request.participant_id)
-        )
+        pid = await bound_participant(context, request.participant_id)
+        return participant_pb2.HeartbeatResponse(registered=self._fleet.heartbeat(pid))
 
     async def PullTask(
         self, request: participant_pb2.PullTaskRequest, context: Context
     ) -> participant_pb2.PullTaskResponse:
+        pid = await bound_participant(context, request.participant_id)
         wait_s = max(0.0, min(request.wait_s, self._settings.poll_wait_s))
         try:
-            task = await self._fleet.pull(request.participant_id, wait_s)
+            task = await self._fleet.pull(pid, wait_s)
         except NotRegisteredError:
             await abort(
                 context,
@@ -109,6 +111,7 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
     async def PushResult(
         self, request: participant_pb2.PushResultRequest, context: Context
     ) -> participant_pb2.PushResultResponse:
+        await bound_participant(context, request.participant_id)
         try:
             outcome = outcome_from_proto(request)
             await self._fleet.complete(outcome)
@@ -136,11 +139,18 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
     async def DownloadBlob(  # type: ignore[override]
         self, request: participant_pb2.DownloadBlobRequest, context: Context
     ) -> AsyncIterator[bytes]:  # pre-serialized BlobChunks (PreSerializedResponses)
-        if not self._fleet.is_registered(caller_id(context)):
+        pid = caller_id(context)
+        if not self._fleet.is_registered(pid):
             await abort(context, grpc.StatusCode.FAILED_PRECONDITION, "register before downloading")
         if not DIGEST.match(request.blob_id):
             await abort(
                 context, grpc.StatusCode.INVALID_ARGUMENT, "blob_id must be a sha256 hex digest"
+            )
+        if not self._fleet.may_download(pid, request.blob_id):
+            await abort(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"blob {request.blob_id} is not named by an open task of {pid}",
             )
         try:
             total = self._artifacts.size(request.blob_id)
@@ -166,7 +176,7 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
             await abort(
                 context, grpc.StatusCode.INVALID_ARGUMENT, "blob_id must be a sha256 hex digest"
             )
-        if self._artifacts.exists(request.blob_id):
+        if self._fleet.uploaded(pid, request.blob_id):
             return participant_pb2.UploadStatusResponse(complete=True)
         return participant_pb2.UploadStatusResponse(offset=self._spool.offset(pid, request.blob_id))
 
@@ -181,9 +191,12 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
         writer: SpoolWriter | None = None
         try:
             async for chunk in request_iterator:
+                check_known_fields(chunk)
                 if writer is None:
                     self._check_first_chunk(chunk)
-                    if self._artifacts.exists(chunk.blob_id):  # idempotent: already stored
+                    # Idempotent, but only for the sender's own uploads: knowing a digest
+                    # must not let a participant claim another's update as its own.
+                    if self._fleet.uploaded(pid, chunk.blob_id):
                         return participant_pb2.UploadBlobResponse(
                             blob_id=chunk.blob_id, size=self._artifacts.size(chunk.blob_id)
                         )
@@ -198,6 +211,10 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
                     f"offset {writer.size}"
                 )
             digest = await asyncio.to_thread(writer.finish)
+            self._fleet.record_upload(pid, digest)
+        except RequestRefused as exc:
+            self._metrics.rejected_results.labels("invalid_upload").inc()
+            await abort(context, exc.code, f"upload rejected: {exc.message}")
         except ValueError as exc:
             if writer is not None and writer.size != writer.total:
                 writer.close()  # keep the part: the participant may resume

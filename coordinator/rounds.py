@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from common.tasks import AdapterRef, EvalOutcome, ForgetSpec, TaskKind, TaskOutcome, TaskSpec
 from common.train_config import TrainConfig
@@ -94,7 +95,7 @@ def eval_validator(num_classes: int) -> Validator:
     return validate
 
 
-def merge_eval(outcomes: dict[str, TaskOutcome], num_classes: int) -> dict[str, object]:
+def merge_eval(outcomes: dict[str, TaskOutcome], num_classes: int) -> dict[str, Any]:
     """Federated evaluation: sum the per-class counts of every participant."""
     correct = [0] * num_classes
     total = [0] * num_classes

@@ -13,8 +13,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry, start_http_server
 
 from common.net import CHUNK_BYTES, TlsFiles, create_server
+from common.pki import read_auth_file
 from common.wire import CountingServerInterceptor, PreSerializedResponses
 from coordinator.artifacts import ArtifactStore
+from coordinator.auth import AuthInterceptor, AuthPolicy
 from coordinator.control_service import ControlServicer
 from coordinator.fleet import Fleet
 from coordinator.jobs import JobManager
@@ -54,6 +56,10 @@ class CoordinatorConfig:
     tls_ca: Path | None = dataclasses.field(
         default=None, metadata={"help": "CA that client certificates must chain to (mTLS)"}
     )
+    auth_file: Path | None = dataclasses.field(
+        default=None,
+        metadata={"help": "TOML of participant and operator token hashes (fusedctl certs init)"},
+    )
     log_level: str = "info"
     log_json: bool = False
 
@@ -73,6 +79,7 @@ class Coordinator:
         self._http: Any = None
         self.jobs: JobManager | None = None
         self.fleet: Fleet | None = None
+        self._reaper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -82,7 +89,10 @@ class Coordinator:
         artifacts.ensure()
         fleet = self.fleet = Fleet(store, cfg.offline_after_s)
         jobs = self.jobs = JobManager(store, artifacts, fleet, self.metrics)
-        for job_id in jobs.recover():
+        resumed, failed = jobs.recover()
+        for job_id in resumed:
+            log.warning("job %s was unfinished when the coordinator stopped: resuming", job_id)
+        for job_id in failed:
             log.warning("job %s was unfinished when the coordinator stopped: marked failed", job_id)
         self.metrics.bind_gauges(lambda: len(fleet.online_ids()), fleet.tasks_in_flight)
         interceptor = CountingServerInterceptor(
@@ -92,9 +102,10 @@ class Coordinator:
             ),
             hook=jobs.record_bytes,
         )
-        tls = TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.tls_ca) if cfg.tls_cert else None
         self._server, self.port = create_server(
-            cfg.listen, [interceptor, PreSerializedResponses()], tls
+            cfg.listen,
+            [interceptor, self._auth_interceptor(), PreSerializedResponses()],
+            self._tls(),
         )
         settings = FleetSettings(
             cfg.heartbeat_interval_s, cfg.poll_wait_s, CHUNK_BYTES, cfg.max_upload_mb << 20
@@ -114,6 +125,7 @@ class Coordinator:
             ControlServicer(store, artifacts, fleet, jobs, CHUNK_BYTES), self._server
         )
         await self._server.start()
+        self._reaper = asyncio.create_task(self._reap_silent(fleet))
         if cfg.metrics_port >= 0:
             self._http, _ = start_http_server(
                 cfg.metrics_port, cfg.metrics_address, registry=self.registry
@@ -126,11 +138,41 @@ class Coordinator:
             tmp.write_text(json.dumps(ready))
             tmp.replace(cfg.ready_file)
 
+    def _tls(self) -> TlsFiles | None:
+        cfg = self.config
+        if (cfg.tls_cert is None) != (cfg.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        if cfg.tls_ca is not None and cfg.tls_cert is None:
+            raise ValueError("tls_ca (client certificates) needs tls_cert and tls_key")
+        return TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.tls_ca) if cfg.tls_cert else None
+
+    def _auth_interceptor(self) -> AuthInterceptor:
+        cfg = self.config
+        tokens = read_auth_file(cfg.auth_file) if cfg.auth_file is not None else None
+        policy = AuthPolicy(tokens, client_certs=cfg.tls_ca is not None)
+        if not policy.required:
+            log.warning(
+                "authentication is off (no tls_ca, no auth_file): any caller may act as any "
+                "participant or operator; use only for local experiments"
+            )
+        return AuthInterceptor(policy, lambda code: self.metrics.rejected_calls.labels(code).inc())
+
+    async def _reap_silent(self, fleet: Fleet) -> None:
+        """Fail the tasks of participants that stopped beating, well before the deadline."""
+        period = max(0.05, min(1.0, self.config.offline_after_s / 4))
+        while True:
+            await asyncio.sleep(period)
+            for pid, task_ids in fleet.reap().items():
+                self.metrics.marked_offline.inc()
+                log.warning("participant %s went silent: marked offline, failed %s", pid, task_ids)
+
     async def wait(self) -> None:
         await self._server.wait_for_termination()
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Graceful: running jobs are marked failed, in-flight calls get grace_s to finish."""
+        if self._reaper is not None:
+            self._reaper.cancel()
         if self.jobs is not None:
             await self.jobs.shutdown()
         if self._server is not None:

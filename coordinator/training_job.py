@@ -12,6 +12,7 @@ from coordinator.job_steps import (
     ModelInfo,
     fedavg_rounds,
     federation_data,
+    last_checkpoint,
     wait_for_participants,
 )
 from coordinator.jobs import JobContext
@@ -19,7 +20,8 @@ from coordinator.state import ModelVersion
 from coordinator.versions import load_weights, new_id, set_active
 
 
-async def run_training(ctx: JobContext, spec: TrainingSpec) -> dict[str, Any]:
+async def run_training(ctx: JobContext, spec: TrainingSpec, resume: bool = False) -> dict[str, Any]:
+    """Train from init (or, resuming, from the last committed round)."""
     online = await wait_for_participants(ctx, spec.min_participants, spec.wait_for_participants_s)
     dataset, num_classes = federation_data(ctx, online)
     model = ModelInfo(spec.model or default_model_for(dataset), num_classes, dataset)
@@ -38,7 +40,10 @@ async def run_training(ctx: JobContext, spec: TrainingSpec) -> dict[str, Any]:
         spec.round_deadline_s,
         spec.evaluate_each_round,
     )
-    blob, history = await fedavg_rounds(ctx, model, plan, weights, schema_of(weights))
+    start = last_checkpoint(ctx, plan.phase) if resume else None
+    if start is not None:
+        ctx.emit("job_resumed", plan.phase, start.round, f"resuming after round {start.round}")
+    blob, history = await fedavg_rounds(ctx, model, plan, weights, schema_of(weights), start)
     accuracy = history[-1]["accuracy"]
     version = ModelVersion(
         version_id=new_id("m"),

@@ -4,14 +4,13 @@ retrain / finetune baselines, each from the same base version with the same budg
 from __future__ import annotations
 
 import asyncio
-import random
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import torch
 
-from common.adapter_codec import decode_adapter, encode_adapter
+from common.adapter_codec import VALUE_DTYPES, decode_adapter, encode_adapter
 from common.adapters import AdapterLayout, build_layout, merge_weights, zero_values
 from common.fedavg import fedavg, weighted_mean
 from common.models import count_parameters, init_model
@@ -30,7 +29,6 @@ from coordinator.job_steps import (
     federation_data,
     finish_round,
     seeded,
-    select_participants,
     upload_validator,
     wait_for_participants,
 )
@@ -128,16 +126,19 @@ async def adapter_rounds(
     """Train only the adapter values on the remaining data; FedAvg them for I rounds."""
     values = zero_values(layout)
     values_blob = ""  # round 1 starts from zeros: nothing to download
-    rng = random.Random(spec.seed)
     history: list[dict[str, Any]] = []
     for r in range(1, spec.rounds + 1):
         started = ctx.clock()
         ctx.progress("adapter", r)
-        chosen = select_participants(eligible(ctx, spec.forget), 0, rng)
+        chosen = eligible(ctx, spec.forget)  # every participant with remaining data
         ref = AdapterRef(
             layout.names, layout.density, mask_seed, layout.digest, values_blob, spec.upload_dtype
         )
         ctx.emit("round_started", "adapter", r, f"adapter round {r}: {len(chosen)} participants")
+        expected = expected_adapter_round_bytes(
+            layout.num_values, spec.upload_dtype, r, len(chosen)
+        )
+        ctx.metrics.expected_round_bytes.labels("adapter").set(expected)
         decoded: dict[str, dict[str, torch.Tensor]] = {}
         plan = RoundPlan(
             "adapter",
@@ -173,6 +174,16 @@ async def adapter_rounds(
             metrics.update({"accuracy": ev["accuracy"], "fa": ev["fa"]})
         history.append({"round": r, **metrics})
     return values, values_blob, history
+
+
+CONTROL_ALLOWANCE_BYTES = 4096  # per participant and round: task, result, framing, heartbeats
+
+
+def expected_adapter_round_bytes(num_values: int, dtype: str, r: int, participants: int) -> int:
+    """Values up in `dtype`, float32 values down from round 2, plus the control allowance."""
+    up = num_values * VALUE_DTYPES[dtype].itemsize
+    down = num_values * 4 if r > 1 else 0
+    return participants * (up + down + CONTROL_ALLOWANCE_BYTES)
 
 
 async def run_fused(

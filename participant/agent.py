@@ -54,6 +54,7 @@ class AgentSettings:
     coordinator: str
     participant_id: str
     tls: TlsFiles | None = None
+    token: str | None = None  # bearer token; never logged
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     max_download_bytes: int = 1 << 30
@@ -118,7 +119,7 @@ class Agent:
                 backoff = min(backoff * 2, self._settings.backoff_max_s)
 
     def _session(self, stop: threading.Event) -> None:
-        raw = create_channel(self._settings.coordinator, self._settings.tls)
+        raw = create_channel(self._settings.coordinator, self._settings.tls, self._settings.token)
         channel = CountingChannel(raw, self._metrics.wire, self._pid)
         self._channel = channel
         stub = participant_pb2_grpc.ParticipantServiceStub(channel)

@@ -16,6 +16,7 @@ from common.config import ConfigError, load_config
 from common.data.shards import load_shard
 from common.logs import setup_logging
 from common.net import TlsFiles
+from common.pki import read_token_file
 from participant.agent import Agent, AgentSettings, ParticipantMetrics
 
 
@@ -42,6 +43,9 @@ class ParticipantConfig:
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    token_file: Path | None = dataclasses.field(
+        default=None, metadata={"help": "file holding this participant's bearer token"}
+    )
     log_level: str = "info"
     log_json: bool = False
 
@@ -56,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             description="FUSED participant agent",
         )
         shard = load_shard(cfg.data_dir)
+        token = read_token_file(cfg.token_file) if cfg.token_file is not None else None
     except (ConfigError, ValueError, OSError) as exc:
         print(f"fused-participant: {exc}", file=sys.stderr)
         return 2
@@ -74,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         coordinator=cfg.coordinator,
         participant_id=cfg.participant_id or shard.meta.participant_id,
         tls=tls,
+        token=token,
         backoff_max_s=cfg.backoff_max_s,
     )
     agent = Agent(settings, shard, metrics)

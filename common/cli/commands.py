@@ -11,7 +11,8 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 
 from common.cli.tables import human_bytes, table, when
-from common.net import create_channel
+from common.net import TlsFiles, create_channel
+from common.pki import read_token_file
 from common.serde import (
     forget_to_proto,
     job_from_proto,
@@ -32,7 +33,12 @@ class CliError(Exception):
 
 
 def _stub(args: argparse.Namespace) -> control_pb2_grpc.ControlServiceStub:
-    return control_pb2_grpc.ControlServiceStub(create_channel(args.coordinator))
+    tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_ca else None
+    try:
+        token = read_token_file(args.token_file) if args.token_file else None
+    except (OSError, ValueError) as exc:
+        raise CliError(f"cannot read the token: {exc}") from exc
+    return control_pb2_grpc.ControlServiceStub(create_channel(args.coordinator, tls, token))
 
 
 def _emit(args: argparse.Namespace, payload: Any, text: Callable[[], str]) -> None:

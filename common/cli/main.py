@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 
+from common.cli import certs
 from common.cli.commands import (
     DEFAULT_COORDINATOR,
     CliError,
@@ -38,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="coordinator address host:port (env FUSED_COORDINATOR)",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    _credential_flags(parser)
     sub = parser.add_subparsers(dest="command", required=True)
+    certs.add_parser(sub)
 
     train = sub.add_parser("train", help="start a federated training job")
     defaults = TrainConfig()
@@ -156,10 +159,28 @@ def _forget_options(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--trigger-target", type=int, default=0, help="--samples: its label")
 
 
+def _credential_flags(parser: argparse.ArgumentParser) -> None:
+    """TLS files and the operator token; each also from a FUSED_* environment variable."""
+    for flag, help_text in (
+        ("--tls-ca", "CA that signed the coordinator's certificate: turns TLS on"),
+        ("--tls-cert", "operator client certificate (mutual TLS)"),
+        ("--tls-key", "its private key"),
+        ("--token-file", "file holding the operator's bearer token"),
+    ):
+        env = "FUSED_" + flag[2:].upper().replace("-", "_")
+        value = os.environ.get(env)
+        parser.add_argument(
+            flag, type=Path, default=Path(value) if value else None, help=f"{help_text} (env {env})"
+        )
+
+
 _HINTS = {
     grpc.StatusCode.UNAVAILABLE: "is fused-coordinator running there? (--coordinator or "
     "FUSED_COORDINATOR)",
-    grpc.StatusCode.UNAUTHENTICATED: "check your credentials",
+    grpc.StatusCode.UNAUTHENTICATED: "pass the operator's credentials: --token-file, or "
+    "--tls-ca with --tls-cert/--tls-key (made by `fusedctl certs init`)",
+    grpc.StatusCode.PERMISSION_DENIED: "control calls need an operator credential, not a "
+    "participant's",
     grpc.StatusCode.NOT_FOUND: "list what exists with `fusedctl jobs` or `fusedctl models`",
 }
 

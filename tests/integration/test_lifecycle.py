@@ -133,7 +133,7 @@ def test_bad_participant_calls_are_refused_and_the_coordinator_stays_up(
                     participant_pb2.DownloadBlobRequest(blob_id="a" * 64), metadata=md
                 )
             ),
-            grpc.StatusCode.NOT_FOUND,
+            grpc.StatusCode.PERMISSION_DENIED,  # no open task of p0 names it
         ),
         (
             lambda: stub.PushResult(
