@@ -108,6 +108,8 @@ def entropy_bound_bytes(n: int, count: int) -> float:
 
 def varint(value: int) -> bytes:
     """LEB128, as protobuf and this format write unsigned integers."""
+    if not 0 <= value < 1 << 64:  # a negative value would never terminate the loop
+        raise ValueError(f"varint value must be in [0, 2**64), got {value}")
     out = bytearray()
     while True:
         byte = value & 0x7F
@@ -156,6 +158,15 @@ def _as_positions(indices: torch.Tensor | npt.NDArray[np.integer], n: int) -> In
     if out.size > 1 and not bool(np.all(out[1:] > out[:-1])):
         raise ValueError("positions must be strictly increasing (sorted, no duplicates)")
     return out
+
+
+def _check_positions(positions: Int64Array, n: int) -> None:
+    """Decoded positions must be strictly increasing and in [0, n)."""
+    if positions.size:
+        if int(positions[0]) < 0 or int(positions[-1]) >= n:
+            raise PositionCodecError(f"position payload holds positions outside [0, {n})")
+        if positions.size > 1 and not bool(np.all(positions[1:] > positions[:-1])):
+            raise PositionCodecError("position payload's positions are not strictly increasing")
 
 
 def _gaps(positions: Int64Array) -> Int64Array:
@@ -257,7 +268,10 @@ def _golomb_decode(body: bytes, n: int, max_count: int | None, complement: bool)
         if not 1 <= m <= n:
             raise PositionCodecError(f"Golomb parameter m={m} is outside [1, n={n}]")
         positions = _golomb_stream(body[pos:], n, count, m)
-    return _complement(positions, n) if complement else positions
+    if complement:
+        _check_positions(positions, n)  # before indexing with them
+        return _complement(positions, n)
+    return positions
 
 
 def _golomb_stream(stream: bytes, n: int, count: int, m: int) -> Int64Array:
@@ -469,11 +483,7 @@ def decode_positions(data: bytes, n: int, max_count: int | None = None) -> torch
         positions = _planes_decode(body, n, max_count)
     else:
         positions = _bitmap_decode(body, n, max_count)
-    if positions.size:
-        if int(positions[0]) < 0 or int(positions[-1]) >= n:
-            raise PositionCodecError(f"position payload holds positions outside [0, {n})")
-        if positions.size > 1 and not bool(np.all(positions[1:] > positions[:-1])):
-            raise PositionCodecError("position payload's positions are not strictly increasing")
+    _check_positions(positions, n)
     stored = int.from_bytes(data[-_CRC_BYTES:], "little")
     if zlib.crc32(data[:-_CRC_BYTES]) != stored:
         raise PositionCodecError("position payload is corrupt: CRC-32 mismatch")

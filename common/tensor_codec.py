@@ -35,6 +35,7 @@ __all__ = [
 
 DEFAULT_MAX_BYTES = 512 * 2**20
 MAX_HEADER_BYTES = 2**20
+MAX_DIMS = 64  # torch's elementwise kernels refuse tensors with more dimensions
 METADATA_KEY = "__metadata__"
 _ENTRY_KEYS = frozenset({"dtype", "shape", "data_offsets"})
 
@@ -196,7 +197,9 @@ def _parse_header(data: bytes, max_bytes: int) -> tuple[list[_Entry], dict[str, 
         header = json.loads(
             text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
         )
-    except json.JSONDecodeError as exc:
+    except CodecError:
+        raise
+    except (ValueError, RecursionError) as exc:  # also: too-deep nesting, overlong integers
         raise CodecError(f"header is not valid JSON: {exc}") from exc
     if not isinstance(header, dict):
         raise CodecError(f"header must be a JSON object, got {type(header).__name__}")
@@ -263,6 +266,8 @@ def _parse_entry(name: str, value: Any, buffer_len: int) -> _Entry:
         raise CodecError(
             f"tensor {name!r}: shape must be a list of non-negative integers, got {shape!r}"
         )
+    if len(shape) > MAX_DIMS:
+        raise CodecError(f"tensor {name!r}: {len(shape)} dimensions, more than {MAX_DIMS}")
     offsets = value["data_offsets"]
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets):
         raise CodecError(f"tensor {name!r}: data_offsets must be two integers, got {offsets!r}")

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 import grpc
 import grpc.aio
+from google.protobuf.message import DecodeError
 
 from common.blobwire import encode_blob_chunk
 from common.serde import outcome_from_proto, task_to_proto
-from coordinator.artifacts import ArtifactStore, MissingArtifactError
+from coordinator.artifacts import ArtifactStore, CorruptArtifactError, MissingArtifactError
 from coordinator.auth import RequestRefused, check_known_fields
 from coordinator.fleet import Fleet, NotRegisteredError, TaskClosedError
 from coordinator.grpc_util import Context, abort, bound_participant, caller_id
@@ -154,8 +155,13 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
             )
         try:
             total = self._artifacts.size(request.blob_id)
+            # Checked before the first byte goes out: a corrupt artifact is never served.
+            await asyncio.to_thread(self._artifacts.verify, request.blob_id)
         except MissingArtifactError:
             await abort(context, grpc.StatusCode.NOT_FOUND, f"no artifact {request.blob_id}")
+        except CorruptArtifactError as exc:
+            log.error("refused to serve %s: %s", request.blob_id, exc)
+            await abort(context, grpc.StatusCode.DATA_LOSS, str(exc))
         if request.offset > total:
             await abort(context, grpc.StatusCode.OUT_OF_RANGE, f"offset beyond size {total}")
         offset = 0
@@ -215,6 +221,13 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
         except RequestRefused as exc:
             self._metrics.rejected_results.labels("invalid_upload").inc()
             await abort(context, exc.code, f"upload rejected: {exc.message}")
+        except DecodeError:
+            self._metrics.rejected_results.labels("invalid_upload").inc()
+            await abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "upload rejected: a chunk is not a valid fused.v1.BlobChunk message",
+            )
         except ValueError as exc:
             if writer is not None and writer.size != writer.total:
                 writer.close()  # keep the part: the participant may resume
@@ -233,5 +246,13 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
                 f"upload of {chunk.total_size} bytes exceeds the limit of "
                 f"{self._settings.max_upload_bytes}"
             )
-        if chunk.job_id and self._store.get_job(chunk.job_id) is None:
-            raise ValueError(f"upload names unknown job {chunk.job_id!r}")
+        if chunk.job_id:
+            job = self._store.get_job(chunk.job_id)
+            if job is None:
+                raise ValueError(f"upload names unknown job {chunk.job_id!r}")
+            # Rounds only go up: a round past the job's current one is none it has dispatched.
+            if chunk.round > job.round:
+                raise ValueError(
+                    f"upload names round {chunk.round} of job {chunk.job_id!r}, which has not "
+                    f"reached it (current round {job.round})"
+                )

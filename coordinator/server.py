@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from grpc_health.v1 import _async as health_aio  # health.aio, which mypy cannot see
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from common.net import CHUNK_BYTES, TlsFiles, create_server
@@ -24,9 +27,14 @@ from coordinator.metrics import CoordinatorMetrics
 from coordinator.participant_service import FleetSettings, ParticipantServicer
 from coordinator.state import StateStore, open_store
 from coordinator.uploads import UploadSpool
-from proto.fused.v1 import control_pb2_grpc, participant_pb2_grpc
+from proto.fused.v1 import control_pb2, control_pb2_grpc, participant_pb2, participant_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+SERVICES = (
+    participant_pb2.DESCRIPTOR.services_by_name["ParticipantService"].full_name,
+    control_pb2.DESCRIPTOR.services_by_name["ControlService"].full_name,
+)
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,7 @@ class Coordinator:
         self.jobs: JobManager | None = None
         self.fleet: Fleet | None = None
         self._reaper: asyncio.Task[None] | None = None
+        self._health = health_aio.HealthServicer()
 
     async def start(self) -> None:
         cfg = self.config
@@ -124,7 +133,14 @@ class Coordinator:
         control_pb2_grpc.add_ControlServiceServicer_to_server(
             ControlServicer(store, artifacts, fleet, jobs, CHUNK_BYTES), self._server
         )
+        # The standard health and reflection services, so probes and grpcurl-style tools work.
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
         await self._server.start()
+        for service in ("", *SERVICES):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._reaper = asyncio.create_task(self._reap_silent(fleet))
         if cfg.metrics_port >= 0:
             self._http, _ = start_http_server(
@@ -171,6 +187,7 @@ class Coordinator:
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Graceful: running jobs are marked failed, in-flight calls get grace_s to finish."""
+        await self._health.enter_graceful_shutdown()  # probes see NOT_SERVING while we drain
         if self._reaper is not None:
             self._reaper.cancel()
         if self.jobs is not None:

@@ -61,6 +61,19 @@ class AgentSettings:
     cache_bytes: int = 512 << 20
 
 
+# Answers that retrying the same task cannot change (a corrupt artifact, a refused upload):
+# the task is reported failed instead of retried until its deadline.
+_TASK_FATAL = frozenset(
+    {
+        grpc.StatusCode.DATA_LOSS,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.OUT_OF_RANGE,
+    }
+)
+
+
 class ReRegister(Exception):
     """The coordinator no longer knows us: start a new session."""
 
@@ -225,6 +238,14 @@ class Agent:
         except (ValueError, RuntimeError) as exc:  # bad weights, shape mismatch, ...
             log.exception("task %s failed", task.task_id)
             outcome = TaskOutcome(self._pid, task.task_id, error=f"{type(exc).__name__}: {exc}")
+            status = "error"
+        except grpc.RpcError as exc:
+            if exc.code() not in _TASK_FATAL:
+                raise  # the connection: a new session retries the task
+            log.error("task %s failed: %s: %s", task.task_id, exc.code().name, exc.details())
+            outcome = TaskOutcome(
+                self._pid, task.task_id, error=f"{exc.code().name}: {exc.details()}"
+            )
             status = "error"
         finally:
             self._busy.clear()
