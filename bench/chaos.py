@@ -65,6 +65,7 @@ class Chaos:
         for pid in PARTICIPANTS:
             self.start(pid)
         self.fed.wait_online(len(PARTICIPANTS))
+        self.control = self.fed.control()  # one channel; it reconnects across restarts
 
     def start(self, pid: str) -> None:
         self.fed.start_participant(self.shards / pid, *AGENT_ARGS, name=pid)
@@ -89,11 +90,29 @@ class Chaos:
             seed=seed,
             wait_for_participants_s=60,
         )
-        job = self.fed.control().StartTraining(control_pb2.StartTrainingRequest(spec=spec))
+        job = self.control.StartTraining(control_pb2.StartTrainingRequest(spec=spec))
+        return str(job.job_id)
+
+    def unlearn(self, base_version: str, forget_pid: str, seed: int = 5) -> str:
+        spec = control_pb2.UnlearningSpec(
+            base_version=base_version,
+            forget=common_pb2.ForgetSpec(paradigm="participant", participant_id=forget_pid),
+            method="fused",
+            rounds=4,
+            train=common_pb2.TrainConfig(local_epochs=1, lr=0.05, batch_size=32, seed=seed),
+            top_k=2,
+            density=0.1,
+            min_participants=2,
+            round_deadline_s=DEADLINE_S,
+            wait_for_participants_s=60,
+            seed=seed,
+            evaluate_each_round=True,
+        )
+        job = self.control.StartUnlearning(control_pb2.StartUnlearningRequest(spec=spec))
         return str(job.job_id)
 
     def job(self, job_id: str) -> control_pb2.JobInfo:
-        reply: control_pb2.JobInfo = self.fed.control().GetJob(
+        reply: control_pb2.JobInfo = self.control.GetJob(
             control_pb2.GetJobRequest(job_id=job_id), timeout=10
         )
         return reply
@@ -118,7 +137,7 @@ class Chaos:
         return self.wait_until(job_id, lambda j: j.status in ("completed", "failed"))
 
     def online(self) -> set[str]:
-        reply = self.fed.control().ListParticipants(control_pb2.ListParticipantsRequest())
+        reply = self.control.ListParticipants(control_pb2.ListParticipantsRequest())
         return {p.participant_id for p in reply.participants if p.online}
 
     def close(self) -> None:
@@ -131,7 +150,7 @@ def committed(info: control_pb2.JobInfo, phase: str = "train") -> list[control_p
 
 def shard_sizes(chaos: Chaos) -> dict[str, int]:
     """Training samples each participant registered with."""
-    reply = chaos.fed.control().ListParticipants(control_pb2.ListParticipantsRequest())
+    reply = chaos.control.ListParticipants(control_pb2.ListParticipantsRequest())
     return {p.participant_id: p.num_train for p in reply.participants}
 
 
@@ -212,31 +231,52 @@ def silent_participant_marked_offline(chaos: Chaos) -> str:
     )
 
 
-def coordinator_killed_mid_job(chaos: Chaos) -> str:
-    """SIGKILL the coordinator after round 2 commits; the restarted one resumes and ends with
-    the same model, bit for bit, as an uninterrupted run with the same seeds."""
-    reference = chaos.finished(chaos.train(rounds=4, min_participants=3, seed=11))
+def _killed_and_resumed(
+    chaos: Chaos, start: Callable[[], str], phase: str, after_round: int
+) -> tuple[str, int]:
+    """Run `start` twice: once undisturbed, once with the coordinator SIGKILLed after
+    `after_round` rounds of `phase` commit. Returns (final model sha256, resumed-after round)."""
+    reference = chaos.finished(start())
     check(reference.status == "completed", f"reference job {reference.status}: {reference.reason}")
     reference_sha = export_sha256(chaos.fed, result_version(reference))
-    job_id = chaos.train(rounds=4, min_participants=3, seed=11)
-    chaos.wait_until(job_id, lambda j: len(committed(j)) >= 2)
+    job_id = start()
+    chaos.wait_until(job_id, lambda j: len(committed(j, phase)) >= after_round)
     chaos.restart_coordinator_after_kill()
     killed_at = time.time()
     info = chaos.finished(job_id)
     check(info.status == "completed", f"resumed job {info.status}: {info.reason}")
-    events = list(chaos.fed.control().WatchJob(control_pb2.WatchJobRequest(job_id=job_id)))
-    resumed = [e for e in events if e.kind == "job_resumed"]
-    check(len(resumed) == 1, f"expected one job_resumed event, saw {len(resumed)}")
-    after = resumed[0].round
-    redone = [r.round for r in committed(info) if r.round <= after and r.started_at > killed_at]
-    check(after >= 2 and not redone, f"resumed after round {after}; rounds redone: {redone}")
+    events = list(chaos.control.WatchJob(control_pb2.WatchJobRequest(job_id=job_id)))
+    check(sum(e.kind == "job_resumed" for e in events) == 1, "expected one job_resumed event")
+    kept = [r.round for r in committed(info, phase) if r.started_at < killed_at]
+    redone = [
+        r.round for r in committed(info, phase) if r.round in kept and r.started_at > killed_at
+    ]
+    check(len(kept) >= after_round and not redone, f"kept rounds {kept}; redone {redone}")
     sha = export_sha256(chaos.fed, result_version(info))
-    check(
-        sha == reference_sha, f"final model {sha[:12]} differs from reference {reference_sha[:12]}"
+    check(sha == reference_sha, f"final model {sha[:12]} differs from {reference_sha[:12]}")
+    return sha, max(kept)
+
+
+def coordinator_killed_mid_training(chaos: Chaos) -> str:
+    """SIGKILL the coordinator after training round 2 commits; the restarted one resumes and
+    ends with the same model, bit for bit, as an uninterrupted run with the same seeds."""
+    sha, after = _killed_and_resumed(
+        chaos, lambda: chaos.train(rounds=4, min_participants=3, seed=11), "train", 2
     )
     return (
-        f"coordinator SIGKILLed after round {after} committed; the job resumed at round "
-        f"{after + 1} and its final model equals the uninterrupted run's (sha256 {sha[:16]})"
+        f"coordinator SIGKILLed after training round {after} committed; the job resumed at "
+        f"round {after + 1}; final model equals the uninterrupted run's (sha256 {sha[:16]})"
+    )
+
+
+def coordinator_killed_mid_unlearning(chaos: Chaos) -> str:
+    """The same for a FUSED unlearning job, killed after adapter round 2."""
+    base = result_version(chaos.finished(chaos.train(rounds=2, min_participants=3, seed=3)))
+    sha, after = _killed_and_resumed(chaos, lambda: chaos.unlearn(base, "p2"), "adapter", 2)
+    return (
+        f"coordinator SIGKILLed after adapter round {after} committed; the unlearning job "
+        f"resumed (sensitivity ranking and adapter values kept) and its merged model equals "
+        f"the uninterrupted run's (sha256 {sha[:16]})"
     )
 
 
@@ -244,7 +284,7 @@ def corrupted_artifact_refused(chaos: Chaos) -> str:
     """Flip one byte of a stored model: exports and downloads of it fail with DATA_LOSS."""
     info = chaos.finished(chaos.train(rounds=1, min_participants=3))
     version = result_version(info)
-    models = chaos.fed.control().ListModels(control_pb2.ListModelsRequest())
+    models = chaos.control.ListModels(control_pb2.ListModelsRequest())
     digest = next(m.digest for m in models.models if m.version_id == version)
     assert chaos.fed.coordinator is not None
     chaos.fed.coordinator.kill()  # the file changes while no process has it verified
@@ -265,7 +305,7 @@ def corrupted_artifact_refused(chaos: Chaos) -> str:
     chaos.start("p0")
     chaos.fed.wait_online(len(PARTICIPANTS))
     request = control_pb2.StartEvaluationRequest(version_id=version, round_deadline_s=30)
-    evaluation = chaos.fed.control().StartEvaluation(request)
+    evaluation = chaos.control.StartEvaluation(request)
     ev = chaos.finished(evaluation.job_id)
     failures = json.loads(committed(ev, "evaluate")[0].metrics_json)["failures"]
     check("DATA_LOSS" in failures.get("p0", ""), f"p0's evaluation: {failures}")
@@ -291,7 +331,8 @@ def quorum_lost_fails_clearly(chaos: Chaos) -> str:
 SCENARIOS: list[Callable[[Chaos], str]] = [
     participant_killed_mid_round,
     silent_participant_marked_offline,
-    coordinator_killed_mid_job,
+    coordinator_killed_mid_training,
+    coordinator_killed_mid_unlearning,
     corrupted_artifact_refused,
     quorum_lost_fails_clearly,
 ]

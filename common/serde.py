@@ -415,3 +415,15 @@ def model_from_proto(msg: control_pb2.ModelVersionInfo) -> tuple[ModelVersion, b
 def forget_from_dict(data: dict[str, Any]) -> ForgetSpec:
     """A ForgetSpec from its stored JSON form (dataclasses.asdict)."""
     return ForgetSpec(**{**data, "sample_ids": tuple(data.get("sample_ids", ()))})
+
+
+def unlearning_spec_from_dict(data: dict[str, Any]) -> UnlearningSpec:
+    """An UnlearningSpec from its stored JSON form (UnlearningSpec.to_dict)."""
+    return UnlearningSpec(
+        **{
+            **data,
+            "forget": forget_from_dict(data["forget"]),
+            "train": TrainConfig(**data.get("train", {})),
+            "layers": tuple(data.get("layers", ())),
+        }
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,6 +106,9 @@ def upload_validator(
         if t is None:
             raise ValueError("expected a training result (uploaded tensors) for this task")
         check_examples(ctx, outcome, t.num_examples)
+        for field, value in (("mean_loss", t.mean_loss), ("seconds", t.seconds)):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{field} {value} is not a finite, non-negative number")
         if not ctx.fleet.uploaded(outcome.participant_id, t.update_blob_id):
             raise ValueError(
                 f"{outcome.participant_id} has not uploaded {t.update_blob_id}: upload before "
@@ -193,6 +197,9 @@ async def evaluate_model(
     return metrics
 
 
+HISTORY_KEYS = ("train_loss", "num_examples")
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """The last committed round of a phase: its aggregate model and the history so far."""
@@ -202,26 +209,32 @@ class Checkpoint:
     history: list[dict[str, Any]]
 
 
-def last_checkpoint(ctx: JobContext, phase: str) -> Checkpoint | None:
-    """A round is committed once its record (naming the aggregate's blob) is stored."""
+def committed_round(ctx: JobContext, phase: str, r: int) -> dict[str, Any] | None:
+    """The stored metrics of a finished round, if the job already committed it."""
+    for record in ctx.store.list_rounds(ctx.job_id):
+        if record.phase == phase and record.round == r:
+            return record.metrics
+    return None
+
+
+def last_checkpoint(ctx: JobContext, phase: str, key: str = "model") -> Checkpoint | None:
+    """A round is committed once its record (naming its aggregate's blob under `key`) is
+    stored; returns the latest, with the history of the rounds up to it."""
     records = ctx.store.list_rounds(ctx.job_id)
-    committed = [r for r in records if r.phase == phase and "model" in r.metrics]
+    committed = sorted(
+        (r for r in records if r.phase == phase and key in r.metrics), key=lambda r: r.round
+    )
     if not committed:
         return None
     evals = {r.round: r.metrics for r in records if r.phase == "evaluate"}
     history = []
-    for record in sorted(committed, key=lambda r: r.round):
-        m = record.metrics
-        entry = {
-            "round": record.round,
-            "train_loss": m.get("train_loss"),
-            "num_examples": m.get("num_examples"),
-        }
+    for record in committed:
+        entry = {"round": record.round}
+        entry.update({k: record.metrics[k] for k in HISTORY_KEYS if k in record.metrics})
         if record.round in evals:
             entry.update(accuracy=evals[record.round]["accuracy"], fa=evals[record.round]["fa"])
         history.append(entry)
-    last = max(committed, key=lambda r: r.round)
-    return Checkpoint(last.round, str(last.metrics["model"]), history)
+    return Checkpoint(committed[-1].round, str(committed[-1].metrics[key]), history)
 
 
 async def fedavg_rounds(

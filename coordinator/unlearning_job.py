@@ -23,11 +23,13 @@ from coordinator.job_steps import (
     ModelInfo,
     check_examples,
     check_quorum,
+    committed_round,
     eligible,
     evaluate_model,
     fedavg_rounds,
     federation_data,
     finish_round,
+    last_checkpoint,
     seeded,
     upload_validator,
     wait_for_participants,
@@ -72,6 +74,10 @@ async def critical_layers(
 ) -> list[dict[str, Any]]:
     """CLI: every online participant trains one round and reports per-tensor L1 distances;
     rank tensors by their sample-weighted mean distance."""
+    done = committed_round(ctx, "sensitivity", 1)
+    if done is not None:  # a resumed job keeps the ranking it committed
+        ranking: list[dict[str, Any]] = done["ranking"]
+        return ranking
     started = ctx.clock()
     ctx.progress("sensitivity", 1)
     shapes = {
@@ -123,11 +129,17 @@ async def critical_layers(
 async def adapter_rounds(
     ctx: JobContext, spec: UnlearningSpec, base: Base, layout: AdapterLayout, mask_seed: int
 ) -> tuple[dict[str, torch.Tensor], str, list[dict[str, Any]]]:
-    """Train only the adapter values on the remaining data; FedAvg them for I rounds."""
-    values = zero_values(layout)
-    values_blob = ""  # round 1 starts from zeros: nothing to download
-    history: list[dict[str, Any]] = []
-    for r in range(1, spec.rounds + 1):
+    """Train only the adapter values on the remaining data; FedAvg them for I rounds (after
+    the last committed one, when resuming)."""
+    start = last_checkpoint(ctx, "adapter", key="values")
+    if start is None:
+        values, values_blob = zero_values(layout), ""  # round 1 starts from zeros
+        history: list[dict[str, Any]] = []
+    else:
+        values_blob, history = start.blob, list(start.history)
+        data = await asyncio.to_thread(ctx.artifacts.get_bytes, values_blob)
+        values = decode_adapter(data, layout)
+    for r in range(start.round + 1 if start else 1, spec.rounds + 1):
         started = ctx.clock()
         ctx.progress("adapter", r)
         chosen = eligible(ctx, spec.forget)  # every participant with remaining data
@@ -164,16 +176,32 @@ async def adapter_rounds(
         loss = weighted_mean(
             [(o.train.mean_loss, o.train.num_examples) for o in outcomes if o.train]
         )
-        metrics: dict[str, Any] = {"train_loss": loss}
-        finish_round(ctx, "adapter", r, started, result, metrics)
+        finish_round(
+            ctx, "adapter", r, started, result, {"train_loss": loss, "values": values_blob}
+        )
+        history.append({"round": r, "train_loss": loss})
         if spec.evaluate_each_round or r == spec.rounds:
-            ref = AdapterRef(layout.names, layout.density, mask_seed, layout.digest, values_blob)
-            ev = await evaluate_model(
-                ctx, base.model, r, base.version.digest, spec.round_deadline_s, spec.forget, ref
-            )
-            metrics.update({"accuracy": ev["accuracy"], "fa": ev["fa"]})
-        history.append({"round": r, **metrics})
+            await evaluate_adapter(ctx, spec, base, layout, mask_seed, values_blob, history[-1])
+    if "accuracy" not in history[-1]:  # resumed after the last aggregate
+        await evaluate_adapter(ctx, spec, base, layout, mask_seed, values_blob, history[-1])
     return values, values_blob, history
+
+
+async def evaluate_adapter(
+    ctx: JobContext,
+    spec: UnlearningSpec,
+    base: Base,
+    layout: AdapterLayout,
+    mask_seed: int,
+    values_blob: str,
+    entry: dict[str, Any],
+) -> None:
+    ref = AdapterRef(layout.names, layout.density, mask_seed, layout.digest, values_blob)
+    r = entry["round"]
+    ev = await evaluate_model(
+        ctx, base.model, r, base.version.digest, spec.round_deadline_s, spec.forget, ref
+    )
+    entry.update({"accuracy": ev["accuracy"], "fa": ev["fa"]})
 
 
 CONTROL_ALLOWANCE_BYTES = 4096  # per participant and round: task, result, framing, heartbeats
@@ -229,7 +257,8 @@ async def run_full_model(
         spec.forget,
         phase=spec.method,
     )
-    blob, history = await fedavg_rounds(ctx, base.model, plan, weights, schema_of(weights))
+    start = last_checkpoint(ctx, plan.phase)
+    blob, history = await fedavg_rounds(ctx, base.model, plan, weights, schema_of(weights), start)
     return new_version(ctx, base, "base", blob, {}), {"history": history}
 
 
@@ -249,10 +278,15 @@ def new_version(
     )
 
 
-async def run_unlearning(ctx: JobContext, spec: UnlearningSpec) -> dict[str, Any]:
+async def run_unlearning(
+    ctx: JobContext, spec: UnlearningSpec, resume: bool = False
+) -> dict[str, Any]:
+    """Unlearn from the base version; resuming, committed rounds are kept, not redone."""
     started = ctx.clock()
     base = await resolve_base(ctx, spec)
-    before = await evaluate_model(
+    if resume:
+        ctx.emit("job_resumed", "", 0, "resuming after the last committed round")
+    before = committed_round(ctx, "evaluate", 0) or await evaluate_model(
         ctx, base.model, 0, base.version.digest, spec.round_deadline_s, spec.forget
     )
     if spec.method == "fused":
