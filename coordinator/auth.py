@@ -23,6 +23,7 @@ import grpc.aio
 from google.protobuf import unknown_fields
 from google.protobuf.message import Message
 
+from common.logs import set_log_fields
 from common.pki import OPERATOR, PARTICIPANT, AuthFile, Identity, identity_from_cert, valid_name
 from common.wire import MD_PARTICIPANT
 
@@ -225,5 +226,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 log.warning("refused %s from %s: %s", method, context.peer(), exc.message)
                 await context.abort(exc.code, exc.message)
             current_identity.set(identity)
+            if identity is not None and identity.role == PARTICIPANT:
+                set_log_fields(participant=identity.name)  # the handler's records name the caller
 
         return check

@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.serde import forget_from_dict
+from common.logs import set_log_fields
+from common.serde import forget_from_dict, unlearning_spec_from_dict
 from common.specs import SpecError, TrainingSpec, UnlearningSpec
 from common.tasks import ForgetSpec
 from common.wire import MD_JOB, MD_PARTICIPANT, MD_PHASE, MD_ROUND
@@ -62,15 +63,26 @@ class JobContext:
 
     def progress(self, phase: str, round_number: int) -> None:
         self.store.update_job(self.job_id, phase=phase, round=round_number)
+        # Called in the job's own task: later records of this job carry the phase and round.
+        set_log_fields(phase=phase, round=round_number)
+        log.info("%s round %d started", phase, round_number)
 
 
 JobBody = Callable[[JobContext], Awaitable[dict[str, Any]]]
 
 
-def _resumed_training(spec: TrainingSpec) -> JobBody:
-    from coordinator.training_job import run_training  # the job body imports us back
+def _resumed(job: JobRecord) -> JobBody | None:
+    """The body that continues `job` from its last committed round (None: cannot resume)."""
+    from coordinator.training_job import run_training  # the job bodies import us back
+    from coordinator.unlearning_job import run_unlearning
 
-    return lambda ctx: run_training(ctx, spec, resume=True)
+    if job.kind == "train":
+        training = TrainingSpec.from_dict(job.spec)
+        return lambda ctx: run_training(ctx, training, resume=True)
+    if job.kind == "unlearn":
+        unlearning = unlearning_spec_from_dict(job.spec)
+        return lambda ctx: run_unlearning(ctx, unlearning, resume=True)
+    return None  # evaluation jobs are short: start them again
 
 
 class JobManager:
@@ -92,15 +104,16 @@ class JobManager:
         self._bytes: dict[tuple[str, str, int], RoundBytes] = {}
 
     def recover(self) -> tuple[list[str], list[str]]:
-        """Jobs a previous coordinator process left unfinished: training jobs resume from
-        their last committed round; others fail. Returns (resumed ids, failed ids)."""
+        """Jobs a previous coordinator process left unfinished: training and unlearning jobs
+        resume from their last committed round; others fail. Returns (resumed, failed) ids."""
         resumed: list[str] = []
         failed: list[str] = []
         for job in self._store.list_jobs():
             if job.status in TERMINAL:
                 continue
-            if job.kind == "train":
-                self._launch(job, _resumed_training(TrainingSpec.from_dict(job.spec)))
+            body = _resumed(job)
+            if body is not None:
+                self._launch(job, body)
                 resumed.append(job.job_id)
             else:
                 reason = "coordinator restarted while the job ran; start it again"
@@ -179,6 +192,8 @@ class JobManager:
 
     async def _run(self, ctx: JobContext, kind: str, body: JobBody) -> None:
         job_id = ctx.job_id
+        # This task's own context (a copy): every record of the job carries its id.
+        set_log_fields(job=job_id, phase=None, round=None, participant=None)
         self._store.update_job(job_id, status=JobStatus.RUNNING)
         self.emit(job_id, "job_started", "", 0, f"{kind} job started")
         try:

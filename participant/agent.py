@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from common.adapter_codec import decode_adapter, encode_adapter
 from common.adapters import AdapterLayout, merge_weights, zero_values
 from common.data.shards import Shard
+from common.logs import log_fields
 from common.net import CHUNK_BYTES, TlsFiles, create_channel
 from common.serde import outcome_to_proto, task_from_proto
 from common.tasks import SensitivityOutcome, TaskKind, TaskOutcome, TaskSpec, TrainOutcome
@@ -225,6 +226,16 @@ class Agent:
                 self._execute(task_stub, task, reply)
 
     def _execute(
+        self,
+        stub: participant_pb2_grpc.ParticipantServiceStub,
+        task: TaskSpec,
+        reply: participant_pb2.RegisterResponse,
+    ) -> None:
+        fields = {"job": task.job_id, "phase": task.phase, "round": task.round}
+        with log_fields(participant=self._pid, **fields):  # records of this task name it
+            self._execute_task(stub, task, reply)
+
+    def _execute_task(
         self,
         stub: participant_pb2_grpc.ParticipantServiceStub,
         task: TaskSpec,

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
+from common.cli import report
 from common.cli.tables import human_bytes, table, when
+from common.cli.watch import LiveView, render
+from common.cli.watch import event_line as event_line  # re-exported for common.demo
 from common.net import TlsFiles, create_channel
 from common.pki import read_token_file
 from common.serde import (
@@ -175,34 +180,44 @@ def cmd_switch(args: argparse.Namespace) -> int:
 
 
 def _follow(args: argparse.Namespace, job_id: str) -> int:
+    """Follow a job to its end: JSON lines, a live view on a terminal, or a line per event
+    and a closing summary. Exit status 0 only if the job completed."""
     stub = _stub(args)
+    info = stub.GetJob(control_pb2.GetJobRequest(job_id=job_id), timeout=30)
+    spec = json.loads(info.spec_json or "{}")
+    live = None
+    if not args.json and sys.stdout.isatty():
+        live = LiveView(sys.stdout, shutil.get_terminal_size().columns)
+    events: list[control_pb2.JobEvent] = []
     for event in stub.WatchJob(control_pb2.WatchJobRequest(job_id=job_id)):
+        events.append(event)
         if args.json:
             print(json.dumps(_as_dict(event), sort_keys=True), flush=True)
+        elif live is not None:
+            live.draw(render(job_id, info.kind, spec, events))
         else:
             print(event_line(event), flush=True)
+    if live is None and not args.json:
+        print("\n".join(["", *render(job_id, info.kind, spec, events, recent=0)]), flush=True)
     final = stub.GetJob(control_pb2.GetJobRequest(job_id=job_id), timeout=30)
     return 0 if final.status == "completed" else 1
 
 
-def event_line(event: control_pb2.JobEvent) -> str:
-    data = json.loads(event.data_json or "{}")
-    where = f"{event.phase} {event.round}" if event.phase else ""
-    extra = []
-    if "accuracy" in data:
-        extra.append(f"RA {data['accuracy']:.4f}")
-    if data.get("fa") is not None:
-        extra.append(f"FA {data['fa']:.4f}")
-    if "train_loss" in data:
-        extra.append(f"loss {data['train_loss']:.4f}")
-    if isinstance(data.get("bytes"), dict):
-        extra.append(f"{human_bytes(data['bytes'].get('total', 0))} on the wire")
-    tail = f" ({', '.join(extra)})" if extra else ""
-    return f"{when(event.time)}  {event.kind:<16} {where:<12} {event.message}{tail}"
-
-
 def cmd_watch(args: argparse.Namespace) -> int:
     return _follow(args, args.job)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    try:  # before any network call: a missing plotting library is the first thing to know
+        plt = report.pyplot()
+    except report.MissingPlotting as exc:
+        raise CliError(str(exc)) from exc
+    info = _stub(args).GetJob(control_pb2.GetJobRequest(job_id=args.job), timeout=30)
+    job, rounds = job_from_proto(info)
+    written = report.write_report(plt, job, rounds, args.out)
+    payload = {"report": str(written[0]), "plots": [str(p) for p in written[1:]]}
+    _emit(args, payload, lambda: "wrote " + ", ".join(str(p) for p in written))
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:

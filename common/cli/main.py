@@ -21,6 +21,7 @@ from common.cli.commands import (
     cmd_models,
     cmd_participants,
     cmd_partition,
+    cmd_report,
     cmd_status,
     cmd_switch,
     cmd_train,
@@ -108,11 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, func, help_text in (
         ("status", cmd_status, "a job's state and rounds"),
-        ("watch", cmd_watch, "follow a job's progress live"),
+        ("watch", cmd_watch, "follow a job live: progress per phase, bytes, RA/FA"),
     ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("job")
         p.set_defaults(func=func)
+    report = sub.add_parser("report", help="a job as Markdown with PNG plots (needs matplotlib)")
+    report.add_argument("job")
+    report.add_argument("--out", type=Path, required=True, help="directory to write into")
+    report.set_defaults(func=cmd_report)
     sub.add_parser("jobs", help="list jobs").set_defaults(func=cmd_jobs)
     sub.add_parser("participants", help="list participants").set_defaults(func=cmd_participants)
     sub.add_parser("models", help="list model versions").set_defaults(func=cmd_models)
@@ -182,7 +187,24 @@ _HINTS = {
     grpc.StatusCode.PERMISSION_DENIED: "control calls need an operator credential, not a "
     "participant's",
     grpc.StatusCode.NOT_FOUND: "list what exists with `fusedctl jobs` or `fusedctl models`",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "the coordinator did not answer in time: is it "
+    "overloaded, or is a proxy on the way holding the call?",
 }
+# Commands whose argument is a job: a NOT_FOUND there means the job id.
+_JOB_COMMANDS = {"status", "watch", "report", "layers"}
+
+
+def rpc_error_message(exc: grpc.RpcError, command: str, coordinator: str) -> str:
+    """One line naming the failure, then a hint line when there is something to do."""
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    details = " ".join(str(details or "").split())  # grpc's details may span lines
+    hint = _HINTS.get(code, "") if code is not None else ""
+    if code is grpc.StatusCode.NOT_FOUND and command in _JOB_COMMANDS:
+        hint = "list the jobs with `fusedctl jobs`"
+    where = f" at {coordinator}" if code is grpc.StatusCode.UNAVAILABLE else ""
+    name = code.name if code is not None else "error"
+    return f"fusedctl: {name}{where}: {details}" + (f"\n  hint: {hint}" if hint else "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -192,15 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"fusedctl: {exc}", file=sys.stderr)
     except grpc.RpcError as exc:
-        code = exc.code() if hasattr(exc, "code") else None
-        details = exc.details() if hasattr(exc, "details") else str(exc)
-        hint = _HINTS.get(code, "") if code is not None else ""
-        where = f" at {args.coordinator}" if code is grpc.StatusCode.UNAVAILABLE else ""
-        name = code.name if code is not None else "error"
-        print(
-            f"fusedctl: {name}{where}: {details}" + (f"\n  hint: {hint}" if hint else ""),
-            file=sys.stderr,
-        )
+        print(rpc_error_message(exc, args.command, args.coordinator), file=sys.stderr)
     except KeyboardInterrupt:
         return 130
     return 1
