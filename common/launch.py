@@ -63,6 +63,7 @@ class LocalFederation:
         self.participant_metrics: dict[str, int] = {}
         self.port = 0
         self.metrics_port = 0
+        self.health_port = 0
 
     @property
     def address(self) -> str:
@@ -95,6 +96,7 @@ class LocalFederation:
         )
         ports = _wait_for_file(ready, self.coordinator, timeout_s)
         self.port, self.metrics_port = ports["port"], ports["metrics_port"]
+        self.health_port = ports.get("health_port", 0)
 
     def start_participant(
         self, shard_dir: Path, *extra: str, name: str | None = None, timeout_s: float = 60

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc.aio
 from grpc_health.v1 import _async as health_aio  # health.aio, which mypy cannot see
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -64,6 +65,13 @@ class CoordinatorConfig:
     tls_ca: Path | None = dataclasses.field(
         default=None, metadata={"help": "CA that client certificates must chain to (mTLS)"}
     )
+    health_listen: str = dataclasses.field(
+        default="",
+        metadata={
+            "help": "also serve only the gRPC health service here, in plaintext, for probes "
+            "that cannot speak (mutual) TLS, e.g. Kubernetes grpc probes; '' = off"
+        },
+    )
     auth_file: Path | None = dataclasses.field(
         default=None,
         metadata={"help": "TOML of participant and operator token hashes (fusedctl certs init)"},
@@ -89,6 +97,8 @@ class Coordinator:
         self.fleet: Fleet | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._health = health_aio.HealthServicer()
+        self._health_server: Any = None
+        self.health_port = 0
 
     async def start(self) -> None:
         cfg = self.config
@@ -141,6 +151,8 @@ class Coordinator:
         await self._server.start()
         for service in ("", *SERVICES):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        if cfg.health_listen:
+            await self._serve_health(cfg.health_listen)
         self._reaper = asyncio.create_task(self._reap_silent(fleet))
         if cfg.metrics_port >= 0:
             self._http, _ = start_http_server(
@@ -149,10 +161,23 @@ class Coordinator:
             self.metrics_port = self._http.server_port
         log.info("coordinator serving on port %d, metrics on %d", self.port, self.metrics_port)
         if cfg.ready_file is not None:
-            ready = {"port": self.port, "metrics_port": self.metrics_port}
+            ready = {
+                "port": self.port,
+                "metrics_port": self.metrics_port,
+                "health_port": self.health_port,
+            }
             tmp = cfg.ready_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(ready))
             tmp.replace(cfg.ready_file)
+
+    async def _serve_health(self, address: str) -> None:
+        """The same health servicer on a plaintext port: it tells only whether we serve."""
+        self._health_server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._health_server)
+        self.health_port = self._health_server.add_insecure_port(address)
+        if self.health_port == 0:
+            raise OSError(f"could not bind the health port {address}")
+        await self._health_server.start()
 
     def _tls(self) -> TlsFiles | None:
         cfg = self.config
@@ -198,6 +223,8 @@ class Coordinator:
             if self.fleet is not None:
                 self.fleet.shutdown()  # answer open long polls instead of waiting out grace_s
             await stopping
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         if self._http is not None:
             self._http.shutdown()
         if self._store is not None:

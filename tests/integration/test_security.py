@@ -8,6 +8,9 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
 
 from common.launch import LocalFederation
 from common.net import TlsFiles, create_channel
@@ -56,13 +59,8 @@ def mtls(
     work = tmp_path_factory.mktemp("mtls")
     with LocalFederation(work, tls=tls_of(pki, "operator-admin")) as fed:
         fed.start_coordinator(
-            *(
-                "--tls-cert",
-                str(pki / "coordinator.pem"),
-                "--tls-key",
-                str(pki / "coordinator.key"),
-            ),
-            *("--tls-ca", str(pki / "ca.pem")),
+            *server_tls(pki),
+            *("--tls-ca", str(pki / "ca.pem"), "--health-listen", "127.0.0.1:0"),
         )
         tls = tls_of(pki, "participant-p0")
         fed.start_participant(
@@ -82,6 +80,22 @@ def test_mtls_health_is_served_to_any_verified_peer(mtls: LocalFederation, pki: 
     channel = create_channel(mtls.address, tls_of(pki, "participant-p1"))
     reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_mtls_plaintext_health_port_serves_health_only(mtls: LocalFederation) -> None:
+    """For probes that cannot present a client certificate (Kubernetes grpc probes)."""
+    channel = grpc.insecure_channel(f"127.0.0.1:{mtls.health_port}")
+    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    stub = control_pb2_grpc.ControlServiceStub(channel)
+    refused(lambda: stub.ListJobs(control_pb2.ListJobsRequest()), grpc.StatusCode.UNIMPLEMENTED, "")
+
+
+def test_mtls_reflection_lists_the_services(mtls: LocalFederation, pki: Path) -> None:
+    channel = create_channel(mtls.address, tls_of(pki, "participant-p1"))
+    services = ProtoReflectionDescriptorDatabase(channel).get_services()
+    assert {"fused.v1.ParticipantService", "fused.v1.ControlService"} <= set(services)
+    assert "grpc.health.v1.Health" in services
 
 
 def test_mtls_a_participant_cannot_act_as_another(mtls: LocalFederation, pki: Path) -> None:
@@ -129,12 +143,7 @@ def tokens(
     server_only = TlsFiles(ca=pki / "ca.pem")
     with LocalFederation(work, tls=server_only, operator_token=operator) as fed:
         fed.start_coordinator(
-            *(
-                "--tls-cert",
-                str(pki / "coordinator.pem"),
-                "--tls-key",
-                str(pki / "coordinator.key"),
-            ),
+            *server_tls(pki),
             *("--auth-file", str(pki / "auth.toml"), "--log-level", "debug"),
         )
         fed.start_participant(
