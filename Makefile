@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint protos check-protos clean
+.PHONY: demo test e2e lint protos check-protos clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# A real Prometheus (Debian's `prometheus`) scrapes a loopback federation through a short job;
+# its byte counters must equal the coordinator's own. Fails if prometheus is not installed.
+e2e: $(STAMP)
+	FUSED_E2E=1 $(PY) -m pytest tests/e2e -s
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
