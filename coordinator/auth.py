@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 import grpc.aio
 from google.protobuf import unknown_fields
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from common.logs import set_log_fields
 from common.pki import OPERATOR, PARTICIPANT, AuthFile, Identity, identity_from_cert, valid_name
@@ -124,7 +124,8 @@ def identify(
     if identity.role != role:
         raise RequestRefused(
             grpc.StatusCode.PERMISSION_DENIED,
-            f"this call needs a {role} credential; the caller is {identity.role} {identity.name!r}",
+            f"this call needs {'an' if role == OPERATOR else 'a'} {role} credential; the caller "
+            f"is {identity.role} {identity.name!r}",
         )
     claim = metadata.get(MD_PARTICIPANT)
     if role == PARTICIPANT and claim and claim != identity.name:
@@ -153,8 +154,33 @@ def unknown_field_numbers(message: Message) -> list[int]:
     return found
 
 
+@dataclass(frozen=True)
+class Undecodable:
+    """Stands in for a unary request whose bytes did not parse, so the handler's guard can
+    answer INVALID_ARGUMENT (a deserializer that raises gets UNKNOWN from grpc)."""
+
+    message_type: str
+    error: str
+
+
+def _tolerant(deserialize: Callable[[bytes], Any], message_type: str) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError as exc:
+            return Undecodable(message_type, str(exc))
+
+    return parse
+
+
 def check_known_fields(message: Any) -> None:
-    """Raise RequestRefused(INVALID_ARGUMENT) for a request carrying fields we do not define."""
+    """Raise RequestRefused(INVALID_ARGUMENT) for a request that did not parse or carries
+    fields we do not define."""
+    if isinstance(message, Undecodable):
+        raise RequestRefused(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the request is not a valid {message.message_type} message: {message.error}",
+        )
     if isinstance(message, Message):
         numbers = unknown_field_numbers(message)
         if numbers:
@@ -212,7 +238,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         )
         behavior = getattr(handler, kind)
         guard = _guard_streaming_response if handler.response_streaming else _guard_unary_request
-        replaced: Handler = handler._replace(**{kind: guard(behavior, check)})
+        changes = {kind: guard(behavior, check)}
+        if not handler.request_streaming and handler.request_deserializer is not None:
+            message_type = details.method.rsplit("/", 1)[-1] + " request"
+            changes["request_deserializer"] = _tolerant(handler.request_deserializer, message_type)
+        replaced: Handler = handler._replace(**changes)
         return replaced
 
     def _checker(self, role: str, metadata: dict[str, str], method: str) -> Check:

@@ -120,8 +120,8 @@ class Fleet:
 
     # what a participant may read and has written
     def may_download(self, pid: str, blob_id: str) -> bool:
-        """Participants read only the blobs their own open tasks name."""
-        return self._grants.get(pid, Counter())[blob_id] > 0
+        """Participants read only the blobs their own open tasks name, and their own uploads."""
+        return self._grants.get(pid, Counter())[blob_id] > 0 or self.uploaded(pid, blob_id)
 
     def record_upload(self, pid: str, blob_id: str) -> None:
         self._uploads.setdefault(pid, set()).add(blob_id)

@@ -82,6 +82,14 @@ def eligible(ctx: JobContext, forget: ForgetSpec | None) -> list[str]:
     return [p for p in ctx.fleet.online_ids() if forget is None or not forget.excludes(p)]
 
 
+def registered_test(ctx: JobContext) -> Callable[[str], int]:
+    def num_test(pid: str) -> int:
+        record = ctx.store.get_participant(pid)
+        return record.num_test if record else 0
+
+    return num_test
+
+
 def check_examples(ctx: JobContext, outcome: TaskOutcome, n: int) -> None:
     record = ctx.store.get_participant(outcome.participant_id)
     registered = record.num_train if record else 0
@@ -187,7 +195,7 @@ async def evaluate_model(
         forget,
         adapter,
     )
-    result = await run_round(ctx, plan, eval_validator(model.num_classes))
+    result = await run_round(ctx, plan, eval_validator(model.num_classes, registered_test(ctx)))
     check_quorum(result, 1, "evaluate", r)
     metrics = merge_eval(result.outcomes, model.num_classes)
     ctx.metrics.job_accuracy.labels(ctx.job_id).set(metrics["accuracy"])

@@ -151,7 +151,8 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
             await abort(
                 context,
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"blob {request.blob_id} is not named by an open task of {pid}",
+                f"blob {request.blob_id} is not named by an open task of {pid} (nor uploaded "
+                "by it)",
             )
         try:
             total = self._artifacts.size(request.blob_id)

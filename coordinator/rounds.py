@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,7 +79,10 @@ async def run_round(
     return result
 
 
-def eval_validator(num_classes: int) -> Validator:
+def eval_validator(num_classes: int, registered_test: Callable[[str], int]) -> Validator:
+    """Checks an evaluation report: counts consistent, and no more test samples than the
+    participant registered (so one participant cannot outweigh the others)."""
+
     async def validate(outcome: TaskOutcome) -> None:
         ev = outcome.eval
         if ev is None:
@@ -91,6 +95,14 @@ def eval_validator(num_classes: int) -> Validator:
             raise ValueError("evaluation counts: correct exceeds total for some class")
         if ev.forget_correct > ev.forget_total:
             raise ValueError("evaluation counts: forget_correct exceeds forget_total")
+        if not (math.isfinite(ev.loss_sum) and ev.loss_sum >= 0):
+            raise ValueError(f"loss_sum {ev.loss_sum} is not a finite, non-negative number")
+        registered = registered_test(outcome.participant_id)
+        if sum(ev.total) > registered:
+            raise ValueError(
+                f"evaluation counts cover {sum(ev.total)} test samples; this participant "
+                f"registered {registered}"
+            )
 
     return validate
 

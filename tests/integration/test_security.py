@@ -119,7 +119,7 @@ def test_mtls_control_needs_an_operator_certificate(mtls: LocalFederation, pki: 
     refused(
         lambda: as_participant.ListJobs(control_pb2.ListJobsRequest()),
         grpc.StatusCode.PERMISSION_DENIED,
-        "needs a operator credential",
+        "needs an operator credential",
     )
 
 
