@@ -1,7 +1,8 @@
 """Offline checks of the deployment files under deploy/.
 
-Kubernetes manifests against the API schemas (kubernetes_validate, strict), Prometheus config,
-rules and rule unit tests with promtool, the metric names in the Grafana dashboard and the
+Kubernetes manifests against the API schemas (kubernetes_validate, strict) and their wiring
+(mutual TLS from the Secrets, probes on the plaintext health port, NetworkPolicy), Prometheus
+config, rules and rule unit tests with promtool, the metric names in the Grafana dashboard and the
 alerts against the metrics the code registers, the example TOML files against the config
 dataclasses, the Dockerfile's and compose file's structure, and the systemd units with
 `systemd-analyze verify`. Tools that are not installed (promtool, kubectl, docker-compose,
@@ -249,6 +250,24 @@ def _mount(container: Mapping[str, Any], name: str) -> str:
     return str(path)
 
 
+def _port(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
+
+
+def _secret_keys(name: str) -> set[str]:
+    secret = _k8s_objects()[("Secret", name)]
+    return set(secret.get("stringData", {})) | set(secret.get("data", {}))
+
+
+def _certified_hosts() -> list[str]:
+    """The coordinator certificate's names, from secret.yaml's `fusedctl certs init` recipe."""
+    text = (K8S / "secret.yaml").read_text(encoding="utf-8")
+    text = re.sub(r"\\\n#\s*", " ", text)  # continued command lines in the comment
+    match = re.search(r"fusedctl certs init .*--hosts ([\w.,-]+)", text)
+    assert match is not None, "secret.yaml shows no `fusedctl certs init --hosts ...`"
+    return match.group(1).split(",")
+
+
 def test_k8s_coordinator(tmp_path: Path) -> None:
     objects = _k8s_objects()
     sts = objects[("StatefulSet", "fused-coordinator")]
@@ -258,35 +277,93 @@ def test_k8s_coordinator(tmp_path: Path) -> None:
     _check_flags("fused-coordinator", container["command"][1:])
     cfg = _k8s_config(CoordinatorConfig, "coordinator", tmp_path, {})
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": int(cfg.listen.rsplit(":", 1)[1]), "metrics": cfg.metrics_port}
-    assert ports == {"grpc": 50051, "metrics": 9464}
+    assert ports == {
+        "grpc": _port(cfg.listen),
+        "metrics": cfg.metrics_port,
+        "health": _port(cfg.health_listen),
+    }
+    assert ports == {"grpc": 50051, "metrics": 9464, "health": 8081}
     assert cfg.listen.startswith("0.0.0.0:") and cfg.metrics_address == "0.0.0.0"
-    # Native gRPC probes on the gRPC port (grpc.health.v1).
+    # The kubelet dials the pod IP, so the health port listens on every interface.
+    assert cfg.health_listen.startswith("0.0.0.0:")
+    # Mutual TLS on the gRPC port: server certificate, key, and the CA for client certificates.
+    assert cfg.tls_cert is not None and cfg.tls_key is not None and cfg.tls_ca is not None
+    # The kubelet's native grpc probes present no client certificate: they dial the plaintext
+    # health port (health_listen), never the mutual-TLS gRPC port.
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert container[probe]["grpc"]["port"] == 50051, probe
+        assert container[probe]["grpc"]["port"] == ports["health"], probe
     assert container["readinessProbe"]["grpc"]["service"] == "fused.v1.ParticipantService"
-    # The kubelet's probe speaks plaintext: a TLS port would fail it (see configmap.yaml).
-    assert cfg.tls_cert is None and cfg.tls_ca is None
     # state_dir lives on the PersistentVolumeClaim template.
     (claim,) = sts["spec"]["volumeClaimTemplates"]
     assert _mount(container, claim["metadata"]["name"]) == str(cfg.state_dir)
-    # The auth file is a key of the coordinator's Secret, mounted where the config says.
-    secret = objects[("Secret", "fused-coordinator-credentials")]
+    # Every credential file is a key of the coordinator's Secret, mounted where the config says.
     volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
     assert volumes["credentials"]["secret"]["secretName"] == "fused-coordinator-credentials"
-    assert cfg.auth_file is not None
-    assert str(cfg.auth_file.parent) == _mount(container, "credentials")
-    assert cfg.auth_file.name in secret["stringData"]
-    assert "ca.key" not in secret["stringData"]
+    keys = _secret_keys("fused-coordinator-credentials")
+    for path in (cfg.tls_cert, cfg.tls_key, cfg.tls_ca, cfg.auth_file):
+        if path is not None:
+            assert str(path.parent) == _mount(container, "credentials"), path
+            assert path.name in keys, f"{path.name} is not in the coordinator's Secret"
+    assert "ca.key" not in keys
+    # The certificate names the Service that participants dial, and localhost for operators
+    # who reach it through `kubectl port-forward`.
+    hosts = _certified_hosts()
+    assert "fused-coordinator" in hosts and "localhost" in hosts
     annotations = sts["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == str(cfg.metrics_port)
+    # The Service carries gRPC and metrics; the health port is for the kubelet only.
     service = objects[("Service", "fused-coordinator")]
-    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == ports
+    served = {p["name"]: p["port"] for p in service["spec"]["ports"]}
+    assert served == {name: port for name, port in ports.items() if name != "health"}
     assert (
         service["spec"]["selector"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
     )
     assert objects[("Service", sts["spec"]["serviceName"])]["spec"]["clusterIP"] == "None"
+
+
+def _policy_for(component: str) -> dict[str, Any]:
+    (policy,) = [
+        doc
+        for (kind, _), doc in _k8s_objects().items()
+        if kind == "NetworkPolicy"
+        and doc["spec"]["podSelector"]["matchLabels"].get("app.kubernetes.io/component")
+        == component
+    ]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    return policy
+
+
+def _allowed_sources(policy: Mapping[str, Any], port: int) -> list[list[dict[str, Any]] | None]:
+    """The `from` lists of the ingress rules that open `port` (None: every source)."""
+    return [
+        rule.get("from")
+        for rule in policy["spec"]["ingress"]
+        if any(p["port"] == port and p.get("protocol", "TCP") == "TCP" for p in rule["ports"])
+    ]
+
+
+def test_k8s_network_policy(tmp_path: Path) -> None:
+    cfg = _k8s_config(CoordinatorConfig, "coordinator", tmp_path, {})
+    coordinator = _policy_for("coordinator")
+    opened = {p["port"] for rule in coordinator["spec"]["ingress"] for p in rule["ports"]}
+    assert opened == {_port(cfg.listen), cfg.metrics_port, _port(cfg.health_listen)}
+    # gRPC: only this application's pods (participants, an operator's fusedctl pod).
+    (grpc_from,) = _allowed_sources(coordinator, _port(cfg.listen))
+    assert grpc_from == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "fused"}}}]
+    # Health: the kubelet probes from the node, which no pod or namespace selector names, so
+    # the rule admits every source (or an ipBlock of the nodes' addresses).
+    health_from = _allowed_sources(coordinator, _port(cfg.health_listen))
+    assert health_from, "no ingress rule opens the health port to the kubelet"
+    for sources in health_from:
+        assert sources is None or all("ipBlock" in s for s in sources), sources
+    assert "kubelet" in (K8S / "networkpolicy.yaml").read_text(encoding="utf-8")
+    # Participants serve nothing but metrics (they dial out).
+    participant = _policy_for("participant")
+    pcfg = _k8s_config(ParticipantConfig, "participant", tmp_path, {})
+    assert {p["port"] for rule in participant["spec"]["ingress"] for p in rule["ports"]} == {
+        pcfg.metrics_port
+    }
 
 
 def test_k8s_participants(tmp_path: Path) -> None:
@@ -310,17 +387,32 @@ def test_k8s_participants(tmp_path: Path) -> None:
     script = init["command"][-1]
     assert f"--participants {replicas}" in script and "${POD_INDEX}" in script
     assert _mount(init, "shard") == _mount(container, "shard") == env["FUSED_DATA_DIR"]
-    secret = objects[("Secret", "fused-participant-credentials")]
+    volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["credentials"]["secret"]["secretName"] == "fused-participant-credentials"
+    keys = _secret_keys("fused-participant-credentials")
+    assert not any(k.endswith(".key") and not k.startswith("participant-") for k in keys)
+    coordinator = _k8s_config(CoordinatorConfig, "coordinator", tmp_path, {})
     service = objects[("Service", "fused-coordinator")]
     for ordinal in range(replicas):
         resolved = {k: v.replace("$(POD_INDEX)", str(ordinal)) for k, v in env.items()}
         cfg = _k8s_config(ParticipantConfig, "participant", tmp_path, resolved)
-        assert cfg.participant_id == f"p{ordinal}"
-        assert cfg.token_file is not None
-        assert str(cfg.token_file.parent) == _mount(container, "credentials")
-        assert cfg.token_file.name in secret["stringData"]
+        pid = cfg.participant_id
+        assert pid == f"p{ordinal}"
+        # Mutual TLS: the CA, and this pod's own certificate and key, picked by ordinal.
+        assert cfg.tls_ca is not None and cfg.tls_cert is not None and cfg.tls_key is not None
+        assert (cfg.tls_cert.name, cfg.tls_key.name) == (
+            f"participant-{pid}.pem",
+            f"participant-{pid}.key",
+        )
+        for path in (cfg.tls_ca, cfg.tls_cert, cfg.tls_key, cfg.token_file):
+            if path is not None:
+                assert str(path.parent) == _mount(container, "credentials"), path
+                assert path.name in keys, f"{path.name} is not in the participants' Secret"
+        # The coordinator runs mutual TLS: a participant without a certificate cannot connect.
+        assert coordinator.tls_ca is not None
         host, port = cfg.coordinator.rsplit(":", 1)
-        assert host == service["metadata"]["name"]
+        assert host == service["metadata"]["name"] and host in _certified_hosts()
+        assert int(port) == _port(coordinator.listen)  # the TLS port, not the health port
         assert int(port) in {p["port"] for p in service["spec"]["ports"]}
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
         "metrics": cfg.metrics_port
@@ -734,6 +826,21 @@ def test_compose_configs_load_and_agree() -> None:
         assert certified is not None and pid in certified.group(1).split(",")
     assert "--hosts coordinator," in init, "the server certificate must name `coordinator`"
     assert "mv /var/lib/fused/certs/ca.key /var/lib/fused/ca/" in init
+
+
+def test_compose_health_check_uses_the_health_port() -> None:
+    """The gRPC port requires a client certificate; the health check dials the plaintext
+    health port instead, which stays on the container's loopback, unpublished."""
+    coordinator = _compose_config("coordinator")
+    assert coordinator.tls_ca is not None
+    host, port = coordinator.health_listen.rsplit(":", 1)
+    assert host == "127.0.0.1"
+    spec = _compose()["services"]["coordinator"]
+    script = " ".join(spec["healthcheck"]["test"])
+    assert f"127.0.0.1:{port}" in script and "insecure_channel" in script
+    assert ".key" not in script, "the health check needs no private key"
+    published = [str(p).rsplit(":", 1)[-1] for p in spec.get("ports", [])]
+    assert port not in published
 
 
 def test_docker_compose_config() -> None:
