@@ -75,10 +75,10 @@ class Chaos:
         proc.kill()
         proc.wait()
 
-    def restart_coordinator_after_kill(self) -> None:
+    def restart_coordinator(self, sig: signal.Signals = signal.SIGKILL) -> None:
         assert self.fed.coordinator is not None
-        self.fed.coordinator.kill()
-        self.fed.coordinator.wait()
+        self.fed.coordinator.send_signal(sig)
+        self.fed.coordinator.wait(60)
         self.fed.start_coordinator(*COORDINATOR_ARGS, port=self.fed.port)
 
     def train(self, rounds: int, min_participants: int, seed: int = 7) -> str:
@@ -232,16 +232,20 @@ def silent_participant_marked_offline(chaos: Chaos) -> str:
 
 
 def _killed_and_resumed(
-    chaos: Chaos, start: Callable[[], str], phase: str, after_round: int
+    chaos: Chaos,
+    start: Callable[[], str],
+    phase: str,
+    after_round: int,
+    sig: signal.Signals = signal.SIGKILL,
 ) -> tuple[str, int]:
-    """Run `start` twice: once undisturbed, once with the coordinator SIGKILLed after
+    """Run `start` twice: once undisturbed, once with the coordinator stopped by `sig` after
     `after_round` rounds of `phase` commit. Returns (final model sha256, resumed-after round)."""
     reference = chaos.finished(start())
     check(reference.status == "completed", f"reference job {reference.status}: {reference.reason}")
     reference_sha = export_sha256(chaos.fed, result_version(reference))
     job_id = start()
     chaos.wait_until(job_id, lambda j: len(committed(j, phase)) >= after_round)
-    chaos.restart_coordinator_after_kill()
+    chaos.restart_coordinator(sig)
     killed_at = time.time()
     info = chaos.finished(job_id)
     check(info.status == "completed", f"resumed job {info.status}: {info.reason}")
@@ -266,6 +270,21 @@ def coordinator_killed_mid_training(chaos: Chaos) -> str:
     return (
         f"coordinator SIGKILLed after training round {after} committed; the job resumed at "
         f"round {after + 1}; final model equals the uninterrupted run's (sha256 {sha[:16]})"
+    )
+
+
+def coordinator_stopped_gracefully_mid_training(chaos: Chaos) -> str:
+    """SIGTERM (an upgrade) mid-job: the job is left to resume, not failed."""
+    sha, after = _killed_and_resumed(
+        chaos,
+        lambda: chaos.train(rounds=4, min_participants=3, seed=13),
+        "train",
+        2,
+        signal.SIGTERM,
+    )
+    return (
+        f"coordinator stopped with SIGTERM after training round {after}; the restarted one "
+        f"resumed the job and its final model equals the uninterrupted run's ({sha[:16]})"
     )
 
 
@@ -332,6 +351,7 @@ SCENARIOS: list[Callable[[Chaos], str]] = [
     participant_killed_mid_round,
     silent_participant_marked_offline,
     coordinator_killed_mid_training,
+    coordinator_stopped_gracefully_mid_training,
     coordinator_killed_mid_unlearning,
     corrupted_artifact_refused,
     quorum_lost_fails_clearly,

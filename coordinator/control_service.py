@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -18,7 +19,7 @@ from common.serde import (
     unlearning_spec_from_proto,
 )
 from common.specs import SpecError
-from coordinator.artifacts import ArtifactStore, CorruptArtifactError
+from coordinator.artifacts import ArtifactStore, CorruptArtifactError, MissingArtifactError
 from coordinator.fleet import Fleet
 from coordinator.grpc_util import Context, abort
 from coordinator.jobs import JobManager
@@ -176,11 +177,22 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         if version is None:
             what = repr(request.version_id) if request.version_id else "active version"
             await abort(context, grpc.StatusCode.NOT_FOUND, f"no model version {what}")
-        total = self._artifacts.size(version.digest)
+        try:  # checked before the first byte goes out: a corrupt model is never exported
+            total = self._artifacts.size(version.digest)
+            await asyncio.to_thread(self._artifacts.verify, version.digest)
+        except MissingArtifactError:
+            await abort(
+                context,
+                grpc.StatusCode.DATA_LOSS,
+                f"the artifact of {version.version_id} ({version.digest}) is missing from the "
+                "state directory; restore it from a backup",
+            )
+        except CorruptArtifactError as exc:
+            await abort(context, grpc.StatusCode.DATA_LOSS, f"{exc}; restore it from a backup")
         offset = 0
         try:
             for chunk in self._artifacts.iter_chunks(version.digest, self._chunk_bytes):
                 yield encode_blob_chunk(version.digest, offset, chunk, total)
                 offset += len(chunk)
-        except CorruptArtifactError as exc:
+        except CorruptArtifactError as exc:  # changed on disk since it was verified
             await abort(context, grpc.StatusCode.DATA_LOSS, str(exc))

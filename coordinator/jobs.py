@@ -26,6 +26,7 @@ from coordinator.versions import new_id
 log = logging.getLogger(__name__)
 
 TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED})
+RESUMABLE = frozenset({"train", "unlearn"})  # job kinds that continue after a restart
 
 
 class JobFailed(Exception):
@@ -102,6 +103,7 @@ class JobManager:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._changed = asyncio.Condition()
         self._bytes: dict[tuple[str, str, int], RoundBytes] = {}
+        self._stopping = False
 
     def recover(self) -> tuple[list[str], list[str]]:
         """Jobs a previous coordinator process left unfinished: training and unlearning jobs
@@ -201,7 +203,12 @@ class JobManager:
         except JobFailed as exc:
             self._finish(job_id, JobStatus.FAILED, str(exc), {})
         except asyncio.CancelledError:
-            self._finish(job_id, JobStatus.FAILED, "coordinator shut down while the job ran", {})
+            if self._stopping and kind in RESUMABLE:  # the next coordinator process resumes it
+                self.emit(job_id, "job_interrupted", "", 0, "coordinator stopping; will resume")
+                log.info("job %s interrupted by shutdown: it resumes on restart", job_id)
+            else:
+                reason = "coordinator shut down while the job ran"
+                self._finish(job_id, JobStatus.FAILED, reason, {})
             raise
         except Exception as exc:  # a bug must fail the job, not the daemon
             log.exception("job %s crashed", job_id)
@@ -284,6 +291,7 @@ class JobManager:
         return self._bytes.setdefault((job_id, phase, round_number), RoundBytes())
 
     async def shutdown(self) -> None:
+        self._stopping = True
         tasks = list(self._running.values())
         for task in tasks:
             task.cancel()

@@ -35,8 +35,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"fused-coordinator: {exc}", file=sys.stderr)
         return 2
-    setup_logging(config.log_level, config.log_json, "coordinator")
-    asyncio.run(serve(config))
+    try:
+        setup_logging(config.log_level, config.log_json, "coordinator")
+        asyncio.run(serve(config))
+    except (ValueError, OSError) as exc:  # bad TLS or auth files, a port in use, ...
+        print(f"fused-coordinator: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

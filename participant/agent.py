@@ -75,6 +75,11 @@ _TASK_FATAL = frozenset(
 )
 
 
+REFUSED_CREDENTIALS = frozenset(
+    {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
+)
+
+
 class ReRegister(Exception):
     """The coordinator no longer knows us: start a new session."""
 
@@ -125,10 +130,18 @@ class Agent:
                 if not isinstance(exc, grpc.RpcError):
                     raise
                 code = exc.code() if hasattr(exc, "code") else None
-                if code not in RETRYABLE:
+                if code in REFUSED_CREDENTIALS:  # may be fixed on the coordinator's side
+                    backoff = self._settings.backoff_max_s
+                    log.error(
+                        "the coordinator refused this participant (%s: %s); check --token-file "
+                        "or --tls-cert/--tls-key against its auth file and CA",
+                        code.name,
+                        exc.details(),
+                    )
+                elif code not in RETRYABLE:
                     raise
                 delay = random.uniform(0.5, 1.0) * backoff
-                log.warning("coordinator unreachable (%s); retrying in %.1f s", code, delay)
+                log.warning("no session with the coordinator (%s); retrying in %.1f s", code, delay)
                 stop.wait(delay)
                 backoff = min(backoff * 2, self._settings.backoff_max_s)
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import torch
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -61,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         shard = load_shard(cfg.data_dir)
         token = read_token_file(cfg.token_file) if cfg.token_file is not None else None
+        if (cfg.tls_cert or cfg.tls_key) and not cfg.tls_ca:
+            raise ConfigError("tls_cert/tls_key need tls_ca (the CA that signed the coordinator)")
     except (ConfigError, ValueError, OSError) as exc:
         print(f"fused-participant: {exc}", file=sys.stderr)
         return 2
@@ -85,7 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     agent = Agent(settings, shard, metrics)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.shutdown())
-    agent.run()
+    try:
+        agent.run()
+    except grpc.RpcError as exc:  # refused for good, e.g. an invalid participant id
+        print(f"fused-participant: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 2
     return 0
 
 

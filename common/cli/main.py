@@ -189,7 +189,15 @@ _HINTS = {
     grpc.StatusCode.NOT_FOUND: "list what exists with `fusedctl jobs` or `fusedctl models`",
     grpc.StatusCode.DEADLINE_EXCEEDED: "the coordinator did not answer in time: is it "
     "overloaded, or is a proxy on the way holding the call?",
+    grpc.StatusCode.DATA_LOSS: "a stored artifact is damaged: restore the state directory's "
+    "artifacts/ from a backup (docs/OPERATIONS.md)",
 }
+# Words of a failed TLS handshake in grpc's UNAVAILABLE details: the daemon is there.
+_TLS_TROUBLE = ("ssl", "handshake", "hostname verification", "socket closed", "certificate")
+_TLS_HINT = (
+    "the TLS handshake failed: does the coordinator use TLS (then pass --tls-ca; with mutual "
+    "TLS also --tls-cert/--tls-key), and does its certificate name the host you dial?"
+)
 # Commands whose argument is a job: a NOT_FOUND there means the job id.
 _JOB_COMMANDS = {"status", "watch", "report", "layers"}
 
@@ -202,6 +210,8 @@ def rpc_error_message(exc: grpc.RpcError, command: str, coordinator: str) -> str
     hint = _HINTS.get(code, "") if code is not None else ""
     if code is grpc.StatusCode.NOT_FOUND and command in _JOB_COMMANDS:
         hint = "list the jobs with `fusedctl jobs`"
+    if code is grpc.StatusCode.UNAVAILABLE and any(w in details.lower() for w in _TLS_TROUBLE):
+        hint = _TLS_HINT
     where = f" at {coordinator}" if code is grpc.StatusCode.UNAVAILABLE else ""
     name = code.name if code is not None else "error"
     return f"fusedctl: {name}{where}: {details}" + (f"\n  hint: {hint}" if hint else "")
