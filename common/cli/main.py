@@ -165,14 +165,16 @@ def _forget_options(parser: argparse.ArgumentParser, required: bool) -> None:
 
 
 def _credential_flags(parser: argparse.ArgumentParser) -> None:
-    """TLS files and the operator token; each also from a FUSED_* environment variable."""
+    """TLS files and the operator token; each also from a FUSEDCTL_* environment variable."""
     for flag, help_text in (
         ("--tls-ca", "CA that signed the coordinator's certificate: turns TLS on"),
         ("--tls-cert", "operator client certificate (mutual TLS)"),
         ("--tls-key", "its private key"),
         ("--token-file", "file holding the operator's bearer token"),
     ):
-        env = "FUSED_" + flag[2:].upper().replace("-", "_")
+        # FUSEDCTL_*, not FUSED_*: the agent's own variables must not make fusedctl present
+        # a participant's credentials on a participant host.
+        env = "FUSEDCTL_" + flag[2:].upper().replace("-", "_")
         value = os.environ.get(env)
         parser.add_argument(
             flag, type=Path, default=Path(value) if value else None, help=f"{help_text} (env {env})"
