@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import resource
 import signal
 import sys
 from collections.abc import Sequence
@@ -23,6 +24,15 @@ async def serve(config: CoordinatorConfig) -> None:
     await coordinator.stop()
 
 
+def raise_open_files_limit() -> None:
+    """Each participant holds a connection, and uploads and artifact reads add files: 1,000
+    participants need more than the common soft limit of 1,024 descriptors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65536 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(
@@ -37,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         setup_logging(config.log_level, config.log_json, "coordinator")
+        raise_open_files_limit()
         asyncio.run(serve(config))
     except (ValueError, OSError) as exc:  # bad TLS or auth files, a port in use, ...
         print(f"fused-coordinator: {exc}", file=sys.stderr)

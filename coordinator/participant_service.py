@@ -126,6 +126,13 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
             return participant_pb2.PushResultResponse(accepted=False, message=str(exc))
         except PermissionError as exc:
             await abort(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except OSError as exc:  # our disk or file limit, not the result: the task stays open
+            log.error("could not check the result of task %s: %s", request.task_id, exc)
+            await abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                f"the coordinator could not check the result now ({exc.strerror}); retry",
+            )
         except ValueError as exc:
             self._metrics.rejected_results.labels("invalid_result").inc()
             log.warning(
