@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from common.adapter_codec import decode_adapter, encode_adapter
 from common.adapters import AdapterLayout, merge_weights, zero_values
 from common.data.shards import Shard
-from common.logs import log_fields
+from common.logs import log_fields, set_log_fields
 from common.net import CHUNK_BYTES, TlsFiles, create_channel
 from common.serde import outcome_to_proto, task_from_proto
 from common.tasks import SensitivityOutcome, TaskKind, TaskOutcome, TaskSpec, TrainOutcome
@@ -117,6 +117,7 @@ class Agent:
     def run(self) -> None:
         """Serve until shutdown(); reconnect with exponential backoff and jitter."""
         stop = self._stop
+        set_log_fields(participant=self._pid)  # this thread's records name the participant
         backoff = self._settings.backoff_initial_s
         while not stop.is_set():
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import sys
@@ -336,13 +337,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     stream = _stub(args).ExportModel(control_pb2.ExportModelRequest(version_id=args.version))
     out: Path = args.out
     tmp = out.with_name(out.name + ".part")
-    digest, size = "", 0
-    with tmp.open("wb") as f:
-        for chunk in stream:
-            digest = digest or chunk.blob_id
-            f.write(chunk.data)
-            size += len(chunk.data)
-    tmp.replace(out)
+    digest, size, hasher = "", 0, hashlib.sha256()
+    try:
+        with tmp.open("wb") as f:
+            for chunk in stream:
+                digest = digest or chunk.blob_id
+                f.write(chunk.data)
+                hasher.update(chunk.data)
+                size += len(chunk.data)
+        if hasher.hexdigest() != digest:  # the model is content-addressed: check what came
+            raise CliError(f"export is damaged: sha256 {hasher.hexdigest()}, expected {digest}")
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed export leaves nothing behind
     payload = {"path": str(out), "sha256": digest, "bytes": size}
     _emit(args, payload, lambda: f"wrote {out} ({human_bytes(size)}, sha256 {digest})")
     return 0
