@@ -80,15 +80,16 @@ def _counting(fn: Serializer, count: Callable[[int], None], outgoing: bool) -> S
 class CountingServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Counts every request and response of a grpc.aio server.
 
-    `participant_label` maps the caller's claimed id to a label (unknown ids collapse to one
-    label so a hostile client cannot blow up metric cardinality); `hook` sees every count with
-    the call's metadata (the coordinator uses it for per-job accounting).
+    `participant_label` maps the caller's claimed id and the method to a label (unknown ids
+    collapse to one label so a hostile client cannot blow up metric cardinality); `hook`
+    sees every count with the call's metadata (the coordinator uses it for per-job
+    accounting).
     """
 
     def __init__(
         self,
         metrics: WireMetrics,
-        participant_label: Callable[[str], str],
+        participant_label: Callable[[str, str], str],  # (claimed id, method) -> label
         hook: ByteHook | None = None,
     ) -> None:
         self._metrics = metrics
@@ -107,7 +108,7 @@ class CountingServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[typ
             return None  # type: ignore[return-value]  # grpc's stubs omit the None case
         md = {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
         method = short_method(details.method)
-        participant = self._participant_label(md.get(MD_PARTICIPANT, ""))
+        participant = self._participant_label(md.get(MD_PARTICIPANT, ""), method)
         phase = md.get(MD_PHASE, NO_PHASE)
 
         def counter(direction: str) -> Callable[[int], None]:

@@ -60,6 +60,11 @@ class AuthPolicy:
     def required(self) -> bool:
         return self.tokens is not None or self.client_certs
 
+    def may_claim(self, pid: str) -> bool:
+        """Whether pid could be a real participant here (bounds metric labels before the
+        call is authenticated): any valid id without tokens, else one the auth file lists."""
+        return valid_name(pid) and (self.tokens is None or pid in self.tokens.participants)
+
 
 def _bearer(metadata: dict[str, str]) -> str | None:
     value = metadata.get(AUTHORIZATION)

@@ -114,17 +114,19 @@ class Coordinator:
         for job_id in failed:
             log.warning("job %s was unfinished when the coordinator stopped: marked failed", job_id)
         self.metrics.bind_gauges(lambda: len(fleet.online_ids()), fleet.tasks_in_flight)
+        policy = self._auth_policy()
+
+        def participant_label(pid: str, method: str) -> str:
+            # A first Register counts under its id too: the id is not registered yet.
+            known = fleet.is_registered(pid) or (method == "Register" and policy.may_claim(pid))
+            return (pid if known else "unknown") if pid else "-"
+
         interceptor = CountingServerInterceptor(
-            self.metrics.wire,
-            participant_label=lambda pid: (
-                (pid if fleet.is_registered(pid) else "unknown") if pid else "-"
-            ),
-            hook=jobs.record_bytes,
+            self.metrics.wire, participant_label, hook=jobs.record_bytes
         )
+        auth = AuthInterceptor(policy, lambda code: self.metrics.rejected_calls.labels(code).inc())
         self._server, self.port = create_server(
-            cfg.listen,
-            [interceptor, self._auth_interceptor(), PreSerializedResponses()],
-            self._tls(),
+            cfg.listen, [interceptor, auth, PreSerializedResponses()], self._tls()
         )
         settings = FleetSettings(
             cfg.heartbeat_interval_s, cfg.poll_wait_s, CHUNK_BYTES, cfg.max_upload_mb << 20
@@ -187,7 +189,7 @@ class Coordinator:
             raise ValueError("tls_ca (client certificates) needs tls_cert and tls_key")
         return TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.tls_ca) if cfg.tls_cert else None
 
-    def _auth_interceptor(self) -> AuthInterceptor:
+    def _auth_policy(self) -> AuthPolicy:
         cfg = self.config
         tokens = read_auth_file(cfg.auth_file) if cfg.auth_file is not None else None
         policy = AuthPolicy(tokens, client_certs=cfg.tls_ca is not None)
@@ -196,7 +198,7 @@ class Coordinator:
                 "authentication is off (no tls_ca, no auth_file): any caller may act as any "
                 "participant or operator; use only for local experiments"
             )
-        return AuthInterceptor(policy, lambda code: self.metrics.rejected_calls.labels(code).inc())
+        return policy
 
     async def _reap_silent(self, fleet: Fleet) -> None:
         """Fail the tasks of participants that stopped beating, well before the deadline."""

@@ -13,10 +13,8 @@ What is compared, at a moment when no counter moves (see `quiescent`):
    (Register, PullTask, Heartbeat, the operator's control calls) count under phase "none".
 3. Participants == coordinator: per phase, method and participant, what a participant sent
    equals what the coordinator received from it, and the other way round; both count the
-   same serialized messages, phase "none" included (no call is in flight at that moment).
-   The one exception is each participant's first Register, which the coordinator counts
-   under participant="unknown" (the id is not registered when the label is chosen): those
-   series must hold exactly the participants' Register bytes.
+   same serialized messages, phase "none" included (no call is in flight at that moment),
+   the first Register included.
 
 It also checks that the alert rules of deploy/prometheus/alerts.yml load and that none is
 pending or firing at the end of the healthy run.
@@ -247,24 +245,17 @@ def test_prometheus_bytes_equal_the_coordinators(run: Run) -> None:
             expected = sum(v for (p, _, d), v in records.items() if (p, d) == (phase, direction))
             assert total == expected, (phase, direction)
 
-    # 3. Each participant's own counters mirror the coordinator's, phase "none" included,
-    # except for Register: the coordinator picks a call's participant label before the
-    # handler runs, and a participant is not registered before its first Register, so those
-    # bytes count under participant="unknown" (the label any unregistered id gets).
+    # 3. Each participant's own counters mirror the coordinator's, phase "none" and the
+    # first Register included.
     coord = by_labels(snap.stored[coordinator], "phase", "method", "participant", "direction")
-    register: dict[str, int] = defaultdict(int)  # coordinator's direction -> bytes
     for pid, port in sorted(run.fed.participant_metrics.items()):
         agent = snap.stored[f"127.0.0.1:{port}"]
         assert {dict(labels)["participant"] for labels in agent} == {pid}
         own = by_labels(agent, "phase", "method", "direction")
         mirrored = {(ph, m, pid, FLIP[d]): v for (ph, m, d), v in own.items()}
-        for d in FLIP:
-            register[d] += mirrored.pop(("none", "Register", pid, d))
         seen = {k: v for k, v in coord.items() if k[2] == pid}
         assert mirrored == seen, method_diff(agent, snap.stored[coordinator], pid)
-    unknown = {(m, d): v for (_, m, p, d), v in coord.items() if p == "unknown"}
-    assert unknown == {("Register", d): n for d, n in register.items()}
-    assert {p for _, p, _ in counted} == {*pids, "-", "unknown"}  # "-": the operator's calls
+    assert {p for _, p, _ in counted} == {*pids, "-"}  # "-": the operator's calls
 
     summary = {
         "seconds_to_quiescence": round(snap.seconds, 2),
@@ -273,7 +264,6 @@ def test_prometheus_bytes_equal_the_coordinators(run: Run) -> None:
             f"{p}/{d}": sum(v for (ph, _, dd), v in records.items() if (ph, dd) == (p, d))
             for p, d in sorted({(ph, d) for ph, _, d in records})
         },
-        "register_unknown": dict(register),
         "rounds": " ".join(f"{r.phase}/{r.round}" for job in run.jobs for r in job.rounds),
     }
     print(json.dumps(summary, indent=2))

@@ -187,7 +187,7 @@ def wire() -> Iterator[Wire]:
     interceptor = CountingServerInterceptor(
         WireMetrics(registry),
         # as the coordinator does: registered ids as themselves, others collapse to one label
-        participant_label=lambda pid: (pid if pid in known else "unknown") if pid else "-",
+        participant_label=lambda pid, _: (pid if pid in known else "unknown") if pid else "-",
         hook=hook,
     )
     servicer = EchoServicer(known)
