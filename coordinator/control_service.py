@@ -123,6 +123,22 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         assert version is not None
         return model_to_proto(version, active=True)
 
+    async def CancelJob(
+        self, request: control_pb2.CancelJobRequest, context: Context
+    ) -> control_pb2.JobInfo:
+        job = self._store.get_job(request.job_id)
+        if job is None:
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")
+        if not await self._jobs.cancel(job.job_id):
+            await abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"job {job.job_id} is {job.status.value}: nothing to cancel",
+            )
+        info = self._store.get_job(job.job_id)
+        assert info is not None
+        return job_to_proto(info, self._store.list_rounds(job.job_id))
+
     async def GetJob(
         self, request: control_pb2.GetJobRequest, context: Context
     ) -> control_pb2.JobInfo:

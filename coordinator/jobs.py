@@ -104,6 +104,7 @@ class JobManager:
         self._changed = asyncio.Condition()
         self._bytes: dict[tuple[str, str, int], RoundBytes] = {}
         self._stopping = False
+        self._cancelled: set[str] = set()  # by an operator, not by shutdown
 
     def recover(self) -> tuple[list[str], list[str]]:
         """Jobs a previous coordinator process left unfinished: training and unlearning jobs
@@ -203,7 +204,10 @@ class JobManager:
         except JobFailed as exc:
             self._finish(job_id, JobStatus.FAILED, str(exc), {})
         except asyncio.CancelledError:
-            if self._stopping and kind in RESUMABLE:  # the next coordinator process resumes it
+            if job_id in self._cancelled:
+                self._cancelled.discard(job_id)
+                self._finish(job_id, JobStatus.FAILED, "cancelled by an operator", {})
+            elif self._stopping and kind in RESUMABLE:  # the next process resumes it
                 self.emit(job_id, "job_interrupted", "", 0, "coordinator stopping; will resume")
                 log.info("job %s interrupted by shutdown: it resumes on restart", job_id)
             else:
@@ -289,6 +293,16 @@ class JobManager:
 
     def round_bytes(self, job_id: str, phase: str, round_number: int) -> RoundBytes:
         return self._bytes.setdefault((job_id, phase, round_number), RoundBytes())
+
+    async def cancel(self, job_id: str) -> bool:
+        """Stop a running job for good; False if it is not running in this process."""
+        task = self._running.get(job_id)
+        if task is None:
+            return False
+        self._cancelled.add(job_id)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return True
 
     async def shutdown(self) -> None:
         self._stopping = True

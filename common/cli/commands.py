@@ -221,6 +221,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cancel(args: argparse.Namespace) -> int:
+    info = _stub(args).CancelJob(control_pb2.CancelJobRequest(job_id=args.job), timeout=30)
+    _emit(args, _as_dict(info), lambda: f"job {info.job_id}: {info.status} ({info.reason})")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     info = _stub(args).GetJob(control_pb2.GetJobRequest(job_id=args.job), timeout=30)
     job, rounds = job_from_proto(info)

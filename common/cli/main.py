@@ -14,6 +14,7 @@ from common.cli import certs
 from common.cli.commands import (
     DEFAULT_COORDINATOR,
     CliError,
+    cmd_cancel,
     cmd_eval,
     cmd_export,
     cmd_jobs,
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, help_text in (
         ("status", cmd_status, "a job's state and rounds"),
         ("watch", cmd_watch, "follow a job live: progress per phase, bytes, RA/FA"),
+        ("cancel", cmd_cancel, "stop a running job (its open tasks close; it ends failed)"),
     ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("job")
@@ -201,7 +203,7 @@ _TLS_HINT = (
     "TLS also --tls-cert/--tls-key), and does its certificate name the host you dial?"
 )
 # Commands whose argument is a job: a NOT_FOUND there means the job id.
-_JOB_COMMANDS = {"status", "watch", "report", "layers"}
+_JOB_COMMANDS = {"status", "watch", "report", "layers", "cancel"}
 
 
 def rpc_error_message(exc: grpc.RpcError, command: str, coordinator: str) -> str:

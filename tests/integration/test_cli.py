@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common.launch import LocalFederation
+from common.launch import LocalFederation, scrape
 from tests.integration.conftest import NUM_PARTICIPANTS
 
 
@@ -88,3 +88,17 @@ def test_errors_say_what_to_do(federation: LocalFederation, tmp_path: Path) -> N
     cmd = [sys.executable, "-m", "common.cli.main", "--coordinator", "127.0.0.1:1", "jobs"]
     down = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert down.returncode == 1 and "UNAVAILABLE at 127.0.0.1:1" in down.stderr
+
+
+def test_cancel_stops_a_running_job_and_closes_its_tasks(federation: LocalFederation) -> None:
+    started = as_json(federation, "train", "--rounds", "10000", "--min-participants", "1")
+    job_id = started["job_id"]
+    cancelled = as_json(federation, "cancel", job_id)
+    assert (cancelled["status"], cancelled["reason"]) == ("failed", "cancelled by an operator")
+    again = fusedctl(federation, "cancel", job_id, check=False)
+    assert again.returncode == 1
+    assert f"FAILED_PRECONDITION: job {job_id} is failed: nothing to cancel" in again.stderr
+    unknown = fusedctl(federation, "cancel", "job-nope", check=False)
+    assert "NOT_FOUND" in unknown.stderr and "fusedctl jobs" in unknown.stderr
+    metrics = scrape(federation.metrics_port)
+    assert metrics[("fused_tasks_in_flight", ())] == 0  # the open round's tasks were closed

@@ -76,6 +76,11 @@ class ControlServiceStub:
                 request_serializer=proto_dot_fused_dot_v1_dot_control__pb2.WatchJobRequest.SerializeToString,
                 response_deserializer=proto_dot_fused_dot_v1_dot_control__pb2.JobEvent.FromString,
                 _registered_method=True)
+        self.CancelJob = channel.unary_unary(
+                '/fused.v1.ControlService/CancelJob',
+                request_serializer=proto_dot_fused_dot_v1_dot_control__pb2.CancelJobRequest.SerializeToString,
+                response_deserializer=proto_dot_fused_dot_v1_dot_control__pb2.JobInfo.FromString,
+                _registered_method=True)
         self.ListJobs = channel.unary_unary(
                 '/fused.v1.ControlService/ListJobs',
                 request_serializer=proto_dot_fused_dot_v1_dot_control__pb2.ListJobsRequest.SerializeToString,
@@ -152,6 +157,13 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelJob(self, request, context):
+        """Stops a pending or running job: its open tasks close, it ends failed ("cancelled").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListJobs(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -218,6 +230,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.WatchJob,
                     request_deserializer=proto_dot_fused_dot_v1_dot_control__pb2.WatchJobRequest.FromString,
                     response_serializer=proto_dot_fused_dot_v1_dot_control__pb2.JobEvent.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
+                    request_deserializer=proto_dot_fused_dot_v1_dot_control__pb2.CancelJobRequest.FromString,
+                    response_serializer=proto_dot_fused_dot_v1_dot_control__pb2.JobInfo.SerializeToString,
             ),
             'ListJobs': grpc.unary_unary_rpc_method_handler(
                     servicer.ListJobs,
@@ -457,6 +474,33 @@ class ControlService:
             '/fused.v1.ControlService/WatchJob',
             proto_dot_fused_dot_v1_dot_control__pb2.WatchJobRequest.SerializeToString,
             proto_dot_fused_dot_v1_dot_control__pb2.JobEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fused.v1.ControlService/CancelJob',
+            proto_dot_fused_dot_v1_dot_control__pb2.CancelJobRequest.SerializeToString,
+            proto_dot_fused_dot_v1_dot_control__pb2.JobInfo.FromString,
             options,
             channel_credentials,
             insecure,

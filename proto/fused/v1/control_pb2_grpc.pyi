@@ -44,6 +44,8 @@ class ControlServiceStub:
     Reapply: _grpc.UnaryUnaryMultiCallable[_control_pb2.VersionRequest, _control_pb2.ModelVersionInfo]
     GetJob: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetJobRequest, _control_pb2.JobInfo]
     WatchJob: _grpc.UnaryStreamMultiCallable[_control_pb2.WatchJobRequest, _control_pb2.JobEvent]
+    CancelJob: _grpc.UnaryUnaryMultiCallable[_control_pb2.CancelJobRequest, _control_pb2.JobInfo]
+    """Stops a pending or running job: its open tasks close, it ends failed ("cancelled")."""
     ListJobs: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListJobsRequest, _control_pb2.ListJobsResponse]
     ListParticipants: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListParticipantsRequest, _control_pb2.ListParticipantsResponse]
     ListModels: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListModelsRequest, _control_pb2.ListModelsResponse]
@@ -64,6 +66,8 @@ class ControlServiceAsyncStub(ControlServiceStub):
     Reapply: _aio.UnaryUnaryMultiCallable[_control_pb2.VersionRequest, _control_pb2.ModelVersionInfo]  # type: ignore[assignment]
     GetJob: _aio.UnaryUnaryMultiCallable[_control_pb2.GetJobRequest, _control_pb2.JobInfo]  # type: ignore[assignment]
     WatchJob: _aio.UnaryStreamMultiCallable[_control_pb2.WatchJobRequest, _control_pb2.JobEvent]  # type: ignore[assignment]
+    CancelJob: _aio.UnaryUnaryMultiCallable[_control_pb2.CancelJobRequest, _control_pb2.JobInfo]  # type: ignore[assignment]
+    """Stops a pending or running job: its open tasks close, it ends failed ("cancelled")."""
     ListJobs: _aio.UnaryUnaryMultiCallable[_control_pb2.ListJobsRequest, _control_pb2.ListJobsResponse]  # type: ignore[assignment]
     ListParticipants: _aio.UnaryUnaryMultiCallable[_control_pb2.ListParticipantsRequest, _control_pb2.ListParticipantsResponse]  # type: ignore[assignment]
     ListModels: _aio.UnaryUnaryMultiCallable[_control_pb2.ListModelsRequest, _control_pb2.ListModelsResponse]  # type: ignore[assignment]
@@ -129,6 +133,14 @@ class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _control_pb2.WatchJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_control_pb2.JobEvent], _abc.AsyncIterator[_control_pb2.JobEvent]]: ...
+
+    @_abc_1.abstractmethod
+    def CancelJob(
+        self,
+        request: _control_pb2.CancelJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.JobInfo, _abc.Awaitable[_control_pb2.JobInfo]]:
+        """Stops a pending or running job: its open tasks close, it ends failed ("cancelled")."""
 
     @_abc_1.abstractmethod
     def ListJobs(
