@@ -92,6 +92,21 @@ class ArtifactStore:
                         continue
                     entry.unlink()
 
+    def digests(self) -> list[str]:
+        """Every stored artifact."""
+        return [p.name for p in self._objects.glob("??/*") if _DIGEST_RE.fullmatch(p.name)]
+
+    def remove(self, digest: str) -> int:
+        """Delete an artifact; returns the bytes freed (0 if it was not there)."""
+        path = self.path_for(digest)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return 0
+        self._verified.pop(digest, None)
+        return size
+
     def path_for(self, digest: str) -> Path:
         validate_digest(digest)
         return self._objects / digest[:2] / digest

@@ -126,6 +126,9 @@ class Fleet:
     def record_upload(self, pid: str, blob_id: str) -> None:
         self._uploads.setdefault(pid, set()).add(blob_id)
 
+    def forget_uploads(self) -> None:
+        self._uploads.clear()
+
     def uploaded(self, pid: str, blob_id: str) -> bool:
         """Whether pid itself sent every byte of blob_id (to this coordinator process)."""
         return blob_id in self._uploads.get(pid, ())

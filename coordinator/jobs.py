@@ -94,7 +94,9 @@ class JobManager:
         fleet: Fleet,
         metrics: CoordinatorMetrics,
         clock: Callable[[], float] = time.time,
+        on_idle: Callable[[], object] | None = None,
     ) -> None:
+        self._on_idle = on_idle  # called when the last running job ends
         self._store = store
         self._artifacts = artifacts
         self._fleet = fleet
@@ -223,6 +225,8 @@ class JobManager:
             self._flush_round_bytes(job_id)
             self._running.pop(job_id, None)
             self._bytes = {k: v for k, v in self._bytes.items() if k[0] != job_id}
+            if not self._running and self._on_idle is not None:
+                self._on_idle()  # on the loop, synchronously: no job can start meanwhile
 
     def _flush_round_bytes(self, job_id: str) -> None:
         """Store each round's final byte counts (responses are counted after a round ends)."""

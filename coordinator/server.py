@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from common.pki import read_auth_file
 from common.wire import CountingServerInterceptor, PreSerializedResponses
 from coordinator.artifacts import ArtifactStore
 from coordinator.auth import AuthInterceptor, AuthPolicy
+from coordinator.collect import collect
 from coordinator.control_service import ControlServicer
 from coordinator.fleet import Fleet
 from coordinator.jobs import JobManager
@@ -72,6 +74,13 @@ class CoordinatorConfig:
             "that cannot speak (mutual) TLS, e.g. Kubernetes grpc probes; '' = off"
         },
     )
+    keep_artifacts: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "keep every round's aggregate and upload (audits); by default, whenever no "
+            "job runs, artifacts no model version or unfinished job needs are deleted"
+        },
+    )
     auth_file: Path | None = dataclasses.field(
         default=None,
         metadata={"help": "TOML of participant and operator token hashes (fusedctl certs init)"},
@@ -107,7 +116,9 @@ class Coordinator:
         artifacts = ArtifactStore(cfg.state_dir / "artifacts")
         artifacts.ensure()
         fleet = self.fleet = Fleet(store, cfg.offline_after_s)
-        jobs = self.jobs = JobManager(store, artifacts, fleet, self.metrics)
+        spool = UploadSpool(cfg.state_dir / "uploads", artifacts)
+        on_idle = None if cfg.keep_artifacts else partial(collect, store, artifacts, spool, fleet)
+        jobs = self.jobs = JobManager(store, artifacts, fleet, self.metrics, on_idle=on_idle)
         resumed, failed = jobs.recover()
         for job_id in resumed:
             log.warning("job %s was unfinished when the coordinator stopped: resuming", job_id)
@@ -137,7 +148,7 @@ class Coordinator:
                 artifacts,
                 settings,
                 self.metrics,
-                UploadSpool(cfg.state_dir / "uploads", artifacts),
+                spool,
                 store,
             ),
             self._server,

@@ -27,6 +27,13 @@ class UploadSpool:
             raise ValueError(f"bad participant id {participant!r}")
         return self._root / participant / f"{digest}.part"
 
+    def clear(self) -> int:
+        """Remove every partial upload; returns how many (only when no task is open)."""
+        parts = list(self._root.glob("*/*.part")) if self._root.exists() else []
+        for part in parts:
+            part.unlink(missing_ok=True)
+        return len(parts)
+
     def offset(self, participant: str, digest: str) -> int:
         path = self._path(participant, digest)
         return path.stat().st_size if path.exists() else 0

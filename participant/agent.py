@@ -40,6 +40,11 @@ from proto.fused.v1 import common_pb2, participant_pb2, participant_pb2_grpc
 log = logging.getLogger(__name__)
 
 AGENT_VERSION = "0.1.0"
+# A session that ends with one of these cannot succeed by retrying: the agent stops. Any other
+# failure (the network, a restarting or buggy coordinator) starts a new session after a
+# backoff, so an edge agent outlives the coordinator's troubles.
+PERMANENT = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED})
+# Transport trouble: an interrupted upload resumes in the same session.
 RETRYABLE = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,
@@ -139,7 +144,7 @@ class Agent:
                         code.name,
                         exc.details(),
                     )
-                elif code not in RETRYABLE:
+                elif code in PERMANENT:
                     raise
                 delay = random.uniform(0.5, 1.0) * backoff
                 log.warning("no session with the coordinator (%s); retrying in %.1f s", code, delay)

@@ -102,3 +102,16 @@ def test_cancel_stops_a_running_job_and_closes_its_tasks(federation: LocalFedera
     assert "NOT_FOUND" in unknown.stderr and "fusedctl jobs" in unknown.stderr
     metrics = scrape(federation.metrics_port)
     assert metrics[("fused_tasks_in_flight", ())] == 0  # the open round's tasks were closed
+
+
+def test_finished_jobs_leave_only_what_versions_need(federation: LocalFederation) -> None:
+    fusedctl(federation, "train", "--rounds", "3", "--min-participants", "1", "--wait")
+    models = as_json(federation, "models")
+    needed = set()
+    for m in models:
+        meta = json.loads(m.get("meta_json", "{}"))
+        needed |= {m["digest"], meta.get("adapter_digest"), meta.get("base_digest")} - {None}
+    objects = federation.work_dir / "state" / "artifacts" / "sha256"
+    stored = {p.name for p in objects.glob("??/*")}
+    assert stored == needed  # the rounds' aggregates and uploads were collected
+    assert not list((federation.work_dir / "state" / "uploads").glob("*/*.part"))

@@ -151,6 +151,7 @@ def hostile(digits_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     operator = read_token_file(pki / "operator-admin.token")
     with LocalFederation(work / "federation", operator_token=operator) as fed:
         fed.start_coordinator(
+            "--keep-artifacts",  # the attacks reuse p0's uploads from the reference job
             "--auth-file",
             str(pki / "auth.toml"),
             "--max-upload-mb",

@@ -1,0 +1,71 @@
+"""Garbage collection: only what model versions and unfinished jobs need survives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from coordinator.artifacts import ArtifactStore
+from coordinator.collect import collect, referenced
+from coordinator.fleet import Fleet
+from coordinator.state import JobRecord, JobStatus, ModelVersion, RoundRecord
+from coordinator.state.memory import InMemoryStateStore
+from coordinator.uploads import UploadSpool
+
+
+def job(job_id: str, status: JobStatus) -> JobRecord:
+    return JobRecord(job_id, "train", {}, status, "train", 1, "", 0.0, 0.0)
+
+
+def version(version_id: str, digest: str, **meta: str) -> ModelVersion:
+    return ModelVersion(version_id, None, None, "base", digest, "mlp", 1, 0.0, dict(meta))
+
+
+def round_record(job_id: str, phase: str, **metrics: str) -> RoundRecord:
+    return RoundRecord(job_id, phase, 1, 0.0, 1.0, [], dict(metrics))
+
+
+def test_collect_keeps_versions_and_unfinished_checkpoints(tmp_path: Path) -> None:
+    artifacts = ArtifactStore(tmp_path / "artifacts")
+    artifacts.ensure()
+    blob = {
+        name: artifacts.put_bytes(name.encode())
+        for name in (
+            "served",
+            "adapter",
+            "base",
+            "finished-round",
+            "running-round",
+            "running-values",
+            "upload",
+        )
+    }
+    store = InMemoryStateStore()
+    store.add_model_version(
+        version("m-1", blob["served"], adapter_digest=blob["adapter"], base_digest=blob["base"])
+    )
+    store.create_job(job("job-done", JobStatus.COMPLETED))
+    store.save_round(
+        RoundRecord("job-done", "train", 1, 0, 1, [], {"model": blob["finished-round"]})
+    )
+    store.create_job(job("job-live", JobStatus.RUNNING))
+    store.save_round(
+        RoundRecord("job-live", "train", 1, 0, 1, [], {"model": blob["running-round"]})
+    )
+    store.save_round(
+        RoundRecord("job-live", "adapter", 1, 0, 1, [], {"values": blob["running-values"]})
+    )
+    spool = UploadSpool(tmp_path / "uploads", artifacts)
+    writer = spool.open("p0", "a" * 64, total=10, offset=0)
+    writer.write(0, b"abc")
+    writer.close()
+
+    kept = {"served", "adapter", "base", "running-round", "running-values"}
+    assert referenced(store) == {blob[k] for k in kept}
+    fleet = Fleet(store, offline_after_s=15)
+    fleet.record_upload("p0", blob["upload"])
+    done = collect(store, artifacts, spool, fleet)
+    assert (done.artifacts, done.bytes, done.upload_parts) == (2, len("finished-round") + 6, 1)
+    assert sorted(artifacts.digests()) == sorted(blob[k] for k in kept)
+    assert spool.offset("p0", "a" * 64) == 0
+    assert not fleet.uploaded("p0", blob["upload"])  # it must send the bytes again
+    assert collect(store, artifacts, spool, fleet).artifacts == 0  # nothing left to collect
