@@ -162,16 +162,16 @@ def result_version(info: control_pb2.JobInfo) -> str:
 
 
 def participant_killed_mid_round(chaos: Chaos) -> str:
-    """SIGKILL a participant holding a round-2 task (frozen first, so it cannot have pushed):
-    the round completes on its quorum, the participant restarts and rejoins a later round."""
+    """SIGKILL a participant holding a round-1 task (frozen before the job starts, so it
+    cannot have answered): the round completes on its quorum, the participant restarts and
+    rejoins."""
+    chaos.fed.participants["p2"].send_signal(signal.SIGSTOP)  # its long poll stays open
     job_id = chaos.train(rounds=40, min_participants=2)
-    chaos.wait_until(job_id, lambda j: len(committed(j)) >= 1)
-    chaos.fed.participants["p2"].send_signal(signal.SIGSTOP)  # holds its next task unanswered
-    chaos.wait_until(job_id, lambda j: j.phase == "train" and j.round >= 2)
+    chaos.wait_until(job_id, lambda j: j.phase == "train" and j.round >= 1)
     chaos.kill("p2")
-    info = chaos.wait_until(job_id, lambda j: len(committed(j)) >= 2)
-    r2 = committed(info)[1]
-    check("p2" not in r2.participants, f"round 2 aggregated the killed p2: {r2.participants}")
+    info = chaos.wait_until(job_id, lambda j: len(committed(j)) >= 1)
+    r1 = committed(info)[0]
+    check("p2" not in r1.participants, f"round 1 aggregated the killed p2: {r1.participants}")
     restarted_at = time.time()
     chaos.start("p2")
     info = chaos.finished(job_id)
@@ -189,9 +189,9 @@ def participant_killed_mid_round(chaos: Chaos) -> str:
     # Rounds are fast: the job may end before the new agent is up. It must then join the next.
     after = chaos.finished(chaos.train(rounds=1, min_participants=3))
     check(after.status == "completed", f"follow-up job without p2: {after.reason}")
-    reason = json.loads(r2.metrics_json)["failures"].get("p2", "")
+    reason = json.loads(r1.metrics_json)["failures"].get("p2", "")
     return (
-        f"p2 killed holding its round-2 task; round 2 completed with {list(r2.participants)} "
+        f"p2 killed holding its round-1 task; round 1 completed with {list(r1.participants)} "
         f"(p2: '{reason}'); p2 restarted and rejoined (same job's rounds {rejoined[:3]}..., "
         "and a job needing all 3); every round's examples equal its participants' shard sizes "
         "(no double counting)"
@@ -199,22 +199,20 @@ def participant_killed_mid_round(chaos: Chaos) -> str:
 
 
 def silent_participant_marked_offline(chaos: Chaos) -> str:
-    """SIGSTOP a participant mid-round: it is marked offline and its task failed well before
-    the round deadline; after SIGCONT it is back online."""
-    job_id = chaos.train(rounds=3, min_participants=2)
-    chaos.wait_until(job_id, lambda j: len(committed(j)) >= 1)
+    """SIGSTOP a participant (frozen before the job starts, so it holds a round-1 task
+    unanswered): it is marked offline and its task failed well before the round deadline;
+    after SIGCONT it is back online."""
     victim = chaos.fed.participants["p1"]
     victim.send_signal(signal.SIGSTOP)
     try:
-        chaos.wait_until(job_id, lambda j: j.round >= 2)
-        stopped = time.time()
-        info = chaos.wait_until(job_id, lambda j: len(committed(j)) >= 2)
-        r2 = committed(info)[1]
-        waited = r2.finished_at - stopped
-        failures = json.loads(r2.metrics_json)["failures"]
-        check("p1" not in r2.participants, f"round 2 aggregated the frozen p1: {r2.participants}")
+        job_id = chaos.train(rounds=3, min_participants=2)
+        info = chaos.wait_until(job_id, lambda j: len(committed(j)) >= 1)
+        r1 = committed(info)[0]
+        waited = r1.finished_at - r1.started_at
+        failures = json.loads(r1.metrics_json)["failures"]
+        check("p1" not in r1.participants, f"round 1 aggregated the frozen p1: {r1.participants}")
         check("went silent" in failures.get("p1", ""), f"p1's failure reason: {failures}")
-        check(waited < DEADLINE_S / 4, f"round 2 ended {waited:.1f} s after the freeze")
+        check(waited < DEADLINE_S / 4, f"round 1 took {waited:.1f} s")
         check("p1" not in chaos.online(), "the frozen p1 is still listed online")
     finally:
         victim.send_signal(signal.SIGCONT)
@@ -225,9 +223,9 @@ def silent_participant_marked_offline(chaos: Chaos) -> str:
         check(time.monotonic() < deadline, "p1 did not come back online after SIGCONT")
         time.sleep(0.1)
     return (
-        f"p1 frozen in round 2: marked offline and its task failed ('{failures['p1']}'); "
-        f"round 2 ended {waited:.1f} s after the freeze (deadline {DEADLINE_S:g} s); "
-        "back online after SIGCONT"
+        f"p1 frozen holding its round-1 task: marked offline and the task failed "
+        f"('{failures['p1']}'); round 1 took {waited:.1f} s (deadline {DEADLINE_S:g} s); back "
+        "online after SIGCONT"
     )
 
 
