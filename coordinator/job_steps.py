@@ -44,15 +44,19 @@ class FedAvgPlan:
     phase: str = "train"
 
 
-async def wait_for_participants(ctx: JobContext, needed: int, timeout_s: float) -> list[str]:
+async def wait_for_participants(
+    ctx: JobContext, needed: int, timeout_s: float, forget: ForgetSpec | None = None
+) -> list[str]:
+    """Wait until `needed` participants that hold remaining data are online (after a
+    restart they reconnect one by one); returns every online participant."""
     deadline = ctx.clock() + timeout_s
     while True:
-        online = ctx.fleet.online_ids()
-        if len(online) >= needed:
-            return online
+        usable = len(eligible(ctx, forget))
+        if usable >= needed:
+            return ctx.fleet.online_ids()
         if ctx.clock() >= deadline:
             raise JobFailed(
-                f"only {len(online)} of the {needed} required participants were online "
+                f"only {usable} of the {needed} required participants were online "
                 f"after waiting {timeout_s:g} s"
             )
         await asyncio.sleep(0.2)

@@ -59,7 +59,9 @@ async def resolve_base(ctx: JobContext, spec: UnlearningSpec) -> Base:
         raise JobFailed(
             f"unlearn from a full model version; {version.version_id} is {version.kind}"
         )
-    online = await wait_for_participants(ctx, spec.min_participants, spec.wait_for_participants_s)
+    online = await wait_for_participants(
+        ctx, spec.min_participants, spec.wait_for_participants_s, spec.forget
+    )
     dataset, num_classes = federation_data(ctx, online)
     try:
         spec.forget.validate(num_classes)
