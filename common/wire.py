@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import grpc.aio
+import prometheus_client
 from prometheus_client import CollectorRegistry, Counter
 
 # Metadata keys a participant attaches so both ends can label bytes by job phase.
@@ -27,6 +28,13 @@ KNOWN_PHASES = frozenset(
 
 Serializer = Callable[[Any], Any] | None
 ByteHook = Callable[[dict[str, str], str, int], None]  # (metadata, direction, nbytes)
+
+
+def disable_created_series() -> None:
+    """Drop counters' *_created series, process-wide: at 1,000 participants they double
+    /metrics and the time rendering it holds the GIL (2.2 s -> 1.3 s), and nothing graphs
+    them. The daemons call this at start."""
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class WireMetrics:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from common.config import ConfigError, load_config
 from common.logs import setup_logging
+from common.wire import disable_created_series
 from coordinator.server import Coordinator, CoordinatorConfig
 
 
@@ -48,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         setup_logging(config.log_level, config.log_json, "coordinator")
         raise_open_files_limit()
+        disable_created_series()
         asyncio.run(serve(config))
     except (ValueError, OSError) as exc:  # bad TLS or auth files, a port in use, ...
         print(f"fused-coordinator: {exc}", file=sys.stderr)

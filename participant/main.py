@@ -18,6 +18,7 @@ from common.data.shards import load_shard
 from common.logs import setup_logging
 from common.net import TlsFiles
 from common.pki import read_token_file
+from common.wire import disable_created_series
 from participant.agent import Agent, AgentSettings, ParticipantMetrics
 
 
@@ -69,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     setup_logging(cfg.log_level, cfg.log_json, "participant")
     torch.set_num_threads(cfg.threads)
+    disable_created_series()
     registry = CollectorRegistry()
     metrics = ParticipantMetrics(registry)
     port = 0
