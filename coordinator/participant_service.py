@@ -210,9 +210,7 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
                     self._check_first_chunk(chunk)
                     # Idempotent, but only for the sender's own uploads: knowing a digest
                     # must not let a participant claim another's update as its own.
-                    if self._fleet.uploaded(pid, chunk.blob_id) and self._artifacts.exists(
-                        chunk.blob_id
-                    ):
+                    if self._fleet.uploaded(pid, chunk.blob_id):
                         return participant_pb2.UploadBlobResponse(
                             blob_id=chunk.blob_id, size=self._artifacts.size(chunk.blob_id)
                         )

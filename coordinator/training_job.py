@@ -40,8 +40,8 @@ async def run_training(ctx: JobContext, spec: TrainingSpec, resume: bool = False
         spec.round_deadline_s,
         spec.evaluate_each_round,
     )
-    start = last_checkpoint(ctx, plan.phase) if resume else None
-    if start is not None:
+    start = last_checkpoint(ctx, plan.phase)  # None for a fresh job
+    if resume and start is not None:
         ctx.emit("job_resumed", plan.phase, start.round, f"resuming after round {start.round}")
     blob, history = await fedavg_rounds(ctx, model, plan, weights, schema_of(weights), start)
     accuracy = history[-1]["accuracy"]
