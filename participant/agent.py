@@ -35,24 +35,12 @@ from participant.executor import (
     local_update,
     model_schema,
 )
+from participant.retry import PERMANENT, REFUSED_CREDENTIALS, RETRYABLE, TASK_FATAL
 from proto.fused.v1 import common_pb2, participant_pb2, participant_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 AGENT_VERSION = "0.1.0"
-# A session that ends with one of these cannot succeed by retrying: the agent stops. Any other
-# failure (the network, a restarting or buggy coordinator) starts a new session after a
-# backoff, so an edge agent outlives the coordinator's troubles.
-PERMANENT = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED})
-# Transport trouble: an interrupted upload resumes in the same session.
-RETRYABLE = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.FAILED_PRECONDITION,  # not registered (e.g. the coordinator restarted)
-        grpc.StatusCode.CANCELLED,
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -65,24 +53,6 @@ class AgentSettings:
     backoff_max_s: float = 30.0
     max_download_bytes: int = 1 << 30
     cache_bytes: int = 512 << 20
-
-
-# Answers that retrying the same task cannot change (a corrupt artifact, a refused upload):
-# the task is reported failed instead of retried until its deadline.
-_TASK_FATAL = frozenset(
-    {
-        grpc.StatusCode.DATA_LOSS,
-        grpc.StatusCode.NOT_FOUND,
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.PERMISSION_DENIED,
-        grpc.StatusCode.OUT_OF_RANGE,
-    }
-)
-
-
-REFUSED_CREDENTIALS = frozenset(
-    {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
-)
 
 
 class ReRegister(Exception):
@@ -270,7 +240,7 @@ class Agent:
             outcome = TaskOutcome(self._pid, task.task_id, error=f"{type(exc).__name__}: {exc}")
             status = "error"
         except grpc.RpcError as exc:
-            if exc.code() not in _TASK_FATAL:
+            if exc.code() not in TASK_FATAL:
                 raise  # the connection: a new session retries the task
             log.error("task %s failed: %s: %s", task.task_id, exc.code().name, exc.details())
             outcome = TaskOutcome(
