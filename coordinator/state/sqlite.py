@@ -26,239 +26,33 @@ from coordinator.state.memory import (
 from coordinator.state.records import (
     JobEvent,
     JobRecord,
-    JobStatus,
     ModelVersion,
     ParticipantRecord,
     RoundRecord,
 )
+from coordinator.state.sqlite_rows import (
+    EVENT_COLS,
+    JOB_COLS,
+    MIGRATIONS,
+    PARTICIPANT_COLS,
+    ROUND_COLS,
+    SCHEMA_VERSION,
+    VERSION_COLS,
+    SchemaVersionError,
+    dumps,
+    event_from_row,
+    job_from_row,
+    job_row,
+    participant_from_row,
+    participant_row,
+    placeholders,
+    round_from_row,
+    round_row,
+    version_from_row,
+    version_row,
+)
 
 __all__ = ["SCHEMA_VERSION", "SchemaVersionError", "SqliteStateStore"]
-
-SCHEMA_VERSION = 1
-
-# Index i holds the statements that take a database from version i to version i + 1.
-_MIGRATIONS: list[list[str]] = [
-    [
-        """
-        CREATE TABLE participants (
-            participant_id TEXT PRIMARY KEY,
-            class_counts   TEXT NOT NULL,   -- JSON list[int]
-            num_train      INTEGER NOT NULL,
-            num_test       INTEGER NOT NULL,
-            registered_at  REAL NOT NULL,
-            last_seen      REAL NOT NULL,
-            info           TEXT NOT NULL    -- JSON object
-        )
-        """,
-        """
-        CREATE TABLE jobs (
-            job_id     TEXT PRIMARY KEY,
-            kind       TEXT NOT NULL,
-            spec       TEXT NOT NULL,       -- JSON object
-            status     TEXT NOT NULL,
-            phase      TEXT NOT NULL,
-            round      INTEGER NOT NULL,
-            reason     TEXT NOT NULL,
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL,
-            result     TEXT NOT NULL        -- JSON object
-        )
-        """,
-        "CREATE INDEX jobs_by_created ON jobs (created_at, job_id)",
-        """
-        CREATE TABLE rounds (
-            id           INTEGER PRIMARY KEY AUTOINCREMENT,  -- first-saved order
-            job_id       TEXT NOT NULL REFERENCES jobs (job_id),
-            phase        TEXT NOT NULL,
-            round        INTEGER NOT NULL,
-            started_at   REAL NOT NULL,
-            finished_at  REAL,
-            participants TEXT NOT NULL,     -- JSON list[str]
-            metrics      TEXT NOT NULL,     -- JSON object
-            UNIQUE (job_id, phase, round)
-        )
-        """,
-        """
-        CREATE TABLE model_versions (
-            version_id TEXT PRIMARY KEY,
-            job_id     TEXT REFERENCES jobs (job_id),
-            parent_id  TEXT REFERENCES model_versions (version_id),
-            kind       TEXT NOT NULL,
-            digest     TEXT NOT NULL,
-            model      TEXT NOT NULL,
-            num_params INTEGER NOT NULL,
-            created_at REAL NOT NULL,
-            meta       TEXT NOT NULL        -- JSON object
-        )
-        """,
-        "CREATE INDEX model_versions_by_created ON model_versions (created_at, version_id)",
-        """
-        CREATE TABLE events (
-            job_id  TEXT NOT NULL REFERENCES jobs (job_id),
-            seq     INTEGER NOT NULL,
-            time    REAL NOT NULL,
-            kind    TEXT NOT NULL,
-            phase   TEXT NOT NULL,
-            round   INTEGER NOT NULL,
-            message TEXT NOT NULL,
-            data    TEXT NOT NULL,          -- JSON object
-            PRIMARY KEY (job_id, seq)
-        )
-        """,
-        """
-        CREATE TABLE settings (
-            key   TEXT PRIMARY KEY,
-            value TEXT NOT NULL
-        )
-        """,
-    ],
-]
-assert len(_MIGRATIONS) == SCHEMA_VERSION
-
-_PARTICIPANT_COLS = (
-    "participant_id, class_counts, num_train, num_test, registered_at, last_seen, info"
-)
-_JOB_COLS = "job_id, kind, spec, status, phase, round, reason, created_at, updated_at, result"
-_ROUND_COLS = "job_id, phase, round, started_at, finished_at, participants, metrics"
-_VERSION_COLS = "version_id, job_id, parent_id, kind, digest, model, num_params, created_at, meta"
-_EVENT_COLS = "job_id, seq, time, kind, phase, round, message, data"
-
-
-class SchemaVersionError(RuntimeError):
-    """The database was written by a newer version of the coordinator."""
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
-# ------------------------------------------------------------------ row <-> record
-
-
-def _participant_row(r: ParticipantRecord) -> tuple[Any, ...]:
-    return (
-        r.participant_id,
-        _dumps(r.class_counts),
-        r.num_train,
-        r.num_test,
-        r.registered_at,
-        r.last_seen,
-        _dumps(r.info),
-    )
-
-
-def _participant(row: sqlite3.Row) -> ParticipantRecord:
-    return ParticipantRecord(
-        participant_id=row["participant_id"],
-        class_counts=json.loads(row["class_counts"]),
-        num_train=row["num_train"],
-        num_test=row["num_test"],
-        registered_at=row["registered_at"],
-        last_seen=row["last_seen"],
-        info=json.loads(row["info"]),
-    )
-
-
-def _job_row(r: JobRecord) -> tuple[Any, ...]:
-    return (
-        r.job_id,
-        r.kind,
-        _dumps(r.spec),
-        r.status.value,
-        r.phase,
-        r.round,
-        r.reason,
-        r.created_at,
-        r.updated_at,
-        _dumps(r.result),
-    )
-
-
-def _job(row: sqlite3.Row) -> JobRecord:
-    return JobRecord(
-        job_id=row["job_id"],
-        kind=row["kind"],
-        spec=json.loads(row["spec"]),
-        status=JobStatus(row["status"]),
-        phase=row["phase"],
-        round=row["round"],
-        reason=row["reason"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        result=json.loads(row["result"]),
-    )
-
-
-def _round_row(r: RoundRecord) -> tuple[Any, ...]:
-    return (
-        r.job_id,
-        r.phase,
-        r.round,
-        r.started_at,
-        r.finished_at,
-        _dumps(r.participants),
-        _dumps(r.metrics),
-    )
-
-
-def _round(row: sqlite3.Row) -> RoundRecord:
-    return RoundRecord(
-        job_id=row["job_id"],
-        phase=row["phase"],
-        round=row["round"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        participants=json.loads(row["participants"]),
-        metrics=json.loads(row["metrics"]),
-    )
-
-
-def _version_row(r: ModelVersion) -> tuple[Any, ...]:
-    return (
-        r.version_id,
-        r.job_id,
-        r.parent_id,
-        r.kind,
-        r.digest,
-        r.model,
-        r.num_params,
-        r.created_at,
-        _dumps(r.meta),
-    )
-
-
-def _version(row: sqlite3.Row) -> ModelVersion:
-    return ModelVersion(
-        version_id=row["version_id"],
-        job_id=row["job_id"],
-        parent_id=row["parent_id"],
-        kind=row["kind"],
-        digest=row["digest"],
-        model=row["model"],
-        num_params=row["num_params"],
-        created_at=row["created_at"],
-        meta=json.loads(row["meta"]),
-    )
-
-
-def _event(row: sqlite3.Row) -> JobEvent:
-    return JobEvent(
-        job_id=row["job_id"],
-        seq=row["seq"],
-        time=row["time"],
-        kind=row["kind"],
-        phase=row["phase"],
-        round=row["round"],
-        message=row["message"],
-        data=json.loads(row["data"]),
-    )
-
-
-def _placeholders(cols: str) -> str:
-    return ", ".join("?" for _ in cols.split(","))
-
-
-# ------------------------------------------------------------------ store
 
 
 class SqliteStateStore(StateStore):
@@ -293,7 +87,7 @@ class SqliteStateStore(StateStore):
                     "coordinator or point it at another state file"
                 )
             for target in range(version, SCHEMA_VERSION):
-                for statement in _MIGRATIONS[target]:
+                for statement in MIGRATIONS[target]:
                     self._conn.execute(statement)
             if version != SCHEMA_VERSION:
                 self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
@@ -330,24 +124,24 @@ class SqliteStateStore(StateStore):
 
     # participants
     def upsert_participant(self, record: ParticipantRecord) -> None:
-        row = _participant_row(normalize_participant(record))
+        row = participant_row(normalize_participant(record))
         with self._write() as conn:
             conn.execute(
-                f"INSERT OR REPLACE INTO participants ({_PARTICIPANT_COLS}) "
-                f"VALUES ({_placeholders(_PARTICIPANT_COLS)})",
+                f"INSERT OR REPLACE INTO participants ({PARTICIPANT_COLS}) "
+                f"VALUES ({placeholders(PARTICIPANT_COLS)})",
                 row,
             )
 
     def get_participant(self, participant_id: str) -> ParticipantRecord | None:
         rows = self._query(
-            f"SELECT {_PARTICIPANT_COLS} FROM participants WHERE participant_id = ?",
+            f"SELECT {PARTICIPANT_COLS} FROM participants WHERE participant_id = ?",
             (participant_id,),
         )
-        return _participant(rows[0]) if rows else None
+        return participant_from_row(rows[0]) if rows else None
 
     def list_participants(self) -> list[ParticipantRecord]:
-        rows = self._query(f"SELECT {_PARTICIPANT_COLS} FROM participants ORDER BY participant_id")
-        return [_participant(r) for r in rows]
+        rows = self._query(f"SELECT {PARTICIPANT_COLS} FROM participants ORDER BY participant_id")
+        return [participant_from_row(r) for r in rows]
 
     def touch_participant(self, participant_id: str, when: float) -> None:
         with self._write() as conn:
@@ -360,42 +154,42 @@ class SqliteStateStore(StateStore):
 
     # jobs
     def create_job(self, record: JobRecord) -> None:
-        row = _job_row(normalize_job(record))
+        row = job_row(normalize_job(record))
         with self._write() as conn:
             if self._exists(conn, "jobs", "job_id", record.job_id):
                 raise ValueError(f"job {record.job_id!r} already exists")
-            conn.execute(f"INSERT INTO jobs ({_JOB_COLS}) VALUES ({_placeholders(_JOB_COLS)})", row)
+            conn.execute(f"INSERT INTO jobs ({JOB_COLS}) VALUES ({placeholders(JOB_COLS)})", row)
 
     def update_job(self, job_id: str, **fields: Any) -> JobRecord:
         with self._write() as conn:
             current = conn.execute(
-                f"SELECT {_JOB_COLS} FROM jobs WHERE job_id = ?", (job_id,)
+                f"SELECT {JOB_COLS} FROM jobs WHERE job_id = ?", (job_id,)
             ).fetchone()
             if current is None:
                 raise UnknownRecordError(job_id)
-            updated = apply_job_update(_job(current), fields)
-            row = _job_row(updated)
-            assignments = ", ".join(f"{c.strip()} = ?" for c in _JOB_COLS.split(",")[1:])
+            updated = apply_job_update(job_from_row(current), fields)
+            row = job_row(updated)
+            assignments = ", ".join(f"{c.strip()} = ?" for c in JOB_COLS.split(",")[1:])
             conn.execute(f"UPDATE jobs SET {assignments} WHERE job_id = ?", (*row[1:], job_id))
             return updated
 
     def get_job(self, job_id: str) -> JobRecord | None:
-        rows = self._query(f"SELECT {_JOB_COLS} FROM jobs WHERE job_id = ?", (job_id,))
-        return _job(rows[0]) if rows else None
+        rows = self._query(f"SELECT {JOB_COLS} FROM jobs WHERE job_id = ?", (job_id,))
+        return job_from_row(rows[0]) if rows else None
 
     def list_jobs(self) -> list[JobRecord]:
-        rows = self._query(f"SELECT {_JOB_COLS} FROM jobs ORDER BY created_at, job_id")
-        return [_job(r) for r in rows]
+        rows = self._query(f"SELECT {JOB_COLS} FROM jobs ORDER BY created_at, job_id")
+        return [job_from_row(r) for r in rows]
 
     # rounds
     def save_round(self, record: RoundRecord) -> None:
-        row = _round_row(normalize_round(record))
+        row = round_row(normalize_round(record))
         with self._write() as conn:
             if not self._exists(conn, "jobs", "job_id", record.job_id):
                 raise UnknownRecordError(record.job_id)
             # An upsert keeps the row's id, so a replaced round keeps its first-saved position.
             conn.execute(
-                f"INSERT INTO rounds ({_ROUND_COLS}) VALUES ({_placeholders(_ROUND_COLS)}) "
+                f"INSERT INTO rounds ({ROUND_COLS}) VALUES ({placeholders(ROUND_COLS)}) "
                 "ON CONFLICT (job_id, phase, round) DO UPDATE SET "
                 "started_at = excluded.started_at, finished_at = excluded.finished_at, "
                 "participants = excluded.participants, metrics = excluded.metrics",
@@ -404,13 +198,13 @@ class SqliteStateStore(StateStore):
 
     def list_rounds(self, job_id: str) -> list[RoundRecord]:
         rows = self._query(
-            f"SELECT {_ROUND_COLS} FROM rounds WHERE job_id = ? ORDER BY id", (job_id,)
+            f"SELECT {ROUND_COLS} FROM rounds WHERE job_id = ? ORDER BY id", (job_id,)
         )
-        return [_round(r) for r in rows]
+        return [round_from_row(r) for r in rows]
 
     # model versions
     def add_model_version(self, record: ModelVersion) -> None:
-        row = _version_row(normalize_model_version(record))
+        row = version_row(normalize_model_version(record))
         with self._write() as conn:
             if self._exists(conn, "model_versions", "version_id", record.version_id):
                 raise ValueError(f"model version {record.version_id!r} already exists")
@@ -423,22 +217,22 @@ class SqliteStateStore(StateStore):
             ):
                 raise UnknownRecordError(record.parent_id)
             conn.execute(
-                f"INSERT INTO model_versions ({_VERSION_COLS}) "
-                f"VALUES ({_placeholders(_VERSION_COLS)})",
+                f"INSERT INTO model_versions ({VERSION_COLS}) "
+                f"VALUES ({placeholders(VERSION_COLS)})",
                 row,
             )
 
     def get_model_version(self, version_id: str) -> ModelVersion | None:
         rows = self._query(
-            f"SELECT {_VERSION_COLS} FROM model_versions WHERE version_id = ?", (version_id,)
+            f"SELECT {VERSION_COLS} FROM model_versions WHERE version_id = ?", (version_id,)
         )
-        return _version(rows[0]) if rows else None
+        return version_from_row(rows[0]) if rows else None
 
     def list_model_versions(self) -> list[ModelVersion]:
         rows = self._query(
-            f"SELECT {_VERSION_COLS} FROM model_versions ORDER BY created_at, version_id"
+            f"SELECT {VERSION_COLS} FROM model_versions ORDER BY created_at, version_id"
         )
-        return [_version(r) for r in rows]
+        return [version_from_row(r) for r in rows]
 
     # job events
     def append_event(
@@ -451,7 +245,7 @@ class SqliteStateStore(StateStore):
         data: dict[str, Any],
         when: float,
     ) -> JobEvent:
-        payload = _dumps(dict(data))
+        payload = dumps(dict(data))
         with self._write() as conn:
             if not self._exists(conn, "jobs", "job_id", job_id):
                 raise UnknownRecordError(job_id)
@@ -469,7 +263,7 @@ class SqliteStateStore(StateStore):
                 data=json.loads(payload),
             )
             conn.execute(
-                f"INSERT INTO events ({_EVENT_COLS}) VALUES ({_placeholders(_EVENT_COLS)})",
+                f"INSERT INTO events ({EVENT_COLS}) VALUES ({placeholders(EVENT_COLS)})",
                 (
                     event.job_id,
                     event.seq,
@@ -485,10 +279,10 @@ class SqliteStateStore(StateStore):
 
     def list_events(self, job_id: str, after_seq: int = 0) -> list[JobEvent]:
         rows = self._query(
-            f"SELECT {_EVENT_COLS} FROM events WHERE job_id = ? AND seq > ? ORDER BY seq",
+            f"SELECT {EVENT_COLS} FROM events WHERE job_id = ? AND seq > ? ORDER BY seq",
             (job_id, after_seq),
         )
-        return [_event(r) for r in rows]
+        return [event_from_row(r) for r in rows]
 
     # settings
     def set_setting(self, key: str, value: str) -> None:
