@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m common.demo
+	$(PY) -m fused.tools.demo
 
 test: $(STAMP)
 	$(PY) -m pytest
@@ -25,7 +25,7 @@ e2e: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy .
+	$(VENV)/bin/mypy
 
 protos: $(STAMP)
 	PYTHON=$(PY) scripts/gen_protos.sh

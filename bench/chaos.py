@@ -23,11 +23,11 @@ from typing import Any
 
 import grpc
 
-from common.data.partition import PartitionConfig
-from common.data.shards import partition_to_directory
-from common.demo import export_sha256
-from common.launch import LocalFederation
-from proto.fused.v1 import common_pb2, control_pb2
+from fused.common.ml.data.partition import PartitionConfig
+from fused.common.ml.data.shards import partition_to_directory
+from fused.proto.v1 import common_pb2, control_pb2
+from fused.tools.demo import export_sha256
+from fused.tools.launch import LocalFederation
 
 PARTICIPANTS = ("p0", "p1", "p2")
 OFFLINE_AFTER_S = 3.0

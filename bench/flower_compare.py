@@ -51,8 +51,8 @@ from bench.proxy import DOWN, LOOPBACK, UP, CountingProxy, WireEvent, bytes_in_w
 if TYPE_CHECKING:
     import torch
 
-    from common.launch import LocalFederation
-    from common.train_config import TrainConfig
+    from fused.common.domain.train_config import TrainConfig
+    from fused.tools.launch import LocalFederation
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_VENV = REPO_ROOT / ".bench-venvs" / "flwr"
@@ -291,7 +291,7 @@ class Job:
         return self.warmup + self.rounds
 
     def train_config(self) -> TrainConfig:
-        from common.train_config import TrainConfig
+        from fused.common.domain.train_config import TrainConfig
 
         return TrainConfig(
             local_epochs=LOCAL_EPOCHS,
@@ -309,8 +309,8 @@ class Job:
 def prepare_shards(
     dataset: str, data_dir: Path | None, participants: int, seed: int, out: Path
 ) -> dict[str, Any]:
-    from common.data.partition import PartitionConfig
-    from common.data.shards import partition_to_directory
+    from fused.common.ml.data.partition import PartitionConfig
+    from fused.common.ml.data.shards import partition_to_directory
 
     shutil.rmtree(out, ignore_errors=True)
     config = PartitionConfig(num_participants=participants, seed=seed)
@@ -319,9 +319,9 @@ def prepare_shards(
 
 def global_accuracy(job: Job, weights: Mapping[str, torch.Tensor]) -> float:
     """Accuracy of a final model on the untouched global test split."""
-    from common.data.shards import load_global_test
-    from participant.executor import load_model
-    from participant.training import evaluate
+    from fused.common.ml.data.shards import load_global_test
+    from fused.participant.executor import load_model
+    from fused.participant.training import evaluate
 
     model = load_model(job.model, job.num_classes, weights)
     return evaluate(model, load_global_test(job.shards), job.num_classes).accuracy
@@ -331,7 +331,7 @@ def global_accuracy(job: Job, weights: Mapping[str, torch.Tensor]) -> float:
 
 
 def _follow(fed: LocalFederation, job_id: str, timeout_s: float) -> Any:
-    from proto.fused.v1 import control_pb2
+    from fused.proto.v1 import control_pb2
 
     stub = fed.control()
     for event in stub.WatchJob(control_pb2.WatchJobRequest(job_id=job_id), timeout=timeout_s):
@@ -341,11 +341,11 @@ def _follow(fed: LocalFederation, job_id: str, timeout_s: float) -> Any:
 
 
 def run_fused(job: Job) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    from common.launch import LocalFederation, scrape
-    from common.serde import training_spec_to_proto
-    from common.specs import TrainingSpec
-    from common.tensor_codec import decode_tensors
-    from proto.fused.v1 import control_pb2, participant_pb2
+    from fused.common.codecs.tensor_codec import decode_tensors
+    from fused.common.domain.specs import TrainingSpec
+    from fused.common.rpc.convert import training_spec_to_proto
+    from fused.proto.v1 import control_pb2, participant_pb2
+    from fused.tools.launch import LocalFederation, scrape
 
     work = job.work_dir / "fused"
     shutil.rmtree(work, ignore_errors=True)
@@ -515,7 +515,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
 
-    from common.models import count_parameters, default_model_for, init_model
+    from fused.common.ml.models import count_parameters, default_model_for, init_model
 
     python = ensure_flower_venv(args.venv.absolute(), args.flwr_version)
     work: Path = args.work_dir.absolute()

@@ -23,7 +23,7 @@ def flower_server(argv: Sequence[str]) -> int:
     import torch
     from safetensors.numpy import save_file
 
-    from common.models import init_model
+    from fused.common.ml.models import init_model
 
     parser = argparse.ArgumentParser(prog=SERVER_ROLE)
     for name in ("--listen", "--model", "--result", "--weights"):
@@ -87,10 +87,10 @@ def flower_client(argv: Sequence[str]) -> int:
     import numpy as np
     import torch
 
-    from common.data.shards import load_shard
-    from common.models import build_model
-    from common.train_config import TrainConfig, task_seed
-    from participant.executor import local_update
+    from fused.common.domain.train_config import TrainConfig, task_seed
+    from fused.common.ml.data.shards import load_shard
+    from fused.common.ml.models import build_model
+    from fused.participant.executor import local_update
 
     parser = argparse.ArgumentParser(prog=CLIENT_ROLE)
     for name in ("--server", "--shard", "--train", "--model"):

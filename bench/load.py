@@ -66,8 +66,9 @@ from bench.load_process import (
     stop_coordinator,
     tail,
 )
-from common.pki import AuthFile, hash_token, new_token, write_auth_file
-from proto.fused.v1 import (
+from fused.cli.pki import new_token, write_auth_file
+from fused.common.rpc.identity import AuthFile, hash_token
+from fused.proto.v1 import (
     common_pb2,
     control_pb2,
     control_pb2_grpc,

@@ -23,8 +23,8 @@ import grpc.aio
 import numpy as np
 import safetensors.numpy
 
-from common.wire import MD_JOB, MD_PARTICIPANT, MD_PHASE, MD_ROUND
-from proto.fused.v1 import (
+from fused.common.rpc.metering import MD_JOB, MD_PARTICIPANT, MD_PHASE, MD_ROUND
+from fused.proto.v1 import (
     common_pb2,
     participant_pb2,
     participant_pb2_grpc,

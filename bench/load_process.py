@@ -51,7 +51,7 @@ def start_coordinator(
     command = [
         sys.executable,
         "-m",
-        "coordinator.main",
+        "fused.coordinator.main",
         "--listen",
         "127.0.0.1:0",
         "--state-dir",

@@ -25,23 +25,23 @@ from typing import Any
 
 import torch
 
-from common.adapter_codec import decode_adapter, encode_adapter
-from common.adapters import build_layout, mask_indices
-from common.data.partition import PartitionConfig, partition_source
-from common.data.shards import write_partition
-from common.data.sources import SourceData
-from common.data.tensors import TensorData
-from common.launch import LocalFederation, scrape
-from common.models import init_model
-from common.net import create_channel
-from common.positions import encode_positions, entropy_bound_bytes
-from common.serde import training_spec_to_proto, unlearning_spec_to_proto
-from common.specs import TrainingSpec, UnlearningSpec
-from common.tasks import ForgetSpec
-from common.tensor_codec import decode_tensors, encode_tensors
-from common.train_config import TrainConfig
-from common.wire import MD_PARTICIPANT
-from proto.fused.v1 import common_pb2, control_pb2, participant_pb2, participant_pb2_grpc
+from fused.common.codecs.adapter_codec import decode_adapter, encode_adapter
+from fused.common.codecs.positions import encode_positions, entropy_bound_bytes
+from fused.common.codecs.tensor_codec import decode_tensors, encode_tensors
+from fused.common.domain.specs import TrainingSpec, UnlearningSpec
+from fused.common.domain.tasks import ForgetSpec
+from fused.common.domain.train_config import TrainConfig
+from fused.common.ml.adapters import build_layout, mask_indices
+from fused.common.ml.data.partition import PartitionConfig, partition_source
+from fused.common.ml.data.shards import write_partition
+from fused.common.ml.data.sources import SourceData
+from fused.common.ml.data.tensors import TensorData
+from fused.common.ml.models import init_model
+from fused.common.rpc.channels import create_channel
+from fused.common.rpc.convert import training_spec_to_proto, unlearning_spec_to_proto
+from fused.common.rpc.metering import MD_PARTICIPANT
+from fused.proto.v1 import common_pb2, control_pb2, participant_pb2, participant_pb2_grpc
+from fused.tools.launch import LocalFederation, scrape
 
 PARTICIPANTS = 2
 

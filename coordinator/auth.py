@@ -23,9 +23,16 @@ import grpc.aio
 from google.protobuf import unknown_fields
 from google.protobuf.message import DecodeError, Message
 
-from common.logs import set_log_fields
-from common.pki import OPERATOR, PARTICIPANT, AuthFile, Identity, identity_from_cert, valid_name
-from common.wire import MD_PARTICIPANT
+from fused.common.rpc.identity import (
+    OPERATOR,
+    PARTICIPANT,
+    AuthFile,
+    Identity,
+    identity_from_cert,
+    valid_name,
+)
+from fused.common.rpc.metering import MD_PARTICIPANT
+from fused.common.runtime.logs import set_log_fields
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import grpc
 import grpc.aio
 
-from common.blobwire import encode_blob_chunk
-from common.serde import (
+from fused.common.domain.specs import SpecError
+from fused.common.rpc.convert import (
     event_to_proto,
     forget_from_proto,
     job_to_proto,
@@ -18,14 +18,14 @@ from common.serde import (
     training_spec_from_proto,
     unlearning_spec_from_proto,
 )
-from common.specs import SpecError
-from coordinator.artifacts import ArtifactStore, CorruptArtifactError, MissingArtifactError
-from coordinator.fleet import Fleet
-from coordinator.grpc_util import Context, abort
-from coordinator.jobs import JobManager
-from coordinator.state import StateStore
-from coordinator.versions import ACTIVE_VERSION_KEY, active_version, set_active
-from proto.fused.v1 import control_pb2, control_pb2_grpc
+from fused.common.rpc.framing import encode_blob_chunk
+from fused.coordinator.artifacts import ArtifactStore, CorruptArtifactError, MissingArtifactError
+from fused.coordinator.fleet import Fleet
+from fused.coordinator.jobs import JobManager
+from fused.coordinator.rpc_errors import Context, abort
+from fused.coordinator.state import StateStore
+from fused.coordinator.versions import ACTIVE_VERSION_KEY, active_version, set_active
+from fused.proto.v1 import control_pb2, control_pb2_grpc
 
 
 class ControlServicer(control_pb2_grpc.ControlServiceServicer):

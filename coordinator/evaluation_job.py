@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.tasks import AdapterRef, ForgetSpec
-from coordinator.job_steps import ModelInfo, evaluate_model, federation_data, wait_for_participants
-from coordinator.jobs import JobContext, JobFailed
-from coordinator.state import ModelVersion
+from fused.common.domain.tasks import AdapterRef, ForgetSpec
+from fused.coordinator.job_steps import (
+    ModelInfo,
+    evaluate_model,
+    federation_data,
+    wait_for_participants,
+)
+from fused.coordinator.jobs import JobContext, JobFailed
+from fused.coordinator.state import ModelVersion
 
 
 def adapter_ref(version: ModelVersion) -> AdapterRef:

@@ -11,8 +11,8 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from common.tasks import TaskOutcome, TaskSpec
-from coordinator.state import ParticipantRecord, StateStore
+from fused.common.domain.tasks import TaskOutcome, TaskSpec
+from fused.coordinator.state import ParticipantRecord, StateStore
 
 Validator = Callable[[TaskOutcome], Awaitable[None]]  # raises ValueError for a bad outcome
 

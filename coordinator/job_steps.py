@@ -13,15 +13,15 @@ from typing import Any
 
 import torch
 
-from common.fedavg import fedavg, weighted_mean
-from common.tasks import AdapterRef, ForgetSpec, TaskKind, TaskOutcome
-from common.tensor_codec import TensorSchema, decode_tensors
-from common.train_config import TrainConfig, task_seed
-from coordinator.fleet import Validator
-from coordinator.jobs import JobContext, JobFailed
-from coordinator.rounds import RoundPlan, RoundResult, eval_validator, merge_eval, run_round
-from coordinator.state import RoundRecord
-from coordinator.versions import save_weights
+from fused.common.codecs.tensor_codec import TensorSchema, decode_tensors
+from fused.common.domain.tasks import AdapterRef, ForgetSpec, TaskKind, TaskOutcome
+from fused.common.domain.train_config import TrainConfig, task_seed
+from fused.common.ml.fedavg import fedavg, weighted_mean
+from fused.coordinator.fleet import Validator
+from fused.coordinator.jobs import JobContext, JobFailed
+from fused.coordinator.rounds import RoundPlan, RoundResult, eval_validator, merge_eval, run_round
+from fused.coordinator.state import RoundRecord
+from fused.coordinator.versions import save_weights
 
 
 @dataclass(frozen=True)

@@ -12,16 +12,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.logs import set_log_fields
-from common.serde import forget_from_dict, unlearning_spec_from_dict
-from common.specs import SpecError, TrainingSpec, UnlearningSpec
-from common.tasks import ForgetSpec
-from common.wire import MD_JOB, MD_PARTICIPANT, MD_PHASE, MD_ROUND
-from coordinator.artifacts import ArtifactStore
-from coordinator.fleet import Fleet
-from coordinator.metrics import CoordinatorMetrics
-from coordinator.state import JobEvent, JobRecord, JobStatus, StateStore
-from coordinator.versions import new_id
+from fused.common.domain.specs import SpecError, TrainingSpec, UnlearningSpec
+from fused.common.domain.tasks import ForgetSpec
+from fused.common.rpc.convert import forget_from_dict, unlearning_spec_from_dict
+from fused.common.rpc.metering import MD_JOB, MD_PARTICIPANT, MD_PHASE, MD_ROUND
+from fused.common.runtime.logs import set_log_fields
+from fused.coordinator.artifacts import ArtifactStore
+from fused.coordinator.fleet import Fleet
+from fused.coordinator.metrics import CoordinatorMetrics
+from fused.coordinator.state import JobEvent, JobRecord, JobStatus, StateStore
+from fused.coordinator.versions import new_id
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,8 @@ JobBody = Callable[[JobContext], Awaitable[dict[str, Any]]]
 
 def _resumed(job: JobRecord) -> JobBody | None:
     """The body that continues `job` from its last committed round (None: cannot resume)."""
-    from coordinator.training_job import run_training  # the job bodies import us back
-    from coordinator.unlearning_job import run_unlearning
+    from fused.coordinator.training_job import run_training  # the job bodies import us back
+    from fused.coordinator.unlearning_job import run_unlearning
 
     if job.kind == "train":
         training = TrainingSpec.from_dict(job.spec)
@@ -127,7 +127,7 @@ class JobManager:
         return resumed, failed
 
     def start_training(self, spec: TrainingSpec) -> JobRecord:
-        from coordinator.training_job import run_training  # the job body imports us back
+        from fused.coordinator.training_job import run_training  # the job body imports us back
 
         spec.validate()
         if spec.init_version and self._store.get_model_version(spec.init_version) is None:
@@ -135,7 +135,7 @@ class JobManager:
         return self._start("train", spec.to_dict(), lambda ctx: run_training(ctx, spec))
 
     def start_unlearning(self, spec: UnlearningSpec) -> JobRecord:
-        from coordinator.unlearning_job import run_unlearning
+        from fused.coordinator.unlearning_job import run_unlearning
 
         spec.validate()
         if spec.base_version and self._store.get_model_version(spec.base_version) is None:
@@ -146,7 +146,7 @@ class JobManager:
         self, version_id: str, forget: ForgetSpec | None, deadline_s: float
     ) -> JobRecord:
         """Evaluate a version; without a forget spec, use that of the job that made it."""
-        from coordinator.evaluation_job import run_evaluation
+        from fused.coordinator.evaluation_job import run_evaluation
 
         version = self._store.get_model_version(version_id)
         if version is None:

@@ -8,10 +8,10 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from common.config import ConfigError, load_config
-from common.logs import setup_logging
-from common.wire import disable_created_series
-from coordinator.server import Coordinator, CoordinatorConfig
+from fused.common.rpc.metering import disable_created_series
+from fused.common.runtime.config import ConfigError, load_config
+from fused.common.runtime.logs import setup_logging
+from fused.coordinator.server import Coordinator, CoordinatorConfig
 
 
 async def serve(config: CoordinatorConfig) -> None:

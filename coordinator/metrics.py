@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from common.wire import WireMetrics
+from fused.common.rpc.metering import WireMetrics
 
 
 class CoordinatorMetrics:

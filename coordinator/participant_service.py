@@ -13,16 +13,16 @@ import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
 
-from common.blobwire import encode_blob_chunk
-from common.serde import outcome_from_proto, task_to_proto
-from coordinator.artifacts import ArtifactStore, CorruptArtifactError, MissingArtifactError
-from coordinator.auth import RequestRefused, check_known_fields
-from coordinator.fleet import Fleet, NotRegisteredError, TaskClosedError
-from coordinator.grpc_util import Context, abort, bound_participant, caller_id
-from coordinator.metrics import CoordinatorMetrics
-from coordinator.state import ParticipantRecord, StateStore
-from coordinator.uploads import SpoolWriter, UploadSpool
-from proto.fused.v1 import common_pb2, participant_pb2, participant_pb2_grpc
+from fused.common.rpc.convert import outcome_from_proto, task_to_proto
+from fused.common.rpc.framing import encode_blob_chunk
+from fused.coordinator.artifacts import ArtifactStore, CorruptArtifactError, MissingArtifactError
+from fused.coordinator.auth import RequestRefused, check_known_fields
+from fused.coordinator.fleet import Fleet, NotRegisteredError, TaskClosedError
+from fused.coordinator.metrics import CoordinatorMetrics
+from fused.coordinator.rpc_errors import Context, abort, bound_participant, caller_id
+from fused.coordinator.state import ParticipantRecord, StateStore
+from fused.coordinator.transfer import SpoolWriter, UploadSpool
+from fused.proto.v1 import common_pb2, participant_pb2, participant_pb2_grpc
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.tasks import AdapterRef, EvalOutcome, ForgetSpec, TaskKind, TaskOutcome, TaskSpec
-from common.train_config import TrainConfig
-from coordinator.fleet import Validator
-from coordinator.jobs import JobContext
-from coordinator.versions import new_id
+from fused.common.domain.tasks import (
+    AdapterRef,
+    EvalOutcome,
+    ForgetSpec,
+    TaskKind,
+    TaskOutcome,
+    TaskSpec,
+)
+from fused.common.domain.train_config import TrainConfig
+from fused.coordinator.fleet import Validator
+from fused.coordinator.jobs import JobContext
+from fused.coordinator.versions import new_id
 
 
 @dataclass

@@ -17,20 +17,20 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
-from common.net import CHUNK_BYTES, TlsFiles, create_server
-from common.pki import read_auth_file
-from common.wire import CountingServerInterceptor, PreSerializedResponses
-from coordinator.artifacts import ArtifactStore
-from coordinator.auth import AuthInterceptor, AuthPolicy
-from coordinator.collect import collect
-from coordinator.control_service import ControlServicer
-from coordinator.fleet import Fleet
-from coordinator.jobs import JobManager
-from coordinator.metrics import CoordinatorMetrics
-from coordinator.participant_service import FleetSettings, ParticipantServicer
-from coordinator.state import StateStore, open_store
-from coordinator.uploads import UploadSpool
-from proto.fused.v1 import control_pb2, control_pb2_grpc, participant_pb2, participant_pb2_grpc
+from fused.common.rpc.channels import CHUNK_BYTES, TlsFiles, create_server
+from fused.common.rpc.identity import read_auth_file
+from fused.common.rpc.metering import CountingServerInterceptor, PreSerializedResponses
+from fused.coordinator.artifact_gc import collect
+from fused.coordinator.artifacts import ArtifactStore
+from fused.coordinator.auth import AuthInterceptor, AuthPolicy
+from fused.coordinator.control_service import ControlServicer
+from fused.coordinator.fleet import Fleet
+from fused.coordinator.jobs import JobManager
+from fused.coordinator.metrics import CoordinatorMetrics
+from fused.coordinator.participant_service import FleetSettings, ParticipantServicer
+from fused.coordinator.state import StateStore, open_store
+from fused.coordinator.transfer import UploadSpool
+from fused.proto.v1 import control_pb2, control_pb2_grpc, participant_pb2, participant_pb2_grpc
 
 log = logging.getLogger(__name__)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.models import count_parameters, default_model_for, init_model
-from common.specs import TrainingSpec
-from common.tensor_codec import schema_of
-from coordinator.job_steps import (
+from fused.common.codecs.tensor_codec import schema_of
+from fused.common.domain.specs import TrainingSpec
+from fused.common.ml.models import count_parameters, default_model_for, init_model
+from fused.coordinator.job_steps import (
     FedAvgPlan,
     ModelInfo,
     fedavg_rounds,
@@ -15,9 +15,9 @@ from coordinator.job_steps import (
     last_checkpoint,
     wait_for_participants,
 )
-from coordinator.jobs import JobContext
-from coordinator.state import ModelVersion
-from coordinator.versions import load_weights, new_id, set_active
+from fused.coordinator.jobs import JobContext
+from fused.coordinator.state import ModelVersion
+from fused.coordinator.versions import load_weights, new_id, set_active
 
 
 async def run_training(ctx: JobContext, spec: TrainingSpec, resume: bool = False) -> dict[str, Any]:

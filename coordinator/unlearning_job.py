@@ -10,15 +10,15 @@ from typing import Any
 
 import torch
 
-from common.adapter_codec import VALUE_DTYPES, decode_adapter, encode_adapter
-from common.adapters import AdapterLayout, build_layout, merge_weights, zero_values
-from common.fedavg import fedavg, weighted_mean
-from common.models import count_parameters, init_model
-from common.specs import UnlearningSpec
-from common.tasks import AdapterRef, TaskKind, TaskOutcome
-from common.tensor_codec import schema_of
-from common.train_config import task_seed
-from coordinator.job_steps import (
+from fused.common.codecs.adapter_codec import VALUE_DTYPES, decode_adapter, encode_adapter
+from fused.common.codecs.tensor_codec import schema_of
+from fused.common.domain.specs import UnlearningSpec
+from fused.common.domain.tasks import AdapterRef, TaskKind, TaskOutcome
+from fused.common.domain.train_config import task_seed
+from fused.common.ml.adapters import AdapterLayout, build_layout, merge_weights, zero_values
+from fused.common.ml.fedavg import fedavg, weighted_mean
+from fused.common.ml.models import count_parameters, init_model
+from fused.coordinator.job_steps import (
     FedAvgPlan,
     ModelInfo,
     check_examples,
@@ -34,10 +34,16 @@ from coordinator.job_steps import (
     upload_validator,
     wait_for_participants,
 )
-from coordinator.jobs import JobContext, JobFailed
-from coordinator.rounds import RoundPlan, run_round
-from coordinator.state import ModelVersion
-from coordinator.versions import active_version, load_weights, new_id, save_weights, set_active
+from fused.coordinator.jobs import JobContext, JobFailed
+from fused.coordinator.rounds import RoundPlan, run_round
+from fused.coordinator.state import ModelVersion
+from fused.coordinator.versions import (
+    active_version,
+    load_weights,
+    new_id,
+    save_weights,
+    set_active,
+)
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ from collections.abc import Mapping
 
 import torch
 
-from common.tensor_codec import TensorSchema, decode_tensors, encode_tensors
-from coordinator.artifacts import ArtifactStore
-from coordinator.state import ModelVersion, StateStore
+from fused.common.codecs.tensor_codec import TensorSchema, decode_tensors, encode_tensors
+from fused.coordinator.artifacts import ArtifactStore
+from fused.coordinator.state import ModelVersion, StateStore
 
 ACTIVE_VERSION_KEY = "active_version"
 

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.data.partition import apply_trigger
-from common.data.shards import load_global_test, load_shard, read_partition
-from common.data.tensors import TensorData
-from common.train_config import TrainConfig
-from participant.executor import load_model
-from participant.training import train_local
+from fused.common.domain.train_config import TrainConfig
+from fused.common.ml.data.partition import apply_trigger
+from fused.common.ml.data.shards import load_global_test, load_shard, read_partition
+from fused.common.ml.data.tensors import TensorData
+from fused.participant.executor import load_model
+from fused.participant.training import train_local
 
 
 @dataclass(frozen=True)

@@ -28,18 +28,18 @@ from typing import Any
 
 import torch
 
-from common.data.partition import PartitionConfig
-from common.data.shards import partition_to_directory
-from common.launch import LocalFederation, scrape
-from common.models import default_model_for, init_model
-from common.serde import training_spec_to_proto, unlearning_spec_to_proto
-from common.specs import TrainingSpec, UnlearningSpec
-from common.tasks import ForgetSpec
-from common.tensor_codec import decode_tensors
-from common.train_config import TrainConfig
 from experiments.central import EvalSets, build_sets, evaluate_weights
 from experiments.plots import plot_bytes, plot_curves
-from proto.fused.v1 import control_pb2
+from fused.common.codecs.tensor_codec import decode_tensors
+from fused.common.domain.specs import TrainingSpec, UnlearningSpec
+from fused.common.domain.tasks import ForgetSpec
+from fused.common.domain.train_config import TrainConfig
+from fused.common.ml.data.partition import PartitionConfig
+from fused.common.ml.data.shards import partition_to_directory
+from fused.common.ml.models import default_model_for, init_model
+from fused.common.rpc.convert import training_spec_to_proto, unlearning_spec_to_proto
+from fused.proto.v1 import control_pb2
+from fused.tools.launch import LocalFederation, scrape
 
 METHOD_PHASES = {
     "fused": "adapter",

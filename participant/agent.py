@@ -17,17 +17,30 @@ import grpc
 import torch
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from common.adapter_codec import decode_adapter, encode_adapter
-from common.adapters import AdapterLayout, merge_weights, zero_values
-from common.data.shards import Shard
-from common.logs import log_fields, set_log_fields
-from common.net import CHUNK_BYTES, TlsFiles, create_channel
-from common.serde import outcome_to_proto, task_from_proto
-from common.tasks import SensitivityOutcome, TaskKind, TaskOutcome, TaskSpec, TrainOutcome
-from common.tensor_codec import decode_tensors, encode_tensors
-from common.wire import MD_JOB, MD_PARTICIPANT, MD_PHASE, MD_ROUND, CountingChannel, WireMetrics
-from participant.blobs import BlobCache
-from participant.executor import (
+from fused.common.codecs.adapter_codec import decode_adapter, encode_adapter
+from fused.common.codecs.tensor_codec import decode_tensors, encode_tensors
+from fused.common.domain.tasks import (
+    SensitivityOutcome,
+    TaskKind,
+    TaskOutcome,
+    TaskSpec,
+    TrainOutcome,
+)
+from fused.common.ml.adapters import AdapterLayout, merge_weights, zero_values
+from fused.common.ml.data.shards import Shard
+from fused.common.rpc.channels import CHUNK_BYTES, TlsFiles, create_channel
+from fused.common.rpc.convert import outcome_to_proto, task_from_proto
+from fused.common.rpc.metering import (
+    MD_JOB,
+    MD_PARTICIPANT,
+    MD_PHASE,
+    MD_ROUND,
+    CountingChannel,
+    WireMetrics,
+)
+from fused.common.runtime.logs import log_fields, set_log_fields
+from fused.participant.blobs import BlobCache
+from fused.participant.executor import (
     adapter_layout,
     local_adapter_update,
     local_evaluate,
@@ -35,8 +48,8 @@ from participant.executor import (
     local_update,
     model_schema,
 )
-from participant.retry import PERMANENT, REFUSED_CREDENTIALS, RETRYABLE, TASK_FATAL
-from proto.fused.v1 import common_pb2, participant_pb2, participant_pb2_grpc
+from fused.participant.retry import PERMANENT, REFUSED_CREDENTIALS, RETRYABLE, TASK_FATAL
+from fused.proto.v1 import common_pb2, participant_pb2, participant_pb2_grpc
 
 log = logging.getLogger(__name__)
 

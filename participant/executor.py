@@ -6,19 +6,19 @@ from collections.abc import Mapping
 
 import torch
 
-from common.adapters import (
+from fused.common.codecs.tensor_codec import TensorSchema, schema_of
+from fused.common.domain.tasks import AdapterRef, EvalOutcome, ForgetSpec
+from fused.common.domain.train_config import TrainConfig
+from fused.common.ml.adapters import (
     AdapterLayout,
     adapter_values,
     attach_adapter,
     build_layout,
 )
-from common.data.shards import Shard
-from common.models import build_model
-from common.tasks import AdapterRef, EvalOutcome, ForgetSpec
-from common.tensor_codec import TensorSchema, schema_of
-from common.train_config import TrainConfig
-from participant.forgetting import forgotten_set, remaining_test, remaining_train
-from participant.training import TrainStats, evaluate, train_local
+from fused.common.ml.data.shards import Shard
+from fused.common.ml.models import build_model
+from fused.participant.forgetting import forgotten_set, remaining_test, remaining_train
+from fused.participant.training import TrainStats, evaluate, train_local
 
 
 def model_schema(model_name: str, num_classes: int) -> TensorSchema:

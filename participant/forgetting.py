@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from common.data.partition import apply_trigger
-from common.data.shards import Shard
-from common.data.tensors import TensorData
-from common.tasks import ForgetSpec
+from fused.common.domain.tasks import ForgetSpec
+from fused.common.ml.data.partition import apply_trigger
+from fused.common.ml.data.shards import Shard
+from fused.common.ml.data.tensors import TensorData
 
 
 def _empty(data: TensorData) -> TensorData:

@@ -13,13 +13,13 @@ import grpc
 import torch
 from prometheus_client import CollectorRegistry, start_http_server
 
-from common.config import ConfigError, load_config
-from common.data.shards import load_shard
-from common.logs import setup_logging
-from common.net import TlsFiles
-from common.pki import read_token_file
-from common.wire import disable_created_series
-from participant.agent import Agent, AgentSettings, ParticipantMetrics
+from fused.common.ml.data.shards import load_shard
+from fused.common.rpc.channels import TlsFiles
+from fused.common.rpc.identity import read_token_file
+from fused.common.rpc.metering import disable_created_series
+from fused.common.runtime.config import ConfigError, load_config
+from fused.common.runtime.logs import setup_logging
+from fused.participant.agent import Agent, AgentSettings, ParticipantMetrics
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.adapters import frozen_norm_stats
-from common.data.tensors import TensorData
-from common.train_config import TrainConfig
+from fused.common.domain.train_config import TrainConfig
+from fused.common.ml.adapters import frozen_norm_stats
+from fused.common.ml.data.tensors import TensorData
 
 __all__ = ["EvalCounts", "TrainConfig", "TrainStats", "evaluate", "train_local"]
 

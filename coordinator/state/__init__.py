@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from coordinator.state.base import StateStore, UnknownRecordError
-from coordinator.state.memory import InMemoryStateStore
-from coordinator.state.records import (
+from fused.common.domain.records import (
     JobEvent,
     JobRecord,
     JobStatus,
@@ -14,7 +12,9 @@ from coordinator.state.records import (
     ParticipantRecord,
     RoundRecord,
 )
-from coordinator.state.sqlite import SCHEMA_VERSION, SchemaVersionError, SqliteStateStore
+from fused.coordinator.state.base import StateStore, UnknownRecordError
+from fused.coordinator.state.memory import InMemoryStateStore
+from fused.coordinator.state.sqlite import SCHEMA_VERSION, SchemaVersionError, SqliteStateStore
 
 __all__ = [
     "SCHEMA_VERSION",

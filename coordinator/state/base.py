@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 from typing import Any
 
-from coordinator.state.records import (
+from fused.common.domain.records import (
     JobEvent,
     JobRecord,
     ModelVersion,

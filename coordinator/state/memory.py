@@ -14,8 +14,7 @@ import threading
 import time
 from typing import Any
 
-from coordinator.state.base import StateStore, UnknownRecordError
-from coordinator.state.records import (
+from fused.common.domain.records import (
     JobEvent,
     JobRecord,
     JobStatus,
@@ -23,6 +22,7 @@ from coordinator.state.records import (
     ParticipantRecord,
     RoundRecord,
 )
+from fused.coordinator.state.base import StateStore, UnknownRecordError
 
 __all__ = ["InMemoryStateStore"]
 

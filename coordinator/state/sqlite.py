@@ -15,22 +15,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from coordinator.state.base import StateStore, UnknownRecordError
-from coordinator.state.memory import (
-    apply_job_update,
-    normalize_job,
-    normalize_model_version,
-    normalize_participant,
-    normalize_round,
-)
-from coordinator.state.records import (
+from fused.common.domain.records import (
     JobEvent,
     JobRecord,
     ModelVersion,
     ParticipantRecord,
     RoundRecord,
 )
-from coordinator.state.sqlite_rows import (
+from fused.coordinator.state.base import StateStore, UnknownRecordError
+from fused.coordinator.state.memory import (
+    apply_job_update,
+    normalize_job,
+    normalize_model_version,
+    normalize_participant,
+    normalize_round,
+)
+from fused.coordinator.state.sqlite_rows import (
     EVENT_COLS,
     JOB_COLS,
     MIGRATIONS,

@@ -6,7 +6,7 @@ import json
 import sqlite3
 from typing import Any
 
-from coordinator.state.records import (
+from fused.common.domain.records import (
     JobEvent,
     JobRecord,
     JobStatus,

@@ -35,14 +35,14 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
-from common.data.partition import PartitionConfig
-from common.data.shards import partition_to_directory
-from common.launch import LocalFederation, scrape
-from common.serde import training_spec_to_proto, unlearning_spec_to_proto
-from common.specs import TrainingSpec, UnlearningSpec
-from common.tasks import ForgetSpec
-from common.train_config import TrainConfig
-from proto.fused.v1 import control_pb2
+from fused.common.domain.specs import TrainingSpec, UnlearningSpec
+from fused.common.domain.tasks import ForgetSpec
+from fused.common.domain.train_config import TrainConfig
+from fused.common.ml.data.partition import PartitionConfig
+from fused.common.ml.data.shards import partition_to_directory
+from fused.common.rpc.convert import training_spec_to_proto, unlearning_spec_to_proto
+from fused.proto.v1 import control_pb2
+from fused.tools.launch import LocalFederation, scrape
 from tests.e2e.promserver import (
     COORDINATOR_JOB,
     DEPLOY_PROMETHEUS,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from common.data.partition import PartitionConfig
-from common.data.shards import partition_to_directory
-from common.launch import LocalFederation
+from fused.common.ml.data.partition import PartitionConfig
+from fused.common.ml.data.shards import partition_to_directory
+from fused.tools.launch import LocalFederation
 
 NUM_PARTICIPANTS = 3
 

@@ -20,10 +20,10 @@ import torch
 import zstandard
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from common.adapter_codec import FORMAT, default_max_bytes
-from common.adapters import AdapterLayout
-from common.tensor_codec import encode_tensors
-from proto.fused.v1 import common_pb2, participant_pb2, participant_pb2_grpc
+from fused.common.codecs.adapter_codec import FORMAT, default_max_bytes
+from fused.common.codecs.tensor_codec import encode_tensors
+from fused.common.ml.adapters import AdapterLayout
+from fused.proto.v1 import common_pb2, participant_pb2, participant_pb2_grpc
 
 CLIENT_MAX_MESSAGE = 64 << 20  # far above the coordinator's limit: the server must refuse
 TIMEOUT_S = 15.0

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import grpc
 
-from common.launch import LocalFederation
-from common.models import init_model
-from common.pki import read_token_file
-from common.serde import adapter_from_proto
-from common.tensor_codec import decode_tensors
-from participant.executor import adapter_layout
-from proto.fused.v1 import control_pb2, participant_pb2
+from fused.common.codecs.tensor_codec import decode_tensors
+from fused.common.ml.models import init_model
+from fused.common.rpc.convert import adapter_from_proto
+from fused.common.rpc.identity import read_token_file
+from fused.participant.executor import adapter_layout
+from fused.proto.v1 import control_pb2, participant_pb2
+from fused.tools.launch import LocalFederation
 from tests.integration.hostile import (
     Case,
     Client,

@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from common.serde import training_spec_to_proto
-from common.wire import MD_PARTICIPANT
-from proto.fused.v1 import control_pb2, control_pb2_grpc, participant_pb2
+from fused.common.rpc.convert import training_spec_to_proto
+from fused.common.rpc.metering import MD_PARTICIPANT
+from fused.proto.v1 import control_pb2, control_pb2_grpc, participant_pb2
 from tests.integration.hostile import (
     bearer,
     chunked,

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import grpc
 
-from common.specs import TrainingSpec, UnlearningSpec
-from common.tasks import ForgetSpec
-from common.train_config import TrainConfig
-from proto.fused.v1 import participant_pb2
+from fused.common.domain.specs import TrainingSpec, UnlearningSpec
+from fused.common.domain.tasks import ForgetSpec
+from fused.common.domain.train_config import TrainConfig
+from fused.proto.v1 import participant_pb2
 
 HONEST = ("p0", "p1")
 MALLORY = "mallory"

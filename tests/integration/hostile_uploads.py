@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from proto.fused.v1 import common_pb2, participant_pb2
+from fused.proto.v1 import common_pb2, participant_pb2
 from tests.integration.hostile import (
     described,
     sha256,

@@ -9,14 +9,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common.launch import LocalFederation, scrape
+from fused.tools.launch import LocalFederation, scrape
 from tests.integration.conftest import NUM_PARTICIPANTS
 
 
 def fusedctl(
     fed: LocalFederation, *args: str, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "common.cli.main", "--coordinator", fed.address, *args]
+    cmd = [sys.executable, "-m", "fused.cli.main", "--coordinator", fed.address, *args]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if check:
         assert done.returncode == 0, done.stderr
@@ -85,7 +85,7 @@ def test_errors_say_what_to_do(federation: LocalFederation, tmp_path: Path) -> N
     ids.write_text("3, 5\nseven\n")
     wrong = fusedctl(federation, "unlearn", "--samples", f"p0:{ids}", check=False)
     assert wrong.returncode == 1 and "'seven' is not a sample id" in wrong.stderr
-    cmd = [sys.executable, "-m", "common.cli.main", "--coordinator", "127.0.0.1:1", "jobs"]
+    cmd = [sys.executable, "-m", "fused.cli.main", "--coordinator", "127.0.0.1:1", "jobs"]
     down = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert down.returncode == 1 and "UNAVAILABLE at 127.0.0.1:1" in down.stderr
 

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from common.launch import LocalFederation
-from common.pki import init_pki
-from common.serde import training_spec_to_proto
-from common.specs import TrainingSpec
-from common.train_config import TrainConfig
-from proto.fused.v1 import control_pb2
+from fused.cli.pki import init_pki
+from fused.common.domain.specs import TrainingSpec
+from fused.common.domain.train_config import TrainConfig
+from fused.common.rpc.convert import training_spec_to_proto
+from fused.proto.v1 import control_pb2
+from fused.tools.launch import LocalFederation
 from tests.integration.conftest import NUM_PARTICIPANTS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -29,7 +29,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def fusedctl(
     address: str, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "common.cli.main", "--coordinator", address, *args]
+    cmd = [sys.executable, "-m", "fused.cli.main", "--coordinator", address, *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
 
 
@@ -115,7 +115,7 @@ def read_terminal(cmd: list[str], env: dict[str, str]) -> str:
 def test_watch_draws_a_live_view_on_a_terminal(
     json_federation: LocalFederation, trained: control_pb2.JobInfo
 ) -> None:
-    cmd = [sys.executable, "-m", "common.cli.main", "--coordinator", json_federation.address]
+    cmd = [sys.executable, "-m", "fused.cli.main", "--coordinator", json_federation.address]
     screen = read_terminal([*cmd, "watch", trained.job_id], {**os.environ, "COLUMNS": "120"})
     assert "\x1b[J" in screen and "A\r\x1b[J" in screen  # redrawn in place, not scrolled
     final = screen.rsplit("\x1b[J", 1)[1].splitlines()

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from common.data.sources import DEFAULT_FASHION_MNIST_DIRS
 from experiments.paper import main
+from fused.common.ml.data.sources import DEFAULT_FASHION_MNIST_DIRS
 
 METHODS = {"fused", "fused_random", "finetune", "retrain"}
 KEYS = {"ra", "fa", "mia_auc", "rea", "bytes_per_round", "bytes_total", "seconds", "revert_exact"}

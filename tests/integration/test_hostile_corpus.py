@@ -21,10 +21,11 @@ from typing import Any
 
 import pytest
 
-from common.launch import LocalFederation
-from common.pki import init_pki, read_token_file
-from common.serde import training_spec_to_proto, unlearning_spec_to_proto
-from proto.fused.v1 import control_pb2, control_pb2_grpc
+from fused.cli.pki import init_pki
+from fused.common.rpc.convert import training_spec_to_proto, unlearning_spec_to_proto
+from fused.common.rpc.identity import read_token_file
+from fused.proto.v1 import control_pb2, control_pb2_grpc
+from fused.tools.launch import LocalFederation
 from tests.integration.hostile import (
     Client,
     attempt,

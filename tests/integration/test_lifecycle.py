@@ -12,13 +12,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from common.launch import LocalFederation
-from common.net import create_channel
-from common.serde import training_spec_to_proto
-from common.specs import TrainingSpec
-from common.train_config import TrainConfig
-from common.wire import MD_PARTICIPANT
-from proto.fused.v1 import common_pb2, control_pb2, participant_pb2, participant_pb2_grpc
+from fused.common.domain.specs import TrainingSpec
+from fused.common.domain.train_config import TrainConfig
+from fused.common.rpc.channels import create_channel
+from fused.common.rpc.convert import training_spec_to_proto
+from fused.common.rpc.metering import MD_PARTICIPANT
+from fused.proto.v1 import common_pb2, control_pb2, participant_pb2, participant_pb2_grpc
+from fused.tools.launch import LocalFederation
 from tests.integration.conftest import NUM_PARTICIPANTS
 from tests.integration.test_training import run_job
 

@@ -12,10 +12,11 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from common.launch import LocalFederation
-from common.net import TlsFiles, create_channel
-from common.pki import init_pki, read_token_file
-from proto.fused.v1 import control_pb2, control_pb2_grpc, participant_pb2, participant_pb2_grpc
+from fused.cli.pki import init_pki
+from fused.common.rpc.channels import TlsFiles, create_channel
+from fused.common.rpc.identity import read_token_file
+from fused.proto.v1 import control_pb2, control_pb2_grpc, participant_pb2, participant_pb2_grpc
+from fused.tools.launch import LocalFederation
 
 PARTICIPANTS = ("p0", "p1")
 

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import torch
 
-from common.data.shards import load_shard
-from common.fedavg import fedavg
-from common.launch import LocalFederation, scrape
-from common.models import init_model
-from common.serde import training_spec_to_proto
-from common.specs import TrainingSpec
-from common.tensor_codec import decode_tensors
-from common.train_config import TrainConfig, task_seed
-from participant.executor import local_update
-from proto.fused.v1 import control_pb2
+from fused.common.codecs.tensor_codec import decode_tensors
+from fused.common.domain.specs import TrainingSpec
+from fused.common.domain.train_config import TrainConfig, task_seed
+from fused.common.ml.data.shards import load_shard
+from fused.common.ml.fedavg import fedavg
+from fused.common.ml.models import init_model
+from fused.common.rpc.convert import training_spec_to_proto
+from fused.participant.executor import local_update
+from fused.proto.v1 import control_pb2
+from fused.tools.launch import LocalFederation, scrape
 from tests.integration.conftest import NUM_PARTICIPANTS
 
 SPEC = TrainingSpec(

@@ -13,16 +13,16 @@ from typing import Any
 import grpc
 import pytest
 
-from common.data.partition import PartitionConfig
-from common.data.shards import load_shard, partition_to_directory
-from common.launch import LocalFederation
-from common.net import create_channel
-from common.serde import training_spec_to_proto, unlearning_spec_to_proto
-from common.specs import TrainingSpec, UnlearningSpec
-from common.tasks import ForgetSpec
-from common.train_config import TrainConfig
-from common.wire import MD_PARTICIPANT
-from proto.fused.v1 import common_pb2, control_pb2, participant_pb2, participant_pb2_grpc
+from fused.common.domain.specs import TrainingSpec, UnlearningSpec
+from fused.common.domain.tasks import ForgetSpec
+from fused.common.domain.train_config import TrainConfig
+from fused.common.ml.data.partition import PartitionConfig
+from fused.common.ml.data.shards import load_shard, partition_to_directory
+from fused.common.rpc.channels import create_channel
+from fused.common.rpc.convert import training_spec_to_proto, unlearning_spec_to_proto
+from fused.common.rpc.metering import MD_PARTICIPANT
+from fused.proto.v1 import common_pb2, control_pb2, participant_pb2, participant_pb2_grpc
+from fused.tools.launch import LocalFederation
 
 PARTICIPANTS = 3
 TRIGGER = 2

@@ -15,9 +15,9 @@ import kubernetes_validate  # type: ignore[import-untyped, unused-ignore]
 import pytest
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
-from common.config import load_config
-from coordinator.server import CoordinatorConfig
-from participant.main import ParticipantConfig
+from fused.common.runtime.config import load_config
+from fused.coordinator.server import CoordinatorConfig
+from fused.participant.main import ParticipantConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

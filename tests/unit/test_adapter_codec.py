@@ -8,7 +8,7 @@ import pytest
 import torch
 import zstandard
 
-from common.adapter_codec import (
+from fused.common.codecs.adapter_codec import (
     FORMAT,
     AdapterCodecError,
     decode_adapter,
@@ -16,8 +16,8 @@ from common.adapter_codec import (
     encode_adapter,
     max_content_bytes,
 )
-from common.adapters import AdapterLayout, build_layout
-from common.tensor_codec import decode_tensors, encode_tensors
+from fused.common.codecs.tensor_codec import decode_tensors, encode_tensors
+from fused.common.ml.adapters import AdapterLayout, build_layout
 
 Tensors = dict[str, torch.Tensor]
 LAYOUT = build_layout({"fc.weight": (20, 30), "conv.weight": (4, 2, 3, 3)}, 0.25, seed=3)

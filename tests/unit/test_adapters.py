@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from common.adapters import (
+from fused.common.ml.adapters import (
     AdapterLayout,
     SparseDelta,
     adapter_values,
@@ -29,7 +29,7 @@ from common.adapters import (
     remove_adapter,
     zero_values,
 )
-from common.models import build_model
+from fused.common.ml.models import build_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -343,7 +343,7 @@ def test_layout_for_model_and_state_dict_agree() -> None:
 
 
 _CHILD = """
-from common.adapters import build_layout
+from fused.common.ml.adapters import build_layout
 print(build_layout({"fc3.weight": (10, 84), "conv1.weight": (6, 1, 5, 5)}, 0.05, 42).digest)
 """
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.artifacts import (
+from fused.coordinator.artifacts import (
     ArtifactStore,
     CorruptArtifactError,
     MissingArtifactError,

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from bench.load_participant import ModelCache, make_update
-from common.models import init_model
-from common.tensor_codec import decode_tensors, encode_tensors, schema_of
+from fused.common.codecs.tensor_codec import decode_tensors, encode_tensors, schema_of
+from fused.common.ml.models import init_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

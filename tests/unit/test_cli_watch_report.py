@@ -11,16 +11,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common.cli.report import (
+from fused.cli.report import (
     accuracy_series,
     bytes_series,
     markdown,
     pyplot,
     write_report,
 )
-from common.cli.watch import LiveView, bar, event_line, phase_plan, render
-from coordinator.state import JobRecord, JobStatus, RoundRecord
-from proto.fused.v1 import control_pb2
+from fused.cli.watch import LiveView, bar, event_line, phase_plan, render
+from fused.coordinator.state import JobRecord, JobStatus, RoundRecord
+from fused.proto.v1 import control_pb2
 
 REPO = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -340,7 +340,7 @@ def test_report_without_matplotlib_says_how_to_install(tmp_path: Path) -> None:
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("raise ImportError('matplotlib is not installed')\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(shadow.parent), str(REPO)])}
-    cmd = [sys.executable, "-m", "common.cli.main", "--coordinator", "127.0.0.1:9"]
+    cmd = [sys.executable, "-m", "fused.cli.main", "--coordinator", "127.0.0.1:9"]
     done = subprocess.run(
         [*cmd, "report", "job-1", "--out", str(tmp_path / "r")],
         capture_output=True,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from coordinator.artifacts import ArtifactStore
-from coordinator.collect import collect, referenced
-from coordinator.fleet import Fleet
-from coordinator.state import JobRecord, JobStatus, ModelVersion, RoundRecord
-from coordinator.state.memory import InMemoryStateStore
-from coordinator.uploads import UploadSpool
+from fused.coordinator.artifact_gc import collect, referenced
+from fused.coordinator.artifacts import ArtifactStore
+from fused.coordinator.fleet import Fleet
+from fused.coordinator.state import JobRecord, JobStatus, ModelVersion, RoundRecord
+from fused.coordinator.state.memory import InMemoryStateStore
+from fused.coordinator.transfer import UploadSpool
 
 
 def job(job_id: str, status: JobStatus) -> JobRecord:

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from common.config import ConfigError, load_config
-from coordinator.server import CoordinatorConfig
-from participant.main import ParticipantConfig
+from fused.common.runtime.config import ConfigError, load_config
+from fused.coordinator.server import CoordinatorConfig
+from fused.participant.main import ParticipantConfig
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from common.data import sources
-from common.data.sources import (
+from fused.common.ml.data import sources
+from fused.common.ml.data.sources import (
     DEFAULT_FASHION_MNIST_DIRS,
     FASHION_MNIST_FILES,
     DisallowedPickleError,

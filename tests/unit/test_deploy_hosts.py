@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from coordinator.server import CoordinatorConfig
-from participant.main import ParticipantConfig
+from fused.coordinator.server import CoordinatorConfig
+from fused.participant.main import ParticipantConfig
 from tests.unit.deploy_checks import (
     DAEMONS,
     DEPLOY,

@@ -13,8 +13,8 @@ import kubernetes_validate  # type: ignore[import-untyped, unused-ignore]
 import pytest
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
-from coordinator.server import CoordinatorConfig
-from participant.main import ParticipantConfig
+from fused.coordinator.server import CoordinatorConfig
+from fused.participant.main import ParticipantConfig
 from tests.unit.deploy_checks import (
     K8S,
     K8S_VERSIONS,

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from coordinator.metrics import CoordinatorMetrics
-from participant.agent import ParticipantMetrics
+from fused.coordinator.metrics import CoordinatorMetrics
+from fused.participant.agent import ParticipantMetrics
 from tests.unit.deploy_checks import (
     DEPLOY,
     GRAFANA,

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from common.adapters import (
+from fused.common.domain.tasks import AdapterRef, ForgetSpec
+from fused.common.ml.adapters import (
     AdapterLayout,
     attach_adapter,
     build_layout,
@@ -17,13 +18,12 @@ from common.adapters import (
     merge_weights,
     zero_values,
 )
-from common.data.partition import PartitionConfig, partition_source
-from common.data.shards import Shard, ShardMeta
-from common.data.sources import load_digits_source
-from common.data.tensors import TensorData
-from common.models import init_model
-from common.tasks import AdapterRef, ForgetSpec
-from participant.executor import (
+from fused.common.ml.data.partition import PartitionConfig, partition_source
+from fused.common.ml.data.shards import Shard, ShardMeta
+from fused.common.ml.data.sources import load_digits_source
+from fused.common.ml.data.tensors import TensorData
+from fused.common.ml.models import init_model
+from fused.participant.executor import (
     adapter_layout,
     load_model,
     local_adapter_update,
@@ -31,8 +31,8 @@ from participant.executor import (
     local_sensitivity,
     local_update,
 )
-from participant.forgetting import forgotten_set, remaining_test, remaining_train
-from participant.training import TrainConfig, evaluate, train_local
+from fused.participant.forgetting import forgotten_set, remaining_test, remaining_train
+from fused.participant.training import TrainConfig, evaluate, train_local
 
 NUM_CLASSES = 10
 ATTACKER, HOLDER, CLEAN = 0, 1, 2

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.fedavg import fedavg, weighted_mean
+from fused.common.ml.fedavg import fedavg, weighted_mean
 
 
 def _state(w: list[float], steps: int = 0) -> dict[str, torch.Tensor]:

@@ -11,12 +11,12 @@ from typing import Literal
 import pytest
 import torch
 
-from common.data.partition import PartitionConfig, partition_source
-from common.data.shards import Shard
-from common.data.sources import load_digits_source
-from common.data.tensors import TensorData
-from common.tasks import ForgetSpec
-from participant.forgetting import forgotten_set, remaining_test, remaining_train
+from fused.common.domain.tasks import ForgetSpec
+from fused.common.ml.data.partition import PartitionConfig, partition_source
+from fused.common.ml.data.shards import Shard
+from fused.common.ml.data.sources import load_digits_source
+from fused.common.ml.data.tensors import TensorData
+from fused.participant.forgetting import forgotten_set, remaining_test, remaining_train
 
 NUM_CLASSES = 10
 ATTACKER, HOLDER, CLEAN = 0, 1, 2

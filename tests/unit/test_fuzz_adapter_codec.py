@@ -10,7 +10,7 @@ import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common.adapter_codec import (
+from fused.common.codecs.adapter_codec import (
     FORMAT,
     VALUE_DTYPES,
     AdapterCodecError,
@@ -18,10 +18,10 @@ from common.adapter_codec import (
     encode_adapter,
     max_content_bytes,
 )
-from common.adapters import AdapterLayout, build_layout
-from common.tensor_codec import (
+from fused.common.codecs.tensor_codec import (
     encode_tensors,
 )
+from fused.common.ml.adapters import AdapterLayout, build_layout
 from tests.unit.fuzzing import (
     GIB,
     SAFETENSORS_MUTATIONS,

@@ -13,8 +13,7 @@ from google.protobuf.message import DecodeError
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from common.blobwire import encode_blob_chunk
-from common.positions import (
+from fused.common.codecs.positions import (
     METHODS,
     PositionCodecError,
     decode_positions,
@@ -22,7 +21,8 @@ from common.positions import (
     method_of,
     varint,
 )
-from proto.fused.v1 import common_pb2
+from fused.common.rpc.framing import encode_blob_chunk
+from fused.proto.v1 import common_pb2
 from tests.unit.fuzzing import (
     GIB,
     accept_or_reject,

@@ -12,7 +12,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common.tensor_codec import (
+from fused.common.codecs.tensor_codec import (
     DEFAULT_ALLOWED_DTYPES,
     CodecError,
     TensorSchema,

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from common.logs import (
+from fused.common.runtime.logs import (
     REDACTED,
     ContextFieldsFilter,
     JsonFormatter,

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.models import (
+from fused.common.ml.models import (
     MODELS,
     build_model,
     count_parameters,

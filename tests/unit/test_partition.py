@@ -10,13 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from common.data.partition import (
+from fused.common.ml.data.partition import (
     PartitionConfig,
     apply_trigger,
     dirichlet_partition,
     partition_source,
 )
-from common.data.shards import (
+from fused.common.ml.data.shards import (
     Shard,
     load_global_test,
     load_shard,
@@ -25,7 +25,7 @@ from common.data.shards import (
     read_partition,
     write_partition,
 )
-from common.data.sources import SourceData, load_digits_source
+from fused.common.ml.data.sources import SourceData, load_digits_source
 
 
 @pytest.fixture(scope="module")

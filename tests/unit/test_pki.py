@@ -18,8 +18,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from common.cli.certs import run_init
-from common.pki import (
+from fused.cli.certs import run_init
+from fused.cli.pki import init_pki, new_token, write_auth_file
+from fused.common.rpc.identity import (
     OPERATOR,
     PARTICIPANT,
     AuthFile,
@@ -27,11 +28,8 @@ from common.pki import (
     hash_token,
     identity_from_cert,
     identity_uri,
-    init_pki,
-    new_token,
     read_auth_file,
     read_token_file,
-    write_auth_file,
 )
 
 ALICE = Identity(PARTICIPANT, "alice")

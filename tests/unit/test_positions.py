@@ -8,8 +8,7 @@ import pytest
 import torch
 import zstandard
 
-from common.adapters import mask_indices
-from common.positions import (
+from fused.common.codecs.positions import (
     METHODS,
     TAG_GOLOMB,
     TAG_GOLOMB_COMPLEMENT,
@@ -21,6 +20,7 @@ from common.positions import (
     entropy_bound_bytes,
     method_of,
 )
+from fused.common.ml.adapters import mask_indices
 
 N = 200_000
 DENSITIES = [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5]

@@ -8,13 +8,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PROTO_DIR = Path("proto/fused/v1")
+PROTO_DIR = Path("proto/v1")  # generated through the import root: OUT/fused/proto/v1
+GENERATED_DIR = Path("fused/proto/v1")
 SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
 
 
 def _generated(base: Path) -> dict[str, bytes]:
-    """Generated files under base/proto/fused/v1, by name."""
-    folder = base / PROTO_DIR
+    """Generated files under base/fused/proto/v1 (the repository's proto/v1), by name."""
+    folder = base / GENERATED_DIR
     return {p.name: p.read_bytes() for suffix in SUFFIXES for p in folder.glob("*" + suffix)}
 
 
@@ -51,8 +52,8 @@ def test_stale_names_changed_missing_and_extra_files() -> None:
     fresh = {"a_pb2.py": b"new", "b_pb2.py": b"same", "c_pb2.pyi": b"only fresh"}
     committed = {"a_pb2.py": b"old", "b_pb2.py": b"same", "d_pb2_grpc.py": b"only committed"}
     assert _stale(fresh, committed) == [
-        "proto/fused/v1/a_pb2.py",
-        "proto/fused/v1/c_pb2.pyi",
-        "proto/fused/v1/d_pb2_grpc.py",
+        "proto/v1/a_pb2.py",
+        "proto/v1/c_pb2.pyi",
+        "proto/v1/d_pb2_grpc.py",
     ]
     assert _stale(fresh, dict(fresh)) == []

@@ -12,9 +12,16 @@ from typing import Any
 import pytest
 from google.protobuf.message import Message
 
-from common import serde
-from common.specs import SpecError, TrainingSpec, UnlearningSpec
-from common.tasks import (
+from fused.common.domain.records import (
+    JobEvent,
+    JobRecord,
+    JobStatus,
+    ModelVersion,
+    ParticipantRecord,
+    RoundRecord,
+)
+from fused.common.domain.specs import SpecError, TrainingSpec, UnlearningSpec
+from fused.common.domain.tasks import (
     AdapterRef,
     EvalOutcome,
     ForgetSpec,
@@ -24,16 +31,9 @@ from common.tasks import (
     TaskSpec,
     TrainOutcome,
 )
-from common.train_config import TrainConfig, task_seed
-from coordinator.state.records import (
-    JobEvent,
-    JobRecord,
-    JobStatus,
-    ModelVersion,
-    ParticipantRecord,
-    RoundRecord,
-)
-from proto.fused.v1 import common_pb2, participant_pb2
+from fused.common.domain.train_config import TrainConfig, task_seed
+from fused.common.rpc import convert as serde
+from fused.proto.v1 import common_pb2, participant_pb2
 
 TRAIN_CFG = TrainConfig(
     local_epochs=3, lr=0.05, momentum=0.5, weight_decay=1e-4, batch_size=32, seed=2**40 + 7

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.state import (
+from fused.coordinator.state import (
     SCHEMA_VERSION,
     InMemoryStateStore,
     JobEvent,

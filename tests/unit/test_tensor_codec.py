@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-from common.tensor_codec import (
+from fused.common.codecs.tensor_codec import (
     DEFAULT_ALLOWED_DTYPES,
     CodecError,
     TensorSpec,

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from common.data.tensors import TensorData
-from common.models import init_model
-from participant.training import EvalCounts, TrainConfig, evaluate, train_local
+from fused.common.ml.data.tensors import TensorData
+from fused.common.ml.models import init_model
+from fused.participant.training import EvalCounts, TrainConfig, evaluate, train_local
 
 
 def _data(x: torch.Tensor, y: torch.Tensor, scale: float = 1.0 / 255) -> TensorData:

@@ -19,8 +19,8 @@ import pytest
 from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry
 
-from common.net import create_channel, create_server
-from common.wire import (
+from fused.common.rpc.channels import create_channel, create_server
+from fused.common.rpc.metering import (
     KNOWN_PHASES,
     MD_PARTICIPANT,
     MD_PHASE,
@@ -29,7 +29,7 @@ from common.wire import (
     WireMetrics,
     short_method,
 )
-from proto.fused.v1 import common_pb2, participant_pb2, participant_pb2_grpc
+from fused.proto.v1 import common_pb2, participant_pb2, participant_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Metadata = tuple[tuple[str, str], ...]
@@ -471,7 +471,7 @@ def test_unknown_method_is_unimplemented_and_uncounted(wire: Wire) -> None:
 def test_hand_written_blob_chunks_equal_protobuf(
     blob_id: str, offset: int, data: bytes, total: int
 ) -> None:
-    from common.blobwire import encode_blob_chunk
+    from fused.common.rpc.framing import encode_blob_chunk
 
     expected = common_pb2.BlobChunk(blob_id=blob_id, offset=offset, data=data, total_size=total)
     assert encode_blob_chunk(blob_id, offset, data, total) == expected.SerializeToString()

@@ -1,0 +1,238 @@
+"""`fusedctl`: the operators' command line client of the coordinator's control service."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+
+from fused.cli import certs
+from fused.cli.commands import (
+    DEFAULT_COORDINATOR,
+    CliError,
+    cmd_cancel,
+    cmd_eval,
+    cmd_export,
+    cmd_jobs,
+    cmd_layers,
+    cmd_models,
+    cmd_participants,
+    cmd_partition,
+    cmd_report,
+    cmd_status,
+    cmd_switch,
+    cmd_train,
+    cmd_unlearn,
+    cmd_watch,
+)
+from fused.common.domain.specs import METHODS, UPLOAD_DTYPES
+from fused.common.domain.train_config import TrainConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fusedctl", description="Operate a FUSED federation.")
+    parser.add_argument(
+        "--coordinator",
+        default=os.environ.get("FUSED_COORDINATOR", DEFAULT_COORDINATOR),
+        help="coordinator address host:port (env FUSED_COORDINATOR)",
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    _credential_flags(parser)
+    sub = parser.add_subparsers(dest="command", required=True)
+    certs.add_parser(sub)
+
+    train = sub.add_parser("train", help="start a federated training job")
+    defaults = TrainConfig()
+    train.add_argument("--model", default="", help="registry name; default: data set's default")
+    train.add_argument("--rounds", type=int, default=10)
+    train.add_argument("--local-epochs", type=int, default=defaults.local_epochs)
+    train.add_argument("--lr", type=float, default=defaults.lr)
+    train.add_argument("--momentum", type=float, default=defaults.momentum)
+    train.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    train.add_argument("--participants-per-round", type=int, default=0, help="0 = all online")
+    train.add_argument("--min-participants", type=int, default=1)
+    train.add_argument("--round-deadline", type=float, default=300.0, help="seconds")
+    train.add_argument("--wait-participants", type=float, default=60.0, help="seconds")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--init-version", default="", help="start from this model version")
+    train.add_argument("--no-eval-each-round", action="store_true")
+    train.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    train.set_defaults(func=cmd_train)
+
+    unlearn = sub.add_parser("unlearn", help="forget a participant, a class or samples")
+    _forget_options(unlearn, required=True)
+    unlearn.add_argument("--method", choices=METHODS, default="fused")
+    unlearn.add_argument("--base", default="", help="version to unlearn from; default: active")
+    unlearn.add_argument("--rounds", type=int, default=5)
+    unlearn.add_argument("--local-epochs", type=int, default=defaults.local_epochs)
+    unlearn.add_argument("--lr", type=float, default=defaults.lr)
+    unlearn.add_argument("--momentum", type=float, default=defaults.momentum)
+    unlearn.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    unlearn.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    unlearn.add_argument("--top-k", type=int, default=2, help="fused: tensors to adapt")
+    unlearn.add_argument("--layers", default="", help="fused: comma-separated tensor names")
+    unlearn.add_argument("--density", type=float, default=0.1, help="fused: mask density rho")
+    unlearn.add_argument(
+        "--upload-dtype",
+        choices=UPLOAD_DTYPES,
+        default="float32",
+        help="fused: precision of adapter uploads",
+    )
+    unlearn.add_argument("--min-participants", type=int, default=1)
+    unlearn.add_argument("--round-deadline", type=float, default=300.0, help="seconds")
+    unlearn.add_argument("--wait-participants", type=float, default=60.0, help="seconds")
+    unlearn.add_argument("--seed", type=int, default=0)
+    unlearn.add_argument("--no-eval-each-round", action="store_true")
+    unlearn.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    unlearn.set_defaults(func=cmd_unlearn)
+
+    evaluate = sub.add_parser("eval", help="federated evaluation of a model version (RA/FA)")
+    evaluate.add_argument("version", nargs="?", default="", help="default: the active version")
+    _forget_options(evaluate, required=False)
+    evaluate.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    evaluate.set_defaults(func=cmd_eval)
+
+    layers = sub.add_parser("layers", help="a FUSED job's sensitivity ranking")
+    layers.add_argument("job")
+    layers.set_defaults(func=cmd_layers)
+    for name, help_text in (
+        ("revert", "serve the version's parent again (exact)"),
+        ("reapply", "serve the version again (exact)"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("version")
+        p.set_defaults(func=cmd_switch)
+
+    for name, func, help_text in (
+        ("status", cmd_status, "a job's state and rounds"),
+        ("watch", cmd_watch, "follow a job live: progress per phase, bytes, RA/FA"),
+        ("cancel", cmd_cancel, "stop a running job (its open tasks close; it ends failed)"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("job")
+        p.set_defaults(func=func)
+    report = sub.add_parser("report", help="a job as Markdown with PNG plots (needs matplotlib)")
+    report.add_argument("job")
+    report.add_argument("--out", type=Path, required=True, help="directory to write into")
+    report.set_defaults(func=cmd_report)
+    sub.add_parser("jobs", help="list jobs").set_defaults(func=cmd_jobs)
+    sub.add_parser("participants", help="list participants").set_defaults(func=cmd_participants)
+    sub.add_parser("models", help="list model versions").set_defaults(func=cmd_models)
+
+    export = sub.add_parser("export", help="download a model version as safetensors")
+    export.add_argument("version", nargs="?", default="", help="default: the active version")
+    export.add_argument("--out", type=Path, required=True)
+    export.set_defaults(func=cmd_export)
+
+    data = sub.add_parser("data", help="data set tools").add_subparsers(dest="data", required=True)
+    part = data.add_parser("partition", help="split a data set into participant shards")
+    part.add_argument("--dataset", default="digits", help="digits, fashionmnist or cifar10")
+    part.add_argument("--data-dir", type=Path, default=None, help="where the raw files are")
+    part.add_argument("--participants", type=int, required=True)
+    part.add_argument("--alpha", type=float, default=1.0, help="Dirichlet concentration")
+    part.add_argument("--seed", type=int, default=0)
+    part.add_argument("--test-fraction", type=float, default=0.2)
+    part.add_argument("--attacker", type=int, default=None, help="index of a label flipper")
+    part.add_argument("--backdoor-participant", type=int, default=None)
+    part.add_argument("--backdoor-count", type=int, default=0)
+    part.add_argument("--backdoor-target", type=int, default=0)
+    part.add_argument("--trigger-size", type=int, default=1)
+    part.add_argument("--out", type=Path, required=True)
+    part.set_defaults(func=cmd_partition)
+    return parser
+
+
+def _forget_options(parser: argparse.ArgumentParser, required: bool) -> None:
+    what = parser.add_mutually_exclusive_group(required=required)
+    what.add_argument("--participant", help="forget everything this participant contributed")
+    what.add_argument("--class", dest="forget_class", type=int, help="forget a label everywhere")
+    what.add_argument("--samples", help="PARTICIPANT:FILE, the sample ids to forget")
+    parser.add_argument(
+        "--relabel",
+        action="store_true",
+        help="--class, --samples: relabel at random instead of dropping (research code)",
+    )
+    parser.add_argument(
+        "--trigger-size",
+        type=int,
+        default=0,
+        help="--samples: the samples are a backdoor with this trigger size",
+    )
+    parser.add_argument("--trigger-target", type=int, default=0, help="--samples: its label")
+
+
+def _credential_flags(parser: argparse.ArgumentParser) -> None:
+    """TLS files and the operator token; each also from a FUSEDCTL_* environment variable."""
+    for flag, help_text in (
+        ("--tls-ca", "CA that signed the coordinator's certificate: turns TLS on"),
+        ("--tls-cert", "operator client certificate (mutual TLS)"),
+        ("--tls-key", "its private key"),
+        ("--token-file", "file holding the operator's bearer token"),
+    ):
+        # FUSEDCTL_*, not FUSED_*: the agent's own variables must not make fusedctl present
+        # a participant's credentials on a participant host.
+        env = "FUSEDCTL_" + flag[2:].upper().replace("-", "_")
+        value = os.environ.get(env)
+        parser.add_argument(
+            flag, type=Path, default=Path(value) if value else None, help=f"{help_text} (env {env})"
+        )
+
+
+_HINTS = {
+    grpc.StatusCode.UNAVAILABLE: "is fused-coordinator running there? (--coordinator or "
+    "FUSED_COORDINATOR)",
+    grpc.StatusCode.UNAUTHENTICATED: "pass the operator's credentials: --token-file, or "
+    "--tls-ca with --tls-cert/--tls-key (made by `fusedctl certs init`)",
+    grpc.StatusCode.PERMISSION_DENIED: "control calls need an operator credential, not a "
+    "participant's",
+    grpc.StatusCode.NOT_FOUND: "list what exists with `fusedctl jobs` or `fusedctl models`",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "the coordinator did not answer in time: is it "
+    "overloaded, or is a proxy on the way holding the call?",
+    grpc.StatusCode.DATA_LOSS: "a stored artifact is damaged: restore the state directory's "
+    "artifacts/ from a backup (docs/OPERATIONS.md)",
+}
+# Words of a failed TLS handshake in grpc's UNAVAILABLE details: the daemon is there.
+_TLS_TROUBLE = ("ssl", "handshake", "hostname verification", "socket closed", "certificate")
+_TLS_HINT = (
+    "the TLS handshake failed: does the coordinator use TLS (then pass --tls-ca; with mutual "
+    "TLS also --tls-cert/--tls-key), and does its certificate name the host you dial?"
+)
+# Commands whose argument is a job: a NOT_FOUND there means the job id.
+_JOB_COMMANDS = {"status", "watch", "report", "layers", "cancel"}
+
+
+def rpc_error_message(exc: grpc.RpcError, command: str, coordinator: str) -> str:
+    """One line naming the failure, then a hint line when there is something to do."""
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    details = " ".join(str(details or "").split())  # grpc's details may span lines
+    hint = _HINTS.get(code, "") if code is not None else ""
+    if code is grpc.StatusCode.NOT_FOUND and command in _JOB_COMMANDS:
+        hint = "list the jobs with `fusedctl jobs`"
+    if code is grpc.StatusCode.UNAVAILABLE and any(w in details.lower() for w in _TLS_TROUBLE):
+        hint = _TLS_HINT
+    where = f" at {coordinator}" if code is grpc.StatusCode.UNAVAILABLE else ""
+    name = code.name if code is not None else "error"
+    return f"fusedctl: {name}{where}: {details}" + (f"\n  hint: {hint}" if hint else "")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CliError as exc:
+        print(f"fusedctl: {exc}", file=sys.stderr)
+    except grpc.RpcError as exc:
+        print(rpc_error_message(exc, args.command, args.coordinator), file=sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

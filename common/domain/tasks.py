@@ -1,0 +1,130 @@
+"""Tasks the coordinator hands to participants, and what participants send back."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from enum import StrEnum
+
+from fused.common.domain.train_config import TrainConfig
+
+
+class TaskKind(StrEnum):
+    TRAIN = "train"  # train the model locally, upload the new weights
+    EVALUATE = "evaluate"  # evaluate on the local test split, report counts
+    SENSITIVITY = "sensitivity"  # train one round, report per-tensor L1 distances only
+    ADAPTER_TRAIN = "adapter_train"  # train only sparse adapter values, upload them
+
+
+PARADIGMS = ("participant", "class", "samples")
+
+
+@dataclass(frozen=True)
+class ForgetSpec:
+    """What to forget; each participant applies it to its own shard."""
+
+    paradigm: str  # one of PARADIGMS
+    participant_id: str = ""  # participant: whose data; samples: who holds them
+    class_label: int = -1  # class paradigm
+    sample_ids: tuple[int, ...] = ()  # samples paradigm
+    relabel: bool = False  # class, samples: relabel at random instead of dropping
+    trigger_size: int = 0  # samples paradigm: > 0 = backdoor; FA = attack success rate
+    trigger_target: int = 0
+
+    def validate(self, num_classes: int | None = None) -> None:
+        if self.paradigm not in PARADIGMS:
+            raise ValueError(f"forget paradigm must be one of {', '.join(PARADIGMS)}")
+        if self.paradigm in ("participant", "samples") and not self.participant_id:
+            raise ValueError(f"forgetting {self.paradigm} needs a participant id")
+        too_high = num_classes is not None and self.class_label >= num_classes
+        if self.paradigm == "class" and (self.class_label < 0 or too_high):
+            raise ValueError(f"class {self.class_label} is not a class of this model")
+        if self.paradigm == "samples" and not self.sample_ids:
+            raise ValueError("forgetting samples needs at least one sample id")
+        if self.trigger_size < 0:
+            raise ValueError("trigger_size must be >= 0")
+        target_too_high = num_classes is not None and self.trigger_target >= num_classes
+        if self.trigger_size > 0 and (self.trigger_target < 0 or target_too_high):
+            raise ValueError(f"trigger_target {self.trigger_target} is not a class of this model")
+
+    def excludes(self, participant_id: str) -> bool:
+        """Whether this participant takes no part in training on the remaining data."""
+        return self.paradigm == "participant" and participant_id == self.participant_id
+
+    def for_participant(self, participant_id: str) -> ForgetSpec:
+        """The spec as sent to one participant: sample ids go only to their holder."""
+        if self.sample_ids and participant_id != self.participant_id:
+            return dataclasses.replace(self, sample_ids=())
+        return self
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    """A sparse adapter on a frozen base: the mask comes from the seed, values from a blob."""
+
+    layers: tuple[str, ...]
+    density: float
+    mask_seed: int
+    mask_digest: str
+    values_blob_id: str = ""  # "" = all zeros
+    upload_dtype: str = "float32"  # dtype participants upload values in
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    task_id: str
+    job_id: str
+    phase: str
+    round: int
+    kind: TaskKind
+    model_blob_id: str  # sha256 of the safetensors weights to start from
+    model_name: str
+    num_classes: int
+    train: TrainConfig
+    deadline_unix: float
+    forget: ForgetSpec | None = None
+    adapter: AdapterRef | None = None
+
+    def blob_ids(self) -> tuple[str, ...]:
+        """The artifacts this task reads."""
+        blobs = (self.model_blob_id, self.adapter.values_blob_id if self.adapter else "")
+        return tuple(b for b in blobs if b)
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    update_blob_id: str
+    num_examples: int
+    mean_loss: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class EvalOutcome:
+    correct: tuple[int, ...]  # per class, on the remaining test data
+    total: tuple[int, ...]  # per class, on the remaining test data
+    loss_sum: float
+    forget_correct: int = 0  # on this participant's part of the forgotten set
+    forget_total: int = 0
+
+    @property
+    def num_examples(self) -> int:
+        return sum(self.total)
+
+
+@dataclass(frozen=True)
+class SensitivityOutcome:
+    distances: dict[str, float]  # parameter tensor -> sum |after - before|
+    num_examples: int
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """Exactly one of train, eval, sensitivity and error is set."""
+
+    participant_id: str
+    task_id: str
+    train: TrainOutcome | None = None
+    eval: EvalOutcome | None = None
+    sensitivity: SensitivityOutcome | None = None
+    error: str | None = None

@@ -1,0 +1,63 @@
+"""Garbage collection of the state directory: what no model version or unfinished job needs.
+
+Every round stores its aggregate and every participant's upload; kept forever, a ResNet-18
+federation would grow by gigabytes per round. Once no job runs, only model versions (and
+the adapters and bases they name) and the checkpoints of unfinished jobs are still needed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from fused.coordinator.artifacts import ArtifactStore
+from fused.coordinator.fleet import Fleet
+from fused.coordinator.state import JobStatus, StateStore
+from fused.coordinator.transfer import UploadSpool
+
+log = logging.getLogger(__name__)
+
+_VERSION_BLOBS = ("adapter_digest", "base_digest")  # meta keys naming other artifacts
+_CHECKPOINT_BLOBS = ("model", "values")  # round-record keys a resumed job reads
+
+
+@dataclass(frozen=True)
+class Collected:
+    artifacts: int
+    bytes: int
+    upload_parts: int
+
+
+def referenced(store: StateStore) -> set[str]:
+    """The artifacts something still needs."""
+    keep: set[str] = set()
+    for version in store.list_model_versions():
+        keep.add(version.digest)
+        keep.update(str(version.meta[k]) for k in _VERSION_BLOBS if version.meta.get(k))
+    for job in store.list_jobs():
+        if job.status in (JobStatus.COMPLETED, JobStatus.FAILED):
+            continue
+        for record in store.list_rounds(job.job_id):
+            keep.update(str(record.metrics[k]) for k in _CHECKPOINT_BLOBS if k in record.metrics)
+    return keep
+
+
+def collect(
+    store: StateStore, artifacts: ArtifactStore, spool: UploadSpool, fleet: Fleet
+) -> Collected:
+    """Delete unreferenced artifacts and abandoned upload parts. Call only while no job runs
+    (no task is open, so no upload or download can still need them), on the event loop so
+    that no job can start halfway."""
+    keep = referenced(store)
+    removed = freed = 0
+    for digest in artifacts.digests():
+        if digest not in keep:
+            freed += artifacts.remove(digest)
+            removed += 1
+    parts = spool.clear()
+    fleet.forget_uploads()  # what they uploaded may be gone: the next upload sends it again
+    if removed or parts:
+        log.info(
+            "collected %d artifacts (%.1f MB) and %d upload parts", removed, freed / 1e6, parts
+        )
+    return Collected(removed, freed, parts)
