@@ -23,8 +23,8 @@ from typing import Any
 
 import grpc
 
-from fused.common.ml.data.partition import PartitionConfig
-from fused.common.ml.data.shards import partition_to_directory
+from fused.common.ml.data.partition import partition_to_directory
+from fused.common.ml.data.partition_config import PartitionConfig
 from fused.proto.v1 import common_pb2, control_pb2
 from fused.tools.demo import export_sha256
 from fused.tools.launch import LocalFederation

@@ -25,28 +25,42 @@ final global model's on the untouched global test split, computed here the same 
 
 The JSON report goes to stdout and to WORK_DIR/report.json; progress goes to stderr and process
 logs stay under WORK_DIR. The Flower side (server and clients, run by the Flower
-environment's interpreter) is `bench/flower_side.py`.
+environment's interpreter) is `bench/flower_side.py`, its environment and processes
+`bench/flower_env.py`; the report's arithmetic is `bench/flower_report.py`.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.flower_env import (
+    REPO_ROOT,
+    ensure_flower_venv,
+    free_port,
+    log,
+    spawn,
+    stop_process,
+    wait_for_port,
+)
+from bench.flower_report import (
+    compare,
+    max_abs_diff,
+    message_bytes_by_method,
+    per_round,
+    system_report,
+)
 from bench.flower_side import CLIENT_ROLE, SERVER_ROLE
-from bench.proxy import DOWN, LOOPBACK, UP, CountingProxy, WireEvent, bytes_in_window, write_events
+from bench.proxy import LOOPBACK, CountingProxy, write_events
 
 if TYPE_CHECKING:
     import torch
@@ -54,221 +68,15 @@ if TYPE_CHECKING:
     from fused.common.domain.train_config import TrainConfig
     from fused.tools.launch import LocalFederation
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_VENV = REPO_ROOT / ".bench-venvs" / "flwr"
 DEFAULT_WORK_DIR = REPO_ROOT / "runs" / "flower-compare"
 FLWR_VERSION = "1.42.0"
-TORCH_VERSION = "2.13.0"  # the project's pin, so both sides train with the same kernels
 # The job: the issue's FedAvg settings.
 LR = 0.05
 MOMENTUM = 0.9
 WEIGHT_DECAY = 5e-4
 BATCH_SIZE = 32
 LOCAL_EPOCHS = 1
-
-
-# --- pure helpers ------------------------------------------------------------------------------
-
-
-def per_round(value: float, rounds: int) -> float:
-    if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
-    return value / rounds
-
-
-def ratio(ours: float, theirs: float) -> float | None:
-    """ours / theirs, or None where theirs is zero (nothing to compare against)."""
-    return ours / theirs if theirs else None
-
-
-Samples = Mapping[tuple[str, tuple[tuple[str, str], ...]], float]  # common.launch.scrape's
-
-
-def message_bytes_by_method(
-    before: Samples, after: Samples, methods: frozenset[str], phases: frozenset[str]
-) -> dict[str, float]:
-    """Growth of `fused_wire_bytes_total` between two scrapes per method among `methods`
-    (directions and participants summed), over the given phases ("none": Register, PullTask,
-    Heartbeat; "train": the transfers and results of training tasks)."""
-    totals: dict[str, float] = {}
-    for key, value in after.items():
-        name, labels = key
-        label = dict(labels)
-        method = label.get("method", "")
-        if name == "fused_wire_bytes_total" and label.get("phase") in phases and method in methods:
-            totals[method] = totals.get(method, 0.0) + value - before.get(key, 0.0)
-    return dict(sorted(totals.items()))
-
-
-@dataclass(frozen=True)
-class Window:
-    """The measured rounds: from the end of the last warm-up round (the start of round 1 when
-    there is none) to the end of the last round."""
-
-    start: float
-    end: float
-    rounds: int
-
-
-def measured_window(started: Sequence[float], finished: Sequence[float], warmup: int) -> Window:
-    """Rounds run back to back, so the window after `warmup` rounds is [finish of the last
-    warm-up round, finish of the last round] and holds the rest of the rounds."""
-    if len(started) != len(finished):
-        raise ValueError(f"{len(started)} round starts but {len(finished)} round ends")
-    rounds = len(finished) - warmup
-    if warmup < 0 or rounds < 1:
-        raise ValueError(f"{len(finished)} rounds leave none to measure after {warmup} warm-up")
-    start = started[0] if warmup == 0 else finished[warmup - 1]
-    if finished[-1] < start:
-        raise ValueError("the last round ends before the measured window starts")
-    return Window(start, finished[-1], rounds)
-
-
-def system_report(
-    events: Sequence[WireEvent],
-    started: Sequence[float],
-    finished: Sequence[float],
-    warmup: int,
-    accuracy: float,
-) -> dict[str, Any]:
-    """The per-system block of the report: the proxy's bytes and the wall time of the measured
-    window, per measured round; `started` / `finished` are the times of every round run."""
-    window = measured_window(started, finished, warmup)
-    moved = bytes_in_window(events, window.start, window.end)
-    return {
-        "bytes_per_round": per_round(moved["total"], window.rounds),
-        "bytes_up_per_round": per_round(moved[UP], window.rounds),
-        "bytes_down_per_round": per_round(moved[DOWN], window.rounds),
-        "seconds_per_round": per_round(window.end - window.start, window.rounds),
-        "round_seconds": [b - a for a, b in zip(started, finished, strict=True)],
-        "accuracy": accuracy,
-    }
-
-
-def compare(fused: dict[str, Any], flower: dict[str, Any]) -> dict[str, Any]:
-    """Ratios FUSED / Flower and whether the goal holds (no more bytes, no more seconds)."""
-    ratio_bytes = ratio(fused["bytes_per_round"], flower["bytes_per_round"])
-    ratio_seconds = ratio(fused["seconds_per_round"], flower["seconds_per_round"])
-    return {
-        "ratio_bytes": ratio_bytes,
-        "ratio_seconds": ratio_seconds,
-        "goal_met": {
-            "bytes": ratio_bytes is not None and ratio_bytes <= 1.0,
-            "seconds": ratio_seconds is not None and ratio_seconds <= 1.0,
-        },
-    }
-
-
-def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
-    """Apply --quick (2 measured rounds on digits) and check the numbers."""
-    if args.quick:
-        args.rounds, args.dataset = 2, "digits"
-    if args.rounds < 1:
-        raise SystemExit(f"--rounds must be >= 1, got {args.rounds}")
-    if args.warmup_rounds < 0:
-        raise SystemExit(f"--warmup-rounds must be >= 0, got {args.warmup_rounds}")
-    if args.participants < 1:
-        raise SystemExit(f"--participants must be >= 1, got {args.participants}")
-    return args
-
-
-def check_venv_path(venv: Path) -> None:
-    """Refuse the project's own environment (or the running one): Flower never goes there."""
-    target = venv.resolve()
-    forbidden = {(REPO_ROOT / ".venv").resolve(), Path(sys.prefix).resolve()}
-    if target in forbidden:
-        raise SystemExit(f"refusing to install Flower into {target}: pick another --venv")
-
-
-# --- a counting TCP proxy on loopback ----------------------------------------------------------
-
-
-def log(message: str) -> None:
-    print(f"[flower-compare] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before listening")
-        with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), timeout=1):
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on {LOOPBACK}:{port} after {timeout_s} s")
-
-
-def child_env(repo_importable: bool = True) -> dict[str, str]:
-    """Environment of a Flower-side process: no venv leaking in; this repository importable
-    (read-only) where asked; pip gets it without, lest it take the repo for an installed one."""
-    drop = {"VIRTUAL_ENV", "PYTHONHOME", "PYTHONPATH"}
-    env = {k: v for k, v in os.environ.items() if k not in drop}
-    if repo_importable:
-        env["PYTHONPATH"] = str(REPO_ROOT)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def spawn(args: Sequence[str], log_path: Path) -> subprocess.Popen[bytes]:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as out:
-        return subprocess.Popen(
-            list(args), stdout=out, stderr=subprocess.STDOUT, env=child_env(), cwd=REPO_ROOT
-        )
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 10) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def installed_flwr(python: Path) -> str | None:
-    if not python.exists():
-        return None
-    probe = subprocess.run(
-        [str(python), "-c", "import flwr, torch, safetensors, numpy; print(flwr.__version__)"],
-        capture_output=True,
-        text=True,
-        env=child_env(repo_importable=False),
-        cwd=python.parent,  # not the repository: its egg-info would look like an install
-        check=False,
-    )
-    return probe.stdout.strip() if probe.returncode == 0 else None
-
-
-def ensure_flower_venv(venv: Path, flwr_version: str) -> Path:
-    """The interpreter of a virtual environment holding flwr==flwr_version (made if needed)."""
-    check_venv_path(venv)
-    python = venv / "bin" / "python"
-    if installed_flwr(python) == flwr_version:
-        return python
-    log(f"installing flwr=={flwr_version} into {venv}")
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    packages = [f"flwr=={flwr_version}", f"torch=={TORCH_VERSION}", "safetensors", "numpy"]
-    subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", *packages],
-        check=True,
-        stdout=sys.stderr,
-        env=child_env(repo_importable=False),
-        cwd=python.parent,
-    )
-    found = installed_flwr(python)
-    if found != flwr_version:
-        raise RuntimeError(f"{venv} has flwr {found!r} after installing, not {flwr_version}")
-    return python
 
 
 # --- shared job settings -----------------------------------------------------------------------
@@ -309,8 +117,8 @@ class Job:
 def prepare_shards(
     dataset: str, data_dir: Path | None, participants: int, seed: int, out: Path
 ) -> dict[str, Any]:
-    from fused.common.ml.data.partition import PartitionConfig
-    from fused.common.ml.data.shards import partition_to_directory
+    from fused.common.ml.data.partition import partition_to_directory
+    from fused.common.ml.data.partition_config import PartitionConfig
 
     shutil.rmtree(out, ignore_errors=True)
     config = PartitionConfig(num_participants=participants, seed=seed)
@@ -343,7 +151,7 @@ def _follow(fed: LocalFederation, job_id: str, timeout_s: float) -> Any:
 def run_fused(job: Job) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     from fused.common.codecs.tensor_codec import decode_tensors
     from fused.common.domain.specs import TrainingSpec
-    from fused.common.rpc.convert import training_spec_to_proto
+    from fused.common.rpc.control_convert import training_spec_to_proto
     from fused.proto.v1 import control_pb2, participant_pb2
     from fused.tools.launch import LocalFederation, scrape
 
@@ -475,17 +283,20 @@ def run_flower(job: Job, python: Path) -> tuple[dict[str, Any], dict[str, torch.
     return report, weights
 
 
-# --- Flower (roles, run by the Flower environment's interpreter) -------------------------------
-
-
 # --- main --------------------------------------------------------------------------------------
 
 
-def max_abs_diff(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
-    """Largest elementwise difference between two state dicts with the same keys."""
-    if a.keys() != b.keys():
-        raise ValueError(f"state dicts differ in keys: {sorted(a.keys() ^ b.keys())}")
-    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
+    """Apply --quick (2 measured rounds on digits) and check the numbers."""
+    if args.quick:
+        args.rounds, args.dataset = 2, "digits"
+    if args.rounds < 1:
+        raise SystemExit(f"--rounds must be >= 1, got {args.rounds}")
+    if args.warmup_rounds < 0:
+        raise SystemExit(f"--warmup-rounds must be >= 0, got {args.warmup_rounds}")
+    if args.participants < 1:
+        raise SystemExit(f"--participants must be >= 1, got {args.participants}")
+    return args
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -13,7 +13,7 @@ import hashlib
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -57,6 +57,8 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 CONTROL_OPTIONS: list[tuple[str, Any]] = [("grpc.max_receive_message_length", 256 << 20)]
 
 Metadata = tuple[tuple[str, str], ...]
+Task = participant_pb2.Task
+Result = participant_pb2.PushResultRequest
 
 
 # --------------------------------------------------------------------------- recording
@@ -181,13 +183,13 @@ class Participant:
         self._stub = participant_pb2_grpc.ParticipantServiceStub(self._channel)
         self._reply = participant_pb2.RegisterResponse()
         self._registered = False
-        self._task: participant_pb2.Task | None = None  # the task being worked on
+        self._task: Task | None = None  # the task being worked on
         self.tasks = Counter[str]()
 
     async def close(self) -> None:
         await self._channel.close(None)
 
-    def _md(self, task: participant_pb2.Task | None = None) -> Metadata:
+    def _md(self, task: Task | None = None) -> Metadata:
         md: list[tuple[str, str]] = [(MD_PARTICIPANT, self.pid)]
         if task is not None:
             md += [(MD_JOB, task.job_id), (MD_PHASE, task.phase), (MD_ROUND, str(task.round))]
@@ -261,13 +263,12 @@ class Participant:
         task = pulled.task
         self.tasks[participant_pb2.TaskKind.Name(task.kind)] += 1
         self._task = task  # busy from the pull to the push, as the agent: heartbeats go out
+        handler = TASK_HANDLERS.get(task.kind)
         try:
-            if task.kind == participant_pb2.TASK_KIND_TRAIN:
-                result = await self._train(task)
-            elif task.kind == participant_pb2.TASK_KIND_EVALUATE:
-                result = await self._evaluate(task)
-            else:
+            if handler is None:
                 result = self._failed(task, "bench.load runs TRAIN and EVALUATE tasks only")
+            else:
+                result = await handler(self, task)
         except grpc.aio.AioRpcError as exc:  # counted; report the failure so the round goes on
             result = self._failed(task, f"simulated participant: {describe(exc)}")
         except Exception as exc:  # e.g. a bad artifact
@@ -286,10 +287,8 @@ class Participant:
             if len(self._stats.error_samples) < MAX_ERROR_SAMPLES:
                 self._stats.error_samples.append(f"push_result not accepted: {ack.message}")
 
-    def _failed(
-        self, task: participant_pb2.Task, message: str
-    ) -> participant_pb2.PushResultRequest:
-        return participant_pb2.PushResultRequest(
+    def _failed(self, task: Task, message: str) -> Result:
+        return Result(
             participant_id=self.pid,
             task_id=task.task_id,
             error=participant_pb2.TaskError(message=message),
@@ -322,7 +321,7 @@ class Participant:
             if not reply.registered:
                 self._registered = False
 
-    async def _train(self, task: participant_pb2.Task) -> participant_pb2.PushResultRequest:
+    async def train(self, task: Task) -> Result:
         started = time.monotonic()
         data = await self._download(task, task.model_blob_id)
         weights = self._models.get(task.model_blob_id, data)
@@ -335,11 +334,9 @@ class Participant:
             mean_loss=2.3 / task.round + self._rng.uniform(0.0, 0.1),
             seconds=time.monotonic() - started,
         )
-        return participant_pb2.PushResultRequest(
-            participant_id=self.pid, task_id=task.task_id, train=train
-        )
+        return Result(participant_id=self.pid, task_id=task.task_id, train=train)
 
-    async def _evaluate(self, task: participant_pb2.Task) -> participant_pb2.PushResultRequest:
+    async def evaluate(self, task: Task) -> Result:
         await asyncio.sleep(self._settings.work_s / 3 * self._rng.uniform(0.5, 1.5))
         classes = task.num_classes or NUM_CLASSES
         correct = [self._rng.randint(0, TEST_PER_CLASS) for _ in range(classes)]
@@ -348,11 +345,9 @@ class Participant:
             total=[TEST_PER_CLASS] * classes,
             loss_sum=sum(TEST_PER_CLASS - c for c in correct) * 1.5 + 0.1 * classes,
         )
-        return participant_pb2.PushResultRequest(
-            participant_id=self.pid, task_id=task.task_id, eval=evaluation
-        )
+        return Result(participant_id=self.pid, task_id=task.task_id, eval=evaluation)
 
-    async def _download(self, task: participant_pb2.Task, digest: str) -> bytes:
+    async def _download(self, task: Task, digest: str) -> bytes:
         async def fetch() -> bytes:
             parts: list[bytes] = []
             call = self._stub.DownloadBlob(
@@ -369,7 +364,7 @@ class Participant:
             raise RuntimeError(f"{self.pid}: download does not match its digest {digest}")
         return data
 
-    async def _upload(self, task: participant_pb2.Task, blob: bytes) -> str:
+    async def _upload(self, task: Task, blob: bytes) -> str:
         digest = hashlib.sha256(blob).hexdigest()
         step = self._reply.chunk_bytes or 1 << 20
         chunks = [
@@ -392,3 +387,11 @@ class Participant:
         if reply.blob_id != digest:
             raise RuntimeError(f"{self.pid}: upload stored as {reply.blob_id}, not {digest}")
         return digest
+
+
+# What a simulated participant does per task kind; any other kind is reported as failed.
+TaskHandler = Callable[[Participant, Task], Awaitable[Result]]
+TASK_HANDLERS: Mapping[int, TaskHandler] = {
+    participant_pb2.TASK_KIND_TRAIN: Participant.train,
+    participant_pb2.TASK_KIND_EVALUATE: Participant.evaluate,
+}

@@ -7,52 +7,25 @@ import hashlib
 import json
 import shutil
 import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
-
-from google.protobuf.json_format import MessageToDict
 
 from fused.cli import report
-from fused.cli.tables import human_bytes, table, when
+from fused.cli.client import CliError, as_dict, control_stub, emit
+from fused.cli.tables import human_bytes, table
 from fused.cli.watch import LiveView, render
-from fused.cli.watch import event_line as event_line  # re-exported for common.demo
-from fused.common.domain.specs import TrainingSpec, UnlearningSpec
+from fused.cli.watch import event_line as event_line  # re-exported for tools.demo
+from fused.common.domain.specs import TrainingSpec, UnlearningSpec, method_config
 from fused.common.domain.tasks import ForgetSpec
 from fused.common.domain.train_config import TrainConfig
-from fused.common.rpc.channels import TlsFiles, create_channel
-from fused.common.rpc.convert import (
-    forget_to_proto,
+from fused.common.rpc.control_convert import (
     job_from_proto,
     training_spec_to_proto,
     unlearning_spec_to_proto,
 )
-from fused.common.rpc.identity import read_token_file
-from fused.proto.v1 import control_pb2, control_pb2_grpc
+from fused.common.rpc.task_convert import forget_to_proto
+from fused.proto.v1 import control_pb2
 
-DEFAULT_COORDINATOR = "127.0.0.1:50051"
 TERMINAL = {"completed", "failed"}
-
-
-class CliError(Exception):
-    """A user-facing failure; printed without a traceback."""
-
-
-def _stub(args: argparse.Namespace) -> control_pb2_grpc.ControlServiceStub:
-    tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_ca else None
-    try:
-        token = read_token_file(args.token_file) if args.token_file else None
-    except (OSError, ValueError) as exc:
-        raise CliError(f"cannot read the token: {exc}") from exc
-    return control_pb2_grpc.ControlServiceStub(create_channel(args.coordinator, tls, token))
-
-
-def _emit(args: argparse.Namespace, payload: Any, text: Callable[[], str]) -> None:
-    print(json.dumps(payload, indent=2, sort_keys=True) if args.json else text())
-
-
-def _as_dict(message: Any) -> dict[str, Any]:
-    return MessageToDict(message, preserving_proto_field_name=True)
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
@@ -75,12 +48,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         evaluate_each_round=not args.no_eval_each_round,
     )
     request = control_pb2.StartTrainingRequest(spec=training_spec_to_proto(spec))
-    return _start(args, _stub(args).StartTraining(request, timeout=30))
+    return _start(args, control_stub(args).StartTraining(request, timeout=30))
 
 
 def _start(args: argparse.Namespace, job: control_pb2.JobInfo) -> int:
     if not args.wait:
-        _emit(args, _as_dict(job), lambda: f"started job {job.job_id}")
+        emit(args, as_dict(job), lambda: f"started job {job.job_id}")
         return 0
     if not args.json:
         print(f"started job {job.job_id}")
@@ -125,13 +98,17 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
     spec = UnlearningSpec(
         forget=forget_from_args(args),
         base_version=args.base,
-        method=args.method,
+        config=method_config(
+            args.method,
+            {
+                "top_k": args.top_k,
+                "layers": tuple(n for n in args.layers.split(",") if n),
+                "density": args.density,
+                "upload_dtype": args.upload_dtype,
+            },
+        ),
         rounds=args.rounds,
         train=train_config(args),
-        top_k=args.top_k,
-        layers=tuple(n for n in args.layers.split(",") if n),
-        density=args.density,
-        upload_dtype=args.upload_dtype,
         min_participants=args.min_participants,
         round_deadline_s=args.round_deadline,
         wait_for_participants_s=args.wait_participants,
@@ -139,18 +116,18 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
         evaluate_each_round=not args.no_eval_each_round,
     )
     request = control_pb2.StartUnlearningRequest(spec=unlearning_spec_to_proto(spec))
-    return _start(args, _stub(args).StartUnlearning(request, timeout=30))
+    return _start(args, control_stub(args).StartUnlearning(request, timeout=30))
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     request = control_pb2.StartEvaluationRequest(version_id=args.version)
     if args.participant or args.forget_class is not None or args.samples:
         request.forget.CopyFrom(forget_to_proto(forget_from_args(args)))
-    return _start(args, _stub(args).StartEvaluation(request, timeout=30))
+    return _start(args, control_stub(args).StartEvaluation(request, timeout=30))
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    reply = _stub(args).GetLayers(control_pb2.GetJobRequest(job_id=args.job), timeout=30)
+    reply = control_stub(args).GetLayers(control_pb2.GetJobRequest(job_id=args.job), timeout=30)
     rows = [
         [
             i + 1,
@@ -160,21 +137,21 @@ def cmd_layers(args: argparse.Namespace) -> int:
         ]
         for i, entry in enumerate(reply.layers)
     ]
-    _emit(
+    emit(
         args,
-        _as_dict(reply).get("layers", []),
+        as_dict(reply).get("layers", []),
         lambda: table(["rank", "tensor (* adapted)", "L1 distance", "numel"], rows),
     )
     return 0
 
 
 def cmd_switch(args: argparse.Namespace) -> int:
-    stub = _stub(args)
+    stub = control_stub(args)
     call = stub.Revert if args.command == "revert" else stub.Reapply
     active = call(control_pb2.VersionRequest(version_id=args.version), timeout=30)
-    _emit(
+    emit(
         args,
-        _as_dict(active),
+        as_dict(active),
         lambda: f"now serving {active.version_id} ({active.kind}, sha256 {active.digest})",
     )
     return 0
@@ -183,7 +160,7 @@ def cmd_switch(args: argparse.Namespace) -> int:
 def _follow(args: argparse.Namespace, job_id: str) -> int:
     """Follow a job to its end: JSON lines, a live view on a terminal, or a line per event
     and a closing summary. Exit status 0 only if the job completed."""
-    stub = _stub(args)
+    stub = control_stub(args)
     info = stub.GetJob(control_pb2.GetJobRequest(job_id=job_id), timeout=30)
     spec = json.loads(info.spec_json or "{}")
     live = None
@@ -193,7 +170,7 @@ def _follow(args: argparse.Namespace, job_id: str) -> int:
     for event in stub.WatchJob(control_pb2.WatchJobRequest(job_id=job_id)):
         events.append(event)
         if args.json:
-            print(json.dumps(_as_dict(event), sort_keys=True), flush=True)
+            print(json.dumps(as_dict(event), sort_keys=True), flush=True)
         elif live is not None:
             live.draw(render(job_id, info.kind, spec, events))
         else:
@@ -213,134 +190,22 @@ def cmd_report(args: argparse.Namespace) -> int:
         plt = report.pyplot()
     except report.MissingPlotting as exc:
         raise CliError(str(exc)) from exc
-    info = _stub(args).GetJob(control_pb2.GetJobRequest(job_id=args.job), timeout=30)
+    info = control_stub(args).GetJob(control_pb2.GetJobRequest(job_id=args.job), timeout=30)
     job, rounds = job_from_proto(info)
     written = report.write_report(plt, job, rounds, args.out)
     payload = {"report": str(written[0]), "plots": [str(p) for p in written[1:]]}
-    _emit(args, payload, lambda: "wrote " + ", ".join(str(p) for p in written))
+    emit(args, payload, lambda: "wrote " + ", ".join(str(p) for p in written))
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    info = _stub(args).CancelJob(control_pb2.CancelJobRequest(job_id=args.job), timeout=30)
-    _emit(args, _as_dict(info), lambda: f"job {info.job_id}: {info.status} ({info.reason})")
-    return 0
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    info = _stub(args).GetJob(control_pb2.GetJobRequest(job_id=args.job), timeout=30)
-    job, rounds = job_from_proto(info)
-
-    def text() -> str:
-        head = (
-            f"job {job.job_id} ({job.kind}): {job.status.value}"
-            f"{', ' + job.phase + ' round ' + str(job.round) if job.phase else ''}\n"
-            f"{job.reason}\n"
-        )
-        rows = [
-            [
-                r.phase,
-                r.round,
-                len(r.participants),
-                f"{r.metrics['accuracy']:.4f}" if "accuracy" in r.metrics else "-",
-                f"{r.metrics['train_loss']:.4f}" if "train_loss" in r.metrics else "-",
-                human_bytes(r.metrics.get("bytes", {}).get("total", 0)),
-                f"{r.metrics.get('seconds', 0):.1f}",
-            ]
-            for r in rounds
-        ]
-        return head + table(["phase", "round", "parts", "accuracy", "loss", "bytes", "s"], rows)
-
-    _emit(args, _as_dict(info), text)
-    return 0
-
-
-def cmd_jobs(args: argparse.Namespace) -> int:
-    reply = _stub(args).ListJobs(control_pb2.ListJobsRequest(), timeout=30)
-    rows = [
-        [
-            j.job_id,
-            j.kind,
-            j.status,
-            f"{j.phase} {j.round}".strip(),
-            when(j.created_at),
-            j.reason[:60],
-        ]
-        for j in reply.jobs
-    ]
-    _emit(
-        args,
-        _as_dict(reply).get("jobs", []),
-        lambda: table(["job", "kind", "status", "at", "created", "reason"], rows),
-    )
-    return 0
-
-
-def cmd_participants(args: argparse.Namespace) -> int:
-    reply = _stub(args).ListParticipants(control_pb2.ListParticipantsRequest(), timeout=30)
-    rows = [
-        [
-            p.participant_id,
-            "online" if p.online else "offline",
-            p.dataset,
-            p.num_train,
-            p.num_test,
-            when(p.last_seen),
-        ]
-        for p in reply.participants
-    ]
-    _emit(
-        args,
-        _as_dict(reply).get("participants", []),
-        lambda: table(["participant", "state", "dataset", "train", "test", "last seen"], rows),
-    )
-    return 0
-
-
-def version_tree(models: Sequence[control_pb2.ModelVersionInfo]) -> list[tuple[str, Any]]:
-    """Versions depth first under their parents: (indented name, version)."""
-    ids = {m.version_id for m in models}
-    children: dict[str, list[control_pb2.ModelVersionInfo]] = {}
-    for m in models:
-        children.setdefault(m.parent_id if m.parent_id in ids else "", []).append(m)
-    out: list[tuple[str, Any]] = []
-
-    def walk(parent: str, depth: int) -> None:
-        for m in children.get(parent, []):
-            out.append(("  " * depth + ("└ " if depth else "") + m.version_id, m))
-            walk(m.version_id, depth + 1)
-
-    walk("", 0)
-    return out
-
-
-def cmd_models(args: argparse.Namespace) -> int:
-    reply = _stub(args).ListModels(control_pb2.ListModelsRequest(), timeout=30)
-    rows = [
-        [
-            ("* " if m.active else "  ") + name,
-            m.kind,
-            m.model,
-            m.job_id or "-",
-            m.num_params,
-            m.digest[:12],
-            when(m.created_at),
-        ]
-        for name, m in version_tree(reply.models)
-    ]
-    _emit(
-        args,
-        _as_dict(reply).get("models", []),
-        lambda: table(
-            ["version (* active)", "kind", "model", "job", "params", "sha256", "created"],
-            rows,
-        ),
-    )
+    info = control_stub(args).CancelJob(control_pb2.CancelJobRequest(job_id=args.job), timeout=30)
+    emit(args, as_dict(info), lambda: f"job {info.job_id}: {info.status} ({info.reason})")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    stream = _stub(args).ExportModel(control_pb2.ExportModelRequest(version_id=args.version))
+    stream = control_stub(args).ExportModel(control_pb2.ExportModelRequest(version_id=args.version))
     out: Path = args.out
     tmp = out.with_name(out.name + ".part")
     digest, size, hasher = "", 0, hashlib.sha256()
@@ -357,14 +222,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     finally:
         tmp.unlink(missing_ok=True)  # a failed export leaves nothing behind
     payload = {"path": str(out), "sha256": digest, "bytes": size}
-    _emit(args, payload, lambda: f"wrote {out} ({human_bytes(size)}, sha256 {digest})")
+    emit(args, payload, lambda: f"wrote {out} ({human_bytes(size)}, sha256 {digest})")
     return 0
 
 
 def cmd_partition(args: argparse.Namespace) -> int:
     # Imported here: torch loads slowly and no other command needs it.
-    from fused.common.ml.data.partition import PartitionConfig
-    from fused.common.ml.data.shards import partition_to_directory
+    from fused.common.ml.data.partition import partition_to_directory
+    from fused.common.ml.data.partition_config import PartitionConfig
 
     config = PartitionConfig(
         num_participants=args.participants,
@@ -397,5 +262,5 @@ def cmd_partition(args: argparse.Namespace) -> int:
             ["participant", "train", "test", "attacker", "backdoor"], rows
         )
 
-    _emit(args, summary, text)
+    emit(args, summary, text)
     return 0

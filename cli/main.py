@@ -11,25 +11,21 @@ from pathlib import Path
 import grpc
 
 from fused.cli import certs
+from fused.cli.client import DEFAULT_COORDINATOR, CliError
 from fused.cli.commands import (
-    DEFAULT_COORDINATOR,
-    CliError,
     cmd_cancel,
     cmd_eval,
     cmd_export,
-    cmd_jobs,
     cmd_layers,
-    cmd_models,
-    cmd_participants,
     cmd_partition,
     cmd_report,
-    cmd_status,
     cmd_switch,
     cmd_train,
     cmd_unlearn,
     cmd_watch,
 )
-from fused.common.domain.specs import METHODS, UPLOAD_DTYPES
+from fused.cli.listings import cmd_jobs, cmd_models, cmd_participants, cmd_status
+from fused.common.domain.specs import METHOD_CONFIGS, UPLOAD_DTYPES
 from fused.common.domain.train_config import TrainConfig
 
 
@@ -66,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     unlearn = sub.add_parser("unlearn", help="forget a participant, a class or samples")
     _forget_options(unlearn, required=True)
-    unlearn.add_argument("--method", choices=METHODS, default="fused")
+    unlearn.add_argument("--method", choices=list(METHOD_CONFIGS), default="fused")
     unlearn.add_argument("--base", default="", help="version to unlearn from; default: active")
     unlearn.add_argument("--rounds", type=int, default=5)
     unlearn.add_argument("--local-epochs", type=int, default=defaults.local_epochs)

@@ -10,15 +10,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from fused.common.domain.round_metrics import RoundMetrics
+from fused.common.domain.version_meta import VersionMeta
 from fused.coordinator.artifacts import ArtifactStore
 from fused.coordinator.fleet import Fleet
 from fused.coordinator.state import JobStatus, StateStore
 from fused.coordinator.transfer import UploadSpool
 
 log = logging.getLogger(__name__)
-
-_VERSION_BLOBS = ("adapter_digest", "base_digest")  # meta keys naming other artifacts
-_CHECKPOINT_BLOBS = ("model", "values")  # round-record keys a resumed job reads
 
 
 @dataclass(frozen=True)
@@ -33,12 +32,14 @@ def referenced(store: StateStore) -> set[str]:
     keep: set[str] = set()
     for version in store.list_model_versions():
         keep.add(version.digest)
-        keep.update(str(version.meta[k]) for k in _VERSION_BLOBS if version.meta.get(k))
+        keep.update(VersionMeta.from_dict(version.meta).blobs())
     for job in store.list_jobs():
         if job.status in (JobStatus.COMPLETED, JobStatus.FAILED):
             continue
-        for record in store.list_rounds(job.job_id):
-            keep.update(str(record.metrics[k]) for k in _CHECKPOINT_BLOBS if k in record.metrics)
+        for record in store.list_rounds(job.job_id):  # the checkpoints a resumed job reads
+            aggregate = RoundMetrics.from_dict(record.metrics).aggregate
+            if aggregate is not None:
+                keep.add(aggregate.blob)
     return keep
 
 

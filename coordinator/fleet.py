@@ -10,11 +10,34 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar, cast
 
 from fused.common.domain.tasks import TaskOutcome, TaskSpec
 from fused.coordinator.state import ParticipantRecord, StateStore
 
-Validator = Callable[[TaskOutcome], Awaitable[None]]  # raises ValueError for a bad outcome
+P = TypeVar("P")
+
+# Checks an outcome while its PushResult call is open (so a bad one is refused to the sender)
+# and returns what the job needs of it, decoded; raises ValueError for a bad outcome.
+ResultCheck = Callable[[TaskOutcome], Awaitable[P]]
+
+
+@dataclass(frozen=True)
+class Accepted(Generic[P]):
+    """An outcome that passed its task's check, with the payload the check decoded."""
+
+    outcome: TaskOutcome
+    payload: P
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A task that produced no usable outcome: the participant's error or a failed check."""
+
+    reason: str
+
+
+Settled = Accepted[P] | Refused
 
 _TOUCH_EVERY_S = 30.0  # persist last_seen at most this often per participant
 
@@ -31,8 +54,8 @@ class TaskClosedError(LookupError):
 class _OpenTask:
     spec: TaskSpec
     participant_id: str
-    future: asyncio.Future[TaskOutcome]
-    validate: Validator | None
+    future: asyncio.Future[Settled[Any]]
+    check: ResultCheck[Any]
     pulled: bool = False
 
 
@@ -115,7 +138,7 @@ class Fleet:
             why = f"participant {pid} went silent ({silent_s:.0f} s without a heartbeat)"
             reaped[pid] = [t for t, o in self._open.items() if o.participant_id == pid]
             for task_id in reaped[pid]:
-                self._resolve(task_id, TaskOutcome(pid, task_id, error=why))
+                self._resolve(task_id, Refused(why))
         return reaped
 
     # what a participant may read and has written
@@ -141,15 +164,13 @@ class Fleet:
                 del grants[blob]
 
     # dispatch
-    def submit(
-        self, pid: str, spec: TaskSpec, validate: Validator | None = None
-    ) -> asyncio.Future[TaskOutcome]:
-        future: asyncio.Future[TaskOutcome] = asyncio.get_running_loop().create_future()
-        open_task = self._open[spec.task_id] = _OpenTask(spec, pid, future, validate)
+    def submit(self, pid: str, spec: TaskSpec, check: ResultCheck[P]) -> asyncio.Future[Settled[P]]:
+        future: asyncio.Future[Settled[Any]] = asyncio.get_running_loop().create_future()
+        open_task = self._open[spec.task_id] = _OpenTask(spec, pid, future, check)
         self._grant(open_task, +1)
         self._queues.setdefault(pid, deque()).append(spec.task_id)
         self._wake(pid)
-        return future
+        return cast("asyncio.Future[Settled[P]]", future)
 
     def close(self, task_id: str) -> None:
         """Stop accepting an outcome for task_id (deadline passed or job ended)."""
@@ -200,7 +221,7 @@ class Fleet:
         """Resolve a task with a participant's outcome.
 
         Raises NotRegisteredError, TaskClosedError, PermissionError (the task belongs to
-        another participant) or ValueError (the outcome failed validation; the task then
+        another participant) or ValueError (the outcome failed its check; the task then
         counts as failed so the round goes on without it).
         """
         pid = outcome.participant_id
@@ -212,20 +233,22 @@ class Fleet:
         if open_task.participant_id != pid:
             raise PermissionError(f"task {outcome.task_id} was not assigned to {pid}")
         self.heartbeat(pid)
-        if outcome.error is None and open_task.validate is not None:
-            try:
-                await open_task.validate(outcome)
-            except ValueError as exc:
-                self._resolve(outcome.task_id, TaskOutcome(pid, outcome.task_id, error=str(exc)))
-                raise
-        self._resolve(outcome.task_id, outcome)
+        if outcome.error is not None:
+            self._resolve(outcome.task_id, Refused(outcome.error))
+            return
+        try:
+            payload = await open_task.check(outcome)
+        except ValueError as exc:
+            self._resolve(outcome.task_id, Refused(str(exc)))
+            raise
+        self._resolve(outcome.task_id, Accepted(outcome, payload))
 
-    def _resolve(self, task_id: str, outcome: TaskOutcome) -> None:
+    def _resolve(self, task_id: str, settled: Settled[Any]) -> None:
         open_task = self._open.pop(task_id, None)
         if open_task is not None:
             self._grant(open_task, -1)
             if not open_task.future.done():
-                open_task.future.set_result(outcome)
+                open_task.future.set_result(settled)
 
     def _wake(self, pid: str) -> None:
         event = self._wakeups.get(pid)

@@ -24,12 +24,13 @@ from fused.coordinator.artifact_gc import collect
 from fused.coordinator.artifacts import ArtifactStore
 from fused.coordinator.auth import AuthInterceptor, AuthPolicy
 from fused.coordinator.control_service import ControlServicer
+from fused.coordinator.engine.manager import JobManager
 from fused.coordinator.fleet import Fleet
-from fused.coordinator.jobs import JobManager
+from fused.coordinator.jobs import JOB_KINDS
 from fused.coordinator.metrics import CoordinatorMetrics
-from fused.coordinator.participant_service import FleetSettings, ParticipantServicer
+from fused.coordinator.participant_service import ParticipantServicer, RegisterTerms
 from fused.coordinator.state import StateStore, open_store
-from fused.coordinator.transfer import UploadSpool
+from fused.coordinator.transfer import Downloads, Uploads, UploadSpool
 from fused.proto.v1 import control_pb2, control_pb2_grpc, participant_pb2, participant_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,9 @@ class Coordinator:
         fleet = self.fleet = Fleet(store, cfg.offline_after_s)
         spool = UploadSpool(cfg.state_dir / "uploads", artifacts)
         on_idle = None if cfg.keep_artifacts else partial(collect, store, artifacts, spool, fleet)
-        jobs = self.jobs = JobManager(store, artifacts, fleet, self.metrics, on_idle=on_idle)
+        jobs = self.jobs = JobManager(
+            store, artifacts, fleet, self.metrics, JOB_KINDS, on_idle=on_idle
+        )
         resumed, failed = jobs.recover()
         for job_id in resumed:
             log.warning("job %s was unfinished when the coordinator stopped: resuming", job_id)
@@ -139,22 +142,16 @@ class Coordinator:
         self._server, self.port = create_server(
             cfg.listen, [interceptor, auth, PreSerializedResponses()], self._tls()
         )
-        settings = FleetSettings(
+        terms = RegisterTerms(
             cfg.heartbeat_interval_s, cfg.poll_wait_s, CHUNK_BYTES, cfg.max_upload_mb << 20
         )
+        uploads = Uploads(spool, artifacts, fleet, store, terms.max_upload_bytes)
+        downloads = Downloads(artifacts, terms.chunk_bytes)
         participant_pb2_grpc.add_ParticipantServiceServicer_to_server(
-            ParticipantServicer(
-                fleet,
-                artifacts,
-                settings,
-                self.metrics,
-                spool,
-                store,
-            ),
-            self._server,
+            ParticipantServicer(fleet, uploads, downloads, terms, self.metrics), self._server
         )
         control_pb2_grpc.add_ControlServiceServicer_to_server(
-            ControlServicer(store, artifacts, fleet, jobs, CHUNK_BYTES), self._server
+            ControlServicer(store, fleet, jobs, downloads), self._server
         )
         # The standard health and reflection services, so probes and grpcurl-style tools work.
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)

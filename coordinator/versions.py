@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Mapping
 
 import torch
@@ -13,10 +12,6 @@ from fused.coordinator.artifacts import ArtifactStore
 from fused.coordinator.state import ModelVersion, StateStore
 
 ACTIVE_VERSION_KEY = "active_version"
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
 async def save_weights(

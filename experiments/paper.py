@@ -31,13 +31,19 @@ import torch
 from experiments.central import EvalSets, build_sets, evaluate_weights
 from experiments.plots import plot_bytes, plot_curves
 from fused.common.codecs.tensor_codec import decode_tensors
-from fused.common.domain.specs import TrainingSpec, UnlearningSpec
+from fused.common.domain.specs import (
+    FinetuneConfig,
+    FusedConfig,
+    RetrainConfig,
+    TrainingSpec,
+    UnlearningSpec,
+)
 from fused.common.domain.tasks import ForgetSpec
 from fused.common.domain.train_config import TrainConfig
-from fused.common.ml.data.partition import PartitionConfig
-from fused.common.ml.data.shards import partition_to_directory
+from fused.common.ml.data.partition import partition_to_directory
+from fused.common.ml.data.partition_config import PartitionConfig
 from fused.common.ml.models import default_model_for, init_model
-from fused.common.rpc.convert import training_spec_to_proto, unlearning_spec_to_proto
+from fused.common.rpc.control_convert import training_spec_to_proto, unlearning_spec_to_proto
 from fused.proto.v1 import control_pb2
 from fused.tools.launch import LocalFederation, scrape
 
@@ -176,8 +182,7 @@ def method_specs(exp: Experiment, base: str, model: str) -> dict[str, Unlearning
         base_version=base,
         rounds=exp.budget.unlearn_rounds,
         train=exp.unlearn_train,
-        top_k=exp.top_k,
-        density=exp.density,
+        config=FusedConfig(top_k=exp.top_k, density=exp.density),
         min_participants=exp.participants - 1,
         round_deadline_s=900,
         seed=exp.seed,
@@ -185,13 +190,20 @@ def method_specs(exp: Experiment, base: str, model: str) -> dict[str, Unlearning
     )
     return {
         "fused": common,
-        "fused_random": dataclasses.replace(common, layers=random_layers(exp, model)),
-        "finetune": dataclasses.replace(common, method="finetune"),
+        "fused_random": dataclasses.replace(
+            common,
+            config=FusedConfig(exp.top_k, random_layers(exp, model), exp.density),
+        ),
+        "finetune": dataclasses.replace(common, config=FinetuneConfig()),
         # The gold standard: retrain from scratch with the original training budget.
         "retrain": dataclasses.replace(
-            common, method="retrain", rounds=exp.budget.train_rounds, train=exp.train
+            common, config=RetrainConfig(), rounds=exp.budget.train_rounds, train=exp.train
         ),
     }
+
+
+def fixed_layers(spec: UnlearningSpec) -> list[str]:
+    return list(spec.config.layers) if isinstance(spec.config, FusedConfig) else []
 
 
 def run_method(
@@ -227,7 +239,7 @@ def run_method(
         "revert_exact": reverted and reapplied,
         "rounds": spec.rounds,
         "version_id": version,
-        "critical_layers": result.get("critical_layers") or list(spec.layers),
+        "critical_layers": result.get("critical_layers") or fixed_layers(spec),
         "adapter_params": result.get("adapter_params"),
         "federated_ra_fa_after": [result["ra_after"], result["fa_after"]],
         "curve": curve(info),

@@ -1,35 +1,23 @@
 """The participant agent: connects out to the coordinator, pulls tasks, runs them, reports.
 
-RPC glue only; the PyTorch work is in participant.executor.
+RPC glue only: what each task kind does is in participant.handlers, the PyTorch work in
+participant.executor and artifact transfers in participant.transfer.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
-import torch
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from fused.common.codecs.adapter_codec import decode_adapter, encode_adapter
-from fused.common.codecs.tensor_codec import decode_tensors, encode_tensors
-from fused.common.domain.tasks import (
-    SensitivityOutcome,
-    TaskKind,
-    TaskOutcome,
-    TaskSpec,
-    TrainOutcome,
-)
-from fused.common.ml.adapters import AdapterLayout, merge_weights, zero_values
+from fused.common.domain.tasks import TaskOutcome, TaskSpec
 from fused.common.ml.data.shards import Shard
 from fused.common.rpc.channels import CHUNK_BYTES, TlsFiles, create_channel
-from fused.common.rpc.convert import outcome_to_proto, task_from_proto
 from fused.common.rpc.metering import (
     MD_JOB,
     MD_PARTICIPANT,
@@ -38,18 +26,13 @@ from fused.common.rpc.metering import (
     CountingChannel,
     WireMetrics,
 )
+from fused.common.rpc.task_convert import outcome_to_proto, task_from_proto
 from fused.common.runtime.logs import log_fields, set_log_fields
 from fused.participant.blobs import BlobCache
-from fused.participant.executor import (
-    adapter_layout,
-    local_adapter_update,
-    local_evaluate,
-    local_sensitivity,
-    local_update,
-    model_schema,
-)
-from fused.participant.retry import PERMANENT, REFUSED_CREDENTIALS, RETRYABLE, TASK_FATAL
-from fused.proto.v1 import common_pb2, participant_pb2, participant_pb2_grpc
+from fused.participant.handlers import run_task
+from fused.participant.retry import PERMANENT, REFUSED_CREDENTIALS, TASK_FATAL
+from fused.participant.transfer import TaskTransfer
+from fused.proto.v1 import participant_pb2, participant_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -274,126 +257,12 @@ class Agent:
         task: TaskSpec,
         reply: participant_pb2.RegisterResponse,
     ) -> TaskOutcome:
-        started = time.monotonic()
-        schema = model_schema(task.model_name, task.num_classes)
-        weights, _ = decode_tensors(
-            self._fetch(stub, task, task.model_blob_id),
-            schema=schema,
-            max_bytes=self._settings.max_download_bytes,
+        transfer = TaskTransfer(
+            stub,
+            task,
+            metadata=self._md(task),
+            cache=self._cache,
+            max_download_bytes=self._settings.max_download_bytes,
+            chunk_bytes=reply.chunk_bytes or CHUNK_BYTES,
         )
-        name, classes, pid = task.model_name, task.num_classes, self._pid
-        layout, values = self._adapter(stub, task)
-        if task.kind is TaskKind.EVALUATE:
-            if layout is not None:
-                weights = merge_weights(weights, layout, values)
-            ev = local_evaluate(name, classes, weights, self._shard, task.forget)
-            return TaskOutcome(pid, task.task_id, eval=ev)
-        if task.kind is TaskKind.SENSITIVITY:
-            distances, n = local_sensitivity(name, classes, weights, self._shard, task.train)
-            return TaskOutcome(pid, task.task_id, sensitivity=SensitivityOutcome(distances, n))
-        if task.kind is TaskKind.ADAPTER_TRAIN:
-            if layout is None or task.adapter is None:
-                raise ValueError("an adapter training task without an adapter")
-            new_values, stats = local_adapter_update(
-                name, classes, weights, layout, values, self._shard, task.train, task.forget
-            )
-            blob = encode_adapter(layout, new_values, dtype=task.adapter.upload_dtype)
-        else:
-            state, stats = local_update(
-                name, classes, weights, self._shard, task.train, task.forget
-            )
-            blob = encode_tensors(state, {"model": name})
-        blob_id = self._upload(stub, task, blob, reply.chunk_bytes or CHUNK_BYTES)
-        seconds = time.monotonic() - started
-        train = TrainOutcome(blob_id, stats.num_examples, stats.mean_loss, seconds)
-        return TaskOutcome(pid, task.task_id, train=train)
-
-    def _adapter(
-        self, stub: participant_pb2_grpc.ParticipantServiceStub, task: TaskSpec
-    ) -> tuple[AdapterLayout | None, dict[str, torch.Tensor]]:
-        """The task's adapter layout (mask derived locally) and current values, if any."""
-        if task.adapter is None:
-            return None, {}
-        layout = adapter_layout(task.model_name, task.num_classes, task.adapter)
-        if not task.adapter.values_blob_id:
-            return layout, zero_values(layout)
-        data = self._fetch(stub, task, task.adapter.values_blob_id)
-        return layout, decode_adapter(data, layout, dtype="float32")  # the coordinator's mean
-
-    def _fetch(
-        self, stub: participant_pb2_grpc.ParticipantServiceStub, task: TaskSpec, digest: str
-    ) -> bytes:
-        cached = self._cache.get(digest)
-        if cached is None:
-            cached = self._download(stub, task, digest)
-            self._cache.put(digest, cached)
-        return cached
-
-    def _download(
-        self, stub: participant_pb2_grpc.ParticipantServiceStub, task: TaskSpec, digest: str
-    ) -> bytes:
-        request = participant_pb2.DownloadBlobRequest(blob_id=digest)
-        parts: list[bytes] = []
-        size = 0
-        for chunk in stub.DownloadBlob(request, timeout=300, metadata=self._md(task)):
-            size += len(chunk.data)
-            if size > self._settings.max_download_bytes:
-                raise ValueError(f"download exceeds {self._settings.max_download_bytes} bytes")
-            parts.append(chunk.data)
-        data = b"".join(parts)
-        if hashlib.sha256(data).hexdigest() != digest:
-            raise ValueError(f"downloaded artifact does not match its digest {digest}")
-        return data
-
-    def _upload(
-        self,
-        stub: participant_pb2_grpc.ParticipantServiceStub,
-        task: TaskSpec,
-        blob: bytes,
-        chunk_bytes: int,
-        attempts: int = 4,
-    ) -> str:
-        """Idempotent, resumable upload: ask what the coordinator holds, send the rest, and
-        after a broken connection continue from where it stopped."""
-        digest = hashlib.sha256(blob).hexdigest()
-        md = self._md(task)
-        offset = 0  # a fresh upload just streams: the status is asked only after a failure
-        for attempt in range(attempts):
-            try:
-                chunks = upload_chunks(blob, digest, offset, chunk_bytes, task)
-                return str(stub.UploadBlob(chunks, timeout=300, metadata=md).blob_id)
-            except grpc.RpcError as exc:
-                code, details = exc.code(), exc.details() or ""
-                if (code not in RETRYABLE and "resume at offset" not in details) or (
-                    attempt == attempts - 1
-                ):
-                    raise
-                log.warning("upload of %s interrupted (%s); resuming", digest[:12], code)
-                if code in RETRYABLE:
-                    time.sleep(min(2.0**attempt, 10.0) * random.uniform(0.5, 1.0))
-            status = stub.GetUploadStatus(
-                participant_pb2.UploadStatusRequest(
-                    blob_id=digest, job_id=task.job_id, round=task.round
-                ),
-                timeout=30,
-                metadata=md,
-            )
-            if status.complete:
-                return digest
-            offset = status.offset
-        raise AssertionError("unreachable")
-
-
-def upload_chunks(
-    blob: bytes, digest: str, offset: int, chunk_bytes: int, task: TaskSpec
-) -> Iterator[common_pb2.BlobChunk]:
-    """The blob from offset on, in chunks naming the job, round and digest."""
-    for start in range(offset, max(len(blob), offset + 1), chunk_bytes):
-        yield common_pb2.BlobChunk(
-            blob_id=digest,
-            offset=start,
-            data=blob[start : start + chunk_bytes],
-            total_size=len(blob),
-            job_id=task.job_id,
-            round=task.round,
-        )
+        return run_task(task, self._shard, self._pid, transfer)

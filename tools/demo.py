@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from fused.cli.commands import event_line
-from fused.common.domain.specs import TrainingSpec, UnlearningSpec
+from fused.common.domain.specs import FusedConfig, TrainingSpec, UnlearningSpec
 from fused.common.domain.tasks import ForgetSpec
 from fused.common.domain.train_config import TrainConfig
-from fused.common.ml.data.partition import PartitionConfig
-from fused.common.ml.data.shards import partition_to_directory
-from fused.common.rpc.convert import training_spec_to_proto, unlearning_spec_to_proto
+from fused.common.ml.data.partition import partition_to_directory
+from fused.common.ml.data.partition_config import PartitionConfig
+from fused.common.rpc.control_convert import training_spec_to_proto, unlearning_spec_to_proto
 from fused.proto.v1 import control_pb2
 from fused.tools.launch import LocalFederation, scrape
 
@@ -41,11 +41,9 @@ TRAINING = TrainingSpec(
 )
 UNLEARNING = UnlearningSpec(
     forget=ForgetSpec("participant", participant_id="p0"),
-    method="fused",
+    config=FusedConfig(top_k=2, density=0.05),
     rounds=5,
     train=TrainConfig(local_epochs=2, lr=0.05, momentum=0.9, weight_decay=5e-4, batch_size=32),
-    top_k=2,
-    density=0.05,
     min_participants=PARTICIPANTS - 1,
     round_deadline_s=120,
     evaluate_each_round=False,

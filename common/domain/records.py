@@ -14,6 +14,28 @@ class JobStatus(StrEnum):
     FAILED = "failed"
 
 
+class JobKind(StrEnum):
+    TRAIN = "train"
+    UNLEARN = "unlearn"
+    EVALUATE = "evaluate"
+
+
+class Phase(StrEnum):
+    """A job's phases; rounds are numbered within a phase."""
+
+    TRAIN = "train"  # FedAvg of full weights (a training job)
+    EVALUATE = "evaluate"  # federated evaluation
+    SENSITIVITY = "sensitivity"  # FUSED: the critical-layer ranking
+    ADAPTER = "adapter"  # FUSED: FedAvg of adapter values
+    RETRAIN = "retrain"  # the retrain baseline: FedAvg from a fresh initialisation
+    FINETUNE = "finetune"  # the finetune baseline: FedAvg from the base weights
+
+
+class VersionKind(StrEnum):
+    BASE = "base"  # full weights
+    ADAPTER = "adapter"  # a frozen base plus a sparse adapter (stored merged, revertible)
+
+
 @dataclass
 class ParticipantRecord:
     participant_id: str

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from fused.common.domain.tasks import ForgetSpec
 from fused.common.domain.train_config import TrainConfig
@@ -48,9 +49,7 @@ class TrainingSpec:
             (self.wait_for_participants_s >= 0, "wait_for_participants_s must be >= 0"),
             (self.seed >= 0, "seed must be >= 0"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise SpecError(message)
+        _check(checks)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -62,26 +61,86 @@ class TrainingSpec:
         return cls(**values)
 
 
-METHODS = ("fused", "retrain", "finetune")
 UPLOAD_DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """An unlearning method's own knobs; the method's name selects the class."""
+
+    name: ClassVar[str]
+
+    def validate(self) -> None:
+        """Raise SpecError for settings the method cannot run with."""
+
+    def to_fields(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class FusedConfig(MethodConfig):
+    name: ClassVar[str] = "fused"
+    top_k: int = 2  # adapt the K most sensitive parameter tensors ...
+    layers: tuple[str, ...] = ()  # ... or exactly these
+    density: float = 0.1  # adapter mask density rho
+    upload_dtype: str = "float32"  # float32, float16 or bfloat16 adapter uploads
+
+    def validate(self) -> None:
+        checks = [
+            (self.top_k >= 1 or bool(self.layers), "top_k must be >= 1 (or give layers)"),
+            (0 < self.density <= 1, f"density must be in (0, 1], got {self.density}"),
+            (
+                self.upload_dtype in UPLOAD_DTYPES,
+                f"upload_dtype must be one of {', '.join(UPLOAD_DTYPES)}",
+            ),
+        ]
+        _check(checks)
+
+
+@dataclass(frozen=True)
+class RetrainConfig(MethodConfig):
+    name: ClassVar[str] = "retrain"  # FedAvg from a fresh initialisation: no knobs of its own
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(MethodConfig):
+    name: ClassVar[str] = "finetune"  # FedAvg of the full model from the base: no knobs
+
+
+METHOD_CONFIGS: dict[str, type[MethodConfig]] = {
+    c.name: c for c in (FusedConfig, RetrainConfig, FinetuneConfig)
+}
+
+
+def method_config(name: str, fields: Mapping[str, Any]) -> MethodConfig:
+    """Method `name`'s config from flat fields (a request, a stored spec); fields that belong
+    to other methods are ignored."""
+    cls = METHOD_CONFIGS.get(name)
+    if cls is None:
+        raise SpecError(f"method must be one of {', '.join(METHOD_CONFIGS)}")
+    own = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in fields.items() if k in own}
+    if "layers" in values:
+        values["layers"] = tuple(values["layers"])
+    return cls(**values)
 
 
 @dataclass(frozen=True)
 class UnlearningSpec:
     forget: ForgetSpec
+    config: MethodConfig = field(default_factory=FusedConfig)  # the method and its knobs
     base_version: str = ""  # "" = the active version
-    method: str = "fused"  # fused | retrain (fresh init) | finetune (full model from base)
     rounds: int = 5
     train: TrainConfig = field(default_factory=TrainConfig)
-    top_k: int = 2  # fused: adapt the K most sensitive parameter tensors ...
-    layers: tuple[str, ...] = ()  # ... or exactly these
-    density: float = 0.1  # fused: adapter mask density rho
     min_participants: int = 1
     round_deadline_s: float = 300.0
     wait_for_participants_s: float = 60.0
     seed: int = 0
     evaluate_each_round: bool = True
-    upload_dtype: str = "float32"  # fused: float32, float16 or bfloat16 adapter uploads
+
+    @property
+    def method(self) -> str:
+        return self.config.name
 
     def validate(self) -> None:
         try:
@@ -89,23 +148,35 @@ class UnlearningSpec:
             self.forget.validate()
         except ValueError as exc:
             raise SpecError(str(exc)) from exc
+        self.config.validate()
         checks = [
-            (self.method in METHODS, f"method must be one of {', '.join(METHODS)}"),
             (self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}"),
-            (self.top_k >= 1 or bool(self.layers), "top_k must be >= 1 (or give layers)"),
-            (0 < self.density <= 1, f"density must be in (0, 1], got {self.density}"),
             (self.min_participants >= 1, "min_participants must be >= 1"),
             (self.round_deadline_s > 0, "round_deadline_s must be > 0"),
             (self.wait_for_participants_s >= 0, "wait_for_participants_s must be >= 0"),
             (self.seed >= 0, "seed must be >= 0"),
-            (
-                self.upload_dtype in UPLOAD_DTYPES,
-                f"upload_dtype must be one of {', '.join(UPLOAD_DTYPES)}",
-            ),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise SpecError(message)
+        _check(checks)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The stored form: flat, the method's own fields beside the common ones."""
+        common = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        del common["config"]
+        common.update(forget=dataclasses.asdict(self.forget), train=dataclasses.asdict(self.train))
+        return {**common, "method": self.method, **self.config.to_fields()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UnlearningSpec:
+        own = {f.name for f in dataclasses.fields(cls)} - {"forget", "config", "train"}
+        return cls(
+            forget=ForgetSpec.from_dict(data["forget"]),
+            config=method_config(str(data.get("method", "fused")), data),
+            train=TrainConfig(**data.get("train", {})),
+            **{k: v for k, v in data.items() if k in own},
+        )
+
+
+def _check(checks: list[tuple[bool, str]]) -> None:
+    for ok, message in checks:
+        if not ok:
+            raise SpecError(message)

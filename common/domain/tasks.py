@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from fused.common.domain.train_config import TrainConfig
 
@@ -46,6 +48,11 @@ class ForgetSpec:
         target_too_high = num_classes is not None and self.trigger_target >= num_classes
         if self.trigger_size > 0 and (self.trigger_target < 0 or target_too_high):
             raise ValueError(f"trigger_target {self.trigger_target} is not a class of this model")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ForgetSpec:
+        """From the stored JSON form (dataclasses.asdict)."""
+        return cls(**{**data, "sample_ids": tuple(data.get("sample_ids", ()))})
 
     def excludes(self, participant_id: str) -> bool:
         """Whether this participant takes no part in training on the remaining data."""

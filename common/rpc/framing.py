@@ -6,7 +6,7 @@ The output equals `BlobChunk(...).SerializeToString()` byte for byte (a unit tes
 
 from __future__ import annotations
 
-from fused.common.codecs.positions import varint as _varint
+from fused.common.codecs.varint import varint
 
 
 def encode_blob_chunk(blob_id: str, offset: int, data: bytes, total_size: int) -> bytes:
@@ -14,11 +14,11 @@ def encode_blob_chunk(blob_id: str, offset: int, data: bytes, total_size: int) -
     parts: list[bytes] = []
     if blob_id:
         raw = blob_id.encode()
-        parts += [b"\x0a", _varint(len(raw)), raw]
+        parts += [b"\x0a", varint(len(raw)), raw]
     if offset:
-        parts += [b"\x10", _varint(offset)]
+        parts += [b"\x10", varint(offset)]
     if data:
-        parts += [b"\x1a", _varint(len(data)), data]
+        parts += [b"\x1a", varint(len(data)), data]
     if total_size:
-        parts += [b"\x20", _varint(total_size)]
+        parts += [b"\x20", varint(total_size)]
     return b"".join(parts)

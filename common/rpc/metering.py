@@ -158,6 +158,24 @@ class PreSerializedResponses(grpc.aio.ServerInterceptor):  # type: ignore[type-a
         return replaced
 
 
+def _counting_factory(kind: str) -> Callable[..., Any]:
+    """CountingChannel's method `kind`: the inner channel's, with counting (de)serializers."""
+
+    def make(
+        self: CountingChannel,
+        method: str,
+        request_serializer: Serializer = None,
+        response_deserializer: Serializer = None,
+        _registered_method: bool = False,
+    ) -> Any:
+        kw = self._wrap(method, request_serializer, response_deserializer)
+        inner: Any = self._inner  # grpc's stubs lack the private flag generated code passes
+        return getattr(inner, kind)(method, **kw, _registered_method=_registered_method)
+
+    make.__name__ = make.__qualname__ = kind
+    return make
+
+
 class CountingChannel(grpc.Channel):
     """Wraps a blocking grpc.Channel so generated stubs built on it count their bytes.
 
@@ -191,49 +209,12 @@ class CountingChannel(grpc.Channel):
             "response_deserializer": _counting(deser, self._count(method, "received"), False),
         }
 
-    def unary_unary(
-        self,
-        method: str,
-        request_serializer: Serializer = None,
-        response_deserializer: Serializer = None,
-        _registered_method: bool = False,
-    ) -> Any:
-        kw = self._wrap(method, request_serializer, response_deserializer)
-        inner: Any = self._inner  # grpc's stubs lack the private flag generated code passes
-        return inner.unary_unary(method, **kw, _registered_method=_registered_method)
-
-    def unary_stream(
-        self,
-        method: str,
-        request_serializer: Serializer = None,
-        response_deserializer: Serializer = None,
-        _registered_method: bool = False,
-    ) -> Any:
-        kw = self._wrap(method, request_serializer, response_deserializer)
-        inner: Any = self._inner  # grpc's stubs lack the private flag generated code passes
-        return inner.unary_stream(method, **kw, _registered_method=_registered_method)
-
-    def stream_unary(
-        self,
-        method: str,
-        request_serializer: Serializer = None,
-        response_deserializer: Serializer = None,
-        _registered_method: bool = False,
-    ) -> Any:
-        kw = self._wrap(method, request_serializer, response_deserializer)
-        inner: Any = self._inner  # grpc's stubs lack the private flag generated code passes
-        return inner.stream_unary(method, **kw, _registered_method=_registered_method)
-
-    def stream_stream(
-        self,
-        method: str,
-        request_serializer: Serializer = None,
-        response_deserializer: Serializer = None,
-        _registered_method: bool = False,
-    ) -> Any:
-        kw = self._wrap(method, request_serializer, response_deserializer)
-        inner: Any = self._inner  # grpc's stubs lack the private flag generated code passes
-        return inner.stream_stream(method, **kw, _registered_method=_registered_method)
+    # The four factories of multi-callables, alike but for which one of the inner channel's
+    # they call; see _counting_factory.
+    unary_unary = _counting_factory("unary_unary")
+    unary_stream = _counting_factory("unary_stream")
+    stream_unary = _counting_factory("stream_unary")
+    stream_stream = _counting_factory("stream_stream")
 
     def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:
         self._inner.subscribe(callback, try_to_connect)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import abc
+import json
+from collections.abc import Callable
 from typing import Any
 
 from fused.common.domain.records import (
@@ -12,6 +14,11 @@ from fused.common.domain.records import (
     ParticipantRecord,
     RoundRecord,
 )
+
+
+def json_copy(value: Any) -> Any:
+    """A deep copy through JSON; raises TypeError for values that cannot be persisted."""
+    return json.loads(json.dumps(value))
 
 
 class UnknownRecordError(KeyError):
@@ -74,7 +81,6 @@ class StateStore(abc.ABC):
         """Oldest first (created_at, then version_id)."""
 
     # job events (the watch stream replays these)
-    @abc.abstractmethod
     def append_event(
         self,
         job_id: str,
@@ -86,6 +92,16 @@ class StateStore(abc.ABC):
         when: float,
     ) -> JobEvent:
         """Store an event with the job's next seq (1-based) and return it."""
+        payload = json_copy(dict(data))  # before any lock: TypeError for what JSON cannot hold
+
+        def event(seq: int) -> JobEvent:
+            return JobEvent(job_id, seq, float(when), kind, phase, int(round), message, payload)
+
+        return self._append_event(job_id, event)
+
+    @abc.abstractmethod
+    def _append_event(self, job_id: str, event: Callable[[int], JobEvent]) -> JobEvent:
+        """Store `event(next seq)` atomically; UnknownRecordError for an unknown job."""
 
     @abc.abstractmethod
     def list_events(self, job_id: str, after_seq: int = 0) -> list[JobEvent]:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fused.common.domain.records import (
@@ -22,16 +22,11 @@ from fused.common.domain.records import (
     ParticipantRecord,
     RoundRecord,
 )
-from fused.coordinator.state.base import StateStore, UnknownRecordError
+from fused.coordinator.state.base import StateStore, UnknownRecordError, json_copy
 
 __all__ = ["InMemoryStateStore"]
 
 _JOB_FIELDS = frozenset(f.name for f in dataclasses.fields(JobRecord))
-
-
-def json_copy(value: Any) -> Any:
-    """A deep copy through JSON; raises TypeError for values that cannot be persisted."""
-    return json.loads(json.dumps(value))
 
 
 def normalize_participant(r: ParticipantRecord) -> ParticipantRecord:
@@ -193,33 +188,13 @@ class InMemoryStateStore(StateStore):
             return copy.deepcopy(versions)
 
     # job events
-    def append_event(
-        self,
-        job_id: str,
-        kind: str,
-        phase: str,
-        round: int,
-        message: str,
-        data: dict[str, Any],
-        when: float,
-    ) -> JobEvent:
-        payload = json_copy(dict(data))
+    def _append_event(self, job_id: str, event: Callable[[int], JobEvent]) -> JobEvent:
         with self._lock:
             if job_id not in self._jobs:
                 raise UnknownRecordError(job_id)
             events = self._events.setdefault(job_id, [])
-            event = JobEvent(
-                job_id=job_id,
-                seq=len(events) + 1,
-                time=float(when),
-                kind=kind,
-                phase=phase,
-                round=int(round),
-                message=message,
-                data=payload,
-            )
-            events.append(event)
-            return copy.deepcopy(event)
+            events.append(event(len(events) + 1))
+            return copy.deepcopy(events[-1])
 
     def list_events(self, job_id: str, after_seq: int = 0) -> list[JobEvent]:
         with self._lock:

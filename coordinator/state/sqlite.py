@@ -8,10 +8,9 @@ and the schema version lives in ``PRAGMA user_version``.
 from __future__ import annotations
 
 import contextlib
-import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -235,47 +234,28 @@ class SqliteStateStore(StateStore):
         return [version_from_row(r) for r in rows]
 
     # job events
-    def append_event(
-        self,
-        job_id: str,
-        kind: str,
-        phase: str,
-        round: int,
-        message: str,
-        data: dict[str, Any],
-        when: float,
-    ) -> JobEvent:
-        payload = dumps(dict(data))
+    def _append_event(self, job_id: str, event: Callable[[int], JobEvent]) -> JobEvent:
         with self._write() as conn:
             if not self._exists(conn, "jobs", "job_id", job_id):
                 raise UnknownRecordError(job_id)
             (last,) = conn.execute(
                 "SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = ?", (job_id,)
             ).fetchone()
-            event = JobEvent(
-                job_id=job_id,
-                seq=int(last) + 1,
-                time=float(when),
-                kind=kind,
-                phase=phase,
-                round=int(round),
-                message=message,
-                data=json.loads(payload),
-            )
+            new = event(int(last) + 1)
             conn.execute(
                 f"INSERT INTO events ({EVENT_COLS}) VALUES ({placeholders(EVENT_COLS)})",
                 (
-                    event.job_id,
-                    event.seq,
-                    event.time,
-                    event.kind,
-                    event.phase,
-                    event.round,
-                    event.message,
-                    payload,
+                    new.job_id,
+                    new.seq,
+                    new.time,
+                    new.kind,
+                    new.phase,
+                    new.round,
+                    new.message,
+                    dumps(new.data),
                 ),
             )
-            return event
+            return new
 
     def list_events(self, job_id: str, after_seq: int = 0) -> list[JobEvent]:
         rows = self._query(

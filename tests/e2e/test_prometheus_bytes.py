@@ -35,12 +35,12 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
-from fused.common.domain.specs import TrainingSpec, UnlearningSpec
+from fused.common.domain.specs import FusedConfig, TrainingSpec, UnlearningSpec
 from fused.common.domain.tasks import ForgetSpec
 from fused.common.domain.train_config import TrainConfig
-from fused.common.ml.data.partition import PartitionConfig
-from fused.common.ml.data.shards import partition_to_directory
-from fused.common.rpc.convert import training_spec_to_proto, unlearning_spec_to_proto
+from fused.common.ml.data.partition import partition_to_directory
+from fused.common.ml.data.partition_config import PartitionConfig
+from fused.common.rpc.control_convert import training_spec_to_proto, unlearning_spec_to_proto
 from fused.proto.v1 import control_pb2
 from fused.tools.launch import LocalFederation, scrape
 from tests.e2e.promserver import (
@@ -62,11 +62,9 @@ TRAINING = TrainingSpec(
 )
 UNLEARNING = UnlearningSpec(
     forget=ForgetSpec("participant", participant_id="p0"),
-    method="fused",
+    config=FusedConfig(top_k=2, density=0.05),
     rounds=2,
     train=TRAIN,
-    top_k=2,
-    density=0.05,
     min_participants=PARTICIPANTS - 1,
     round_deadline_s=60,
     evaluate_each_round=False,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fused.common.ml.data.partition import PartitionConfig
-from fused.common.ml.data.shards import partition_to_directory
+from fused.common.ml.data.partition import partition_to_directory
+from fused.common.ml.data.partition_config import PartitionConfig
 from fused.tools.launch import LocalFederation
 
 NUM_PARTICIPANTS = 3

@@ -12,8 +12,8 @@ import grpc
 
 from fused.common.codecs.tensor_codec import decode_tensors
 from fused.common.ml.models import init_model
-from fused.common.rpc.convert import adapter_from_proto
 from fused.common.rpc.identity import read_token_file
+from fused.common.rpc.task_convert import adapter_from_proto
 from fused.participant.executor import adapter_layout
 from fused.proto.v1 import control_pb2, participant_pb2
 from fused.tools.launch import LocalFederation

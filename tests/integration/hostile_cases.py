@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from fused.common.rpc.convert import training_spec_to_proto
+from fused.common.rpc.control_convert import training_spec_to_proto
 from fused.common.rpc.metering import MD_PARTICIPANT
 from fused.proto.v1 import control_pb2, control_pb2_grpc, participant_pb2
 from tests.integration.hostile import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import grpc
 
-from fused.common.domain.specs import TrainingSpec, UnlearningSpec
+from fused.common.domain.specs import FusedConfig, TrainingSpec, UnlearningSpec
 from fused.common.domain.tasks import ForgetSpec
 from fused.common.domain.train_config import TrainConfig
 from fused.proto.v1 import participant_pb2
@@ -83,11 +83,9 @@ TRAINING = TrainingSpec(
 )
 UNLEARNING = UnlearningSpec(
     forget=ForgetSpec("class", class_label=3),
-    method="fused",
+    config=FusedConfig(top_k=2, density=0.1),
     rounds=len(ADAPTER_ATTACKS),
     train=TRAIN,
-    top_k=2,
-    density=0.1,
     min_participants=len(HONEST),
     round_deadline_s=60,
     wait_for_participants_s=30,

@@ -18,7 +18,7 @@ import pytest
 from fused.cli.pki import init_pki
 from fused.common.domain.specs import TrainingSpec
 from fused.common.domain.train_config import TrainConfig
-from fused.common.rpc.convert import training_spec_to_proto
+from fused.common.rpc.control_convert import training_spec_to_proto
 from fused.proto.v1 import control_pb2
 from fused.tools.launch import LocalFederation
 from tests.integration.conftest import NUM_PARTICIPANTS

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from fused.cli.pki import init_pki
-from fused.common.rpc.convert import training_spec_to_proto, unlearning_spec_to_proto
+from fused.common.rpc.control_convert import training_spec_to_proto, unlearning_spec_to_proto
 from fused.common.rpc.identity import read_token_file
 from fused.proto.v1 import control_pb2, control_pb2_grpc
 from fused.tools.launch import LocalFederation

@@ -15,7 +15,7 @@ import pytest
 from fused.common.domain.specs import TrainingSpec
 from fused.common.domain.train_config import TrainConfig
 from fused.common.rpc.channels import create_channel
-from fused.common.rpc.convert import training_spec_to_proto
+from fused.common.rpc.control_convert import training_spec_to_proto
 from fused.common.rpc.metering import MD_PARTICIPANT
 from fused.proto.v1 import common_pb2, control_pb2, participant_pb2, participant_pb2_grpc
 from fused.tools.launch import LocalFederation

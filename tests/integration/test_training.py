@@ -15,7 +15,7 @@ from fused.common.domain.train_config import TrainConfig, task_seed
 from fused.common.ml.data.shards import load_shard
 from fused.common.ml.fedavg import fedavg
 from fused.common.ml.models import init_model
-from fused.common.rpc.convert import training_spec_to_proto
+from fused.common.rpc.control_convert import training_spec_to_proto
 from fused.participant.executor import local_update
 from fused.proto.v1 import control_pb2
 from fused.tools.launch import LocalFederation, scrape

@@ -13,13 +13,20 @@ from typing import Any
 import grpc
 import pytest
 
-from fused.common.domain.specs import TrainingSpec, UnlearningSpec
+from fused.common.domain.specs import (
+    METHOD_CONFIGS,
+    FusedConfig,
+    MethodConfig,
+    TrainingSpec,
+    UnlearningSpec,
+)
 from fused.common.domain.tasks import ForgetSpec
 from fused.common.domain.train_config import TrainConfig
-from fused.common.ml.data.partition import PartitionConfig
-from fused.common.ml.data.shards import load_shard, partition_to_directory
+from fused.common.ml.data.partition import partition_to_directory
+from fused.common.ml.data.partition_config import PartitionConfig
+from fused.common.ml.data.shards import load_shard
 from fused.common.rpc.channels import create_channel
-from fused.common.rpc.convert import training_spec_to_proto, unlearning_spec_to_proto
+from fused.common.rpc.control_convert import training_spec_to_proto, unlearning_spec_to_proto
 from fused.common.rpc.metering import MD_PARTICIPANT
 from fused.proto.v1 import common_pb2, control_pb2, participant_pb2, participant_pb2_grpc
 from fused.tools.launch import LocalFederation
@@ -53,13 +60,13 @@ def export_sha(fed: LocalFederation, version_id: str = "") -> str:
     return hashlib.sha256(b"".join(c.data for c in chunks)).hexdigest()
 
 
-def unlearn(trained: Trained, **fields: Any) -> dict[str, Any]:
+def unlearn(trained: Trained, config: MethodConfig | None = None, **fields: Any) -> dict[str, Any]:
     spec = UnlearningSpec(
         **{
             "base_version": trained.base,
+            "config": config or FusedConfig(density=0.1),
             "rounds": 5,
             "train": TRAIN,
-            "density": 0.1,
             "min_participants": 2,
             "evaluate_each_round": False,
             **fields,
@@ -145,14 +152,15 @@ def test_fused_removes_a_backdoor(trained: Trained) -> None:
         trigger_size=TRIGGER,
         trigger_target=0,
     )
-    result = unlearn(trained, forget=forget, rounds=8, density=0.2)
+    result = unlearn(trained, FusedConfig(density=0.2), forget=forget, rounds=8)
     assert float(result["fa_before"]) > 0.3, result
     check_forgetting(result)
 
 
 @pytest.mark.parametrize("method", ["retrain", "finetune"])
 def test_baselines_forget_a_class(trained: Trained, method: str) -> None:
-    result = unlearn(trained, forget=ForgetSpec("class", class_label=3), method=method)
+    config = METHOD_CONFIGS[method]()
+    result = unlearn(trained, config, forget=ForgetSpec("class", class_label=3))
     check_forgetting(result, max_ra_drop=0.1)
     version = str(result["version_id"])
     models = {

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fused.common.domain.round_metrics import AggregateSummary, PayloadKind, RoundMetrics
+from fused.common.domain.version_meta import AdapterMeta, VersionMeta
 from fused.coordinator.artifact_gc import collect, referenced
 from fused.coordinator.artifacts import ArtifactStore
 from fused.coordinator.fleet import Fleet
@@ -16,12 +18,14 @@ def job(job_id: str, status: JobStatus) -> JobRecord:
     return JobRecord(job_id, "train", {}, status, "train", 1, "", 0.0, 0.0)
 
 
-def version(version_id: str, digest: str, **meta: str) -> ModelVersion:
-    return ModelVersion(version_id, None, None, "base", digest, "mlp", 1, 0.0, dict(meta))
+def adapter_version(version_id: str, digest: str, adapter: str, base: str) -> ModelVersion:
+    meta = VersionMeta(adapter=AdapterMeta(adapter, base, ("fc1.weight",), 0.1, 7, "d" * 64, 10))
+    return ModelVersion(version_id, None, None, "adapter", digest, "mlp", 1, 0.0, meta.to_dict())
 
 
-def round_record(job_id: str, phase: str, **metrics: str) -> RoundRecord:
-    return RoundRecord(job_id, phase, 1, 0.0, 1.0, [], dict(metrics))
+def aggregate_round(job_id: str, phase: str, payload: PayloadKind, blob: str) -> RoundRecord:
+    metrics = RoundMetrics(aggregate=AggregateSummary(payload, blob, train_loss=0.5))
+    return RoundRecord(job_id, phase, 1, 0.0, 1.0, [], metrics.to_dict())
 
 
 def test_collect_keeps_versions_and_unfinished_checkpoints(tmp_path: Path) -> None:
@@ -40,20 +44,13 @@ def test_collect_keeps_versions_and_unfinished_checkpoints(tmp_path: Path) -> No
         )
     }
     store = InMemoryStateStore()
-    store.add_model_version(
-        version("m-1", blob["served"], adapter_digest=blob["adapter"], base_digest=blob["base"])
-    )
+    store.add_model_version(adapter_version("m-1", blob["served"], blob["adapter"], blob["base"]))
+    weights, values = PayloadKind.WEIGHTS, PayloadKind.ADAPTER
     store.create_job(job("job-done", JobStatus.COMPLETED))
-    store.save_round(
-        RoundRecord("job-done", "train", 1, 0, 1, [], {"model": blob["finished-round"]})
-    )
+    store.save_round(aggregate_round("job-done", "train", weights, blob["finished-round"]))
     store.create_job(job("job-live", JobStatus.RUNNING))
-    store.save_round(
-        RoundRecord("job-live", "train", 1, 0, 1, [], {"model": blob["running-round"]})
-    )
-    store.save_round(
-        RoundRecord("job-live", "adapter", 1, 0, 1, [], {"values": blob["running-values"]})
-    )
+    store.save_round(aggregate_round("job-live", "train", weights, blob["running-round"]))
+    store.save_round(aggregate_round("job-live", "adapter", values, blob["running-values"]))
     spool = UploadSpool(tmp_path / "uploads", artifacts)
     writer = spool.open("p0", "a" * 64, total=10, offset=0)
     writer.write(0, b"abc")

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from bench.flower_compare import (
-    REPO_ROOT,
-    check_venv_path,
+from bench.flower_compare import resolve_settings
+from bench.flower_env import REPO_ROOT, check_venv_path
+from bench.flower_report import (
     compare,
     measured_window,
     message_bytes_by_method,
     ratio,
-    resolve_settings,
     system_report,
 )
 from bench.proxy import DOWN, UP, CountingProxy, WireEvent, bytes_in_window

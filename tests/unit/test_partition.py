@@ -11,17 +11,17 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fused.common.ml.data.partition import (
-    PartitionConfig,
     apply_trigger,
     dirichlet_partition,
     partition_source,
+    partition_to_directory,
 )
+from fused.common.ml.data.partition_config import PartitionConfig
 from fused.common.ml.data.shards import (
     Shard,
     load_global_test,
     load_shard,
     load_split,
-    partition_to_directory,
     read_partition,
     write_partition,
 )

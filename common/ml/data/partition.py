@@ -2,52 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from fused.common.ml.data.shards import Shard, ShardMeta
-from fused.common.ml.data.sources import SourceData
+from fused.common.ml.data.partition_config import PartitionConfig
+from fused.common.ml.data.shards import Shard, ShardMeta, partition_summary, write_partition
+from fused.common.ml.data.sources import SourceData, load_source
 from fused.common.ml.data.tensors import TensorData
 
 # Resampling budget for the Dirichlet split before declaring the min-size constraint hopeless.
 MAX_PARTITION_TRIES = 1000
-
-
-@dataclass(frozen=True)
-class PartitionConfig:
-    num_participants: int
-    alpha: float = 1.0  # Dirichlet concentration: small = skewed label mix, large = near IID
-    seed: int = 0
-    test_fraction: float = 0.2  # share of each participant's samples held out locally
-    min_train_size: int = 10
-    attacker: int | None = None  # index of a label-flipping participant
-    backdoor_participant: int | None = None
-    backdoor_count: int = 0
-    backdoor_target: int = 0
-    trigger_size: int = 1
-
-    def validate(self, num_classes: int, height: int, width: int) -> None:
-        """Raise ValueError for settings that cannot apply to a data set of this shape."""
-        n = self.num_participants
-        if n < 1:
-            raise ValueError(f"num_participants must be >= 1, got {n}")
-        if self.alpha <= 0:
-            raise ValueError(f"alpha must be > 0, got {self.alpha}")
-        if not 0 <= self.test_fraction < 1:
-            raise ValueError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
-        if self.min_train_size < 1:
-            raise ValueError(f"min_train_size must be >= 1, got {self.min_train_size}")
-        for label, index in (("attacker", self.attacker), ("backdoor", self.backdoor_participant)):
-            if index is not None and not 0 <= index < n:
-                raise ValueError(f"{label} participant {index} not in 0..{n - 1}")
-        if self.backdoor_count < 0:
-            raise ValueError(f"backdoor_count must be >= 0, got {self.backdoor_count}")
-        if not 0 <= self.backdoor_target < num_classes:
-            raise ValueError(f"backdoor_target {self.backdoor_target} not in 0..{num_classes - 1}")
-        if not 1 <= self.trigger_size <= min(height, width):
-            raise ValueError(f"trigger_size {self.trigger_size} does not fit {height}x{width}")
 
 
 def participant_id(index: int) -> str:
@@ -228,3 +195,13 @@ def partition_source(source: SourceData, config: PartitionConfig) -> list[Shard]
         )
         for index, part in enumerate(parts)
     ]
+
+
+def partition_to_directory(
+    dataset: str, data_dir: Path | None, out_dir: Path, config: PartitionConfig
+) -> dict[str, Any]:
+    """Load `dataset`, partition it per `config`, write it to `out_dir`; return the summary."""
+    source = load_source(dataset, data_dir)
+    shards = partition_source(source, config)
+    write_partition(out_dir, source, shards, config)
+    return partition_summary(source, shards, config)

@@ -16,16 +16,14 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from fused.common.ml.data.sources import SourceData, load_source
+from fused.common.ml.data.partition_config import PartitionConfig
+from fused.common.ml.data.sources import SourceData
 from fused.common.ml.data.tensors import TensorData
-
-if TYPE_CHECKING:  # partition.py imports this module, so only the type is needed here
-    from fused.common.ml.data.partition import PartitionConfig
 
 FORMAT_VERSION = 1
 PARTITION_FILE = "partition.json"
@@ -272,15 +270,3 @@ def load_global_test(out_dir: Path) -> TensorData:
     """The source test set stored beside the shards, for central evaluation."""
     summary = read_partition(out_dir)
     return load_split(out_dir / GLOBAL_TEST_DIR / TEST_FILE, float(summary["scale"]))
-
-
-def partition_to_directory(
-    dataset: str, data_dir: Path | None, out_dir: Path, config: PartitionConfig
-) -> dict[str, Any]:
-    """Load `dataset`, partition it per `config`, write it to `out_dir`; return the summary."""
-    from fused.common.ml.data.partition import partition_source  # runtime import avoids the cycle
-
-    source = load_source(dataset, data_dir)
-    shards = partition_source(source, config)
-    write_partition(out_dir, source, shards, config)
-    return partition_summary(source, shards, config)

@@ -1,89 +1,29 @@
-"""Job lifecycle: creation, the running task of each job, progress events and watchers."""
+"""The job manager: starts jobs of the registered kinds, runs each in its own task, resumes
+unfinished ones after a restart, and keeps their events for watchers."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
-from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any
 
-from fused.common.domain.specs import SpecError, TrainingSpec, UnlearningSpec
-from fused.common.domain.tasks import ForgetSpec
-from fused.common.rpc.convert import forget_from_dict, unlearning_spec_from_dict
+from fused.common.domain.records import JobEvent, JobKind, JobRecord, JobStatus
 from fused.common.rpc.metering import MD_JOB, MD_PARTICIPANT, MD_PHASE, MD_ROUND
 from fused.common.runtime.logs import set_log_fields
 from fused.coordinator.artifacts import ArtifactStore
+from fused.coordinator.engine.context import JobContext, JobFailed, RoundBytes
+from fused.coordinator.engine.kind import JobKindHandler, JobResult
 from fused.coordinator.fleet import Fleet
+from fused.coordinator.ids import new_id
 from fused.coordinator.metrics import CoordinatorMetrics
-from fused.coordinator.state import JobEvent, JobRecord, JobStatus, StateStore
-from fused.coordinator.versions import new_id
+from fused.coordinator.state import StateStore
 
 log = logging.getLogger(__name__)
 
 TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED})
-RESUMABLE = frozenset({"train", "unlearn"})  # job kinds that continue after a restart
-
-
-class JobFailed(Exception):
-    """Raised inside a job to stop it with a reason an operator can act on."""
-
-
-@dataclass
-class RoundBytes:
-    """Serialized bytes per participant in one round: up = to the coordinator."""
-
-    up: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    down: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-
-    def summary(self) -> dict[str, Any]:
-        pids = sorted(set(self.up) | set(self.down))
-        return {
-            "up": {p: self.up[p] for p in pids},
-            "down": {p: self.down[p] for p in pids},
-            "total": sum(self.up.values()) + sum(self.down.values()),
-        }
-
-
-@dataclass
-class JobContext:
-    """What a running job uses; one per job."""
-
-    job_id: str
-    store: StateStore
-    artifacts: ArtifactStore
-    fleet: Fleet
-    metrics: CoordinatorMetrics
-    emit: Callable[..., JobEvent]
-    round_bytes: Callable[[str, int], RoundBytes]
-    clock: Callable[[], float] = time.time
-
-    def progress(self, phase: str, round_number: int) -> None:
-        self.store.update_job(self.job_id, phase=phase, round=round_number)
-        # Called in the job's own task: later records of this job carry the phase and round.
-        set_log_fields(phase=phase, round=round_number)
-        log.info("%s round %d started", phase, round_number)
-
-
-JobBody = Callable[[JobContext], Awaitable[dict[str, Any]]]
-
-
-def _resumed(job: JobRecord) -> JobBody | None:
-    """The body that continues `job` from its last committed round (None: cannot resume)."""
-    from fused.coordinator.training_job import run_training  # the job bodies import us back
-    from fused.coordinator.unlearning_job import run_unlearning
-
-    if job.kind == "train":
-        training = TrainingSpec.from_dict(job.spec)
-        return lambda ctx: run_training(ctx, training, resume=True)
-    if job.kind == "unlearn":
-        unlearning = unlearning_spec_from_dict(job.spec)
-        return lambda ctx: run_unlearning(ctx, unlearning, resume=True)
-    return None  # evaluation jobs are short: start them again
 
 
 class JobManager:
@@ -93,9 +33,11 @@ class JobManager:
         artifacts: ArtifactStore,
         fleet: Fleet,
         metrics: CoordinatorMetrics,
+        kinds: Mapping[str, JobKindHandler],
         clock: Callable[[], float] = time.time,
         on_idle: Callable[[], object] | None = None,
     ) -> None:
+        self._kinds = kinds  # injected from the top: the engine never imports job kinds
         self._on_idle = on_idle  # called when the last running job ends
         self._store = store
         self._artifacts = artifacts
@@ -116,9 +58,9 @@ class JobManager:
         for job in self._store.list_jobs():
             if job.status in TERMINAL:
                 continue
-            body = _resumed(job)
-            if body is not None:
-                self._launch(job, body)
+            handler = self._kinds.get(job.kind)
+            if handler is not None and handler.resumable:
+                self._launch(job, handler, resume=True)
                 resumed.append(job.job_id)
             else:
                 reason = "coordinator restarted while the job ran; start it again"
@@ -126,50 +68,14 @@ class JobManager:
                 failed.append(job.job_id)
         return resumed, failed
 
-    def start_training(self, spec: TrainingSpec) -> JobRecord:
-        from fused.coordinator.training_job import run_training  # the job body imports us back
-
-        spec.validate()
-        if spec.init_version and self._store.get_model_version(spec.init_version) is None:
-            raise SpecError(f"init_version {spec.init_version!r} is not a known model version")
-        return self._start("train", spec.to_dict(), lambda ctx: run_training(ctx, spec))
-
-    def start_unlearning(self, spec: UnlearningSpec) -> JobRecord:
-        from fused.coordinator.unlearning_job import run_unlearning
-
-        spec.validate()
-        if spec.base_version and self._store.get_model_version(spec.base_version) is None:
-            raise SpecError(f"base_version {spec.base_version!r} is not a known model version")
-        return self._start("unlearn", spec.to_dict(), lambda ctx: run_unlearning(ctx, spec))
-
-    def start_evaluation(
-        self, version_id: str, forget: ForgetSpec | None, deadline_s: float
-    ) -> JobRecord:
-        """Evaluate a version; without a forget spec, use that of the job that made it."""
-        from fused.coordinator.evaluation_job import run_evaluation
-
-        version = self._store.get_model_version(version_id)
-        if version is None:
-            raise SpecError(f"{version_id!r} is not a known model version")
-        if forget is None and version.job_id:
-            job = self._store.get_job(version.job_id)
-            if job is not None and job.kind == "unlearn":
-                forget = forget_from_dict(job.spec["forget"])
-        if forget is not None:
-            try:
-                forget.validate()
-            except ValueError as exc:
-                raise SpecError(str(exc)) from exc
-        spec = {"version_id": version_id, "forget": forget and dataclasses.asdict(forget)}
-        return self._start(
-            "evaluate", spec, lambda ctx: run_evaluation(ctx, version_id, forget, deadline_s)
-        )
-
-    def _start(self, kind: str, spec: dict[str, Any], body: JobBody) -> JobRecord:
+    def start(self, kind: JobKind, request: Any) -> JobRecord:
+        """Start a job of `kind`; SpecError if the request is invalid."""
+        handler = self._kinds[kind]
+        spec = handler.prepare(self._store, request)
         now = self._clock()
         record = JobRecord(
             job_id=new_id("job"),
-            kind=kind,
+            kind=kind.value,
             spec=spec,
             status=JobStatus.PENDING,
             phase="",
@@ -179,10 +85,10 @@ class JobManager:
             updated_at=now,
         )
         self._store.create_job(record)
-        self._launch(record, body)
+        self._launch(record, handler, resume=False)
         return record
 
-    def _launch(self, record: JobRecord, body: JobBody) -> None:
+    def _launch(self, record: JobRecord, handler: JobKindHandler, resume: bool) -> None:
         ctx = JobContext(
             job_id=record.job_id,
             store=self._store,
@@ -193,23 +99,26 @@ class JobManager:
             round_bytes=lambda phase, r: self.round_bytes(record.job_id, phase, r),
             clock=self._clock,
         )
-        self._running[record.job_id] = asyncio.create_task(self._run(ctx, record.kind, body))
+        run = handler.run(ctx, record.spec, resume)
+        self._running[record.job_id] = asyncio.create_task(self._run(ctx, handler, run))
 
-    async def _run(self, ctx: JobContext, kind: str, body: JobBody) -> None:
+    async def _run(
+        self, ctx: JobContext, handler: JobKindHandler, run: Coroutine[Any, Any, JobResult]
+    ) -> None:
         job_id = ctx.job_id
         # This task's own context (a copy): every record of the job carries its id.
         set_log_fields(job=job_id, phase=None, round=None, participant=None)
         self._store.update_job(job_id, status=JobStatus.RUNNING)
-        self.emit(job_id, "job_started", "", 0, f"{kind} job started")
+        self.emit(job_id, "job_started", "", 0, f"{handler.kind.value} job started")
         try:
-            result = await body(ctx)
+            result = await run
         except JobFailed as exc:
             self._finish(job_id, JobStatus.FAILED, str(exc), {})
         except asyncio.CancelledError:
             if job_id in self._cancelled:
                 self._cancelled.discard(job_id)
                 self._finish(job_id, JobStatus.FAILED, "cancelled by an operator", {})
-            elif self._stopping and kind in RESUMABLE:  # the next process resumes it
+            elif self._stopping and handler.resumable:  # the next process resumes it
                 self.emit(job_id, "job_interrupted", "", 0, "coordinator stopping; will resume")
                 log.info("job %s interrupted by shutdown: it resumes on restart", job_id)
             else:
@@ -220,7 +129,7 @@ class JobManager:
             log.exception("job %s crashed", job_id)
             self._finish(job_id, JobStatus.FAILED, f"internal error: {exc!r}", {})
         else:
-            self._finish(job_id, JobStatus.COMPLETED, result.pop("summary", "completed"), result)
+            self._finish(job_id, JobStatus.COMPLETED, result.summary, result.details)
         finally:
             self._flush_round_bytes(job_id)
             self._running.pop(job_id, None)
@@ -233,7 +142,7 @@ class JobManager:
         for record in self._store.list_rounds(job_id):
             acct = self._bytes.get((job_id, record.phase, record.round))
             if acct is not None:
-                record.metrics["bytes"] = acct.summary()
+                record.metrics["bytes"] = acct.summary().to_dict()
                 self._store.save_round(record)
 
     def _finish(self, job_id: str, status: JobStatus, reason: str, result: dict[str, Any]) -> None:

@@ -21,7 +21,6 @@ from prometheus_client import CollectorRegistry
 
 from fused.common.rpc.channels import create_channel, create_server
 from fused.common.rpc.metering import (
-    KNOWN_PHASES,
     MD_PARTICIPANT,
     MD_PHASE,
     CountingChannel,
@@ -75,7 +74,7 @@ class EchoServicer(participant_pb2_grpc.ParticipantServiceServicer):
     async def DownloadBlob(
         self, request: participant_pb2.DownloadBlobRequest, context: Context
     ) -> AsyncIterator[common_pb2.BlobChunk]:
-        for chunk in _chunks(request.blob_id):
+        for chunk in blob_chunks(request.blob_id):
             yield chunk
 
     async def UploadBlob(
@@ -92,7 +91,7 @@ class EchoServicer(participant_pb2_grpc.ParticipantServiceServicer):
         return participant_pb2.UploadStatusResponse(offset=0)
 
 
-def _chunks(blob_id: str) -> list[common_pb2.BlobChunk]:
+def blob_chunks(blob_id: str) -> list[common_pb2.BlobChunk]:
     total = sum(CHUNK_SIZES)
     chunks, offset = [], 0
     for i, n in enumerate(CHUNK_SIZES):
@@ -109,7 +108,7 @@ def _chunks(blob_id: str) -> list[common_pb2.BlobChunk]:
     return chunks
 
 
-def _size(*messages: Message) -> float:
+def serialized_size(*messages: Message) -> float:
     return float(sum(len(m.SerializeToString()) for m in messages))
 
 
@@ -173,8 +172,8 @@ class Wire:
         return channel, registry
 
 
-@pytest.fixture
-def wire() -> Iterator[Wire]:
+def running_wire() -> Iterator[Wire]:
+    """A counting server in its own thread, closed with the clients made on it (a fixture body)."""
     known = {PID}
     registry = CollectorRegistry()
     hook_calls: list[HookCall] = []
@@ -202,7 +201,7 @@ def wire() -> Iterator[Wire]:
         server.stop()
 
 
-def _sample(
+def sample(
     registry: CollectorRegistry,
     kind: str,
     method: str,
@@ -214,15 +213,17 @@ def _sample(
     return registry.get_sample_value(f"fused_wire_{kind}_total", labels)
 
 
-def _bytes(registry: CollectorRegistry, method: str, direction: str, **kw: str) -> float | None:
-    return _sample(registry, "bytes", method, direction, **kw)
+def byte_count(registry: CollectorRegistry, method: str, direction: str, **kw: str) -> float | None:
+    return sample(registry, "bytes", method, direction, **kw)
 
 
-def _messages(registry: CollectorRegistry, method: str, direction: str, **kw: str) -> float | None:
-    return _sample(registry, "messages", method, direction, **kw)
+def message_count(
+    registry: CollectorRegistry, method: str, direction: str, **kw: str
+) -> float | None:
+    return sample(registry, "messages", method, direction, **kw)
 
 
-def _assert_ends_agree(
+def assert_ends_agree(
     client: CollectorRegistry,
     server: CollectorRegistry,
     method: str,
@@ -234,12 +235,17 @@ def _assert_ends_agree(
     c = {"phase": phase, "participant": client_participant}
     s = {"phase": phase, "participant": server_participant}
     for kind in ("bytes", "messages"):
-        assert _sample(client, kind, method, "sent", **c) == _sample(
+        assert sample(client, kind, method, "sent", **c) == sample(
             server, kind, method, "received", **s
         ), (method, kind, "request")
-        assert _sample(client, kind, method, "received", **c) == _sample(
+        assert sample(client, kind, method, "received", **c) == sample(
             server, kind, method, "sent", **s
         ), (method, kind, "response")
+
+
+@pytest.fixture
+def wire() -> Iterator[Wire]:
+    yield from running_wire()
 
 
 def test_unary_bytes_match_serialized_sizes(wire: Wire) -> None:
@@ -258,11 +264,11 @@ def test_unary_bytes_match_serialized_sizes(wire: Wire) -> None:
     responses = [stub.Register(r, metadata=MD) for r in requests]
     assert responses[0].chunk_bytes == 12  # the servicer really ran
 
-    assert _bytes(client, "Register", "sent") == _size(*requests)
-    assert _bytes(client, "Register", "received") == _size(*responses)
-    assert _messages(client, "Register", "sent") == 2
-    assert _messages(client, "Register", "received") == 2
-    _assert_ends_agree(client, wire.server_registry, "Register")
+    assert byte_count(client, "Register", "sent") == serialized_size(*requests)
+    assert byte_count(client, "Register", "received") == serialized_size(*responses)
+    assert message_count(client, "Register", "sent") == 2
+    assert message_count(client, "Register", "received") == 2
+    assert_ends_agree(client, wire.server_registry, "Register")
 
 
 def test_empty_messages_count_as_zero_bytes(wire: Wire) -> None:
@@ -271,11 +277,11 @@ def test_empty_messages_count_as_zero_bytes(wire: Wire) -> None:
     request = participant_pb2.HeartbeatRequest()  # serializes to b""
     response = stub.Heartbeat(request, metadata=MD)
     assert response.registered is False and response.SerializeToString() == b""
-    assert _bytes(client, "Heartbeat", "sent") == 0.0
-    assert _bytes(client, "Heartbeat", "received") == 0.0
-    assert _messages(client, "Heartbeat", "sent") == 1
-    assert _messages(client, "Heartbeat", "received") == 1
-    _assert_ends_agree(client, wire.server_registry, "Heartbeat")
+    assert byte_count(client, "Heartbeat", "sent") == 0.0
+    assert byte_count(client, "Heartbeat", "received") == 0.0
+    assert message_count(client, "Heartbeat", "sent") == 1
+    assert message_count(client, "Heartbeat", "received") == 1
+    assert_ends_agree(client, wire.server_registry, "Heartbeat")
 
 
 def test_server_stream_counts_each_chunk(wire: Wire) -> None:
@@ -283,31 +289,31 @@ def test_server_stream_counts_each_chunk(wire: Wire) -> None:
     stub = participant_pb2_grpc.ParticipantServiceStub(channel.with_phase("train"))
     request = participant_pb2.DownloadBlobRequest(blob_id="ab" * 32, offset=0)
     chunks = list(stub.DownloadBlob(request, metadata=MD))
-    assert chunks == _chunks("ab" * 32)
+    assert chunks == blob_chunks("ab" * 32)
     assert len(chunks) == 3
 
-    assert _bytes(client, "DownloadBlob", "sent") == _size(request)
-    assert _messages(client, "DownloadBlob", "sent") == 1
-    assert _bytes(client, "DownloadBlob", "received") == _size(*chunks)
-    assert _messages(client, "DownloadBlob", "received") == 3
-    assert _messages(wire.server_registry, "DownloadBlob", "sent") == 3
-    _assert_ends_agree(client, wire.server_registry, "DownloadBlob")
+    assert byte_count(client, "DownloadBlob", "sent") == serialized_size(request)
+    assert message_count(client, "DownloadBlob", "sent") == 1
+    assert byte_count(client, "DownloadBlob", "received") == serialized_size(*chunks)
+    assert message_count(client, "DownloadBlob", "received") == 3
+    assert message_count(wire.server_registry, "DownloadBlob", "sent") == 3
+    assert_ends_agree(client, wire.server_registry, "DownloadBlob")
 
 
 def test_client_stream_counts_each_chunk(wire: Wire) -> None:
     channel, client = wire.client()
     stub = participant_pb2_grpc.ParticipantServiceStub(channel.with_phase("train"))
-    chunks = _chunks("cd" * 32)
+    chunks = blob_chunks("cd" * 32)
     response = stub.UploadBlob(iter(chunks), metadata=MD)
     assert response == participant_pb2.UploadBlobResponse(blob_id="cd" * 32, size=1017)
     assert wire.servicer.uploaded == chunks
 
-    assert _bytes(client, "UploadBlob", "sent") == _size(*chunks)
-    assert _messages(client, "UploadBlob", "sent") == 3
-    assert _bytes(client, "UploadBlob", "received") == _size(response)
-    assert _messages(client, "UploadBlob", "received") == 1
-    assert _messages(wire.server_registry, "UploadBlob", "received") == 3
-    _assert_ends_agree(client, wire.server_registry, "UploadBlob")
+    assert byte_count(client, "UploadBlob", "sent") == serialized_size(*chunks)
+    assert message_count(client, "UploadBlob", "sent") == 3
+    assert byte_count(client, "UploadBlob", "received") == serialized_size(response)
+    assert message_count(client, "UploadBlob", "received") == 1
+    assert message_count(wire.server_registry, "UploadBlob", "received") == 3
+    assert_ends_agree(client, wire.server_registry, "UploadBlob")
 
 
 def test_methods_are_counted_separately(wire: Wire) -> None:
@@ -320,123 +326,15 @@ def test_methods_are_counted_separately(wire: Wire) -> None:
     stub.PullTask(pull, metadata=MD)
     stub.PushResult(push, metadata=MD)
     stub.PushResult(push, metadata=MD)
-    assert _bytes(client, "PullTask", "sent") == _size(pull)
-    assert _bytes(client, "PushResult", "sent") == 2 * _size(push)
-    assert _messages(client, "PushResult", "sent") == 2
-    assert _bytes(client, "PushResult", "received") == 2 * _size(
+    assert byte_count(client, "PullTask", "sent") == serialized_size(pull)
+    assert byte_count(client, "PushResult", "sent") == 2 * serialized_size(push)
+    assert message_count(client, "PushResult", "sent") == 2
+    assert byte_count(client, "PushResult", "received") == 2 * serialized_size(
         participant_pb2.PushResultResponse(accepted=True)
     )
     for method in ("PullTask", "PushResult"):
-        _assert_ends_agree(client, wire.server_registry, method)
-    assert _bytes(client, "Register", "sent") is None  # nothing invented for unused methods
-
-
-def test_unknown_participant_and_phase_labels(wire: Wire) -> None:
-    assert "warmup" not in KNOWN_PHASES
-    channel, client = wire.client("p9")
-    stub = participant_pb2_grpc.ParticipantServiceStub(channel.with_phase("warmup"))
-    request = participant_pb2.HeartbeatRequest(participant_id="p9", task_id="t-1")
-    md: Metadata = ((MD_PARTICIPANT, "p9"), (MD_PHASE, "warmup"))
-    stub.Heartbeat(request, metadata=md)
-
-    # the client knows who it is; the server collapses ids it does not know
-    assert _bytes(client, "Heartbeat", "sent", phase="other", participant="p9") == _size(request)
-    assert _bytes(client, "Heartbeat", "sent", phase="warmup", participant="p9") is None
-    assert _bytes(wire.server_registry, "Heartbeat", "received", phase="other") is None
-    assert _bytes(
-        wire.server_registry, "Heartbeat", "received", phase="other", participant="unknown"
-    ) == _size(request)
-    _assert_ends_agree(
-        client,
-        wire.server_registry,
-        "Heartbeat",
-        phase="other",
-        client_participant="p9",
-        server_participant="unknown",
-    )
-
-
-def test_no_metadata_and_no_phase(wire: Wire) -> None:
-    channel, client = wire.client()
-    stub = participant_pb2_grpc.ParticipantServiceStub(channel)  # the base channel: no phase
-    request = participant_pb2.HeartbeatRequest(participant_id=PID)
-    response = stub.Heartbeat(request)
-    assert response.registered is True
-    assert _bytes(client, "Heartbeat", "sent", phase="none") == _size(request)
-    assert _bytes(
-        wire.server_registry, "Heartbeat", "received", phase="none", participant="-"
-    ) == _size(request)
-    assert wire.hook_calls
-    assert all(MD_PARTICIPANT not in md for md, _, _ in wire.hook_calls)
-
-
-def test_phase_views_share_the_connection_not_the_label(wire: Wire) -> None:
-    channel, client = wire.client()
-    request = participant_pb2.DownloadBlobRequest(blob_id="ab" * 32)
-    views = {phase: channel.with_phase(phase) for phase in ("evaluate", "adapter")}
-    for phase, view in views.items():
-        stub = participant_pb2_grpc.ParticipantServiceStub(view)
-        assert len(list(stub.DownloadBlob(request, metadata=MD))) == 3, phase
-    base = participant_pb2_grpc.ParticipantServiceStub(channel)
-    assert len(list(base.DownloadBlob(request, metadata=MD))) == 3
-
-    # streamed responses are deserialized on gRPC's threads: still labelled by the view
-    for phase in ("evaluate", "adapter", "none"):
-        assert _messages(client, "DownloadBlob", "sent", phase=phase) == 1, phase
-        assert _messages(client, "DownloadBlob", "received", phase=phase) == 3, phase
-        assert _bytes(client, "DownloadBlob", "received", phase=phase) == _size(
-            *_chunks("ab" * 32)
-        ), phase
-    assert _messages(client, "DownloadBlob", "received", phase="train") is None
-    assert _messages(client, "DownloadBlob", "received", phase="other") is None
-
-
-def test_concurrent_views_keep_their_phases(wire: Wire) -> None:
-    channel, client = wire.client()
-    request = participant_pb2.HeartbeatRequest(participant_id=PID)
-    phases = ("train", "evaluate", "adapter", "sensitivity")
-    errors: list[BaseException] = []
-
-    def worker(phase: str) -> None:
-        try:
-            stub = participant_pb2_grpc.ParticipantServiceStub(channel.with_phase(phase))
-            for _ in range(5):
-                stub.Heartbeat(request, metadata=MD)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(p,)) for p in phases]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
-    assert errors == []
-    for phase in phases:
-        assert _messages(client, "Heartbeat", "sent", phase=phase) == 5, phase
-        assert _bytes(client, "Heartbeat", "sent", phase=phase) == 5 * _size(request), phase
-    # the server labels by the metadata the calls carried, whatever the client's view
-    assert _messages(wire.server_registry, "Heartbeat", "received") == 5 * len(phases)
-
-
-def test_hook_sees_metadata_and_every_count(wire: Wire) -> None:
-    channel, client = wire.client()
-    stub = participant_pb2_grpc.ParticipantServiceStub(channel.with_phase("train"))
-    chunks = _chunks("ef" * 32)
-    md: Metadata = (*MD, ("fused-job", "job-1"), ("fused-round", "3"))
-    stub.UploadBlob(iter(chunks), metadata=md)
-
-    calls = list(wire.hook_calls)
-    for seen_md, _, _ in calls:
-        assert seen_md[MD_PARTICIPANT] == PID
-        assert seen_md[MD_PHASE] == "train"
-        assert seen_md["fused-job"] == "job-1"
-        assert seen_md["fused-round"] == "3"
-    received = [n for _, direction, n in calls if direction == "received"]
-    sent = [n for _, direction, n in calls if direction == "sent"]
-    assert received == [len(c.SerializeToString()) for c in chunks]
-    assert len(sent) == 1
-    assert float(sum(sent)) == _bytes(client, "UploadBlob", "received")
-    assert {d for _, d, _ in calls} == {"received", "sent"}
+        assert_ends_agree(client, wire.server_registry, method)
+    assert byte_count(client, "Register", "sent") is None  # nothing invented for unused methods
 
 
 def test_short_method() -> None:
@@ -454,8 +352,8 @@ def test_unknown_method_is_unimplemented_and_uncounted(wire: Wire) -> None:
     with pytest.raises(grpc.RpcError) as info:
         call(participant_pb2.HeartbeatRequest(participant_id=PID), metadata=MD)
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert _messages(client, "NoSuchMethod", "sent", phase="none") == 1
-    assert _messages(wire.server_registry, "NoSuchMethod", "received") is None
+    assert message_count(client, "NoSuchMethod", "sent", phase="none") == 1
+    assert message_count(wire.server_registry, "NoSuchMethod", "received") is None
     assert wire.hook_calls == []
 
 

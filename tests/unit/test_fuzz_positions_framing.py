@@ -1,5 +1,5 @@
-"""Property-based fuzzing of position codes (common/positions.py) and BlobChunk framing
-(common/blobwire.py)."""
+"""Property-based fuzzing of position codes (common/codecs/positions.py) and BlobChunk framing
+(common/rpc/framing.py)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from fused.common.codecs.positions import (
     decode_positions,
     encode_positions,
     method_of,
-    varint,
 )
+from fused.common.codecs.varint import varint
 from fused.common.rpc.framing import encode_blob_chunk
 from fused.proto.v1 import common_pb2
 from tests.unit.fuzzing import (

@@ -1,10 +1,8 @@
-"""Round trips through common.serde, its error cases, TrainingSpec validation and task seeds."""
+"""Round trips through control_convert and task_convert, and their error cases."""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +18,7 @@ from fused.common.domain.records import (
     ParticipantRecord,
     RoundRecord,
 )
-from fused.common.domain.specs import SpecError, TrainingSpec, UnlearningSpec
+from fused.common.domain.specs import FusedConfig, TrainingSpec, UnlearningSpec
 from fused.common.domain.tasks import (
     AdapterRef,
     EvalOutcome,
@@ -31,25 +29,35 @@ from fused.common.domain.tasks import (
     TaskSpec,
     TrainOutcome,
 )
-from fused.common.domain.train_config import TrainConfig, task_seed
-from fused.common.rpc import convert as serde
+from fused.common.domain.train_config import TrainConfig
+from fused.common.rpc.control_convert import (
+    event_from_proto,
+    event_to_proto,
+    job_from_proto,
+    job_to_proto,
+    model_from_proto,
+    model_to_proto,
+    participant_from_proto,
+    participant_to_proto,
+    training_spec_from_proto,
+    training_spec_to_proto,
+    unlearning_spec_from_proto,
+    unlearning_spec_to_proto,
+)
+from fused.common.rpc.task_convert import (
+    adapter_from_proto,
+    adapter_to_proto,
+    forget_from_proto,
+    forget_to_proto,
+    outcome_from_proto,
+    outcome_to_proto,
+    task_from_proto,
+    task_to_proto,
+    train_config_from_proto,
+    train_config_to_proto,
+)
 from fused.proto.v1 import common_pb2, participant_pb2
-
-TRAIN_CFG = TrainConfig(
-    local_epochs=3, lr=0.05, momentum=0.5, weight_decay=1e-4, batch_size=32, seed=2**40 + 7
-)
-SPEC = TrainingSpec(
-    model="lenet",
-    rounds=4,
-    train=TRAIN_CFG,
-    participants_per_round=3,
-    min_participants=2,
-    round_deadline_s=12.5,
-    seed=99,
-    init_version="v-123",
-    wait_for_participants_s=0.25,
-    evaluate_each_round=False,
-)
+from tests.unit.test_training_spec import SPEC, TRAIN_CFG
 
 
 def _task(kind: TaskKind) -> TaskSpec:
@@ -110,15 +118,15 @@ class RoundTrip:
 
 
 def _job_pair(pair: tuple[JobRecord, list[RoundRecord]]) -> Message:
-    return serde.job_to_proto(*pair)
+    return job_to_proto(*pair)
 
 
 def _participant_pair(pair: tuple[ParticipantRecord, bool]) -> Message:
-    return serde.participant_to_proto(*pair)
+    return participant_to_proto(*pair)
 
 
 def _model_pair(pair: tuple[ModelVersion, bool]) -> Message:
-    return serde.model_to_proto(*pair)
+    return model_to_proto(*pair)
 
 
 FORGET = ForgetSpec(
@@ -131,112 +139,108 @@ FORGET = ForgetSpec(
 ADAPTER = AdapterRef(("fc3.weight", "conv1.bias"), 0.05, 2**50 + 3, "12" * 32, "34" * 32, "float16")
 
 CASES = [
-    RoundTrip("forget", FORGET, serde.forget_to_proto, serde.forget_from_proto),
+    RoundTrip("forget", FORGET, forget_to_proto, forget_from_proto),
     RoundTrip(
         "forget_class_relabel",
         ForgetSpec("class", class_label=0, relabel=True),
-        serde.forget_to_proto,
-        serde.forget_from_proto,
+        forget_to_proto,
+        forget_from_proto,
     ),
-    RoundTrip("adapter", ADAPTER, serde.adapter_to_proto, serde.adapter_from_proto),
+    RoundTrip("adapter", ADAPTER, adapter_to_proto, adapter_from_proto),
     RoundTrip(
         "unlearning_spec",
         UnlearningSpec(
             forget=FORGET,
             base_version="m-1",
-            method="retrain",
+            config=FusedConfig(
+                top_k=4, layers=("fc3.weight",), density=0.25, upload_dtype="bfloat16"
+            ),
             rounds=3,
             train=TRAIN_CFG,
-            top_k=4,
-            layers=("fc3.weight",),
-            density=0.25,
             min_participants=2,
             round_deadline_s=9.5,
             wait_for_participants_s=1.5,
             seed=5,
             evaluate_each_round=False,
-            upload_dtype="bfloat16",
         ),
-        serde.unlearning_spec_to_proto,
-        serde.unlearning_spec_from_proto,
+        unlearning_spec_to_proto,
+        unlearning_spec_from_proto,
     ),
     RoundTrip(
         "task_adapter_with_forget",
         dataclasses.replace(_task(TaskKind.ADAPTER_TRAIN), forget=FORGET, adapter=ADAPTER),
-        serde.task_to_proto,
-        serde.task_from_proto,
+        task_to_proto,
+        task_from_proto,
     ),
     RoundTrip(
         "outcome_sensitivity",
         TaskOutcome("p1", "t6", sensitivity=SensitivityOutcome({"fc3.weight": 1.5}, 300)),
-        serde.outcome_to_proto,
-        serde.outcome_from_proto,
+        outcome_to_proto,
+        outcome_from_proto,
     ),
     RoundTrip(
         "outcome_eval_forget_counts",
         TaskOutcome("p1", "t7", eval=EvalOutcome((1, 2), (3, 4), 0.5, 7, 9)),
-        serde.outcome_to_proto,
-        serde.outcome_from_proto,
+        outcome_to_proto,
+        outcome_from_proto,
     ),
     RoundTrip(
         "train_config",
         TRAIN_CFG,
-        serde.train_config_to_proto,
-        serde.train_config_from_proto,
+        train_config_to_proto,
+        train_config_from_proto,
     ),
     RoundTrip(
         "train_config_default",
         TrainConfig(),
-        serde.train_config_to_proto,
-        serde.train_config_from_proto,
+        train_config_to_proto,
+        train_config_from_proto,
     ),
     RoundTrip(
         "training_spec",
         SPEC,
-        serde.training_spec_to_proto,
-        serde.training_spec_from_proto,
+        training_spec_to_proto,
+        training_spec_from_proto,
     ),
     RoundTrip(
         "training_spec_default",
         TrainingSpec(),
-        serde.training_spec_to_proto,
-        serde.training_spec_from_proto,
+        training_spec_to_proto,
+        training_spec_from_proto,
     ),
-    RoundTrip("task_train", _task(TaskKind.TRAIN), serde.task_to_proto, serde.task_from_proto),
-    RoundTrip(
-        "task_evaluate", _task(TaskKind.EVALUATE), serde.task_to_proto, serde.task_from_proto
-    ),
+    RoundTrip("task_train", _task(TaskKind.TRAIN), task_to_proto, task_from_proto),
+    RoundTrip("task_evaluate", _task(TaskKind.EVALUATE), task_to_proto, task_from_proto),
     RoundTrip(
         "outcome_train",
         TaskOutcome("p1", "t1", train=TrainOutcome("cd" * 32, 1797, 0.4321, 2.5)),
-        serde.outcome_to_proto,
-        serde.outcome_from_proto,
+        outcome_to_proto,
+        outcome_from_proto,
     ),
     RoundTrip(
         "outcome_eval",
         TaskOutcome("p1", "t2", eval=EvalOutcome((1, 0, 5), (2, 0, 9), 3.75)),
-        serde.outcome_to_proto,
-        serde.outcome_from_proto,
+        outcome_to_proto,
+        outcome_from_proto,
     ),
     RoundTrip(
         "outcome_eval_empty",  # an all-default submessage must still select the oneof
         TaskOutcome("p1", "t3", eval=EvalOutcome((), (), 0.0)),
-        serde.outcome_to_proto,
-        serde.outcome_from_proto,
+        outcome_to_proto,
+        outcome_from_proto,
     ),
     RoundTrip(
         "outcome_train_zero",
         TaskOutcome("p1", "t4", train=TrainOutcome("", 0, 0.0, 0.0)),
-        serde.outcome_to_proto,
-        serde.outcome_from_proto,
+        outcome_to_proto,
+        outcome_from_proto,
     ),
     RoundTrip(
         "outcome_error",
         TaskOutcome("p1", "t5", error="CUDA out of memory"),
-        serde.outcome_to_proto,
-        serde.outcome_from_proto,
+        outcome_to_proto,
+        outcome_from_proto,
     ),
-    RoundTrip("job_with_rounds", (JOB, ROUNDS), _job_pair, serde.job_from_proto),
+    RoundTrip("job_with_rounds", (JOB, ROUNDS), _job_pair, job_from_proto),
     RoundTrip(
         "job_completed_no_rounds",
         (
@@ -244,7 +248,7 @@ CASES = [
             [],
         ),
         _job_pair,
-        serde.job_from_proto,
+        job_from_proto,
     ),
     RoundTrip(
         "job_event",
@@ -258,14 +262,14 @@ CASES = [
             message="round 3 done: 2 results",
             data={"participants": ["p1", "p2"], "loss": 0.5},
         ),
-        serde.event_to_proto,
-        serde.event_from_proto,
+        event_to_proto,
+        event_from_proto,
     ),
     RoundTrip(
         "job_event_no_data",
         JobEvent("job-2", 1, 1.5, "job_started", "", 0, "started"),
-        serde.event_to_proto,
-        serde.event_from_proto,
+        event_to_proto,
+        event_from_proto,
     ),
     RoundTrip(
         "participant_online",
@@ -276,13 +280,13 @@ CASES = [
             True,
         ),
         _participant_pair,
-        serde.participant_from_proto,
+        participant_from_proto,
     ),
     RoundTrip(
         "participant_offline_no_dataset",
         (ParticipantRecord("p2", [3], 3, 0, 1.0, 2.0, {}), False),
         _participant_pair,
-        serde.participant_from_proto,
+        participant_from_proto,
     ),
     RoundTrip(
         "model_active",
@@ -301,13 +305,13 @@ CASES = [
             True,
         ),
         _model_pair,
-        serde.model_from_proto,
+        model_from_proto,
     ),
     RoundTrip(
         "model_inactive_root",
         (ModelVersion("v1", None, None, "base", "00" * 32, "mlp", 10, 3.0), False),
         _model_pair,
-        serde.model_from_proto,
+        model_from_proto,
     ),
 ]
 
@@ -323,7 +327,7 @@ def test_round_trip(case: RoundTrip) -> None:
 
 
 def test_task_kinds_map_to_distinct_proto_values() -> None:
-    kinds = {serde.task_to_proto(_task(k)).kind for k in TaskKind}
+    kinds = {task_to_proto(_task(k)).kind for k in TaskKind}
     assert kinds == {
         participant_pb2.TASK_KIND_TRAIN,
         participant_pb2.TASK_KIND_EVALUATE,
@@ -335,7 +339,7 @@ def test_task_kinds_map_to_distinct_proto_values() -> None:
 def test_outcome_oneof_matches_the_set_field() -> None:
     for case in CASES:
         if isinstance(case.value, TaskOutcome):
-            msg = serde.outcome_to_proto(case.value)
+            msg = outcome_to_proto(case.value)
             expected = next(
                 f
                 for f in ("train", "eval", "sensitivity", "error")
@@ -348,9 +352,9 @@ def test_json_fields_are_canonical() -> None:
     """Equal records give byte-identical messages (sorted keys, compact separators)."""
     a = dataclasses.replace(JOB, result={"b": 1, "a": 2})
     b = dataclasses.replace(JOB, result={"a": 2, "b": 1})
-    msg = serde.job_to_proto(a)
+    msg = job_to_proto(a)
     assert msg.result_json == '{"a":2,"b":1}'
-    assert msg.SerializeToString(deterministic=True) == serde.job_to_proto(b).SerializeToString(
+    assert msg.SerializeToString(deterministic=True) == job_to_proto(b).SerializeToString(
         deterministic=True
     )
 
@@ -358,7 +362,7 @@ def test_json_fields_are_canonical() -> None:
 def test_result_without_outcome_is_rejected() -> None:
     msg = participant_pb2.PushResultRequest(participant_id="p1", task_id="t1")
     with pytest.raises(ValueError, match="no outcome"):
-        serde.outcome_from_proto(msg)
+        outcome_from_proto(msg)
 
 
 def test_eval_with_mismatched_lengths_is_rejected() -> None:
@@ -368,143 +372,26 @@ def test_eval_with_mismatched_lengths_is_rejected() -> None:
         eval=participant_pb2.EvalResult(correct=[1, 2, 3], total=[4, 5], loss_sum=1.0),
     )
     with pytest.raises(ValueError, match="correct and total must have one entry per class"):
-        serde.outcome_from_proto(msg)
+        outcome_from_proto(msg)
 
 
 def test_task_with_unspecified_kind_is_rejected() -> None:
-    msg = serde.task_to_proto(_task(TaskKind.TRAIN))
+    msg = task_to_proto(_task(TaskKind.TRAIN))
     msg.kind = participant_pb2.TASK_KIND_UNSPECIFIED
     with pytest.raises(ValueError, match=r"task task-train: unsupported task kind 0"):
-        serde.task_from_proto(msg)
+        task_from_proto(msg)
 
 
 def test_task_with_unknown_kind_number_is_rejected() -> None:
     # proto3 enums are open: a newer coordinator may send a kind this agent does not know.
-    wire = serde.task_to_proto(_task(TaskKind.TRAIN)).SerializeToString() + b"\x28\x63"
+    wire = task_to_proto(_task(TaskKind.TRAIN)).SerializeToString() + b"\x28\x63"
     msg = participant_pb2.Task.FromString(wire)  # field 5 (kind) = 99, last one wins
     assert msg.kind == 99
     with pytest.raises(ValueError, match="unsupported task kind 99"):
-        serde.task_from_proto(msg)
+        task_from_proto(msg)
 
 
 def test_train_config_proto_field_types() -> None:
-    msg = serde.train_config_to_proto(TRAIN_CFG)
+    msg = train_config_to_proto(TRAIN_CFG)
     assert isinstance(msg, common_pb2.TrainConfig)
     assert msg.seed == 2**40 + 7
-
-
-# --- TrainingSpec.validate ------------------------------------------------------------------
-
-BAD_SPECS: list[tuple[str, TrainingSpec, str]] = [
-    ("rounds_zero", TrainingSpec(rounds=0), "rounds must be >= 1, got 0"),
-    ("rounds_negative", TrainingSpec(rounds=-3), "rounds must be >= 1, got -3"),
-    ("min_participants_zero", TrainingSpec(min_participants=0), "min_participants must be >= 1"),
-    (
-        "participants_per_round_negative",
-        TrainingSpec(participants_per_round=-1),
-        "participants_per_round must be >= 0",
-    ),
-    (
-        "participants_per_round_below_min",
-        TrainingSpec(participants_per_round=2, min_participants=3),
-        "participants_per_round must be 0 (all) or >= min_participants",
-    ),
-    ("deadline_zero", TrainingSpec(round_deadline_s=0.0), "round_deadline_s must be > 0"),
-    ("deadline_nan", TrainingSpec(round_deadline_s=math.nan), "round_deadline_s must be > 0"),
-    (
-        "wait_negative",
-        TrainingSpec(wait_for_participants_s=-0.5),
-        "wait_for_participants_s must be >= 0",
-    ),
-    ("seed_negative", TrainingSpec(seed=-1), "seed must be >= 0"),
-    (
-        "train_epochs",
-        TrainingSpec(train=TrainConfig(local_epochs=0)),
-        "train: local_epochs must be >= 1, got 0",
-    ),
-    ("train_lr_zero", TrainingSpec(train=TrainConfig(lr=0.0)), "train: lr must be > 0"),
-    ("train_lr_nan", TrainingSpec(train=TrainConfig(lr=math.nan)), "train: lr must be finite"),
-    (
-        "train_momentum_one",
-        TrainingSpec(train=TrainConfig(momentum=1.0)),
-        "train: momentum must be in [0, 1)",
-    ),
-    (
-        "train_momentum_negative",
-        TrainingSpec(train=TrainConfig(momentum=-0.1)),
-        "train: momentum must be in [0, 1)",
-    ),
-    (
-        "train_weight_decay",
-        TrainingSpec(train=TrainConfig(weight_decay=-1e-3)),
-        "train: weight_decay must be >= 0",
-    ),
-    (
-        "train_batch_size",
-        TrainingSpec(train=TrainConfig(batch_size=0)),
-        "train: batch_size must be >= 1, got 0",
-    ),
-]
-
-
-@pytest.mark.parametrize(
-    ("spec", "fragment"), [(s, f) for _, s, f in BAD_SPECS], ids=[n for n, _, _ in BAD_SPECS]
-)
-def test_invalid_spec_is_rejected(spec: TrainingSpec, fragment: str) -> None:
-    with pytest.raises(SpecError) as info:
-        spec.validate()
-    assert fragment in str(info.value)
-    assert isinstance(info.value, ValueError)
-
-
-def test_nan_weight_decay_is_rejected() -> None:
-    with pytest.raises(SpecError, match="weight_decay"):
-        TrainingSpec(train=TrainConfig(weight_decay=math.nan)).validate()
-
-
-@pytest.mark.parametrize(
-    "spec",
-    [
-        TrainingSpec(),
-        SPEC,
-        TrainingSpec(participants_per_round=0, min_participants=5),
-        TrainingSpec(participants_per_round=3, min_participants=3),
-        TrainingSpec(wait_for_participants_s=0.0, train=TrainConfig(momentum=0.0)),
-    ],
-)
-def test_valid_spec_passes(spec: TrainingSpec) -> None:
-    spec.validate()  # does not raise
-    assert TrainingSpec.from_dict(spec.to_dict()) == spec
-
-
-# --- task_seed -------------------------------------------------------------------------------
-
-
-def test_task_seed_is_stable_and_pinned() -> None:
-    assert task_seed(7, 3, "p1") == task_seed(7, 3, "p1")
-    # Pinned: a change here changes every participant's local randomness across versions.
-    assert task_seed(7, 3, "p1") == 4610554823300032037
-    assert task_seed(0, 0, "") == 5700210485789788060
-    digest = hashlib.sha256(b"7:3:p1").digest()
-    assert task_seed(7, 3, "p1") == int.from_bytes(digest[:8], "little") >> 1
-
-
-def test_task_seed_varies_with_each_input() -> None:
-    base = task_seed(7, 3, "p1")
-    assert task_seed(7, 3, "p2") != base
-    assert task_seed(7, 4, "p1") != base
-    assert task_seed(8, 3, "p1") != base
-    seeds = {task_seed(1, r, f"p{i}") for r in range(20) for i in range(20)}
-    assert len(seeds) == 400
-
-
-@pytest.mark.parametrize(
-    ("job_seed", "round_number", "pid"),
-    [(0, 0, ""), (2**64 - 1, 2**32 - 1, "x" * 64), (123, 1, "participant-ü")],
-)
-def test_task_seed_fits_int64(job_seed: int, round_number: int, pid: str) -> None:
-    seed = task_seed(job_seed, round_number, pid)
-    assert 0 <= seed < 2**63
-    # and it is carried intact by the uint64 TrainConfig.seed field
-    cfg = TrainConfig(seed=seed)
-    assert serde.train_config_from_proto(serde.train_config_to_proto(cfg)).seed == seed

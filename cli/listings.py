@@ -1,0 +1,125 @@
+"""fusedctl's read-only views of the coordinator's state: a job's status and the jobs,
+participants and model versions, as tables (or JSON with --json)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+from fused.cli.client import as_dict, control_stub, emit
+from fused.cli.tables import human_bytes, table, when
+from fused.common.rpc.control_convert import job_from_proto
+from fused.proto.v1 import control_pb2
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    info = control_stub(args).GetJob(control_pb2.GetJobRequest(job_id=args.job), timeout=30)
+    job, rounds = job_from_proto(info)
+
+    def text() -> str:
+        head = (
+            f"job {job.job_id} ({job.kind}): {job.status.value}"
+            f"{', ' + job.phase + ' round ' + str(job.round) if job.phase else ''}\n"
+            f"{job.reason}\n"
+        )
+        rows = [
+            [
+                r.phase,
+                r.round,
+                len(r.participants),
+                f"{r.metrics['accuracy']:.4f}" if "accuracy" in r.metrics else "-",
+                f"{r.metrics['train_loss']:.4f}" if "train_loss" in r.metrics else "-",
+                human_bytes(r.metrics.get("bytes", {}).get("total", 0)),
+                f"{r.metrics.get('seconds', 0):.1f}",
+            ]
+            for r in rounds
+        ]
+        return head + table(["phase", "round", "parts", "accuracy", "loss", "bytes", "s"], rows)
+
+    emit(args, as_dict(info), text)
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    reply = control_stub(args).ListJobs(control_pb2.ListJobsRequest(), timeout=30)
+    rows = [
+        [
+            j.job_id,
+            j.kind,
+            j.status,
+            f"{j.phase} {j.round}".strip(),
+            when(j.created_at),
+            j.reason[:60],
+        ]
+        for j in reply.jobs
+    ]
+    emit(
+        args,
+        as_dict(reply).get("jobs", []),
+        lambda: table(["job", "kind", "status", "at", "created", "reason"], rows),
+    )
+    return 0
+
+
+def cmd_participants(args: argparse.Namespace) -> int:
+    reply = control_stub(args).ListParticipants(control_pb2.ListParticipantsRequest(), timeout=30)
+    rows = [
+        [
+            p.participant_id,
+            "online" if p.online else "offline",
+            p.dataset,
+            p.num_train,
+            p.num_test,
+            when(p.last_seen),
+        ]
+        for p in reply.participants
+    ]
+    emit(
+        args,
+        as_dict(reply).get("participants", []),
+        lambda: table(["participant", "state", "dataset", "train", "test", "last seen"], rows),
+    )
+    return 0
+
+
+def version_tree(models: Sequence[control_pb2.ModelVersionInfo]) -> list[tuple[str, Any]]:
+    """Versions depth first under their parents: (indented name, version)."""
+    ids = {m.version_id for m in models}
+    children: dict[str, list[control_pb2.ModelVersionInfo]] = {}
+    for m in models:
+        children.setdefault(m.parent_id if m.parent_id in ids else "", []).append(m)
+    out: list[tuple[str, Any]] = []
+
+    def walk(parent: str, depth: int) -> None:
+        for m in children.get(parent, []):
+            out.append(("  " * depth + ("└ " if depth else "") + m.version_id, m))
+            walk(m.version_id, depth + 1)
+
+    walk("", 0)
+    return out
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    reply = control_stub(args).ListModels(control_pb2.ListModelsRequest(), timeout=30)
+    rows = [
+        [
+            ("* " if m.active else "  ") + name,
+            m.kind,
+            m.model,
+            m.job_id or "-",
+            m.num_params,
+            m.digest[:12],
+            when(m.created_at),
+        ]
+        for name, m in version_tree(reply.models)
+    ]
+    emit(
+        args,
+        as_dict(reply).get("models", []),
+        lambda: table(
+            ["version (* active)", "kind", "model", "job", "params", "sha256", "created"],
+            rows,
+        ),
+    )
+    return 0

@@ -1,0 +1,146 @@
+"""What one committed round measured, as typed records.
+
+Stored (SQLite, the control protocol's `metrics_json`, job events) as one flat JSON object whose
+keys are fixed here and nowhere else: `to_dict` and `from_dict` are the one conversion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class PayloadKind(StrEnum):
+    """What a FedAvg round averages; the value is the metrics key naming the aggregate's blob."""
+
+    WEIGHTS = "model"  # full model weights
+    ADAPTER = "values"  # the values of a sparse adapter
+
+
+@dataclass(frozen=True)
+class ByteSummary:
+    """Serialized bytes per participant in one round: up = to the coordinator."""
+
+    up: dict[str, int] = field(default_factory=dict)
+    down: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.up.values()) + sum(self.down.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"up": dict(self.up), "down": dict(self.down), "total": self.total}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ByteSummary:
+        return cls(dict(data.get("up", {})), dict(data.get("down", {})))
+
+
+@dataclass(frozen=True)
+class AggregateSummary:
+    """A FedAvg round: the mean training loss and the stored aggregate."""
+
+    payload: PayloadKind
+    blob: str  # sha256 of the aggregate (weights or adapter values)
+    train_loss: float
+    num_examples: int | None = None  # None in adapter rounds stored before it was recorded
+
+
+@dataclass(frozen=True)
+class EvalSummary:
+    """Federated evaluation: the per-class counts of every participant, summed."""
+
+    accuracy: float  # RA: on the remaining test data
+    fa: float | None  # on the forgotten set; None without one
+    forget_total: int
+    loss: float
+    num_examples: int
+    correct: list[int]
+    total: list[int]
+    per_participant: dict[str, float]
+
+
+@dataclass(frozen=True)
+class LayerScore:
+    """One parameter tensor in the critical-layer ranking."""
+
+    name: str
+    distance: float  # sample-weighted mean L1 distance
+    numel: int
+    selected: bool
+
+
+_EVAL_KEYS = ("accuracy", "fa", "forget_total", "loss", "num_examples", "correct", "total")
+
+
+@dataclass(frozen=True)
+class RoundMetrics:
+    """One round's record: what every round has, plus the section of its kind."""
+
+    seconds: float = 0.0
+    failures: dict[str, str] = field(default_factory=dict)  # participant -> why not counted
+    bytes: ByteSummary | None = None
+    aggregate: AggregateSummary | None = None
+    evaluation: EvalSummary | None = None
+    ranking: list[LayerScore] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"seconds": self.seconds, "failures": dict(self.failures)}
+        if self.bytes is not None:
+            out["bytes"] = self.bytes.to_dict()
+        if self.aggregate is not None:
+            a = self.aggregate
+            out.update({"train_loss": a.train_loss, a.payload.value: a.blob})
+            if a.num_examples is not None:
+                out["num_examples"] = a.num_examples
+        if self.evaluation is not None:
+            out.update(_eval_dict(self.evaluation))
+        if self.ranking is not None:
+            out["ranking"] = [_score_dict(s) for s in self.ranking]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RoundMetrics:
+        raw_bytes = data.get("bytes")
+        return cls(
+            seconds=float(data.get("seconds", 0.0)),
+            failures=dict(data.get("failures", {})),
+            bytes=ByteSummary.from_dict(raw_bytes) if isinstance(raw_bytes, dict) else None,
+            aggregate=_aggregate(data),
+            evaluation=_evaluation(data),
+            ranking=[LayerScore(**s) for s in data["ranking"]] if "ranking" in data else None,
+        )
+
+
+def _eval_dict(e: EvalSummary) -> dict[str, Any]:
+    out = {key: getattr(e, key) for key in _EVAL_KEYS}
+    out["per_participant"] = dict(e.per_participant)
+    return out
+
+
+def _score_dict(s: LayerScore) -> dict[str, Any]:
+    return {"name": s.name, "distance": s.distance, "numel": s.numel, "selected": s.selected}
+
+
+def _aggregate(data: dict[str, Any]) -> AggregateSummary | None:
+    for payload in PayloadKind:
+        if payload.value in data:
+            n = data.get("num_examples")
+            return AggregateSummary(payload, str(data[payload.value]), float(data["train_loss"]), n)
+    return None
+
+
+def _evaluation(data: dict[str, Any]) -> EvalSummary | None:
+    if "accuracy" not in data:
+        return None
+    return EvalSummary(
+        accuracy=float(data["accuracy"]),
+        fa=None if data.get("fa") is None else float(data["fa"]),
+        forget_total=int(data.get("forget_total", 0)),
+        loss=float(data.get("loss", 0.0)),
+        num_examples=int(data.get("num_examples", 0)),
+        correct=list(data.get("correct", [])),
+        total=list(data.get("total", [])),
+        per_participant=dict(data.get("per_participant", {})),
+    )

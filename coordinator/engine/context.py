@@ -1,0 +1,58 @@
+"""What a running job holds: its stores, the fleet, metrics, events and byte accounting."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fused.common.domain.records import JobEvent, Phase
+from fused.common.domain.round_metrics import ByteSummary
+from fused.common.runtime.logs import set_log_fields
+from fused.coordinator.artifacts import ArtifactStore
+from fused.coordinator.fleet import Fleet
+from fused.coordinator.metrics import CoordinatorMetrics
+from fused.coordinator.state import StateStore
+
+log = logging.getLogger(__name__)
+
+
+class JobFailed(Exception):
+    """Raised inside a job to stop it with a reason an operator can act on."""
+
+
+@dataclass
+class RoundBytes:
+    """Serialized bytes per participant in one round, counted as calls go by."""
+
+    up: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    down: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def summary(self) -> ByteSummary:
+        pids = sorted(set(self.up) | set(self.down))
+        return ByteSummary({p: self.up[p] for p in pids}, {p: self.down[p] for p in pids})
+
+
+Emit = Callable[..., JobEvent]  # (kind, phase, round, message, data=None)
+
+
+@dataclass
+class JobContext:
+    """What a running job uses; one per job."""
+
+    job_id: str
+    store: StateStore
+    artifacts: ArtifactStore
+    fleet: Fleet
+    metrics: CoordinatorMetrics
+    emit: Emit
+    round_bytes: Callable[[str, int], RoundBytes]
+    clock: Callable[[], float] = time.time
+
+    def progress(self, phase: Phase, round_number: int) -> None:
+        self.store.update_job(self.job_id, phase=phase.value, round=round_number)
+        # Called in the job's own task: later records of this job carry the phase and round.
+        set_log_fields(phase=phase.value, round=round_number)
+        log.info("%s round %d started", phase.value, round_number)

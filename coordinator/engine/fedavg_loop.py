@@ -1,0 +1,194 @@
+"""The FedAvg loop, written once over what it averages: full model weights (training, the
+retrain and finetune baselines) or the values of a sparse adapter on a frozen base (FUSED)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from fused.common.domain.records import Phase
+from fused.common.domain.round_metrics import (
+    AggregateSummary,
+    EvalSummary,
+    PayloadKind,
+    RoundMetrics,
+)
+from fused.common.domain.tasks import AdapterRef, ForgetSpec, TaskKind, TaskOutcome
+from fused.common.domain.train_config import TrainConfig
+from fused.common.ml.fedavg import fedavg, weighted_mean
+from fused.coordinator.engine.checkpoints import Checkpoint, HistoryEntry, last_checkpoint
+from fused.coordinator.engine.context import JobContext
+from fused.coordinator.engine.evaluation import ModelInfo, evaluate_model
+from fused.coordinator.engine.participants import check_examples, eligible, select_participants
+from fused.coordinator.engine.rounds import (
+    RoundPlan,
+    RoundResult,
+    check_quorum,
+    finish_round,
+    run_round,
+    seeded,
+)
+from fused.coordinator.fleet import ResultCheck
+
+Tensors = dict[str, torch.Tensor]
+
+
+class Payload(ABC):
+    """What participants train and upload, and how the coordinator stores its average."""
+
+    kind: PayloadKind
+    task_kind: TaskKind
+    label: str  # how round-started events name a round
+
+    @abstractmethod
+    def decode(self, data: bytes) -> Tensors:
+        """An upload's tensors; raises ValueError on anything off-schema."""
+
+    @abstractmethod
+    async def store(self, ctx: JobContext, tensors: Tensors) -> str:
+        """Store an aggregate; returns its blob id."""
+
+    @abstractmethod
+    def model_blob(self, aggregate_blob: str) -> str:
+        """The weights a task starts from, given the current aggregate."""
+
+    @abstractmethod
+    def adapter(self, aggregate_blob: str, for_training: bool) -> AdapterRef | None:
+        """The adapter a task applies on those weights (None: plain weights)."""
+
+    def expected_round_bytes(self, r: int, participants: int) -> int | None:
+        """What a round should move, for the expected-bytes gauge (None: no estimate)."""
+        return None
+
+
+@dataclass(frozen=True)
+class FedAvgPlan:
+    phase: Phase
+    rounds: int
+    train: TrainConfig
+    seed: int
+    participants_per_round: int  # 0 = every participant holding remaining data
+    min_participants: int
+    deadline_s: float
+    evaluate_each_round: bool
+    forget: ForgetSpec | None = None
+
+
+def update_check(ctx: JobContext, payload: Payload) -> ResultCheck[Tensors]:
+    """Checks a training result and decodes its upload, which the round's result then holds."""
+
+    async def check(outcome: TaskOutcome) -> Tensors:
+        t = outcome.train
+        if t is None:
+            raise ValueError("expected a training result (uploaded tensors) for this task")
+        check_examples(ctx, outcome, t.num_examples)
+        for field, value in (("mean_loss", t.mean_loss), ("seconds", t.seconds)):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{field} {value} is not a finite, non-negative number")
+        if not ctx.fleet.uploaded(outcome.participant_id, t.update_blob_id):
+            raise ValueError(
+                f"{outcome.participant_id} has not uploaded {t.update_blob_id}: upload before "
+                "pushing"
+            )
+        data = await asyncio.to_thread(ctx.artifacts.get_bytes, t.update_blob_id)
+        return await asyncio.to_thread(payload.decode, data)
+
+    return check
+
+
+async def fedavg_rounds(
+    ctx: JobContext,
+    model: ModelInfo,
+    plan: FedAvgPlan,
+    payload: Payload,
+    first_blob: str,
+) -> tuple[str, list[HistoryEntry]]:
+    """FedAvg weighted by sample counts from `first_blob` ("" = a zero adapter), or after the
+    last committed round; returns the final aggregate's blob and the per-round history."""
+    start = last_checkpoint(ctx, plan.phase, payload.kind)
+    blob, history, first = _starting_point(start, first_blob)
+    for r in range(first, plan.rounds + 1):
+        blob, entry = await _one_round(ctx, model, plan, payload, blob, r)
+        history.append(entry)
+        if plan.evaluate_each_round or r == plan.rounds:
+            entry.evaluation = await _evaluate(ctx, model, plan, payload, r, blob)
+    if history and history[-1].evaluation is None:  # resumed after the last aggregate
+        history[-1].evaluation = await _evaluate(ctx, model, plan, payload, plan.rounds, blob)
+    return blob, history
+
+
+def _starting_point(
+    start: Checkpoint | None, first_blob: str
+) -> tuple[str, list[HistoryEntry], int]:
+    if start is None:
+        return first_blob, [], 1
+    return start.blob, list(start.history), start.round + 1
+
+
+async def _one_round(
+    ctx: JobContext, model: ModelInfo, plan: FedAvgPlan, payload: Payload, blob: str, r: int
+) -> tuple[str, HistoryEntry]:
+    started = ctx.clock()
+    ctx.progress(plan.phase, r)
+    chosen = select_participants(
+        eligible(ctx, plan.forget), plan.participants_per_round, plan.seed, r
+    )
+    ctx.emit(
+        "round_started", plan.phase.value, r, f"{payload.label} {r}: {len(chosen)} participants"
+    )
+    expected = payload.expected_round_bytes(r, len(chosen))
+    if expected is not None:
+        ctx.metrics.expected_round_bytes.labels(plan.phase.value).set(expected)
+    round_plan = RoundPlan(
+        plan.phase,
+        r,
+        payload.task_kind,
+        chosen,
+        payload.model_blob(blob),
+        model.name,
+        model.num_classes,
+        plan.deadline_s,
+        seeded(plan.train, plan.seed, r),
+        plan.forget,
+        payload.adapter(blob, for_training=True),
+    )
+    result = await run_round(ctx, round_plan, update_check(ctx, payload))
+    check_quorum(result, plan.min_participants, plan.phase, r)
+    aggregate = await _aggregate(ctx, payload, result)
+    finish_round(ctx, plan.phase, r, started, result, RoundMetrics(aggregate=aggregate))
+    return aggregate.blob, HistoryEntry(r, aggregate.train_loss, aggregate.num_examples)
+
+
+async def _aggregate(
+    ctx: JobContext, payload: Payload, result: RoundResult[Tensors]
+) -> AggregateSummary:
+    """The sample-weighted mean of the accepted uploads, in participant order."""
+    weighted = []
+    losses = []
+    for accepted in result.in_order():
+        train = accepted.outcome.train
+        assert train is not None  # update_check accepted it
+        weighted.append((accepted.payload, train.num_examples))
+        losses.append((train.mean_loss, train.num_examples))
+    averaged = await asyncio.to_thread(fedavg, weighted)
+    blob = await payload.store(ctx, averaged)
+    n = sum(count for _, count in weighted)
+    return AggregateSummary(payload.kind, blob, weighted_mean(losses), n)
+
+
+async def _evaluate(
+    ctx: JobContext, model: ModelInfo, plan: FedAvgPlan, payload: Payload, r: int, blob: str
+) -> EvalSummary:
+    return await evaluate_model(
+        ctx,
+        model,
+        r,
+        payload.model_blob(blob),
+        plan.deadline_s,
+        plan.forget,
+        payload.adapter(blob, for_training=False),
+    )

@@ -1,0 +1,106 @@
+"""The federated training job: FedAvg rounds of full weights weighted by sample counts, from a
+fresh initialisation or a stored version, then evaluation; the result is a new base version."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fused.common.domain.records import JobKind, ModelVersion, Phase, VersionKind
+from fused.common.domain.round_metrics import PayloadKind
+from fused.common.domain.specs import SpecError, TrainingSpec
+from fused.common.domain.version_meta import VersionMeta
+from fused.common.ml.models import count_parameters, default_model_for, init_model
+from fused.coordinator.engine.checkpoints import last_checkpoint
+from fused.coordinator.engine.context import JobContext
+from fused.coordinator.engine.evaluation import ModelInfo
+from fused.coordinator.engine.fedavg_loop import FedAvgPlan, fedavg_rounds
+from fused.coordinator.engine.kind import JobKindHandler, JobResult
+from fused.coordinator.engine.participants import federation_data, wait_for_participants
+from fused.coordinator.engine.weights import WeightsPayload
+from fused.coordinator.ids import new_id
+from fused.coordinator.state import StateStore
+from fused.coordinator.versions import load_weights, save_weights, set_active
+
+
+class TrainingJob(JobKindHandler):
+    kind = JobKind.TRAIN
+    resumable = True
+
+    def prepare(self, store: StateStore, request: Any) -> dict[str, Any]:
+        spec: TrainingSpec = request
+        spec.validate()
+        if spec.init_version and store.get_model_version(spec.init_version) is None:
+            raise SpecError(f"init_version {spec.init_version!r} is not a known model version")
+        return spec.to_dict()
+
+    async def run(self, ctx: JobContext, spec_dict: dict[str, Any], resume: bool) -> JobResult:
+        spec = TrainingSpec.from_dict(spec_dict)
+        online = await wait_for_participants(
+            ctx, spec.min_participants, spec.wait_for_participants_s
+        )
+        dataset, num_classes = federation_data(ctx, online)
+        model = ModelInfo(spec.model or default_model_for(dataset), num_classes, dataset)
+        weights = await _initial_weights(ctx, spec, model)
+        plan = _plan(spec)
+        if resume:
+            _announce_resume(ctx, plan.phase)
+        first = await save_weights(ctx.artifacts, weights, model.name)
+        blob, history = await fedavg_rounds(
+            ctx, model, plan, WeightsPayload(model.name, weights), first
+        )
+        evaluation = history[-1].evaluation
+        assert evaluation is not None  # the last round is always evaluated
+        meta = VersionMeta(dataset, num_classes, accuracy=evaluation.accuracy)
+        version = ModelVersion(
+            version_id=new_id("m"),
+            job_id=ctx.job_id,
+            parent_id=spec.init_version or None,
+            kind=VersionKind.BASE.value,
+            digest=blob,
+            model=model.name,
+            num_params=count_parameters(init_model(model.name, num_classes, 0)),
+            created_at=ctx.clock(),
+            meta=meta.to_dict(),
+        )
+        ctx.store.add_model_version(version)
+        set_active(ctx.store, version.version_id)
+        return JobResult(
+            f"trained {spec.rounds} rounds; test accuracy {evaluation.accuracy:.4f}",
+            {
+                "version_id": version.version_id,
+                "model": model.name,
+                "accuracy": evaluation.accuracy,
+                "history": [entry.to_dict() for entry in history],
+            },
+        )
+
+
+async def _initial_weights(
+    ctx: JobContext, spec: TrainingSpec, model: ModelInfo
+) -> dict[str, torch.Tensor]:
+    if not spec.init_version:
+        return dict(init_model(model.name, model.num_classes, spec.seed).state_dict())
+    parent = ctx.store.get_model_version(spec.init_version)
+    assert parent is not None  # checked when the job was created
+    return await load_weights(ctx.artifacts, parent.digest)
+
+
+def _plan(spec: TrainingSpec) -> FedAvgPlan:
+    return FedAvgPlan(
+        Phase.TRAIN,
+        spec.rounds,
+        spec.train,
+        spec.seed,
+        spec.participants_per_round,
+        spec.min_participants,
+        spec.round_deadline_s,
+        spec.evaluate_each_round,
+    )
+
+
+def _announce_resume(ctx: JobContext, phase: Phase) -> None:
+    start = last_checkpoint(ctx, phase, PayloadKind.WEIGHTS)
+    if start is not None:
+        ctx.emit("job_resumed", phase.value, start.round, f"resuming after round {start.round}")

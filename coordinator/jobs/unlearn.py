@@ -1,0 +1,127 @@
+"""The unlearning job: resolve the base version, measure it (RA/FA before), run the requested
+method on the remaining data, store the result as a new version whose parent is the base."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fused.common.domain.records import JobKind, ModelVersion, Phase, VersionKind
+from fused.common.domain.round_metrics import EvalSummary
+from fused.common.domain.specs import SpecError, UnlearningSpec
+from fused.common.domain.version_meta import UnlearnedMeta, VersionMeta
+from fused.common.ml.models import count_parameters, init_model
+from fused.coordinator.engine.checkpoints import committed_round
+from fused.coordinator.engine.context import JobContext, JobFailed
+from fused.coordinator.engine.evaluation import ModelInfo, evaluate_model
+from fused.coordinator.engine.kind import JobKindHandler, JobResult
+from fused.coordinator.engine.participants import federation_data, wait_for_participants
+from fused.coordinator.ids import new_id
+from fused.coordinator.methods import METHODS
+from fused.coordinator.methods.base import Base, Unlearned
+from fused.coordinator.state import StateStore
+from fused.coordinator.versions import active_version, load_weights, set_active
+
+
+class UnlearningJob(JobKindHandler):
+    kind = JobKind.UNLEARN
+    resumable = True
+
+    def prepare(self, store: StateStore, request: Any) -> dict[str, Any]:
+        spec: UnlearningSpec = request
+        spec.validate()
+        if spec.base_version and store.get_model_version(spec.base_version) is None:
+            raise SpecError(f"base_version {spec.base_version!r} is not a known model version")
+        return spec.to_dict()
+
+    async def run(self, ctx: JobContext, spec_dict: dict[str, Any], resume: bool) -> JobResult:
+        spec = UnlearningSpec.from_dict(spec_dict)
+        started = ctx.clock()
+        base = await resolve_base(ctx, spec)
+        if resume:
+            ctx.emit("job_resumed", "", 0, "resuming after the last committed round")
+        before = await _evaluate_base(ctx, spec, base)
+        unlearned = await METHODS[spec.method].run(ctx, spec, base)
+        after = unlearned.history[-1].evaluation
+        assert after is not None  # the last round is always evaluated
+        version = _new_version(ctx, spec, base, unlearned, after)
+        ctx.store.add_model_version(version)
+        set_active(ctx.store, version.version_id)
+        details = {
+            "version_id": version.version_id,
+            "base_version": base.version.version_id,
+            "method": spec.method,
+            "ra_before": before.accuracy,
+            "fa_before": before.fa,
+            "ra_after": after.accuracy,
+            "fa_after": after.fa,
+            "model_params": version.num_params,
+            "seconds": ctx.clock() - started,
+            **unlearned.details,
+            "history": [entry.to_dict() for entry in unlearned.history],
+        }
+        if unlearned.adapter is not None:
+            details.update(unlearned.adapter.to_dict())
+        summary = (
+            f"{spec.method}: RA {before.accuracy:.4f} -> {after.accuracy:.4f}, "
+            f"FA {_fmt(before.fa)} -> {_fmt(after.fa)}"
+        )
+        return JobResult(summary, details)
+
+
+async def resolve_base(ctx: JobContext, spec: UnlearningSpec) -> Base:
+    version = (
+        ctx.store.get_model_version(spec.base_version)
+        if spec.base_version
+        else active_version(ctx.store)
+    )
+    if version is None:
+        raise JobFailed(f"no model version {spec.base_version or '(active)'} to unlearn from")
+    if version.kind != VersionKind.BASE:
+        raise JobFailed(
+            f"unlearn from a full model version; {version.version_id} is {version.kind}"
+        )
+    online = await wait_for_participants(
+        ctx, spec.min_participants, spec.wait_for_participants_s, spec.forget
+    )
+    dataset, num_classes = federation_data(ctx, online)
+    try:
+        spec.forget.validate(num_classes)
+    except ValueError as exc:
+        raise JobFailed(str(exc)) from exc
+    weights = await load_weights(ctx.artifacts, version.digest)
+    return Base(version, ModelInfo(version.model, num_classes, dataset), weights)
+
+
+async def _evaluate_base(ctx: JobContext, spec: UnlearningSpec, base: Base) -> EvalSummary:
+    done = committed_round(ctx, Phase.EVALUATE, 0)
+    if done is not None and done.evaluation is not None:
+        return done.evaluation
+    return await evaluate_model(
+        ctx, base.model, 0, base.version.digest, spec.round_deadline_s, spec.forget
+    )
+
+
+def _new_version(
+    ctx: JobContext, spec: UnlearningSpec, base: Base, unlearned: Unlearned, after: EvalSummary
+) -> ModelVersion:
+    meta = VersionMeta(
+        dataset=base.model.dataset,
+        num_classes=base.model.num_classes,
+        adapter=unlearned.adapter,
+        unlearned=UnlearnedMeta(spec.method, after.accuracy, after.fa),
+    )
+    return ModelVersion(
+        version_id=new_id("m"),
+        job_id=ctx.job_id,
+        parent_id=base.version.version_id,
+        kind=unlearned.kind.value,
+        digest=unlearned.digest,
+        model=base.model.name,
+        num_params=count_parameters(init_model(base.model.name, base.model.num_classes, 0)),
+        created_at=ctx.clock(),
+        meta=meta.to_dict(),
+    )
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

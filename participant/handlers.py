@@ -1,0 +1,150 @@
+"""What a participant does for each task kind: one handler per kind, looked up in HANDLERS.
+
+A new task kind is one handler here plus its entry in the table; the agent only pulls tasks
+and pushes the outcomes back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from fused.common.codecs.adapter_codec import decode_adapter, encode_adapter
+from fused.common.codecs.tensor_codec import decode_tensors, encode_tensors
+from fused.common.domain.tasks import (
+    SensitivityOutcome,
+    TaskKind,
+    TaskOutcome,
+    TaskSpec,
+    TrainOutcome,
+)
+from fused.common.ml.adapters import AdapterLayout, merge_weights, zero_values
+from fused.common.ml.data.shards import Shard
+from fused.participant.executor import (
+    adapter_layout,
+    local_adapter_update,
+    local_evaluate,
+    local_sensitivity,
+    local_update,
+    model_schema,
+)
+from fused.participant.training import TrainStats
+
+
+class ArtifactTransport(Protocol):
+    """A task's artifacts, by sha256: participant.transfer.TaskTransfer over gRPC."""
+
+    @property
+    def max_download_bytes(self) -> int: ...
+
+    def fetch(self, digest: str) -> bytes: ...
+
+    def upload(self, blob: bytes) -> str: ...
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What a handler works on: this participant's data and the task's inputs, fetched."""
+
+    participant_id: str
+    shard: Shard
+    weights: dict[str, torch.Tensor]  # the task's model, checked against its schema
+    layout: AdapterLayout | None  # the task's adapter (mask derived here), if it has one
+    values: dict[str, torch.Tensor]  # the adapter's current values; {} without one
+    started: float  # time.monotonic() at the task's start: its seconds include transfers
+
+
+Handler = Callable[[TaskSpec, TaskContext, ArtifactTransport], TaskOutcome]
+
+
+def run_task(
+    task: TaskSpec, shard: Shard, participant_id: str, transport: ArtifactTransport
+) -> TaskOutcome:
+    """Fetch the task's inputs and run its kind's handler. A kind without one is a
+    ValueError, which the agent reports as the task's error."""
+    started = time.monotonic()
+    handler = HANDLERS.get(task.kind)
+    if handler is None:
+        raise ValueError(f"task {task.task_id}: unsupported task kind {task.kind}")
+    weights, _ = decode_tensors(
+        transport.fetch(task.model_blob_id),
+        schema=model_schema(task.model_name, task.num_classes),
+        max_bytes=transport.max_download_bytes,
+    )
+    layout, values = _adapter(task, transport)
+    ctx = TaskContext(participant_id, shard, weights, layout, values, started)
+    return handler(task, ctx, transport)
+
+
+def _adapter(
+    task: TaskSpec, transport: ArtifactTransport
+) -> tuple[AdapterLayout | None, dict[str, torch.Tensor]]:
+    """The task's adapter layout (mask derived locally) and current values, if any."""
+    if task.adapter is None:
+        return None, {}
+    layout = adapter_layout(task.model_name, task.num_classes, task.adapter)
+    if not task.adapter.values_blob_id:
+        return layout, zero_values(layout)
+    data = transport.fetch(task.adapter.values_blob_id)
+    return layout, decode_adapter(data, layout, dtype="float32")  # the coordinator's mean
+
+
+def train(task: TaskSpec, ctx: TaskContext, transport: ArtifactTransport) -> TaskOutcome:
+    """FedAvg step on the remaining data; upload the new weights."""
+    name, classes = task.model_name, task.num_classes
+    state, stats = local_update(name, classes, ctx.weights, ctx.shard, task.train, task.forget)
+    return _trained(task, ctx, transport.upload(encode_tensors(state, {"model": name})), stats)
+
+
+def adapter_train(task: TaskSpec, ctx: TaskContext, transport: ArtifactTransport) -> TaskOutcome:
+    """Train only the sparse adapter values on a frozen base; upload the values."""
+    if ctx.layout is None or task.adapter is None:
+        raise ValueError("an adapter training task without an adapter")
+    new_values, stats = local_adapter_update(
+        task.model_name,
+        task.num_classes,
+        ctx.weights,
+        ctx.layout,
+        ctx.values,
+        ctx.shard,
+        task.train,
+        task.forget,
+    )
+    blob = encode_adapter(ctx.layout, new_values, dtype=task.adapter.upload_dtype)
+    return _trained(task, ctx, transport.upload(blob), stats)
+
+
+def _trained(task: TaskSpec, ctx: TaskContext, blob_id: str, stats: TrainStats) -> TaskOutcome:
+    seconds = time.monotonic() - ctx.started
+    train = TrainOutcome(blob_id, stats.num_examples, stats.mean_loss, seconds)
+    return TaskOutcome(ctx.participant_id, task.task_id, train=train)
+
+
+def evaluate(task: TaskSpec, ctx: TaskContext, transport: ArtifactTransport) -> TaskOutcome:
+    """Counts on the local test data; an adapter is merged into the base first."""
+    weights = ctx.weights
+    if ctx.layout is not None:
+        weights = merge_weights(weights, ctx.layout, ctx.values)
+    ev = local_evaluate(task.model_name, task.num_classes, weights, ctx.shard, task.forget)
+    return TaskOutcome(ctx.participant_id, task.task_id, eval=ev)
+
+
+def sensitivity(task: TaskSpec, ctx: TaskContext, transport: ArtifactTransport) -> TaskOutcome:
+    """Per-tensor L1 distances after one round of training; the model stays here."""
+    distances, n = local_sensitivity(
+        task.model_name, task.num_classes, ctx.weights, ctx.shard, task.train
+    )
+    outcome = SensitivityOutcome(distances, n)
+    return TaskOutcome(ctx.participant_id, task.task_id, sensitivity=outcome)
+
+
+HANDLERS: Mapping[TaskKind, Handler] = {
+    TaskKind.TRAIN: train,
+    TaskKind.EVALUATE: evaluate,
+    TaskKind.SENSITIVITY: sensitivity,
+    TaskKind.ADAPTER_TRAIN: adapter_train,
+}

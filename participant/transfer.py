@@ -1,0 +1,101 @@
+"""Artifact transport for one task: cached, digest-checked downloads and resumable uploads."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+
+from fused.common.domain.tasks import TaskSpec
+from fused.participant.blobs import BlobCache
+from fused.participant.retry import RETRYABLE
+from fused.proto.v1 import common_pb2, participant_pb2, participant_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+Metadata = tuple[tuple[str, str | bytes], ...]
+
+
+@dataclass(frozen=True)
+class TaskTransfer:
+    """Moves one task's artifacts over the session's stub, with the task's call metadata."""
+
+    stub: participant_pb2_grpc.ParticipantServiceStub
+    task: TaskSpec
+    metadata: Metadata
+    cache: BlobCache
+    max_download_bytes: int
+    chunk_bytes: int
+
+    def fetch(self, digest: str) -> bytes:
+        """The artifact, downloaded only if this agent does not hold it already."""
+        cached = self.cache.get(digest)
+        if cached is None:
+            cached = self._download(digest)
+            self.cache.put(digest, cached)
+        return cached
+
+    def _download(self, digest: str) -> bytes:
+        request = participant_pb2.DownloadBlobRequest(blob_id=digest)
+        parts: list[bytes] = []
+        size = 0
+        for chunk in self.stub.DownloadBlob(request, timeout=300, metadata=self.metadata):
+            size += len(chunk.data)
+            if size > self.max_download_bytes:
+                raise ValueError(f"download exceeds {self.max_download_bytes} bytes")
+            parts.append(chunk.data)
+        data = b"".join(parts)
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise ValueError(f"downloaded artifact does not match its digest {digest}")
+        return data
+
+    def upload(self, blob: bytes, attempts: int = 4) -> str:
+        """Idempotent, resumable upload: ask what the coordinator holds, send the rest, and
+        after a broken connection continue from where it stopped."""
+        task, stub = self.task, self.stub
+        digest = hashlib.sha256(blob).hexdigest()
+        offset = 0  # a fresh upload just streams: the status is asked only after a failure
+        for attempt in range(attempts):
+            try:
+                chunks = upload_chunks(blob, digest, offset, self.chunk_bytes, task)
+                return str(stub.UploadBlob(chunks, timeout=300, metadata=self.metadata).blob_id)
+            except grpc.RpcError as exc:
+                code, details = exc.code(), exc.details() or ""
+                if (code not in RETRYABLE and "resume at offset" not in details) or (
+                    attempt == attempts - 1
+                ):
+                    raise
+                log.warning("upload of %s interrupted (%s); resuming", digest[:12], code)
+                if code in RETRYABLE:
+                    time.sleep(min(2.0**attempt, 10.0) * random.uniform(0.5, 1.0))
+            status = stub.GetUploadStatus(
+                participant_pb2.UploadStatusRequest(
+                    blob_id=digest, job_id=task.job_id, round=task.round
+                ),
+                timeout=30,
+                metadata=self.metadata,
+            )
+            if status.complete:
+                return digest
+            offset = status.offset
+        raise AssertionError("unreachable")
+
+
+def upload_chunks(
+    blob: bytes, digest: str, offset: int, chunk_bytes: int, task: TaskSpec
+) -> Iterator[common_pb2.BlobChunk]:
+    """The blob from offset on, in chunks naming the job, round and digest."""
+    for start in range(offset, max(len(blob), offset + 1), chunk_bytes):
+        yield common_pb2.BlobChunk(
+            blob_id=digest,
+            offset=start,
+            data=blob[start : start + chunk_bytes],
+            total_size=len(blob),
+            job_id=task.job_id,
+            round=task.round,
+        )
