@@ -43,7 +43,7 @@ LONG_POLL = "pull_task"
 CALL_TYPES = ("register", "heartbeat", LONG_POLL, "download", "upload", "push_result")
 MAX_ERROR_SAMPLES = 5
 
-# Like common.net's client options (limits, keepalive), plus a channel-private subchannel
+# Like common.rpc.channels' client options (limits, keepalive), plus a channel-private subchannel
 # pool: without it gRPC shares one TCP connection between channels to the same target.
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_send_message_length", 4 << 20),

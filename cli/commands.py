@@ -91,6 +91,7 @@ def forget_from_args(args: argparse.Namespace) -> ForgetSpec:
         sample_ids=read_sample_ids(Path(file)),
         trigger_size=args.trigger_size,
         trigger_target=args.trigger_target,
+        relabel=args.relabel,
     )
 
 

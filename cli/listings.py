@@ -9,6 +9,7 @@ from typing import Any
 
 from fused.cli.client import as_dict, control_stub, emit
 from fused.cli.tables import human_bytes, table, when
+from fused.common.domain.records import RoundRecord
 from fused.common.rpc.control_convert import job_from_proto
 from fused.proto.v1 import control_pb2
 
@@ -23,22 +24,24 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{', ' + job.phase + ' round ' + str(job.round) if job.phase else ''}\n"
             f"{job.reason}\n"
         )
-        rows = [
-            [
-                r.phase,
-                r.round,
-                len(r.participants),
-                f"{r.metrics['accuracy']:.4f}" if "accuracy" in r.metrics else "-",
-                f"{r.metrics['train_loss']:.4f}" if "train_loss" in r.metrics else "-",
-                human_bytes(r.metrics.get("bytes", {}).get("total", 0)),
-                f"{r.metrics.get('seconds', 0):.1f}",
-            ]
-            for r in rounds
-        ]
+        rows = [_round_row(r) for r in rounds]
         return head + table(["phase", "round", "parts", "accuracy", "loss", "bytes", "s"], rows)
 
     emit(args, as_dict(info), text)
     return 0
+
+
+def _round_row(r: RoundRecord) -> list[Any]:
+    m = r.metrics
+    return [
+        r.phase,
+        r.round,
+        len(r.participants),
+        f"{m.evaluation.accuracy:.4f}" if m.evaluation is not None else "-",
+        f"{m.aggregate.train_loss:.4f}" if m.aggregate is not None else "-",
+        human_bytes(m.bytes.total if m.bytes is not None else 0),
+        f"{m.seconds:.1f}",
+    ]
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:

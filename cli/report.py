@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import Any
 
 from fused.cli.tables import human_bytes
-from fused.common.domain.records import JobRecord, RoundRecord
+from fused.common.domain.records import JobRecord, Phase, RoundRecord
 
 ACCURACY_PNG = "accuracy.png"
 BYTES_PNG = "bytes.png"
@@ -58,9 +58,9 @@ class RoundBytes:
 def accuracy_series(rounds: Sequence[RoundRecord]) -> list[EvalPoint]:
     """RA and FA of each evaluation round, by round (round 0: before unlearning)."""
     points = [
-        EvalPoint(r.round, float(r.metrics["accuracy"]), _float_or_none(r.metrics.get("fa")))
+        EvalPoint(r.round, e.accuracy, e.fa)
         for r in rounds
-        if r.phase == "evaluate" and isinstance(r.metrics.get("accuracy"), int | float)
+        if r.phase == Phase.EVALUATE and (e := r.metrics.evaluation) is not None
     ]
     return sorted(points, key=lambda p: p.round)
 
@@ -75,14 +75,10 @@ def bytes_series(rounds: Sequence[RoundRecord]) -> dict[str, list[RoundBytes]]:
 
 
 def _directions(r: RoundRecord) -> tuple[int, int]:
-    wire = r.metrics.get("bytes")
-    if not isinstance(wire, dict):
+    counted = r.metrics.bytes
+    if counted is None:
         return 0, 0
-    return _sum(wire.get("up")), _sum(wire.get("down"))
-
-
-def _sum(per_participant: Any) -> int:
-    return sum(int(n) for n in per_participant.values()) if isinstance(per_participant, dict) else 0
+    return sum(counted.up.values()), sum(counted.down.values())
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -216,19 +212,19 @@ def _round_table(rounds: Sequence[RoundRecord]) -> str:
     for r in rounds:
         m = r.metrics
         up, down = _directions(r)
-        failures: dict[str, Any] = m.get("failures") or {}
+        e, a = m.evaluation, m.aggregate
         rows.append(
             [
                 r.phase,
                 str(r.round),
                 " ".join(r.participants) or "-",
-                _num(m.get("accuracy")),
-                _num(m.get("fa")),
-                _num(m.get("train_loss")),
+                _num(e.accuracy if e else None),
+                _num(e.fa if e else None),
+                _num(a.train_loss if a else None),
                 str(up),
                 str(down),
-                f"{float(m.get('seconds', 0.0)):.2f}",
-                "; ".join(f"{p}: {why}" for p, why in sorted(failures.items())) or "-",
+                f"{m.seconds:.2f}",
+                "; ".join(f"{p}: {why}" for p, why in sorted(m.failures.items())) or "-",
             ]
         )
     return _table(headers, rows)

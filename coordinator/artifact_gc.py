@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from fused.common.domain.round_metrics import RoundMetrics
-from fused.common.domain.version_meta import VersionMeta
 from fused.coordinator.artifacts import ArtifactStore
 from fused.coordinator.fleet import Fleet
 from fused.coordinator.state import JobStatus, StateStore
@@ -32,12 +30,12 @@ def referenced(store: StateStore) -> set[str]:
     keep: set[str] = set()
     for version in store.list_model_versions():
         keep.add(version.digest)
-        keep.update(VersionMeta.from_dict(version.meta).blobs())
+        keep.update(version.meta.blobs())
     for job in store.list_jobs():
         if job.status in (JobStatus.COMPLETED, JobStatus.FAILED):
             continue
         for record in store.list_rounds(job.job_id):  # the checkpoints a resumed job reads
-            aggregate = RoundMetrics.from_dict(record.metrics).aggregate
+            aggregate = record.metrics.aggregate
             if aggregate is not None:
                 keep.add(aggregate.blob)
     return keep

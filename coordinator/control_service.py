@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from fused.common.domain.records import JobKind, JobRecord, ModelVersion
+from fused.common.domain.records import JobKind, JobRecord, ModelVersion, Phase
 from fused.common.rpc.control_convert import (
     event_to_proto,
     job_to_proto,
@@ -86,9 +86,10 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     ) -> control_pb2.LayersResponse:
         self._job(request.job_id)
         for record in self.store.list_rounds(request.job_id):
-            if record.phase == "sensitivity" and "ranking" in record.metrics:
+            ranking = record.metrics.ranking
+            if record.phase == Phase.SENSITIVITY and ranking is not None:
                 return control_pb2.LayersResponse(
-                    layers=[control_pb2.LayerScore(**entry) for entry in record.metrics["ranking"]]
+                    layers=[control_pb2.LayerScore(**vars(score)) for score in ranking]
                 )
         raise RequestRefused(
             FAILED_PRECONDITION,

@@ -5,7 +5,7 @@ digest), so positions never travel with the values: a payload carries, for every
 layout, ``<name>``: the values at every masked position, in mask order (zeros included;
 they compress), as float32, or float16/bfloat16 when the job asks for smaller uploads. It is
 ONE zstd frame that declares its content size, wrapping a safetensors file (built by
-`common.tensor_codec`) with metadata ``{"format": "fused-adapter-v2", "mask_digest": ...}``.
+`common.codecs.tensor_codec`) with metadata ``{"format": "fused-adapter-v2", "mask_digest": ...}``.
 
 Payloads are untrusted: `decode_adapter` bounds the compressed size and the frame's declared
 content size (from the layout) before decompressing anything, then validates every tensor.

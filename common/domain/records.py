@@ -1,10 +1,17 @@
-"""Plain records the coordinator persists. JSON-able dict fields hold open-ended details."""
+"""Records the coordinator persists; `record_codec` converts them for every store and message.
+
+Round metrics and version meta are typed records of their own; `spec` and `result` stay JSON
+objects because their shape belongs to the job kind that wrote them.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from fused.common.domain.round_metrics import RoundMetrics
+from fused.common.domain.version_meta import VersionMeta
 
 
 class JobStatus(StrEnum):
@@ -50,10 +57,10 @@ class ParticipantRecord:
 @dataclass
 class JobRecord:
     job_id: str
-    kind: str  # "train" (unlearning kinds come later)
-    spec: dict[str, Any]  # the job's full, resolved configuration
+    kind: JobKind
+    spec: dict[str, Any]  # the job's full, resolved configuration (the kind's spec, as JSON)
     status: JobStatus
-    phase: str  # current phase name, "" before the first
+    phase: str  # the current `Phase`'s value, "" before the first
     round: int  # current round within the phase, 0 before the first
     reason: str  # why it stopped (failed) or a short summary (completed)
     created_at: float
@@ -64,12 +71,12 @@ class JobRecord:
 @dataclass
 class RoundRecord:
     job_id: str
-    phase: str
+    phase: Phase
     round: int
     started_at: float
     finished_at: float | None
     participants: list[str]  # those whose results were aggregated
-    metrics: dict[str, Any] = field(default_factory=dict)  # loss, accuracy, bytes, ...
+    metrics: RoundMetrics = field(default_factory=RoundMetrics)
 
 
 @dataclass
@@ -77,12 +84,12 @@ class ModelVersion:
     version_id: str
     job_id: str | None
     parent_id: str | None  # the version this one was derived from
-    kind: str  # "base" (full weights); later "adapter"
+    kind: VersionKind
     digest: str  # sha256 of the artifact file
     model: str  # registry name, e.g. "lenet"
     num_params: int
     created_at: float
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: VersionMeta = field(default_factory=VersionMeta)
 
 
 @dataclass

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeVar
 
+from google.protobuf.message import Message
+
+from fused.common.domain.record_codec import field_codecs, from_json, to_json
 from fused.common.domain.records import (
     JobEvent,
     JobRecord,
-    JobStatus,
     ModelVersion,
     ParticipantRecord,
     RoundRecord,
@@ -22,6 +24,9 @@ from fused.common.rpc.task_convert import (
     train_config_to_proto,
 )
 from fused.proto.v1 import control_pb2
+
+M = TypeVar("M", bound=Message)
+R = TypeVar("R")
 
 # Fields that both job specs carry under the same name on both sides.
 _SCHEDULE_FIELDS = (
@@ -82,138 +87,78 @@ def unlearning_spec_from_proto(msg: control_pb2.UnlearningSpec) -> UnlearningSpe
     )
 
 
+def _to_proto(record: Any, message: type[M], **extra: Any) -> M:
+    """`record` as `message`: a field of the same name takes its value, a `<name>_json` field
+    its JSON; `extra` sets message fields the record does not have."""
+    names = message.DESCRIPTOR.fields_by_name
+    values = to_json(record)
+    fields: dict[str, Any] = {}
+    for name, value in values.items():
+        if name in names and value is not None:
+            fields[name] = value
+        elif f"{name}_json" in names:
+            fields[f"{name}_json"] = _dumps(value)
+    return message(**fields, **extra)
+
+
+def _from_proto(cls: type[R], msg: Message, **extra: Any) -> R:
+    """The inverse of `_to_proto`: a zero value reads as None for an optional field; `extra`
+    gives the record fields the message does not carry."""
+    names = msg.DESCRIPTOR.fields_by_name
+    data: dict[str, Any] = dict(extra)
+    for codec in field_codecs(cls):
+        if codec.name in extra:
+            continue
+        if codec.name in names:
+            value = getattr(msg, codec.name)
+            if codec.shape == "json":
+                value = list(value)  # a repeated field
+            elif codec.optional:
+                value = value or None  # proto3 has no null: the zero value stands for None
+            data[codec.name] = value
+        elif f"{codec.name}_json" in names:
+            data[codec.name] = _loads(getattr(msg, f"{codec.name}_json"))
+    return from_json(cls, data)
+
+
 def round_to_proto(r: RoundRecord) -> control_pb2.RoundInfo:
-    return control_pb2.RoundInfo(
-        phase=r.phase,
-        round=r.round,
-        started_at=r.started_at,
-        finished_at=r.finished_at or 0.0,
-        participants=r.participants,
-        metrics_json=_dumps(r.metrics),
-    )
+    return _to_proto(r, control_pb2.RoundInfo)
 
 
 def round_from_proto(job_id: str, msg: control_pb2.RoundInfo) -> RoundRecord:
-    return RoundRecord(
-        job_id=job_id,
-        phase=msg.phase,
-        round=msg.round,
-        started_at=msg.started_at,
-        finished_at=msg.finished_at or None,
-        participants=list(msg.participants),
-        metrics=_loads(msg.metrics_json),
-    )
+    return _from_proto(RoundRecord, msg, job_id=job_id)
 
 
 def job_to_proto(job: JobRecord, rounds: list[RoundRecord] | None = None) -> control_pb2.JobInfo:
-    return control_pb2.JobInfo(
-        job_id=job.job_id,
-        kind=job.kind,
-        status=job.status.value,
-        phase=job.phase,
-        round=job.round,
-        reason=job.reason,
-        created_at=job.created_at,
-        updated_at=job.updated_at,
-        spec_json=_dumps(job.spec),
-        result_json=_dumps(job.result),
-        rounds=[round_to_proto(r) for r in rounds or []],
-    )
+    return _to_proto(job, control_pb2.JobInfo, rounds=[round_to_proto(r) for r in rounds or []])
 
 
 def job_from_proto(msg: control_pb2.JobInfo) -> tuple[JobRecord, list[RoundRecord]]:
-    job = JobRecord(
-        job_id=msg.job_id,
-        kind=msg.kind,
-        spec=_loads(msg.spec_json),
-        status=JobStatus(msg.status),
-        phase=msg.phase,
-        round=msg.round,
-        reason=msg.reason,
-        created_at=msg.created_at,
-        updated_at=msg.updated_at,
-        result=_loads(msg.result_json),
-    )
+    job = _from_proto(JobRecord, msg)
     return job, [round_from_proto(msg.job_id, r) for r in msg.rounds]
 
 
 def event_to_proto(e: JobEvent) -> control_pb2.JobEvent:
-    return control_pb2.JobEvent(
-        job_id=e.job_id,
-        seq=e.seq,
-        time=e.time,
-        kind=e.kind,
-        phase=e.phase,
-        round=e.round,
-        message=e.message,
-        data_json=_dumps(e.data),
-    )
+    return _to_proto(e, control_pb2.JobEvent)
 
 
 def event_from_proto(msg: control_pb2.JobEvent) -> JobEvent:
-    return JobEvent(
-        job_id=msg.job_id,
-        seq=msg.seq,
-        time=msg.time,
-        kind=msg.kind,
-        phase=msg.phase,
-        round=msg.round,
-        message=msg.message,
-        data=_loads(msg.data_json),
-    )
+    return _from_proto(JobEvent, msg)
 
 
 def participant_to_proto(p: ParticipantRecord, online: bool) -> control_pb2.ParticipantInfo:
-    return control_pb2.ParticipantInfo(
-        participant_id=p.participant_id,
-        dataset=p.info.get("dataset", ""),
-        class_counts=p.class_counts,
-        num_train=p.num_train,
-        num_test=p.num_test,
-        registered_at=p.registered_at,
-        last_seen=p.last_seen,
-        online=online,
-    )
+    dataset = p.info.get("dataset", "")
+    return _to_proto(p, control_pb2.ParticipantInfo, dataset=dataset, online=online)
 
 
 def participant_from_proto(msg: control_pb2.ParticipantInfo) -> tuple[ParticipantRecord, bool]:
-    record = ParticipantRecord(
-        participant_id=msg.participant_id,
-        class_counts=list(msg.class_counts),
-        num_train=msg.num_train,
-        num_test=msg.num_test,
-        registered_at=msg.registered_at,
-        last_seen=msg.last_seen,
-        info={"dataset": msg.dataset} if msg.dataset else {},
-    )
-    return record, msg.online
+    info = {"dataset": msg.dataset} if msg.dataset else {}
+    return _from_proto(ParticipantRecord, msg, info=info), msg.online
 
 
 def model_to_proto(v: ModelVersion, active: bool) -> control_pb2.ModelVersionInfo:
-    return control_pb2.ModelVersionInfo(
-        version_id=v.version_id,
-        job_id=v.job_id or "",
-        parent_id=v.parent_id or "",
-        kind=v.kind,
-        digest=v.digest,
-        model=v.model,
-        num_params=v.num_params,
-        created_at=v.created_at,
-        meta_json=_dumps(v.meta),
-        active=active,
-    )
+    return _to_proto(v, control_pb2.ModelVersionInfo, active=active)
 
 
 def model_from_proto(msg: control_pb2.ModelVersionInfo) -> tuple[ModelVersion, bool]:
-    version = ModelVersion(
-        version_id=msg.version_id,
-        job_id=msg.job_id or None,
-        parent_id=msg.parent_id or None,
-        kind=msg.kind,
-        digest=msg.digest,
-        model=msg.model,
-        num_params=msg.num_params,
-        created_at=msg.created_at,
-        meta=_loads(msg.meta_json),
-    )
-    return version, msg.active
+    return _from_proto(ModelVersion, msg), msg.active

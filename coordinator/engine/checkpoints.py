@@ -43,9 +43,13 @@ class Checkpoint:
 def committed_round(ctx: JobContext, phase: Phase, r: int) -> RoundMetrics | None:
     """The stored metrics of a finished round, if the job already committed it."""
     for record in ctx.store.list_rounds(ctx.job_id):
-        if record.phase == phase.value and record.round == r:
-            return RoundMetrics.from_dict(record.metrics)
+        if record.phase == phase and record.round == r:
+            return record.metrics
     return None
+
+
+def _aggregates(metrics: RoundMetrics, payload: PayloadKind) -> bool:
+    return metrics.aggregate is not None and metrics.aggregate.payload is payload
 
 
 def last_checkpoint(ctx: JobContext, phase: Phase, payload: PayloadKind) -> Checkpoint | None:
@@ -53,19 +57,15 @@ def last_checkpoint(ctx: JobContext, phase: Phase, payload: PayloadKind) -> Chec
     records = ctx.store.list_rounds(ctx.job_id)
     committed = sorted(
         (
-            (r.round, RoundMetrics.from_dict(r.metrics))
+            (r.round, r.metrics)
             for r in records
-            if r.phase == phase.value and payload.value in r.metrics
+            if r.phase == phase and _aggregates(r.metrics, payload)
         ),
         key=lambda item: item[0],
     )
     if not committed:
         return None
-    evals = {
-        r.round: RoundMetrics.from_dict(r.metrics).evaluation
-        for r in records
-        if r.phase == Phase.EVALUATE.value
-    }
+    evals = {r.round: r.metrics.evaluation for r in records if r.phase == Phase.EVALUATE}
     history = []
     for number, metrics in committed:
         aggregate = metrics.aggregate

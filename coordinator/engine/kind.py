@@ -5,11 +5,17 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
-from fused.common.domain.records import JobKind
+from fused.common.domain.records import JobKind, ModelVersion, VersionKind
+from fused.common.domain.specs import SpecError
+from fused.common.domain.version_meta import VersionMeta
+from fused.common.ml.models import count_parameters, init_model
 from fused.coordinator.engine.context import JobContext
+from fused.coordinator.engine.evaluation import ModelInfo
+from fused.coordinator.ids import new_id
 from fused.coordinator.state import StateStore
+from fused.coordinator.versions import set_active
 
 
 @dataclass(frozen=True)
@@ -30,3 +36,47 @@ class JobKindHandler(ABC):
     @abstractmethod
     async def run(self, ctx: JobContext, spec: dict[str, Any], resume: bool) -> JobResult:
         """Run the job from its stored spec; resuming, committed rounds are kept."""
+
+
+class StartSpec(Protocol):
+    def validate(self) -> None: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+def checked_spec(store: StateStore, spec: StartSpec, version_field: str) -> dict[str, Any]:
+    """The spec to store: valid on its own, and its `version_field` ("" = none) a stored
+    version. Raises SpecError."""
+    spec.validate()
+    version_id = getattr(spec, version_field)
+    if version_id and store.get_model_version(version_id) is None:
+        raise SpecError(f"{version_field} {version_id!r} is not a known model version")
+    return spec.to_dict()
+
+
+@dataclass(frozen=True)
+class NewVersion:
+    """What a job produced, before it becomes a stored version."""
+
+    kind: VersionKind
+    digest: str  # the weights' artifact (an adapter version: base with the adapter merged)
+    model: ModelInfo
+    parent_id: str | None
+    meta: VersionMeta
+
+
+def publish_version(ctx: JobContext, new: NewVersion) -> ModelVersion:
+    """Store `new` as a version of this job and make it the active (served) one."""
+    version = ModelVersion(
+        version_id=new_id("m"),
+        job_id=ctx.job_id,
+        parent_id=new.parent_id,
+        kind=new.kind,
+        digest=new.digest,
+        model=new.model.name,
+        num_params=count_parameters(init_model(new.model.name, new.model.num_classes, 0)),
+        created_at=ctx.clock(),
+        meta=new.meta,
+    )
+    ctx.store.add_model_version(version)
+    set_active(ctx.store, version.version_id)
+    return version

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
@@ -75,7 +76,7 @@ class JobManager:
         now = self._clock()
         record = JobRecord(
             job_id=new_id("job"),
-            kind=kind.value,
+            kind=kind,
             spec=spec,
             status=JobStatus.PENDING,
             phase="",
@@ -142,7 +143,7 @@ class JobManager:
         for record in self._store.list_rounds(job_id):
             acct = self._bytes.get((job_id, record.phase, record.round))
             if acct is not None:
-                record.metrics["bytes"] = acct.summary().to_dict()
+                record.metrics = dataclasses.replace(record.metrics, bytes=acct.summary())
                 self._store.save_round(record)
 
     def _finish(self, job_id: str, status: JobStatus, reason: str, result: dict[str, Any]) -> None:

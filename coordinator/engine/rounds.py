@@ -119,9 +119,7 @@ def finish_round(
         bytes=ctx.round_bytes(phase.value, r).summary(),
     )
     participants = sorted(result.accepted)
-    record = RoundRecord(
-        ctx.job_id, phase.value, r, started, ctx.clock(), participants, full.to_dict()
-    )
+    record = RoundRecord(ctx.job_id, phase, r, started, ctx.clock(), participants, full)
     ctx.store.save_round(record)
     ctx.metrics.rounds.labels(phase.value).inc()
     assert full.bytes is not None

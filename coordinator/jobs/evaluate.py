@@ -9,7 +9,6 @@ from typing import Any
 from fused.common.domain.records import JobKind, VersionKind
 from fused.common.domain.specs import SpecError
 from fused.common.domain.tasks import ForgetSpec
-from fused.common.domain.version_meta import VersionMeta
 from fused.coordinator.engine.context import JobContext, JobFailed
 from fused.coordinator.engine.evaluation import ModelInfo, evaluate_model
 from fused.coordinator.engine.kind import JobKindHandler, JobResult
@@ -58,7 +57,7 @@ class EvaluationJob(JobKindHandler):
         online = await wait_for_participants(ctx, 1, 60.0)
         dataset, num_classes = federation_data(ctx, online)
         model = ModelInfo(version.model, num_classes, dataset)
-        meta = VersionMeta.from_dict(version.meta)
+        meta = version.meta
         deadline_s = float(spec["round_deadline_s"])
         if version.kind == VersionKind.ADAPTER and meta.adapter is not None:
             adapter = meta.adapter

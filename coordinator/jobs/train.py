@@ -7,33 +7,37 @@ from typing import Any
 
 import torch
 
-from fused.common.domain.records import JobKind, ModelVersion, Phase, VersionKind
+from fused.common.domain.records import JobKind, Phase, VersionKind
 from fused.common.domain.round_metrics import PayloadKind
-from fused.common.domain.specs import SpecError, TrainingSpec
+from fused.common.domain.specs import TrainingSpec
 from fused.common.domain.version_meta import VersionMeta
-from fused.common.ml.models import count_parameters, default_model_for, init_model
+from fused.common.ml.models import default_model_for, init_model
 from fused.coordinator.engine.checkpoints import last_checkpoint
 from fused.coordinator.engine.context import JobContext
 from fused.coordinator.engine.evaluation import ModelInfo
 from fused.coordinator.engine.fedavg_loop import FedAvgPlan, fedavg_rounds
-from fused.coordinator.engine.kind import JobKindHandler, JobResult
+from fused.coordinator.engine.kind import (
+    JobKindHandler,
+    JobResult,
+    NewVersion,
+    checked_spec,
+    publish_version,
+)
 from fused.coordinator.engine.participants import federation_data, wait_for_participants
 from fused.coordinator.engine.weights import WeightsPayload
-from fused.coordinator.ids import new_id
 from fused.coordinator.state import StateStore
-from fused.coordinator.versions import load_weights, save_weights, set_active
+from fused.coordinator.versions import load_weights, save_weights
 
 
 class TrainingJob(JobKindHandler):
+    """Resumes from the last committed aggregate; the trained version becomes the active one."""
+
     kind = JobKind.TRAIN
     resumable = True
 
     def prepare(self, store: StateStore, request: Any) -> dict[str, Any]:
-        spec: TrainingSpec = request
-        spec.validate()
-        if spec.init_version and store.get_model_version(spec.init_version) is None:
-            raise SpecError(f"init_version {spec.init_version!r} is not a known model version")
-        return spec.to_dict()
+        assert isinstance(request, TrainingSpec)
+        return checked_spec(store, request, "init_version")
 
     async def run(self, ctx: JobContext, spec_dict: dict[str, Any], resume: bool) -> JobResult:
         spec = TrainingSpec.from_dict(spec_dict)
@@ -53,19 +57,8 @@ class TrainingJob(JobKindHandler):
         evaluation = history[-1].evaluation
         assert evaluation is not None  # the last round is always evaluated
         meta = VersionMeta(dataset, num_classes, accuracy=evaluation.accuracy)
-        version = ModelVersion(
-            version_id=new_id("m"),
-            job_id=ctx.job_id,
-            parent_id=spec.init_version or None,
-            kind=VersionKind.BASE.value,
-            digest=blob,
-            model=model.name,
-            num_params=count_parameters(init_model(model.name, num_classes, 0)),
-            created_at=ctx.clock(),
-            meta=meta.to_dict(),
-        )
-        ctx.store.add_model_version(version)
-        set_active(ctx.store, version.version_id)
+        parent = spec.init_version or None
+        version = publish_version(ctx, NewVersion(VersionKind.BASE, blob, model, parent, meta))
         return JobResult(
             f"trained {spec.rounds} rounds; test accuracy {evaluation.accuracy:.4f}",
             {

@@ -5,33 +5,37 @@ from __future__ import annotations
 
 from typing import Any
 
-from fused.common.domain.records import JobKind, ModelVersion, Phase, VersionKind
+from fused.common.domain.records import JobKind, Phase, VersionKind
 from fused.common.domain.round_metrics import EvalSummary
-from fused.common.domain.specs import SpecError, UnlearningSpec
+from fused.common.domain.specs import UnlearningSpec
 from fused.common.domain.version_meta import UnlearnedMeta, VersionMeta
-from fused.common.ml.models import count_parameters, init_model
 from fused.coordinator.engine.checkpoints import committed_round
 from fused.coordinator.engine.context import JobContext, JobFailed
 from fused.coordinator.engine.evaluation import ModelInfo, evaluate_model
-from fused.coordinator.engine.kind import JobKindHandler, JobResult
+from fused.coordinator.engine.kind import (
+    JobKindHandler,
+    JobResult,
+    NewVersion,
+    checked_spec,
+    publish_version,
+)
 from fused.coordinator.engine.participants import federation_data, wait_for_participants
-from fused.coordinator.ids import new_id
 from fused.coordinator.methods import METHODS
 from fused.coordinator.methods.base import Base, Unlearned
 from fused.coordinator.state import StateStore
-from fused.coordinator.versions import active_version, load_weights, set_active
+from fused.coordinator.versions import active_version, load_weights
 
 
 class UnlearningJob(JobKindHandler):
+    """The method (`METHODS[spec.method]`) does the rounds; this kind resolves the base,
+    measures it before and publishes the result. Resumes after the last committed round."""
+
     kind = JobKind.UNLEARN
     resumable = True
 
     def prepare(self, store: StateStore, request: Any) -> dict[str, Any]:
-        spec: UnlearningSpec = request
-        spec.validate()
-        if spec.base_version and store.get_model_version(spec.base_version) is None:
-            raise SpecError(f"base_version {spec.base_version!r} is not a known model version")
-        return spec.to_dict()
+        assert isinstance(request, UnlearningSpec)
+        return checked_spec(store, request, "base_version")
 
     async def run(self, ctx: JobContext, spec_dict: dict[str, Any], resume: bool) -> JobResult:
         spec = UnlearningSpec.from_dict(spec_dict)
@@ -43,9 +47,7 @@ class UnlearningJob(JobKindHandler):
         unlearned = await METHODS[spec.method].run(ctx, spec, base)
         after = unlearned.history[-1].evaluation
         assert after is not None  # the last round is always evaluated
-        version = _new_version(ctx, spec, base, unlearned, after)
-        ctx.store.add_model_version(version)
-        set_active(ctx.store, version.version_id)
+        version = publish_version(ctx, _new_version(spec, base, unlearned, after))
         details = {
             "version_id": version.version_id,
             "base_version": base.version.version_id,
@@ -102,25 +104,16 @@ async def _evaluate_base(ctx: JobContext, spec: UnlearningSpec, base: Base) -> E
 
 
 def _new_version(
-    ctx: JobContext, spec: UnlearningSpec, base: Base, unlearned: Unlearned, after: EvalSummary
-) -> ModelVersion:
+    spec: UnlearningSpec, base: Base, unlearned: Unlearned, after: EvalSummary
+) -> NewVersion:
     meta = VersionMeta(
         dataset=base.model.dataset,
         num_classes=base.model.num_classes,
         adapter=unlearned.adapter,
         unlearned=UnlearnedMeta(spec.method, after.accuracy, after.fa),
     )
-    return ModelVersion(
-        version_id=new_id("m"),
-        job_id=ctx.job_id,
-        parent_id=base.version.version_id,
-        kind=unlearned.kind.value,
-        digest=unlearned.digest,
-        model=base.model.name,
-        num_params=count_parameters(init_model(base.model.name, base.model.num_classes, 0)),
-        created_at=ctx.clock(),
-        meta=meta.to_dict(),
-    )
+    parent = base.version.version_id
+    return NewVersion(unlearned.kind, unlearned.digest, base.model, parent, meta)
 
 
 def _fmt(value: float | None) -> str:

@@ -1,8 +1,7 @@
 """In-memory `StateStore`: for tests and throwaway runs. Thread-safe; never aliases callers.
 
-Records are normalized the way the SQLite store stores them (JSON round trip of the
-dict/list fields, floats for times, ints for counts, `JobStatus` for status), so both
-stores return equal records for equal input.
+Records are normalized by the same conversion the SQLite store's rows go through
+(`record_codec`), so both stores return equal records for equal input.
 """
 
 from __future__ import annotations
@@ -14,72 +13,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from fused.common.domain.record_codec import normalized
 from fused.common.domain.records import (
     JobEvent,
     JobRecord,
-    JobStatus,
     ModelVersion,
     ParticipantRecord,
     RoundRecord,
 )
-from fused.coordinator.state.base import StateStore, UnknownRecordError, json_copy
+from fused.coordinator.state.base import StateStore, UnknownRecordError
 
 __all__ = ["InMemoryStateStore"]
 
 _JOB_FIELDS = frozenset(f.name for f in dataclasses.fields(JobRecord))
-
-
-def normalize_participant(r: ParticipantRecord) -> ParticipantRecord:
-    return ParticipantRecord(
-        participant_id=r.participant_id,
-        class_counts=[int(c) for c in r.class_counts],
-        num_train=int(r.num_train),
-        num_test=int(r.num_test),
-        registered_at=float(r.registered_at),
-        last_seen=float(r.last_seen),
-        info=json_copy(dict(r.info)),
-    )
-
-
-def normalize_job(r: JobRecord) -> JobRecord:
-    return JobRecord(
-        job_id=r.job_id,
-        kind=r.kind,
-        spec=json_copy(dict(r.spec)),
-        status=JobStatus(r.status),
-        phase=r.phase,
-        round=int(r.round),
-        reason=r.reason,
-        created_at=float(r.created_at),
-        updated_at=float(r.updated_at),
-        result=json_copy(dict(r.result)),
-    )
-
-
-def normalize_round(r: RoundRecord) -> RoundRecord:
-    return RoundRecord(
-        job_id=r.job_id,
-        phase=r.phase,
-        round=int(r.round),
-        started_at=float(r.started_at),
-        finished_at=None if r.finished_at is None else float(r.finished_at),
-        participants=[str(p) for p in r.participants],
-        metrics=json_copy(dict(r.metrics)),
-    )
-
-
-def normalize_model_version(r: ModelVersion) -> ModelVersion:
-    return ModelVersion(
-        version_id=r.version_id,
-        job_id=r.job_id,
-        parent_id=r.parent_id,
-        kind=r.kind,
-        digest=r.digest,
-        model=r.model,
-        num_params=int(r.num_params),
-        created_at=float(r.created_at),
-        meta=json_copy(dict(r.meta)),
-    )
 
 
 def apply_job_update(record: JobRecord, changes: dict[str, Any]) -> JobRecord:
@@ -93,7 +39,7 @@ def apply_job_update(record: JobRecord, changes: dict[str, Any]) -> JobRecord:
         raise ValueError(f"job_id cannot be changed (job {record.job_id!r})")
     if "updated_at" not in changes:
         changes = {**changes, "updated_at": time.time()}
-    return normalize_job(dataclasses.replace(record, **changes))
+    return normalized(dataclasses.replace(record, **changes))
 
 
 class InMemoryStateStore(StateStore):
@@ -109,7 +55,7 @@ class InMemoryStateStore(StateStore):
 
     # participants
     def upsert_participant(self, record: ParticipantRecord) -> None:
-        stored = normalize_participant(record)
+        stored = normalized(record)
         with self._lock:
             self._participants[stored.participant_id] = stored
 
@@ -130,7 +76,7 @@ class InMemoryStateStore(StateStore):
 
     # jobs
     def create_job(self, record: JobRecord) -> None:
-        stored = normalize_job(record)
+        stored = normalized(record)
         with self._lock:
             if stored.job_id in self._jobs:
                 raise ValueError(f"job {stored.job_id!r} already exists")
@@ -156,7 +102,7 @@ class InMemoryStateStore(StateStore):
 
     # rounds
     def save_round(self, record: RoundRecord) -> None:
-        stored = normalize_round(record)
+        stored = normalized(record)
         with self._lock:
             if stored.job_id not in self._jobs:
                 raise UnknownRecordError(stored.job_id)
@@ -168,7 +114,7 @@ class InMemoryStateStore(StateStore):
 
     # model versions
     def add_model_version(self, record: ModelVersion) -> None:
-        stored = normalize_model_version(record)
+        stored = normalized(record)
         with self._lock:
             if stored.version_id in self._versions:
                 raise ValueError(f"model version {stored.version_id!r} already exists")

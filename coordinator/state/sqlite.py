@@ -22,13 +22,7 @@ from fused.common.domain.records import (
     RoundRecord,
 )
 from fused.coordinator.state.base import StateStore, UnknownRecordError
-from fused.coordinator.state.memory import (
-    apply_job_update,
-    normalize_job,
-    normalize_model_version,
-    normalize_participant,
-    normalize_round,
-)
+from fused.coordinator.state.memory import apply_job_update
 from fused.coordinator.state.sqlite_rows import (
     EVENT_COLS,
     JOB_COLS,
@@ -38,17 +32,9 @@ from fused.coordinator.state.sqlite_rows import (
     SCHEMA_VERSION,
     VERSION_COLS,
     SchemaVersionError,
-    dumps,
-    event_from_row,
-    job_from_row,
-    job_row,
-    participant_from_row,
-    participant_row,
+    from_row,
     placeholders,
-    round_from_row,
-    round_row,
-    version_from_row,
-    version_row,
+    to_row,
 )
 
 __all__ = ["SCHEMA_VERSION", "SchemaVersionError", "SqliteStateStore"]
@@ -123,7 +109,7 @@ class SqliteStateStore(StateStore):
 
     # participants
     def upsert_participant(self, record: ParticipantRecord) -> None:
-        row = participant_row(normalize_participant(record))
+        row = to_row(record)
         with self._write() as conn:
             conn.execute(
                 f"INSERT OR REPLACE INTO participants ({PARTICIPANT_COLS}) "
@@ -136,11 +122,11 @@ class SqliteStateStore(StateStore):
             f"SELECT {PARTICIPANT_COLS} FROM participants WHERE participant_id = ?",
             (participant_id,),
         )
-        return participant_from_row(rows[0]) if rows else None
+        return from_row(ParticipantRecord, rows[0]) if rows else None
 
     def list_participants(self) -> list[ParticipantRecord]:
         rows = self._query(f"SELECT {PARTICIPANT_COLS} FROM participants ORDER BY participant_id")
-        return [participant_from_row(r) for r in rows]
+        return [from_row(ParticipantRecord, r) for r in rows]
 
     def touch_participant(self, participant_id: str, when: float) -> None:
         with self._write() as conn:
@@ -153,7 +139,7 @@ class SqliteStateStore(StateStore):
 
     # jobs
     def create_job(self, record: JobRecord) -> None:
-        row = job_row(normalize_job(record))
+        row = to_row(record)
         with self._write() as conn:
             if self._exists(conn, "jobs", "job_id", record.job_id):
                 raise ValueError(f"job {record.job_id!r} already exists")
@@ -166,23 +152,23 @@ class SqliteStateStore(StateStore):
             ).fetchone()
             if current is None:
                 raise UnknownRecordError(job_id)
-            updated = apply_job_update(job_from_row(current), fields)
-            row = job_row(updated)
+            updated = apply_job_update(from_row(JobRecord, current), fields)
+            row = to_row(updated)
             assignments = ", ".join(f"{c.strip()} = ?" for c in JOB_COLS.split(",")[1:])
             conn.execute(f"UPDATE jobs SET {assignments} WHERE job_id = ?", (*row[1:], job_id))
             return updated
 
     def get_job(self, job_id: str) -> JobRecord | None:
         rows = self._query(f"SELECT {JOB_COLS} FROM jobs WHERE job_id = ?", (job_id,))
-        return job_from_row(rows[0]) if rows else None
+        return from_row(JobRecord, rows[0]) if rows else None
 
     def list_jobs(self) -> list[JobRecord]:
         rows = self._query(f"SELECT {JOB_COLS} FROM jobs ORDER BY created_at, job_id")
-        return [job_from_row(r) for r in rows]
+        return [from_row(JobRecord, r) for r in rows]
 
     # rounds
     def save_round(self, record: RoundRecord) -> None:
-        row = round_row(normalize_round(record))
+        row = to_row(record)
         with self._write() as conn:
             if not self._exists(conn, "jobs", "job_id", record.job_id):
                 raise UnknownRecordError(record.job_id)
@@ -199,11 +185,11 @@ class SqliteStateStore(StateStore):
         rows = self._query(
             f"SELECT {ROUND_COLS} FROM rounds WHERE job_id = ? ORDER BY id", (job_id,)
         )
-        return [round_from_row(r) for r in rows]
+        return [from_row(RoundRecord, r) for r in rows]
 
     # model versions
     def add_model_version(self, record: ModelVersion) -> None:
-        row = version_row(normalize_model_version(record))
+        row = to_row(record)
         with self._write() as conn:
             if self._exists(conn, "model_versions", "version_id", record.version_id):
                 raise ValueError(f"model version {record.version_id!r} already exists")
@@ -225,13 +211,13 @@ class SqliteStateStore(StateStore):
         rows = self._query(
             f"SELECT {VERSION_COLS} FROM model_versions WHERE version_id = ?", (version_id,)
         )
-        return version_from_row(rows[0]) if rows else None
+        return from_row(ModelVersion, rows[0]) if rows else None
 
     def list_model_versions(self) -> list[ModelVersion]:
         rows = self._query(
             f"SELECT {VERSION_COLS} FROM model_versions ORDER BY created_at, version_id"
         )
-        return [version_from_row(r) for r in rows]
+        return [from_row(ModelVersion, r) for r in rows]
 
     # job events
     def _append_event(self, job_id: str, event: Callable[[int], JobEvent]) -> JobEvent:
@@ -244,16 +230,7 @@ class SqliteStateStore(StateStore):
             new = event(int(last) + 1)
             conn.execute(
                 f"INSERT INTO events ({EVENT_COLS}) VALUES ({placeholders(EVENT_COLS)})",
-                (
-                    new.job_id,
-                    new.seq,
-                    new.time,
-                    new.kind,
-                    new.phase,
-                    new.round,
-                    new.message,
-                    dumps(new.data),
-                ),
+                to_row(new),
             )
             return new
 
@@ -262,7 +239,7 @@ class SqliteStateStore(StateStore):
             f"SELECT {EVENT_COLS} FROM events WHERE job_id = ? AND seq > ? ORDER BY seq",
             (job_id, after_seq),
         )
-        return [event_from_row(r) for r in rows]
+        return [from_row(JobEvent, r) for r in rows]
 
     # settings
     def set_setting(self, key: str, value: str) -> None:

@@ -1,19 +1,25 @@
-"""The SQLite schema (versioned migrations) and the conversions between rows and records."""
+"""The SQLite schema (versioned migrations) and rows <-> records.
+
+A table's columns are its record's fields in declaration order; `record_codec` converts each
+value, and structured fields (lists, dicts, typed metrics and meta) are stored as JSON text.
+"""
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Any
+from typing import Any, TypeVar
 
+from fused.common.domain.record_codec import field_codecs, from_json, is_structured, to_json
 from fused.common.domain.records import (
     JobEvent,
     JobRecord,
-    JobStatus,
     ModelVersion,
     ParticipantRecord,
     RoundRecord,
 )
+
+R = TypeVar("R")
 
 SCHEMA_VERSION = 1
 
@@ -96,13 +102,17 @@ MIGRATIONS: list[list[str]] = [
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
-PARTICIPANT_COLS = (
-    "participant_id, class_counts, num_train, num_test, registered_at, last_seen, info"
-)
-JOB_COLS = "job_id, kind, spec, status, phase, round, reason, created_at, updated_at, result"
-ROUND_COLS = "job_id, phase, round, started_at, finished_at, participants, metrics"
-VERSION_COLS = "version_id, job_id, parent_id, kind, digest, model, num_params, created_at, meta"
-EVENT_COLS = "job_id, seq, time, kind, phase, round, message, data"
+
+def columns(cls: type) -> str:
+    """The column list of `cls`'s table: its fields in declaration order."""
+    return ", ".join(c.name for c in field_codecs(cls))
+
+
+PARTICIPANT_COLS = columns(ParticipantRecord)
+JOB_COLS = columns(JobRecord)
+ROUND_COLS = columns(RoundRecord)
+VERSION_COLS = columns(ModelVersion)
+EVENT_COLS = columns(JobEvent)
 
 
 class SchemaVersionError(RuntimeError):
@@ -113,130 +123,24 @@ def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-# ------------------------------------------------------------------ row <-> record
-
-
-def participant_row(r: ParticipantRecord) -> tuple[Any, ...]:
-    return (
-        r.participant_id,
-        dumps(r.class_counts),
-        r.num_train,
-        r.num_test,
-        r.registered_at,
-        r.last_seen,
-        dumps(r.info),
+def to_row(record: Any) -> tuple[Any, ...]:
+    """The record's column values, in `columns` order."""
+    values = to_json(record)
+    return tuple(
+        dumps(values[c.name]) if is_structured(c) else values[c.name]
+        for c in field_codecs(type(record))
     )
 
 
-def participant_from_row(row: sqlite3.Row) -> ParticipantRecord:
-    return ParticipantRecord(
-        participant_id=row["participant_id"],
-        class_counts=json.loads(row["class_counts"]),
-        num_train=row["num_train"],
-        num_test=row["num_test"],
-        registered_at=row["registered_at"],
-        last_seen=row["last_seen"],
-        info=json.loads(row["info"]),
-    )
-
-
-def job_row(r: JobRecord) -> tuple[Any, ...]:
-    return (
-        r.job_id,
-        r.kind,
-        dumps(r.spec),
-        r.status.value,
-        r.phase,
-        r.round,
-        r.reason,
-        r.created_at,
-        r.updated_at,
-        dumps(r.result),
-    )
-
-
-def job_from_row(row: sqlite3.Row) -> JobRecord:
-    return JobRecord(
-        job_id=row["job_id"],
-        kind=row["kind"],
-        spec=json.loads(row["spec"]),
-        status=JobStatus(row["status"]),
-        phase=row["phase"],
-        round=row["round"],
-        reason=row["reason"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        result=json.loads(row["result"]),
-    )
-
-
-def round_row(r: RoundRecord) -> tuple[Any, ...]:
-    return (
-        r.job_id,
-        r.phase,
-        r.round,
-        r.started_at,
-        r.finished_at,
-        dumps(r.participants),
-        dumps(r.metrics),
-    )
-
-
-def round_from_row(row: sqlite3.Row) -> RoundRecord:
-    return RoundRecord(
-        job_id=row["job_id"],
-        phase=row["phase"],
-        round=row["round"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        participants=json.loads(row["participants"]),
-        metrics=json.loads(row["metrics"]),
-    )
-
-
-def version_row(r: ModelVersion) -> tuple[Any, ...]:
-    return (
-        r.version_id,
-        r.job_id,
-        r.parent_id,
-        r.kind,
-        r.digest,
-        r.model,
-        r.num_params,
-        r.created_at,
-        dumps(r.meta),
-    )
-
-
-def version_from_row(row: sqlite3.Row) -> ModelVersion:
-    return ModelVersion(
-        version_id=row["version_id"],
-        job_id=row["job_id"],
-        parent_id=row["parent_id"],
-        kind=row["kind"],
-        digest=row["digest"],
-        model=row["model"],
-        num_params=row["num_params"],
-        created_at=row["created_at"],
-        meta=json.loads(row["meta"]),
-    )
-
-
-def event_from_row(row: sqlite3.Row) -> JobEvent:
-    return JobEvent(
-        job_id=row["job_id"],
-        seq=row["seq"],
-        time=row["time"],
-        kind=row["kind"],
-        phase=row["phase"],
-        round=row["round"],
-        message=row["message"],
-        data=json.loads(row["data"]),
+def from_row(cls: type[R], row: sqlite3.Row) -> R:
+    return from_json(
+        cls,
+        {
+            c.name: json.loads(row[c.name]) if is_structured(c) else row[c.name]
+            for c in field_codecs(cls)
+        },
     )
 
 
 def placeholders(cols: str) -> str:
     return ", ".join("?" for _ in cols.split(","))
-
-
-# ------------------------------------------------------------------ store

@@ -1,5 +1,5 @@
 """`fusedctl watch` rendering and `fusedctl report` output, from events and records shaped as
-the coordinator makes them (job_steps.finish_round, JobManager.emit)."""
+the coordinator makes them (engine.rounds.finish_round, JobManager.emit)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from fused.cli.report import (
     write_report,
 )
 from fused.cli.watch import LiveView, bar, event_line, phase_plan, render
+from fused.common.domain.records import JobKind, Phase
+from fused.common.domain.round_metrics import RoundMetrics
 from fused.coordinator.state import JobRecord, JobStatus, RoundRecord
 from fused.proto.v1 import control_pb2
 
@@ -230,7 +232,8 @@ def test_event_line_shows_metrics_and_bytes() -> None:
 
 def rounds_of_an_unlearning_job() -> list[RoundRecord]:
     def rec(phase: str, r: int, metrics: dict[str, Any], pids: list[str]) -> RoundRecord:
-        return RoundRecord("job-1", phase, r, 100.0 + r, 101.0 + r, pids, metrics)
+        stored = RoundMetrics.from_dict(metrics)
+        return RoundRecord("job-1", Phase(phase), r, 100.0 + r, 101.0 + r, pids, stored)
 
     all3 = ["p0", "p1", "p2"]
     return [
@@ -246,6 +249,7 @@ def rounds_of_an_unlearning_job() -> list[RoundRecord]:
             1,
             {
                 "train_loss": 0.5,
+                "values": "ab" * 32,
                 "failures": {"p2": "no result | in time"},
                 "bytes": wire({"p0": 4096, "p1": 4096}, {"p0": 12, "p1": 12}),
             },
@@ -263,7 +267,7 @@ def rounds_of_an_unlearning_job() -> list[RoundRecord]:
 def unlearning_job() -> JobRecord:
     return JobRecord(
         job_id="job-1",
-        kind="unlearn",
+        kind=JobKind.UNLEARN,
         spec=dict(UNLEARN_SPEC),
         status=JobStatus.COMPLETED,
         phase="evaluate",

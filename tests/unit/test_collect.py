@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fused.common.domain.records import JobKind, Phase, VersionKind
 from fused.common.domain.round_metrics import AggregateSummary, PayloadKind, RoundMetrics
 from fused.common.domain.version_meta import AdapterMeta, VersionMeta
 from fused.coordinator.artifact_gc import collect, referenced
@@ -15,17 +16,17 @@ from fused.coordinator.transfer import UploadSpool
 
 
 def job(job_id: str, status: JobStatus) -> JobRecord:
-    return JobRecord(job_id, "train", {}, status, "train", 1, "", 0.0, 0.0)
+    return JobRecord(job_id, JobKind.TRAIN, {}, status, "train", 1, "", 0.0, 0.0)
 
 
 def adapter_version(version_id: str, digest: str, adapter: str, base: str) -> ModelVersion:
     meta = VersionMeta(adapter=AdapterMeta(adapter, base, ("fc1.weight",), 0.1, 7, "d" * 64, 10))
-    return ModelVersion(version_id, None, None, "adapter", digest, "mlp", 1, 0.0, meta.to_dict())
+    return ModelVersion(version_id, None, None, VersionKind.ADAPTER, digest, "mlp", 1, 0.0, meta)
 
 
-def aggregate_round(job_id: str, phase: str, payload: PayloadKind, blob: str) -> RoundRecord:
+def aggregate_round(job_id: str, phase: Phase, payload: PayloadKind, blob: str) -> RoundRecord:
     metrics = RoundMetrics(aggregate=AggregateSummary(payload, blob, train_loss=0.5))
-    return RoundRecord(job_id, phase, 1, 0.0, 1.0, [], metrics.to_dict())
+    return RoundRecord(job_id, phase, 1, 0.0, 1.0, [], metrics)
 
 
 def test_collect_keeps_versions_and_unfinished_checkpoints(tmp_path: Path) -> None:
@@ -47,10 +48,10 @@ def test_collect_keeps_versions_and_unfinished_checkpoints(tmp_path: Path) -> No
     store.add_model_version(adapter_version("m-1", blob["served"], blob["adapter"], blob["base"]))
     weights, values = PayloadKind.WEIGHTS, PayloadKind.ADAPTER
     store.create_job(job("job-done", JobStatus.COMPLETED))
-    store.save_round(aggregate_round("job-done", "train", weights, blob["finished-round"]))
+    store.save_round(aggregate_round("job-done", Phase.TRAIN, weights, blob["finished-round"]))
     store.create_job(job("job-live", JobStatus.RUNNING))
-    store.save_round(aggregate_round("job-live", "train", weights, blob["running-round"]))
-    store.save_round(aggregate_round("job-live", "adapter", values, blob["running-values"]))
+    store.save_round(aggregate_round("job-live", Phase.TRAIN, weights, blob["running-round"]))
+    store.save_round(aggregate_round("job-live", Phase.ADAPTER, values, blob["running-values"]))
     spool = UploadSpool(tmp_path / "uploads", artifacts)
     writer = spool.open("p0", "a" * 64, total=10, offset=0)
     writer.write(0, b"abc")

@@ -9,6 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from fused.common.domain.records import JobKind, Phase, VersionKind
+from fused.common.domain.round_metrics import (
+    AggregateSummary,
+    ByteSummary,
+    PayloadKind,
+    RoundMetrics,
+)
+from fused.common.domain.version_meta import AdapterMeta, UnlearnedMeta, VersionMeta
 from fused.coordinator.state import (
     InMemoryStateStore,
     JobEvent,
@@ -51,7 +59,7 @@ def participant(pid: str, last_seen: float = 10.0) -> ParticipantRecord:
 def job(job_id: str, created_at: float = 100.0) -> JobRecord:
     return JobRecord(
         job_id=job_id,
-        kind="train",
+        kind=JobKind.TRAIN,
         spec={"rounds": 3, "lr": 0.05, "participants": ["a", "b"], "nested": {"x": [1, 2]}},
         status=JobStatus.PENDING,
         phase="",
@@ -62,7 +70,7 @@ def job(job_id: str, created_at: float = 100.0) -> JobRecord:
     )
 
 
-def round_record(job_id: str, phase: str, rnd: int, loss: float = 1.0) -> RoundRecord:
+def round_record(job_id: str, phase: Phase, rnd: int, loss: float = 1.0) -> RoundRecord:
     return RoundRecord(
         job_id=job_id,
         phase=phase,
@@ -70,7 +78,12 @@ def round_record(job_id: str, phase: str, rnd: int, loss: float = 1.0) -> RoundR
         started_at=200.0 + rnd,
         finished_at=None,
         participants=["a", "b"],
-        metrics={"loss": loss},
+        metrics=RoundMetrics(
+            seconds=2.5,
+            failures={"c": "late"},
+            bytes=ByteSummary(up={"a": 10, "b": 12}, down={"a": 30, "b": 30}),
+            aggregate=AggregateSummary(PayloadKind.WEIGHTS, "cd" * 32, loss, 100),
+        ),
     )
 
 
@@ -79,12 +92,17 @@ def version(vid: str, created_at: float, parent: str | None = None) -> ModelVers
         version_id=vid,
         job_id=None,
         parent_id=parent,
-        kind="base",
+        kind=VersionKind.ADAPTER,
         digest="ab" * 32,
         model="lenet",
         num_params=61706,
         created_at=created_at,
-        meta={"accuracy": 0.9, "layers": ["conv1", "fc"]},
+        meta=VersionMeta(
+            dataset="fashion_mnist",
+            num_classes=10,
+            adapter=AdapterMeta("ef" * 32, "01" * 32, ("conv1", "fc"), 0.1, 7, "23" * 32, 120),
+            unlearned=UnlearnedMeta("fused", 0.9, 0.05),
+        ),
     )
 
 
@@ -182,26 +200,26 @@ def test_jobs_listed_oldest_first(store: StateStore) -> None:
 def test_rounds_replace_by_key_and_keep_first_saved_order(store: StateStore) -> None:
     store.create_job(job("j1"))
     store.create_job(job("j2"))
-    store.save_round(round_record("j1", "train", 2))
-    store.save_round(round_record("j1", "train", 1))
-    store.save_round(round_record("j2", "train", 1))
-    store.save_round(round_record("j1", "recover", 1))
-    finished = round_record("j1", "train", 2, loss=0.25)
+    store.save_round(round_record("j1", Phase.TRAIN, 2))
+    store.save_round(round_record("j1", Phase.TRAIN, 1))
+    store.save_round(round_record("j2", Phase.TRAIN, 1))
+    store.save_round(round_record("j1", Phase.EVALUATE, 1))
+    finished = round_record("j1", Phase.TRAIN, 2, loss=0.25)
     finished.finished_at = 300.0
     finished.participants = ["b"]
     store.save_round(finished)  # replaces, keeps its position
 
     rounds = store.list_rounds("j1")
-    assert [(r.phase, r.round) for r in rounds] == [("train", 2), ("train", 1), ("recover", 1)]
+    assert [(r.phase, r.round) for r in rounds] == [("train", 2), ("train", 1), ("evaluate", 1)]
     assert rounds[0] == finished
-    assert rounds[1] == round_record("j1", "train", 1)
-    assert store.list_rounds("j2") == [round_record("j2", "train", 1)]
+    assert rounds[1] == round_record("j1", Phase.TRAIN, 1)
+    assert store.list_rounds("j2") == [round_record("j2", Phase.TRAIN, 1)]
     assert store.list_rounds("unknown") == []
 
 
 def test_round_for_unknown_job_rejected(store: StateStore) -> None:
     with pytest.raises(UnknownRecordError):
-        store.save_round(round_record("nope", "train", 1))
+        store.save_round(round_record("nope", Phase.TRAIN, 1))
 
 
 # --------------------------------------------------------------------- model versions
@@ -301,19 +319,21 @@ def test_returned_and_saved_objects_do_not_alias_stored_state(store: StateStore)
     assert stored_j.spec == job("j1").spec
     assert stored_j.result == {}
 
-    r = round_record("j1", "train", 1)
+    r = round_record("j1", Phase.TRAIN, 1)
     store.save_round(r)
-    r.metrics["loss"] = 123.0
+    assert r.metrics.bytes is not None
+    r.metrics.failures["d"] = "x"
+    r.metrics.bytes.up["a"] = 0
     store.list_rounds("j1")[0].participants.append("x")
-    assert store.list_rounds("j1") == [round_record("j1", "train", 1)]
+    assert store.list_rounds("j1") == [round_record("j1", Phase.TRAIN, 1)]
 
     v = version("v1", created_at=1.0)
     store.add_model_version(v)
-    v.meta["layers"].append("x")
+    v.meta = VersionMeta()
     got_v = store.get_model_version("v1")
     assert got_v is not None
-    got_v.meta.clear()
-    store.list_model_versions()[0].meta["accuracy"] = 0.0
+    got_v.meta = VersionMeta(accuracy=0.0)
+    store.list_model_versions()[0].meta = VersionMeta()
     assert store.get_model_version("v1") == version("v1", created_at=1.0)
 
     data = {"n": [1, 2]}

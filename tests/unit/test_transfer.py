@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fused.common.domain.records import JobRecord, JobStatus
+from fused.common.domain.records import JobKind, JobRecord, JobStatus
 from fused.coordinator.artifacts import ArtifactStore, CorruptArtifactError, MissingArtifactError
 from fused.coordinator.fleet import Fleet
 from fused.coordinator.state.memory import InMemoryStateStore
@@ -32,7 +32,9 @@ def uploads(tmp_path: Path) -> Uploads:
     artifacts = ArtifactStore(tmp_path / "artifacts")
     artifacts.ensure()
     store = InMemoryStateStore()
-    store.create_job(JobRecord("job-1", "train", {}, JobStatus.RUNNING, "train", 2, "", 0.0, 0.0))
+    store.create_job(
+        JobRecord("job-1", JobKind.TRAIN, {}, JobStatus.RUNNING, "train", 2, "", 0.0, 0.0)
+    )
     spool = UploadSpool(tmp_path / "uploads", artifacts)
     return Uploads(spool, artifacts, Fleet(store, offline_after_s=15), store, max_bytes=4096)
 
