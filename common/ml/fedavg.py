@@ -12,16 +12,10 @@ def _check_count(i: int, n: int) -> None:
         raise ValueError(f"update {i} has sample count {n!r}; counts must be positive integers")
 
 
-def fedavg(updates: Sequence[tuple[Mapping[str, torch.Tensor], int]]) -> dict[str, torch.Tensor]:
-    """Weighted mean sum_k n_k * w_k / sum_k n_k of every tensor, key by key.
-
-    Floating tensors are accumulated in float64 (complex in complex128) and cast back to their
-    dtype; integer and bool tensors (e.g. BatchNorm `num_batches_tracked`) get the weighted mean
-    rounded to the nearest integer. The result holds fresh tensors only (no aliasing of inputs),
-    on the device of the first update, with the first update's key order.
-    """
+def check_updates(updates: Sequence[tuple[Mapping[str, torch.Tensor], int]]) -> None:
+    """At least one update; positive integer counts; equal key sets, shapes and dtypes."""
     if len(updates) == 0:
-        raise ValueError("fedavg needs at least one update, got none")
+        raise ValueError("aggregation needs at least one update, got none")
     for i, (_, n) in enumerate(updates):
         _check_count(i, n)
 
@@ -48,9 +42,19 @@ def fedavg(updates: Sequence[tuple[Mapping[str, torch.Tensor], int]]) -> dict[st
                     f"tensor {k!r}: dtype {b.dtype} in update {i} != {a.dtype} in update 0"
                 )
 
+
+def fedavg(updates: Sequence[tuple[Mapping[str, torch.Tensor], int]]) -> dict[str, torch.Tensor]:
+    """Weighted mean sum_k n_k * w_k / sum_k n_k of every tensor, key by key.
+
+    Floating tensors are accumulated in float64 (complex in complex128) and cast back to their
+    dtype; integer and bool tensors (e.g. BatchNorm `num_batches_tracked`) get the weighted mean
+    rounded to the nearest integer. The result holds fresh tensors only (no aliasing of inputs),
+    on the device of the first update, with the first update's key order.
+    """
+    check_updates(updates)
     total = sum(n for _, n in updates)
     out: dict[str, torch.Tensor] = {}
-    for k, t0 in ref.items():
+    for k, t0 in updates[0][0].items():
         acc_dtype = torch.complex128 if t0.is_complex() else torch.float64
         device = t0.device
         acc = torch.zeros(t0.shape, dtype=acc_dtype, device=device)
