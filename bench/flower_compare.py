@@ -8,7 +8,7 @@ Flower (`flwr` from the package registry) is installed into its own virtual envi
 (`flwr.server.start_server` + `flwr.client.start_client`, transport grpc-bidi), which works with
 no network access. Both systems run as real processes on 127.0.0.1 with the same model (the
 registry default for the data set), the same non-IID shards, the same initial weights, the same
-local training code (`participant.executor.local_update`, which the Flower clients import
+local training code (`fused.participant.executor.local_update`, which the Flower clients import
 read-only from this repository), the same per-participant seeds, the same hyper-parameters and
 one torch thread per participant; every participant takes part in every round and nothing is
 evaluated between rounds. Up to float rounding in the averaging, both train the same model.

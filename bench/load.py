@@ -2,7 +2,7 @@
 
     python -m bench.load [--participants 1000] [--rounds 2] [--json-out PATH]
 
-Starts `python -m coordinator.main` as a subprocess (RLIMIT_NOFILE raised to the hard limit
+Starts `python -m fused.coordinator.main` as a subprocess (RLIMIT_NOFILE raised to the hard limit
 first, and inherited: at 1000 participants the coordinator holds more than 1024 descriptors),
 then drives N participants from this process with grpc.aio, each over its own channel and TCP
 connection ("connections" counts them in /proc/net/tcp). Each one does what
@@ -15,7 +15,7 @@ auth file of their hashes), so every call goes through real authentication.
 
 The simulated participants never import torch (checked at the end): the update is made with
 numpy and safetensors.numpy, in the safetensors layout the coordinator's strict decoder
-(common/tensor_codec.py) accepts.
+(common/codecs/tensor_codec.py) accepts.
 
 Prints one JSON object: call counts, errors (any non-OK status, plus results the coordinator
 did not accept), p50/p99 latencies per call type, and the coordinator's peak RSS and CPU time.

@@ -17,9 +17,26 @@ LINKED = ("common", "coordinator", "participant", "proto", "cli", "tools")  # fu
 REPO_PACKAGES = ("bench", "experiments", "tests")  # run from the repository, never installed
 
 # package -> packages it must never import (prefixes of fused.* module names)
+_REPO_ONLY = ("bench", "experiments", "tests")  # installed code must not need them
 FORBIDDEN = {
+    "fused": _REPO_ONLY,
     "fused.common": ("fused.coordinator", "fused.participant", "fused.cli", "fused.tools"),
-    "fused.proto": ("fused.common", "fused.coordinator", "fused.participant", "fused.cli"),
+    "fused.proto": (
+        "fused.common",
+        "fused.coordinator",
+        "fused.participant",
+        "fused.cli",
+        "fused.tools",
+    ),
+    # common's subpackages are layered: domain < ml < codecs < rpc, runtime beside
+    "fused.common.domain": (
+        "fused.common.ml",
+        "fused.common.codecs",
+        "fused.common.rpc",
+        "fused.common.runtime",
+    ),
+    "fused.common.ml": ("fused.common.codecs", "fused.common.rpc", "fused.common.runtime"),
+    "fused.common.codecs": ("fused.common.rpc", "fused.common.runtime"),
     "fused.participant": ("fused.coordinator", "fused.cli", "fused.tools"),
     "fused.coordinator": ("fused.participant", "fused.cli", "fused.tools"),
     "fused.cli": ("fused.coordinator", "fused.participant", "fused.tools"),

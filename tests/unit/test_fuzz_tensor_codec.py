@@ -1,4 +1,4 @@
-"""Property-based fuzzing of the strict safetensors codec (common/tensor_codec.py)."""
+"""Property-based fuzzing of the strict safetensors codec (common/codecs/tensor_codec.py)."""
 
 from __future__ import annotations
 
