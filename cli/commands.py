@@ -11,6 +11,7 @@ from pathlib import Path
 
 from fused.cli import report
 from fused.cli.client import CliError, as_dict, control_stub, emit
+from fused.cli.policy import policy_from_args
 from fused.cli.tables import human_bytes, table
 from fused.cli.watch import LiveView, render
 from fused.cli.watch import event_line as event_line  # re-exported for tools.demo
@@ -46,6 +47,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         init_version=args.init_version,
         wait_for_participants_s=args.wait_participants,
         evaluate_each_round=not args.no_eval_each_round,
+        policy=policy_from_args(args),
     )
     request = control_pb2.StartTrainingRequest(spec=training_spec_to_proto(spec))
     return _start(args, control_stub(args).StartTraining(request, timeout=30))
@@ -115,6 +117,7 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
         wait_for_participants_s=args.wait_participants,
         seed=args.seed,
         evaluate_each_round=not args.no_eval_each_round,
+        policy=policy_from_args(args),
     )
     request = control_pb2.StartUnlearningRequest(spec=unlearning_spec_to_proto(spec))
     return _start(args, control_stub(args).StartUnlearning(request, timeout=30))

@@ -70,7 +70,7 @@ def cmd_participants(args: argparse.Namespace) -> int:
     rows = [
         [
             p.participant_id,
-            "online" if p.online else "offline",
+            "blocked" if p.blocked else ("online" if p.online else "offline"),
             p.dataset,
             p.num_train,
             p.num_test,

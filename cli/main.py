@@ -25,6 +25,8 @@ from fused.cli.commands import (
     cmd_watch,
 )
 from fused.cli.listings import cmd_jobs, cmd_models, cmd_participants, cmd_status
+from fused.cli.participants import add_participant_commands
+from fused.cli.policy import add_policy_options
 from fused.common.domain.specs import METHOD_CONFIGS, UPLOAD_DTYPES
 from fused.common.domain.train_config import TrainConfig
 
@@ -58,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--init-version", default="", help="start from this model version")
     train.add_argument("--no-eval-each-round", action="store_true")
     train.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    add_policy_options(train)
     train.set_defaults(func=cmd_train)
 
     unlearn = sub.add_parser("unlearn", help="forget a participant, a class or samples")
@@ -85,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     unlearn.add_argument("--seed", type=int, default=0)
     unlearn.add_argument("--no-eval-each-round", action="store_true")
     unlearn.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    add_policy_options(unlearn)
     unlearn.set_defaults(func=cmd_unlearn)
 
     evaluate = sub.add_parser("eval", help="federated evaluation of a model version (RA/FA)")
@@ -117,7 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, required=True, help="directory to write into")
     report.set_defaults(func=cmd_report)
     sub.add_parser("jobs", help="list jobs").set_defaults(func=cmd_jobs)
-    sub.add_parser("participants", help="list participants").set_defaults(func=cmd_participants)
+    participants = sub.add_parser(
+        "participants", help="list participants; remove, block or unblock one"
+    )
+    participants.set_defaults(func=cmd_participants)
+    add_participant_commands(participants)
     sub.add_parser("models", help="list model versions").set_defaults(func=cmd_models)
 
     export = sub.add_parser("export", help="download a model version as safetensors")
@@ -210,6 +218,8 @@ def rpc_error_message(exc: grpc.RpcError, command: str, coordinator: str) -> str
     hint = _HINTS.get(code, "") if code is not None else ""
     if code is grpc.StatusCode.NOT_FOUND and command in _JOB_COMMANDS:
         hint = "list the jobs with `fusedctl jobs`"
+    if code is grpc.StatusCode.NOT_FOUND and command == "participants":
+        hint = "list the participants with `fusedctl participants`"
     if code is grpc.StatusCode.UNAVAILABLE and any(w in details.lower() for w in _TLS_TROUBLE):
         hint = _TLS_HINT
     where = f" at {coordinator}" if code is grpc.StatusCode.UNAVAILABLE else ""

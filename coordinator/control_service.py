@@ -3,13 +3,21 @@ the transfers; failures are answered through rpc_errors' table."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import grpc
 
-from fused.common.domain.records import JobKind, JobRecord, ModelVersion, Phase
+from fused.common.domain.records import (
+    BlockedParticipant,
+    JobKind,
+    JobRecord,
+    ModelVersion,
+    Phase,
+)
 from fused.common.rpc.control_convert import (
+    blocked_to_proto,
     event_to_proto,
     job_to_proto,
     model_to_proto,
@@ -21,16 +29,36 @@ from fused.common.rpc.task_convert import forget_from_proto
 from fused.coordinator.artifacts import CorruptArtifactError, MissingArtifactError
 from fused.coordinator.auth import RequestRefused
 from fused.coordinator.engine.manager import JobManager
-from fused.coordinator.fleet import Fleet
+from fused.coordinator.fleet import Fleet, TaskHeldError
 from fused.coordinator.jobs import EvaluationRequest
+from fused.coordinator.participant_service import PARTICIPANT_ID
 from fused.coordinator.rpc_errors import Context, answers
-from fused.coordinator.state import StateStore
+from fused.coordinator.state import ParticipantRecord, StateStore
 from fused.coordinator.transfer import Downloads
 from fused.coordinator.versions import ACTIVE_VERSION_KEY, active_version, set_active
 from fused.proto.v1 import control_pb2, control_pb2_grpc
 
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
+INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT
+MAX_BLOCK_REASON = 200  # characters
+
+
+def _participant_id(pid: str) -> str:
+    """A well-formed participant id (never echoed when it is not)."""
+    if not PARTICIPANT_ID.match(pid):
+        raise RequestRefused(
+            INVALID_ARGUMENT, "participant_id must be 1-64 letters, digits, '_', '.' or '-'"
+        )
+    return pid
+
+
+def _block_reason(reason: str) -> str:
+    if len(reason) > MAX_BLOCK_REASON or not reason.isprintable():
+        raise RequestRefused(
+            INVALID_ARGUMENT, f"reason must be printable, at most {MAX_BLOCK_REASON} characters"
+        )
+    return reason
 
 
 @dataclass(frozen=True, eq=False)
@@ -151,15 +179,61 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     async def ListParticipants(
         self, request: control_pb2.ListParticipantsRequest, context: Context
     ) -> control_pb2.ListParticipantsResponse:
-        participants = []
-        for record in self.store.list_participants():
-            seen = self.fleet.last_seen(record.participant_id)
-            if seen is not None:
-                record.last_seen = seen
-            participants.append(
-                participant_to_proto(record, self.fleet.is_online(record.participant_id))
-            )
+        blocked = {b.participant_id: b for b in self.store.list_blocked()}
+        participants = [self._participant_info(r, blocked) for r in self.store.list_participants()]
+        known = {p.participant_id for p in participants}
+        participants += [blocked_to_proto(b) for pid, b in blocked.items() if pid not in known]
+        participants.sort(key=lambda p: p.participant_id)
         return control_pb2.ListParticipantsResponse(participants=participants)
+
+    def _participant_info(
+        self, record: ParticipantRecord, blocked: dict[str, BlockedParticipant]
+    ) -> control_pb2.ParticipantInfo:
+        pid = record.participant_id
+        seen = self.fleet.last_seen(pid)
+        if seen is not None:
+            record.last_seen = seen
+        return participant_to_proto(record, self.fleet.is_online(pid), blocked.get(pid))
+
+    @answers()
+    async def RemoveParticipant(
+        self, request: control_pb2.ParticipantRequest, context: Context
+    ) -> control_pb2.ParticipantInfo:
+        pid = _participant_id(request.participant_id)
+        record = self.store.get_participant(pid)
+        try:
+            removed = self.fleet.remove(pid)
+        except TaskHeldError as exc:
+            raise RequestRefused(
+                FAILED_PRECONDITION, f"{exc}: wait for its round to end, or block it"
+            ) from None
+        if not removed or record is None:
+            raise RequestRefused(NOT_FOUND, f"no participant {pid!r}")
+        return participant_to_proto(record, online=False)
+
+    @answers()
+    async def BlockParticipant(
+        self, request: control_pb2.BlockParticipantRequest, context: Context
+    ) -> control_pb2.ParticipantInfo:
+        pid = _participant_id(request.participant_id)
+        block = BlockedParticipant(pid, time.time(), _block_reason(request.reason))
+        self.fleet.block(block)
+        record = self.store.get_participant(pid)
+        if record is None:
+            return blocked_to_proto(block)
+        return participant_to_proto(record, online=False, blocked=block)
+
+    @answers()
+    async def UnblockParticipant(
+        self, request: control_pb2.ParticipantRequest, context: Context
+    ) -> control_pb2.ParticipantInfo:
+        pid = _participant_id(request.participant_id)
+        if not self.fleet.unblock(pid):
+            raise RequestRefused(NOT_FOUND, f"participant {pid!r} is not blocked")
+        record = self.store.get_participant(pid)
+        if record is None:
+            return control_pb2.ParticipantInfo(participant_id=pid)
+        return participant_to_proto(record, self.fleet.is_online(pid))
 
     async def ListModels(
         self, request: control_pb2.ListModelsRequest, context: Context

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
 from fused.common.domain.tasks import TaskOutcome, TaskSpec
-from fused.coordinator.state import ParticipantRecord, StateStore
+from fused.coordinator.state import BlockedParticipant, ParticipantRecord, StateStore
 
 P = TypeVar("P")
 
@@ -50,6 +50,20 @@ class TaskClosedError(LookupError):
     """An outcome arrived for a task that is unknown, finished, or past its deadline."""
 
 
+class ParticipantBlockedError(PermissionError):
+    """A blocked participant called (answered PERMISSION_DENIED)."""
+
+    def __init__(self, pid: str) -> None:
+        super().__init__(
+            f"participant {pid!r} is blocked by the coordinator's operator; it takes no part "
+            "until unblocked (fusedctl participants unblock)"
+        )
+
+
+class TaskHeldError(RuntimeError):
+    """A participant record cannot be removed while the participant holds an open task."""
+
+
 @dataclass
 class _OpenTask:
     spec: TaskSpec
@@ -78,12 +92,16 @@ class Fleet:
         self._grants: dict[str, Counter[str]] = {}  # blobs a participant's open tasks name
         self._uploads: dict[str, set[str]] = {}  # blobs each participant sent in full
         self._offline: set[str] = set()  # marked offline by reap(); cleared when heard from
+        self._blocked = {b.participant_id for b in store.list_blocked()}
         self._closing = False
 
     # liveness
     def register(self, record: ParticipantRecord) -> None:
-        """Record (or refresh) a participant; tasks it had pulled are offered again."""
+        """Record (or refresh) a participant; tasks it had pulled are offered again.
+        Raises ParticipantBlockedError for a blocked one."""
         pid = record.participant_id
+        if pid in self._blocked:
+            raise ParticipantBlockedError(pid)
         previous = self._store.get_participant(pid)
         if previous is not None:
             record.registered_at = previous.registered_at
@@ -110,6 +128,44 @@ class Fleet:
 
     def is_registered(self, pid: str) -> bool:
         return pid in self._last_seen
+
+    # operators' say: remove a record, block a participant
+    def is_blocked(self, pid: str) -> bool:
+        return pid in self._blocked
+
+    def open_tasks(self, pid: str) -> list[str]:
+        return [t for t, o in self._open.items() if o.participant_id == pid]
+
+    def remove(self, pid: str) -> bool:
+        """Forget a participant (record and liveness); False if unknown. Raises TaskHeldError
+        while it holds an open task. A running agent registers again: block it to keep it out."""
+        held = self.open_tasks(pid)
+        if held:
+            raise TaskHeldError(f"participant {pid!r} holds {len(held)} open task(s)")
+        self._drop(pid)
+        return self._store.delete_participant(pid)
+
+    def block(self, record: BlockedParticipant) -> None:
+        """Refuse a participant from now on: its open tasks fail, its calls are refused, no
+        job selects it. Persisted, so it outlives restarts."""
+        pid = record.participant_id
+        self._store.block_participant(record)
+        self._blocked.add(pid)
+        for task_id in self.open_tasks(pid):
+            self._resolve(task_id, Refused(f"participant {pid} was blocked by an operator"))
+        self._drop(pid)
+
+    def unblock(self, pid: str) -> bool:
+        """Lift a block (the agent registers again on its own); False if pid was not blocked."""
+        self._blocked.discard(pid)
+        return self._store.unblock_participant(pid)
+
+    def _drop(self, pid: str) -> None:
+        """No longer registered in this process; a long poll of pid ends."""
+        for table in (self._last_seen, self._persisted_seen, self._queues, self._uploads):
+            table.pop(pid, None)
+        self._offline.discard(pid)
+        self._wake(pid)
 
     def is_online(self, pid: str) -> bool:
         seen = self._last_seen.get(pid)
@@ -181,6 +237,8 @@ class Fleet:
                 open_task.future.cancel()
 
     async def pull(self, pid: str, wait_s: float) -> TaskSpec | None:
+        if pid in self._blocked:
+            raise ParticipantBlockedError(pid)
         if pid not in self._last_seen:
             raise NotRegisteredError(pid)
         self.heartbeat(pid)
@@ -201,6 +259,10 @@ class Fleet:
         deadline = self._clock() + wait_s
         queue = self._queues.setdefault(pid, deque())
         while not self._closing:
+            if pid not in self._last_seen:  # blocked or removed while waiting
+                if pid in self._blocked:
+                    raise ParticipantBlockedError(pid)
+                return None
             while queue:
                 open_task = self._open.get(queue.popleft())
                 if open_task is not None:  # closed tasks are skipped
@@ -225,6 +287,8 @@ class Fleet:
         counts as failed so the round goes on without it).
         """
         pid = outcome.participant_id
+        if pid in self._blocked:
+            raise ParticipantBlockedError(pid)
         if pid not in self._last_seen:
             raise NotRegisteredError(pid)
         open_task = self._open.get(outcome.task_id)

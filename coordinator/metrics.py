@@ -32,6 +32,17 @@ class CoordinatorMetrics:
             ["reason"],
             registry=registry,
         )
+        self.refused_updates = Counter(
+            "fused_refused_updates",
+            "Updates refused once a round's results were in (norm checks), by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.capped_weights = Counter(
+            "fused_capped_weights",
+            "Results whose sample count was capped to the job's max share of a round",
+            registry=registry,
+        )
         self.rejected_calls = Counter(
             "fused_rejected_calls",
             "Calls refused before their handler ran (authentication, unknown fields)",

@@ -102,3 +102,13 @@ class JobEvent:
     round: int
     message: str
     data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BlockedParticipant:
+    """A participant an operator refused: its calls answer PERMISSION_DENIED until unblocked.
+    Kept apart from ParticipantRecord, so an id can be blocked before (or after) it has one."""
+
+    participant_id: str
+    blocked_at: float  # unix seconds
+    reason: str = ""  # the operator's words

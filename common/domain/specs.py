@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from fused.common.domain.aggregation_policy import AggregationPolicy
 from fused.common.domain.tasks import ForgetSpec
 from fused.common.domain.train_config import TrainConfig
 
@@ -27,12 +28,14 @@ class TrainingSpec:
     init_version: str = ""  # "" = fresh initialisation
     wait_for_participants_s: float = 60.0
     evaluate_each_round: bool = True
+    policy: AggregationPolicy = field(default_factory=AggregationPolicy)
 
     def validate(self) -> None:
         try:
             self.train.validate()
         except ValueError as exc:
             raise SpecError(f"train: {exc}") from exc
+        _check_policy(self.policy)
         checks = [
             (self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}"),
             (
@@ -58,6 +61,7 @@ class TrainingSpec:
     def from_dict(cls, data: dict[str, Any]) -> TrainingSpec:
         values = dict(data)
         values["train"] = TrainConfig(**values.get("train", {}))
+        values["policy"] = AggregationPolicy.from_dict(values.get("policy"))
         return cls(**values)
 
 
@@ -137,6 +141,7 @@ class UnlearningSpec:
     wait_for_participants_s: float = 60.0
     seed: int = 0
     evaluate_each_round: bool = True
+    policy: AggregationPolicy = field(default_factory=AggregationPolicy)
 
     @property
     def method(self) -> str:
@@ -149,6 +154,7 @@ class UnlearningSpec:
         except ValueError as exc:
             raise SpecError(str(exc)) from exc
         self.config.validate()
+        _check_policy(self.policy)
         checks = [
             (self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}"),
             (self.min_participants >= 1, "min_participants must be >= 1"),
@@ -163,17 +169,26 @@ class UnlearningSpec:
         common = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         del common["config"]
         common.update(forget=dataclasses.asdict(self.forget), train=dataclasses.asdict(self.train))
+        common["policy"] = self.policy.to_dict()
         return {**common, "method": self.method, **self.config.to_fields()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> UnlearningSpec:
-        own = {f.name for f in dataclasses.fields(cls)} - {"forget", "config", "train"}
+        own = {f.name for f in dataclasses.fields(cls)} - {"forget", "config", "train", "policy"}
         return cls(
             forget=ForgetSpec.from_dict(data["forget"]),
             config=method_config(str(data.get("method", "fused")), data),
             train=TrainConfig(**data.get("train", {})),
+            policy=AggregationPolicy.from_dict(data.get("policy")),
             **{k: v for k, v in data.items() if k in own},
         )
+
+
+def _check_policy(policy: AggregationPolicy) -> None:
+    try:
+        policy.validate()
+    except ValueError as exc:
+        raise SpecError(f"policy: {exc}") from exc
 
 
 def _check(checks: list[tuple[bool, str]]) -> None:

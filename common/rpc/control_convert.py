@@ -7,8 +7,10 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
+from fused.common.domain.aggregation_policy import AggregationPolicy
 from fused.common.domain.record_codec import field_codecs, from_json, to_json
 from fused.common.domain.records import (
+    BlockedParticipant,
     JobEvent,
     JobRecord,
     ModelVersion,
@@ -48,15 +50,28 @@ def _loads(text: str) -> Any:
     return json.loads(text) if text else {}
 
 
+def policy_to_proto(policy: AggregationPolicy) -> control_pb2.AggregationPolicy:
+    return control_pb2.AggregationPolicy(**policy.to_dict())
+
+
+def policy_from_proto(msg: control_pb2.AggregationPolicy) -> AggregationPolicy:
+    """Fields the message does not set keep their defaults."""
+    return AggregationPolicy.from_dict({f.name: value for f, value in msg.ListFields()})
+
+
 def training_spec_to_proto(spec: TrainingSpec) -> control_pb2.TrainingSpec:
     return control_pb2.TrainingSpec(
-        train=train_config_to_proto(spec.train), **copy_fields(spec, _TRAINING_FIELDS)
+        train=train_config_to_proto(spec.train),
+        policy=policy_to_proto(spec.policy),
+        **copy_fields(spec, _TRAINING_FIELDS),
     )
 
 
 def training_spec_from_proto(msg: control_pb2.TrainingSpec) -> TrainingSpec:
     return TrainingSpec(
-        train=train_config_from_proto(msg.train), **copy_fields(msg, _TRAINING_FIELDS)
+        train=train_config_from_proto(msg.train),
+        policy=policy_from_proto(msg.policy),
+        **copy_fields(msg, _TRAINING_FIELDS),
     )
 
 
@@ -66,6 +81,7 @@ def unlearning_spec_to_proto(spec: UnlearningSpec) -> control_pb2.UnlearningSpec
         forget=forget_to_proto(spec.forget),
         method=spec.method,
         train=train_config_to_proto(spec.train),
+        policy=policy_to_proto(spec.policy),
         **copy_fields(spec, _SCHEDULE_FIELDS),
         **spec.config.to_fields(),  # the method's own knobs are fields of the message
     )
@@ -83,6 +99,7 @@ def unlearning_spec_from_proto(msg: control_pb2.UnlearningSpec) -> UnlearningSpe
         forget=forget_from_proto(msg.forget),
         config=method_config(msg.method, knobs),  # SpecError for an unknown method
         train=train_config_from_proto(msg.train),
+        policy=policy_from_proto(msg.policy),
         **copy_fields(msg, _SCHEDULE_FIELDS),
     )
 
@@ -146,9 +163,21 @@ def event_from_proto(msg: control_pb2.JobEvent) -> JobEvent:
     return _from_proto(JobEvent, msg)
 
 
-def participant_to_proto(p: ParticipantRecord, online: bool) -> control_pb2.ParticipantInfo:
+def participant_to_proto(
+    p: ParticipantRecord, online: bool, blocked: BlockedParticipant | None = None
+) -> control_pb2.ParticipantInfo:
     dataset = p.info.get("dataset", "")
-    return _to_proto(p, control_pb2.ParticipantInfo, dataset=dataset, online=online)
+    msg = _to_proto(p, control_pb2.ParticipantInfo, dataset=dataset, online=online)
+    if blocked is not None:
+        msg.blocked, msg.blocked_reason = True, blocked.reason
+    return msg
+
+
+def blocked_to_proto(b: BlockedParticipant) -> control_pb2.ParticipantInfo:
+    """A blocked id that has no participant record."""
+    return control_pb2.ParticipantInfo(
+        participant_id=b.participant_id, blocked=True, blocked_reason=b.reason
+    )
 
 
 def participant_from_proto(msg: control_pb2.ParticipantInfo) -> tuple[ParticipantRecord, bool]:

@@ -1,4 +1,5 @@
-"""What a running job holds: its stores, the fleet, metrics, events and byte accounting."""
+"""What a running job holds: its stores, the fleet, metrics, events and byte accounting, and
+what its kind decides once it starts: the data participants must hold, and its policy."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from fused.common.domain.aggregation_policy import AggregationPolicy
 from fused.common.domain.records import JobEvent, Phase
 from fused.common.domain.round_metrics import ByteSummary
 from fused.common.runtime.logs import set_log_fields
@@ -38,6 +40,22 @@ class RoundBytes:
 Emit = Callable[..., JobEvent]  # (kind, phase, round, message, data=None)
 
 
+@dataclass(frozen=True)
+class Federation:
+    """The data a job's participants must hold; registrations that differ are left out."""
+
+    dataset: str
+    num_classes: int
+
+    def __str__(self) -> str:
+        return f"data set {shown(self.dataset)} with {self.num_classes} classes"
+
+
+def shown(text: str, limit: int = 40) -> str:
+    """A participant-chosen string as messages quote it: repr'd and cut to `limit` chars."""
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")
+
+
 @dataclass
 class JobContext:
     """What a running job uses; one per job."""
@@ -50,6 +68,9 @@ class JobContext:
     emit: Emit
     round_bytes: Callable[[str, int], RoundBytes]
     clock: Callable[[], float] = time.time
+    federation: Federation | None = None  # set by the job kind: None admits any participant
+    policy: AggregationPolicy = field(default_factory=AggregationPolicy)
+    left_out: set[str] = field(default_factory=set)  # participants reported as left out
 
     def progress(self, phase: Phase, round_number: int) -> None:
         self.store.update_job(self.job_id, phase=phase.value, round=round_number)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -10,8 +11,9 @@ from fused.common.domain.records import Phase
 from fused.common.domain.round_metrics import EvalSummary, RoundMetrics
 from fused.common.domain.tasks import AdapterRef, EvalOutcome, ForgetSpec, TaskKind, TaskOutcome
 from fused.common.domain.train_config import TrainConfig
+from fused.common.ml.plausibility import capped_weights
 from fused.coordinator.engine.context import JobContext
-from fused.coordinator.engine.participants import registered_test
+from fused.coordinator.engine.participants import members, registered_samples, registered_test
 from fused.coordinator.engine.rounds import (
     RoundPlan,
     RoundResult,
@@ -31,8 +33,9 @@ class ModelInfo:
 
 
 def eval_check(ctx: JobContext, num_classes: int) -> ResultCheck[EvalOutcome]:
-    """Checks an evaluation report: counts consistent, and no more test samples than the
-    participant registered (so one participant cannot outweigh the others)."""
+    """Checks an evaluation report: counts consistent, no more test samples than the
+    participant registered, and a forgotten set no larger than all it registered (the round's
+    shares are capped once every report is in: `merge_eval`)."""
 
     async def check(outcome: TaskOutcome) -> EvalOutcome:
         ev = outcome.eval
@@ -54,28 +57,58 @@ def eval_check(ctx: JobContext, num_classes: int) -> ResultCheck[EvalOutcome]:
                 f"evaluation counts cover {sum(ev.total)} test samples; this participant "
                 f"registered {registered}"
             )
+        if ev.forget_total > registered_samples(ctx, outcome.participant_id):
+            raise ValueError(
+                f"forget counts cover {ev.forget_total} samples; this participant registered "
+                f"{registered_samples(ctx, outcome.participant_id)} in all"
+            )
         return ev
 
     return check
 
 
-def merge_eval(result: RoundResult[EvalOutcome], num_classes: int) -> EvalSummary:
-    """Sum the per-class counts of every participant."""
+def scaled(ev: EvalOutcome, weight: int) -> EvalOutcome:
+    """A report's test counts scaled to `weight` test samples (rounded down): what is left of
+    it when its share of the round is capped."""
+    n = sum(ev.total)
+    if weight >= n:
+        return ev
+    return dataclasses.replace(
+        ev,
+        correct=tuple(c * weight // n for c in ev.correct),
+        total=tuple(t * weight // n for t in ev.total),
+        loss_sum=ev.loss_sum * weight / n,
+    )
+
+
+def capped_reports(result: RoundResult[EvalOutcome], max_share: float) -> list[EvalOutcome]:
+    """The reports in participant order, none above `max_share` of the round's test samples
+    (`capped_weights`); the forgotten set is not capped (one participant may hold all of it)."""
+    reports = [accepted.payload for accepted in result.in_order()]
+    weights = capped_weights([sum(ev.total) for ev in reports], max_share)
+    return [scaled(ev, w) for ev, w in zip(reports, weights, strict=True)]
+
+
+def merge_eval(
+    result: RoundResult[EvalOutcome], num_classes: int, max_share: float = 1.0
+) -> EvalSummary:
+    """Sum the per-class counts of every participant, each capped to `max_share`."""
     correct = [0] * num_classes
     total = [0] * num_classes
     forget_correct = forget_total = 0
     loss_sum = 0.0
     per_participant: dict[str, float] = {}
-    for accepted in result.in_order():
-        ev = accepted.payload
+    capped = capped_reports(result, max_share)
+    for accepted, ev in zip(result.in_order(), capped, strict=True):
         for c in range(num_classes):
             correct[c] += ev.correct[c]
             total[c] += ev.total[c]
         loss_sum += ev.loss_sum
         forget_correct += ev.forget_correct
         forget_total += ev.forget_total
-        n = ev.num_examples
-        per_participant[accepted.outcome.participant_id] = sum(ev.correct) / n if n else 0.0
+        own = accepted.payload  # its own accuracy, from its report as sent
+        n = own.num_examples
+        per_participant[accepted.outcome.participant_id] = sum(own.correct) / n if n else 0.0
     n_all = sum(total)
     return EvalSummary(
         accuracy=sum(correct) / n_all if n_all else 0.0,
@@ -105,7 +138,7 @@ async def evaluate_model(
         Phase.EVALUATE,
         r,
         TaskKind.EVALUATE,
-        ctx.fleet.online_ids(),
+        members(ctx),
         model_blob,
         model.name,
         model.num_classes,
@@ -116,7 +149,7 @@ async def evaluate_model(
     )
     result = await run_round(ctx, plan, eval_check(ctx, model.num_classes))
     check_quorum(result, 1, Phase.EVALUATE, r)
-    summary = merge_eval(result, model.num_classes)
+    summary = merge_eval(result, model.num_classes, ctx.policy.max_weight_share)
     ctx.metrics.job_accuracy.labels(ctx.job_id).set(summary.accuracy)
     if summary.fa is not None:
         ctx.metrics.job_forget_accuracy.labels(ctx.job_id).set(summary.fa)

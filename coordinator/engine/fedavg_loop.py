@@ -19,7 +19,8 @@ from fused.common.domain.round_metrics import (
 )
 from fused.common.domain.tasks import AdapterRef, ForgetSpec, TaskKind, TaskOutcome
 from fused.common.domain.train_config import TrainConfig
-from fused.common.ml.fedavg import fedavg, weighted_mean
+from fused.common.ml.aggregation import aggregator
+from fused.common.ml.fedavg import weighted_mean
 from fused.coordinator.engine.checkpoints import Checkpoint, HistoryEntry, last_checkpoint
 from fused.coordinator.engine.context import JobContext
 from fused.coordinator.engine.evaluation import ModelInfo, evaluate_model
@@ -32,6 +33,7 @@ from fused.coordinator.engine.rounds import (
     run_round,
     seeded,
 )
+from fused.coordinator.engine.screening import round_weights, screen_updates
 from fused.coordinator.fleet import ResultCheck
 
 Tensors = dict[str, torch.Tensor]
@@ -51,6 +53,11 @@ class Payload(ABC):
     @abstractmethod
     async def store(self, ctx: JobContext, tensors: Tensors) -> str:
         """Store an aggregate; returns its blob id."""
+
+    @abstractmethod
+    async def reference(self, ctx: JobContext, aggregate_blob: str) -> Tensors:
+        """The tensors a round starting from `aggregate_blob` trains from, as uploads hold
+        them: an update's norm is measured from these."""
 
     @abstractmethod
     def model_blob(self, aggregate_blob: str) -> str:
@@ -157,27 +164,30 @@ async def _one_round(
         payload.adapter(blob, for_training=True),
     )
     result = await run_round(ctx, round_plan, update_check(ctx, payload))
+    await screen_updates(ctx, result, lambda: payload.reference(ctx, blob), plan.phase, r)
     check_quorum(result, plan.min_participants, plan.phase, r)
-    aggregate = await _aggregate(ctx, payload, result)
+    aggregate = await _aggregate(ctx, payload, result, plan.phase, r)
     finish_round(ctx, plan.phase, r, started, result, RoundMetrics(aggregate=aggregate))
     return aggregate.blob, HistoryEntry(r, aggregate.train_loss, aggregate.num_examples)
 
 
 async def _aggregate(
-    ctx: JobContext, payload: Payload, result: RoundResult[Tensors]
+    ctx: JobContext, payload: Payload, result: RoundResult[Tensors], phase: Phase, r: int
 ) -> AggregateSummary:
-    """The sample-weighted mean of the accepted uploads, in participant order."""
+    """The accepted uploads combined by the job's aggregator (FedAvg: the sample-weighted
+    mean), in participant order, with each weight capped to the job's max share."""
+    weights = round_weights(ctx, result, phase, r)
     weighted = []
     losses = []
-    for accepted in result.in_order():
+    for accepted, weight in zip(result.in_order(), weights, strict=True):
         train = accepted.outcome.train
         assert train is not None  # update_check accepted it
-        weighted.append((accepted.payload, train.num_examples))
-        losses.append((train.mean_loss, train.num_examples))
-    averaged = await asyncio.to_thread(fedavg, weighted)
+        weighted.append((accepted.payload, weight))
+        losses.append((train.mean_loss, weight))
+    rule = aggregator(ctx.policy.aggregator, ctx.policy.trim_fraction)
+    averaged = await asyncio.to_thread(rule, weighted)
     blob = await payload.store(ctx, averaged)
-    n = sum(count for _, count in weighted)
-    return AggregateSummary(payload.kind, blob, weighted_mean(losses), n)
+    return AggregateSummary(payload.kind, blob, weighted_mean(losses), sum(weights))
 
 
 async def _evaluate(

@@ -9,7 +9,7 @@ from fused.common.domain.round_metrics import PayloadKind
 from fused.common.domain.tasks import AdapterRef, TaskKind
 from fused.coordinator.engine.context import JobContext
 from fused.coordinator.engine.fedavg_loop import Payload, Tensors
-from fused.coordinator.versions import save_weights
+from fused.coordinator.versions import load_weights, save_weights
 
 
 class WeightsPayload(Payload):
@@ -26,6 +26,9 @@ class WeightsPayload(Payload):
 
     async def store(self, ctx: JobContext, tensors: Tensors) -> str:
         return await save_weights(ctx.artifacts, tensors, self._model_name)
+
+    async def reference(self, ctx: JobContext, aggregate_blob: str) -> Tensors:
+        return await load_weights(ctx.artifacts, aggregate_blob, self._schema)
 
     def model_blob(self, aggregate_blob: str) -> str:
         return aggregate_blob

@@ -12,7 +12,7 @@ from fused.common.domain.tasks import ForgetSpec
 from fused.coordinator.engine.context import JobContext, JobFailed
 from fused.coordinator.engine.evaluation import ModelInfo, evaluate_model
 from fused.coordinator.engine.kind import JobKindHandler, JobResult
-from fused.coordinator.engine.participants import federation_data, wait_for_participants
+from fused.coordinator.engine.participants import join_federation, version_federation
 from fused.coordinator.state import StateStore
 
 
@@ -54,8 +54,8 @@ class EvaluationJob(JobKindHandler):
         version = ctx.store.get_model_version(version_id)
         if version is None:
             raise JobFailed(f"no model version {version_id}")
-        online = await wait_for_participants(ctx, 1, 60.0)
-        dataset, num_classes = federation_data(ctx, online)
+        fed = await join_federation(ctx, 1, 60.0, reference=version_federation(version))
+        dataset, num_classes = fed.dataset, fed.num_classes
         model = ModelInfo(version.model, num_classes, dataset)
         meta = version.meta
         deadline_s = float(spec["round_deadline_s"])

@@ -23,7 +23,7 @@ from fused.coordinator.engine.kind import (
     checked_spec,
     publish_version,
 )
-from fused.coordinator.engine.participants import federation_data, wait_for_participants
+from fused.coordinator.engine.participants import join_federation, version_federation
 from fused.coordinator.engine.weights import WeightsPayload
 from fused.coordinator.state import StateStore
 from fused.coordinator.versions import load_weights, save_weights
@@ -41,10 +41,15 @@ class TrainingJob(JobKindHandler):
 
     async def run(self, ctx: JobContext, spec_dict: dict[str, Any], resume: bool) -> JobResult:
         spec = TrainingSpec.from_dict(spec_dict)
-        online = await wait_for_participants(
-            ctx, spec.min_participants, spec.wait_for_participants_s
+        ctx.policy = spec.policy
+        init = ctx.store.get_model_version(spec.init_version) if spec.init_version else None
+        fed = await join_federation(
+            ctx,
+            spec.min_participants,
+            spec.wait_for_participants_s,
+            reference=version_federation(init),
         )
-        dataset, num_classes = federation_data(ctx, online)
+        dataset, num_classes = fed.dataset, fed.num_classes
         model = ModelInfo(spec.model or default_model_for(dataset), num_classes, dataset)
         weights = await _initial_weights(ctx, spec, model)
         plan = _plan(spec)

@@ -19,7 +19,7 @@ from fused.coordinator.engine.kind import (
     checked_spec,
     publish_version,
 )
-from fused.coordinator.engine.participants import federation_data, wait_for_participants
+from fused.coordinator.engine.participants import join_federation, version_federation
 from fused.coordinator.methods import METHODS
 from fused.coordinator.methods.base import Base, Unlearned
 from fused.coordinator.state import StateStore
@@ -39,6 +39,7 @@ class UnlearningJob(JobKindHandler):
 
     async def run(self, ctx: JobContext, spec_dict: dict[str, Any], resume: bool) -> JobResult:
         spec = UnlearningSpec.from_dict(spec_dict)
+        ctx.policy = spec.policy
         started = ctx.clock()
         base = await resolve_base(ctx, spec)
         if resume:
@@ -82,10 +83,14 @@ async def resolve_base(ctx: JobContext, spec: UnlearningSpec) -> Base:
         raise JobFailed(
             f"unlearn from a full model version; {version.version_id} is {version.kind}"
         )
-    online = await wait_for_participants(
-        ctx, spec.min_participants, spec.wait_for_participants_s, spec.forget
+    fed = await join_federation(
+        ctx,
+        spec.min_participants,
+        spec.wait_for_participants_s,
+        spec.forget,
+        version_federation(version),
     )
-    dataset, num_classes = federation_data(ctx, online)
+    dataset, num_classes = fed.dataset, fed.num_classes
     try:
         spec.forget.validate(num_classes)
     except ValueError as exc:

@@ -8,6 +8,8 @@ import asyncio
 from dataclasses import asdict
 from functools import partial
 
+import torch
+
 from fused.common.codecs.adapter_codec import VALUE_DTYPES, decode_adapter, encode_adapter
 from fused.common.domain.records import Phase, VersionKind
 from fused.common.domain.round_metrics import PayloadKind
@@ -45,6 +47,13 @@ class AdapterPayload(Payload):
     async def store(self, ctx: JobContext, tensors: Tensors) -> str:
         data = encode_adapter(self.layout, tensors)
         return await asyncio.to_thread(ctx.artifacts.put_bytes, data)
+
+    async def reference(self, ctx: JobContext, aggregate_blob: str) -> Tensors:
+        """The adapter values the round starts from (zeros before the first aggregate)."""
+        if not aggregate_blob:
+            return {n: torch.zeros(int(i.numel())) for n, i in self.layout.indices.items()}
+        data = await asyncio.to_thread(ctx.artifacts.get_bytes, aggregate_blob)
+        return await asyncio.to_thread(decode_adapter, data, self.layout)
 
     def model_blob(self, aggregate_blob: str) -> str:
         return self._base_digest

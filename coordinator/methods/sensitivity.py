@@ -10,9 +10,10 @@ from fused.common.domain.round_metrics import LayerScore, RoundMetrics
 from fused.common.domain.specs import FusedConfig, UnlearningSpec
 from fused.common.domain.tasks import SensitivityOutcome, TaskKind, TaskOutcome
 from fused.common.ml.models import init_model
+from fused.common.ml.plausibility import capped_weights
 from fused.coordinator.engine.checkpoints import committed_round
 from fused.coordinator.engine.context import JobContext, JobFailed
-from fused.coordinator.engine.participants import check_examples
+from fused.coordinator.engine.participants import check_examples, members
 from fused.coordinator.engine.rounds import (
     RoundPlan,
     RoundResult,
@@ -57,7 +58,7 @@ async def critical_layers(
         Phase.SENSITIVITY,
         1,
         TaskKind.SENSITIVITY,
-        ctx.fleet.online_ids(),
+        members(ctx),
         base.version.digest,
         base.model.name,
         base.model.num_classes,
@@ -66,18 +67,24 @@ async def critical_layers(
     )
     result = await run_round(ctx, plan, sensitivity_check(ctx, shapes))
     check_quorum(result, spec.min_participants, Phase.SENSITIVITY, 1)
-    ranking = rank(result, shapes, config)
+    ranking = rank(result, shapes, config, ctx.policy.max_weight_share)
     finish_round(ctx, Phase.SENSITIVITY, 1, started, result, RoundMetrics(ranking=ranking))
     return ranking
 
 
 def rank(
-    result: RoundResult[SensitivityOutcome], shapes: dict[str, int], config: FusedConfig
+    result: RoundResult[SensitivityOutcome],
+    shapes: dict[str, int],
+    config: FusedConfig,
+    max_share: float = 1.0,
 ) -> list[LayerScore]:
+    """Tensors by their mean distance, weighted by sample counts capped to `max_share`."""
     reports = [accepted.payload for accepted in result.in_order()]
-    total = sum(s.num_examples for s in reports)
+    weights = capped_weights([s.num_examples for s in reports], max_share)
+    total = sum(weights)
     scores = {
-        name: sum(s.distances[name] * s.num_examples for s in reports) / total for name in shapes
+        name: sum(s.distances[name] * w for s, w in zip(reports, weights, strict=True)) / total
+        for name in shapes
     }
     ranked = sorted(scores, key=lambda n: (-scores[n], n))
     chosen = set(config.layers) if config.layers else set(ranked[: config.top_k])

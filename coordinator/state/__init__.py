@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fused.common.domain.records import (
+    BlockedParticipant,
     JobEvent,
     JobRecord,
     JobStatus,
@@ -18,6 +19,7 @@ from fused.coordinator.state.sqlite import SCHEMA_VERSION, SchemaVersionError, S
 
 __all__ = [
     "SCHEMA_VERSION",
+    "BlockedParticipant",
     "InMemoryStateStore",
     "JobEvent",
     "JobRecord",

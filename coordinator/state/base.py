@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fused.common.domain.records import (
+    BlockedParticipant,
     JobEvent,
     JobRecord,
     ModelVersion,
@@ -42,6 +43,23 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     def touch_participant(self, participant_id: str, when: float) -> None:
         """Set last_seen; raises UnknownRecordError for an unknown id."""
+
+    @abc.abstractmethod
+    def delete_participant(self, participant_id: str) -> bool:
+        """Forget the record; False if there was none. Jobs, rounds and blocks stay."""
+
+    # blocked participants (independent of participant records)
+    @abc.abstractmethod
+    def block_participant(self, record: BlockedParticipant) -> None:
+        """Insert or replace the block on record.participant_id."""
+
+    @abc.abstractmethod
+    def unblock_participant(self, participant_id: str) -> bool:
+        """Lift a block; False if the id was not blocked."""
+
+    @abc.abstractmethod
+    def list_blocked(self) -> list[BlockedParticipant]:
+        """Sorted by participant_id."""
 
     # jobs
     @abc.abstractmethod

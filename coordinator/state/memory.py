@@ -15,6 +15,7 @@ from typing import Any
 
 from fused.common.domain.record_codec import normalized
 from fused.common.domain.records import (
+    BlockedParticipant,
     JobEvent,
     JobRecord,
     ModelVersion,
@@ -52,6 +53,7 @@ class InMemoryStateStore(StateStore):
         self._versions: dict[str, ModelVersion] = {}
         self._events: dict[str, list[JobEvent]] = {}
         self._settings: dict[str, str] = {}
+        self._blocked: dict[str, BlockedParticipant] = {}
 
     # participants
     def upsert_participant(self, record: ParticipantRecord) -> None:
@@ -73,6 +75,24 @@ class InMemoryStateStore(StateStore):
             if record is None:
                 raise UnknownRecordError(participant_id)
             record.last_seen = float(when)
+
+    def delete_participant(self, participant_id: str) -> bool:
+        with self._lock:
+            return self._participants.pop(participant_id, None) is not None
+
+    # blocked participants
+    def block_participant(self, record: BlockedParticipant) -> None:
+        stored = normalized(record)
+        with self._lock:
+            self._blocked[stored.participant_id] = stored
+
+    def unblock_participant(self, participant_id: str) -> bool:
+        with self._lock:
+            return self._blocked.pop(participant_id, None) is not None
+
+    def list_blocked(self) -> list[BlockedParticipant]:
+        with self._lock:
+            return [copy.deepcopy(self._blocked[k]) for k in sorted(self._blocked)]
 
     # jobs
     def create_job(self, record: JobRecord) -> None:

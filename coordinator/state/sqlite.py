@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fused.common.domain.records import (
+    BlockedParticipant,
     JobEvent,
     JobRecord,
     ModelVersion,
@@ -24,6 +25,7 @@ from fused.common.domain.records import (
 from fused.coordinator.state.base import StateStore, UnknownRecordError
 from fused.coordinator.state.memory import apply_job_update
 from fused.coordinator.state.sqlite_rows import (
+    BLOCKED_COLS,
     EVENT_COLS,
     JOB_COLS,
     MIGRATIONS,
@@ -136,6 +138,34 @@ class SqliteStateStore(StateStore):
             )
             if cursor.rowcount == 0:
                 raise UnknownRecordError(participant_id)
+
+    def delete_participant(self, participant_id: str) -> bool:
+        return self._delete("participants", participant_id)
+
+    def _delete(self, table: str, participant_id: str) -> bool:
+        with self._write() as conn:
+            cursor = conn.execute(
+                f"DELETE FROM {table} WHERE participant_id = ?", (participant_id,)
+            )
+            return cursor.rowcount > 0
+
+    # blocked participants
+    def block_participant(self, record: BlockedParticipant) -> None:
+        with self._write() as conn:
+            conn.execute(
+                f"INSERT OR REPLACE INTO blocked_participants ({BLOCKED_COLS}) "
+                f"VALUES ({placeholders(BLOCKED_COLS)})",
+                to_row(record),
+            )
+
+    def unblock_participant(self, participant_id: str) -> bool:
+        return self._delete("blocked_participants", participant_id)
+
+    def list_blocked(self) -> list[BlockedParticipant]:
+        rows = self._query(
+            f"SELECT {BLOCKED_COLS} FROM blocked_participants ORDER BY participant_id"
+        )
+        return [from_row(BlockedParticipant, r) for r in rows]
 
     # jobs
     def create_job(self, record: JobRecord) -> None:

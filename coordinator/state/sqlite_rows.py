@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from fused.common.domain.record_codec import field_codecs, from_json, is_structured, to_json
 from fused.common.domain.records import (
+    BlockedParticipant,
     JobEvent,
     JobRecord,
     ModelVersion,
@@ -21,7 +22,7 @@ from fused.common.domain.records import (
 
 R = TypeVar("R")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Index i holds the statements that take a database from version i to version i + 1.
 MIGRATIONS: list[list[str]] = [
@@ -99,6 +100,15 @@ MIGRATIONS: list[list[str]] = [
         )
         """,
     ],
+    [  # 2: operators block participants (fusedctl participants block ID)
+        """
+        CREATE TABLE blocked_participants (
+            participant_id TEXT PRIMARY KEY,
+            blocked_at     REAL NOT NULL,
+            reason         TEXT NOT NULL
+        )
+        """,
+    ],
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -113,6 +123,7 @@ JOB_COLS = columns(JobRecord)
 ROUND_COLS = columns(RoundRecord)
 VERSION_COLS = columns(ModelVersion)
 EVENT_COLS = columns(JobEvent)
+BLOCKED_COLS = columns(BlockedParticipant)
 
 
 class SchemaVersionError(RuntimeError):

@@ -20,6 +20,66 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class AggregationPolicy(_message.Message):
+    """How a job aggregates, and the plausibility bounds on what participants send. A field not
+    set takes its default: FedAvg; trim 0.2; at most half a round's weight (from 3 results on);
+    updates within 10x the round's median norm (from 3 updates on); no absolute norm bound.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGGREGATOR_FIELD_NUMBER: _builtins.int
+    TRIM_FRACTION_FIELD_NUMBER: _builtins.int
+    MAX_WEIGHT_SHARE_FIELD_NUMBER: _builtins.int
+    NORM_FACTOR_FIELD_NUMBER: _builtins.int
+    MAX_NORM_FIELD_NUMBER: _builtins.int
+    aggregator: _builtins.str
+    """"fedavg", "median" or "trimmed-mean" """
+    trim_fraction: _builtins.float
+    """trimmed-mean: share cut at each end of a coordinate"""
+    max_weight_share: _builtins.float
+    """one participant's most share of a round (1 = off)"""
+    norm_factor: _builtins.float
+    """refuse updates above factor x median norm (0 = off)"""
+    max_norm: _builtins.float
+    """refuse updates whose L2 norm is above this (0 = off)"""
+    def __init__(
+        self,
+        *,
+        aggregator: _builtins.str | None = ...,
+        trim_fraction: _builtins.float | None = ...,
+        max_weight_share: _builtins.float | None = ...,
+        norm_factor: _builtins.float | None = ...,
+        max_norm: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_aggregator", b"_aggregator", "_max_norm", b"_max_norm", "_max_weight_share", b"_max_weight_share", "_norm_factor", b"_norm_factor", "_trim_fraction", b"_trim_fraction", "aggregator", b"aggregator", "max_norm", b"max_norm", "max_weight_share", b"max_weight_share", "norm_factor", b"norm_factor", "trim_fraction", b"trim_fraction"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_aggregator", b"_aggregator", "_max_norm", b"_max_norm", "_max_weight_share", b"_max_weight_share", "_norm_factor", b"_norm_factor", "_trim_fraction", b"_trim_fraction", "aggregator", b"aggregator", "max_norm", b"max_norm", "max_weight_share", b"max_weight_share", "norm_factor", b"norm_factor", "trim_fraction", b"trim_fraction"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__aggregator: _TypeAlias = _typing.Literal["aggregator"]  # noqa: Y015
+    _WhichOneofArgType__aggregator: _TypeAlias = _typing.Literal["_aggregator", b"_aggregator"]  # noqa: Y015
+    _WhichOneofReturnType__max_norm: _TypeAlias = _typing.Literal["max_norm"]  # noqa: Y015
+    _WhichOneofArgType__max_norm: _TypeAlias = _typing.Literal["_max_norm", b"_max_norm"]  # noqa: Y015
+    _WhichOneofReturnType__max_weight_share: _TypeAlias = _typing.Literal["max_weight_share"]  # noqa: Y015
+    _WhichOneofArgType__max_weight_share: _TypeAlias = _typing.Literal["_max_weight_share", b"_max_weight_share"]  # noqa: Y015
+    _WhichOneofReturnType__norm_factor: _TypeAlias = _typing.Literal["norm_factor"]  # noqa: Y015
+    _WhichOneofArgType__norm_factor: _TypeAlias = _typing.Literal["_norm_factor", b"_norm_factor"]  # noqa: Y015
+    _WhichOneofReturnType__trim_fraction: _TypeAlias = _typing.Literal["trim_fraction"]  # noqa: Y015
+    _WhichOneofArgType__trim_fraction: _TypeAlias = _typing.Literal["_trim_fraction", b"_trim_fraction"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__aggregator) -> _WhichOneofReturnType__aggregator | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_norm) -> _WhichOneofReturnType__max_norm | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_weight_share) -> _WhichOneofReturnType__max_weight_share | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__norm_factor) -> _WhichOneofReturnType__norm_factor | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__trim_fraction) -> _WhichOneofReturnType__trim_fraction | None: ...
+
+Global___AggregationPolicy: _TypeAlias = AggregationPolicy  # noqa: Y015
+
+@_typing.final
 class TrainingSpec(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -33,6 +93,7 @@ class TrainingSpec(_message.Message):
     INIT_VERSION_FIELD_NUMBER: _builtins.int
     WAIT_FOR_PARTICIPANTS_S_FIELD_NUMBER: _builtins.int
     EVALUATE_EACH_ROUND_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """registry name; "" = the participants' data set default"""
     rounds: _builtins.int
@@ -50,6 +111,10 @@ class TrainingSpec(_message.Message):
     """federated evaluation after every round (else at the end)"""
     @_builtins.property
     def train(self) -> _common_pb2.TrainConfig: ...
+    @_builtins.property
+    def policy(self) -> Global___AggregationPolicy:
+        """unset: the defaults"""
+
     def __init__(
         self,
         *,
@@ -63,10 +128,11 @@ class TrainingSpec(_message.Message):
         init_version: _builtins.str = ...,
         wait_for_participants_s: _builtins.float = ...,
         evaluate_each_round: _builtins.bool = ...,
+        policy: Global___AggregationPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["train", b"train"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy", "train", b"train"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluate_each_round", b"evaluate_each_round", "init_version", b"init_version", "min_participants", b"min_participants", "model", b"model", "participants_per_round", b"participants_per_round", "round_deadline_s", b"round_deadline_s", "rounds", b"rounds", "seed", b"seed", "train", b"train", "wait_for_participants_s", b"wait_for_participants_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluate_each_round", b"evaluate_each_round", "init_version", b"init_version", "min_participants", b"min_participants", "model", b"model", "participants_per_round", b"participants_per_round", "policy", b"policy", "round_deadline_s", b"round_deadline_s", "rounds", b"rounds", "seed", b"seed", "train", b"train", "wait_for_participants_s", b"wait_for_participants_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -341,6 +407,8 @@ class ParticipantInfo(_message.Message):
     REGISTERED_AT_FIELD_NUMBER: _builtins.int
     LAST_SEEN_FIELD_NUMBER: _builtins.int
     ONLINE_FIELD_NUMBER: _builtins.int
+    BLOCKED_FIELD_NUMBER: _builtins.int
+    BLOCKED_REASON_FIELD_NUMBER: _builtins.int
     participant_id: _builtins.str
     dataset: _builtins.str
     num_train: _builtins.int
@@ -348,6 +416,9 @@ class ParticipantInfo(_message.Message):
     registered_at: _builtins.float
     last_seen: _builtins.float
     online: _builtins.bool
+    blocked: _builtins.bool
+    """refused by an operator (a blocked id may have no record)"""
+    blocked_reason: _builtins.str
     @_builtins.property
     def class_counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
@@ -361,14 +432,58 @@ class ParticipantInfo(_message.Message):
         registered_at: _builtins.float = ...,
         last_seen: _builtins.float = ...,
         online: _builtins.bool = ...,
+        blocked: _builtins.bool = ...,
+        blocked_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_counts", b"class_counts", "dataset", b"dataset", "last_seen", b"last_seen", "num_test", b"num_test", "num_train", b"num_train", "online", b"online", "participant_id", b"participant_id", "registered_at", b"registered_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked", b"blocked", "blocked_reason", b"blocked_reason", "class_counts", b"class_counts", "dataset", b"dataset", "last_seen", b"last_seen", "num_test", b"num_test", "num_train", b"num_train", "online", b"online", "participant_id", b"participant_id", "registered_at", b"registered_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ParticipantInfo: _TypeAlias = ParticipantInfo  # noqa: Y015
+
+@_typing.final
+class ParticipantRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    participant_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        participant_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["participant_id", b"participant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ParticipantRequest: _TypeAlias = ParticipantRequest  # noqa: Y015
+
+@_typing.final
+class BlockParticipantRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    participant_id: _builtins.str
+    reason: _builtins.str
+    """shown by `fusedctl participants` (at most 200 characters)"""
+    def __init__(
+        self,
+        *,
+        participant_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["participant_id", b"participant_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BlockParticipantRequest: _TypeAlias = BlockParticipantRequest  # noqa: Y015
 
 @_typing.final
 class ListParticipantsResponse(_message.Message):
@@ -509,6 +624,7 @@ class UnlearningSpec(_message.Message):
     SEED_FIELD_NUMBER: _builtins.int
     EVALUATE_EACH_ROUND_FIELD_NUMBER: _builtins.int
     UPLOAD_DTYPE_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
     base_version: _builtins.str
     """the model to unlearn from; "" = the active version"""
     method: _builtins.str
@@ -533,6 +649,10 @@ class UnlearningSpec(_message.Message):
     def layers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """... or exactly these"""
 
+    @_builtins.property
+    def policy(self) -> Global___AggregationPolicy:
+        """unset: the defaults"""
+
     def __init__(
         self,
         *,
@@ -550,10 +670,11 @@ class UnlearningSpec(_message.Message):
         seed: _builtins.int = ...,
         evaluate_each_round: _builtins.bool = ...,
         upload_dtype: _builtins.str = ...,
+        policy: Global___AggregationPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["forget", b"forget", "train", b"train"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["forget", b"forget", "policy", b"policy", "train", b"train"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_version", b"base_version", "density", b"density", "evaluate_each_round", b"evaluate_each_round", "forget", b"forget", "layers", b"layers", "method", b"method", "min_participants", b"min_participants", "round_deadline_s", b"round_deadline_s", "rounds", b"rounds", "seed", b"seed", "top_k", b"top_k", "train", b"train", "upload_dtype", b"upload_dtype", "wait_for_participants_s", b"wait_for_participants_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_version", b"base_version", "density", b"density", "evaluate_each_round", b"evaluate_each_round", "forget", b"forget", "layers", b"layers", "method", b"method", "min_participants", b"min_participants", "policy", b"policy", "round_deadline_s", b"round_deadline_s", "rounds", b"rounds", "seed", b"seed", "top_k", b"top_k", "train", b"train", "upload_dtype", b"upload_dtype", "wait_for_participants_s", b"wait_for_participants_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -101,6 +101,21 @@ class ControlServiceStub:
                 request_serializer=fused_dot_proto_dot_v1_dot_control__pb2.ExportModelRequest.SerializeToString,
                 response_deserializer=fused_dot_proto_dot_v1_dot_common__pb2.BlobChunk.FromString,
                 _registered_method=True)
+        self.RemoveParticipant = channel.unary_unary(
+                '/fused.v1.ControlService/RemoveParticipant',
+                request_serializer=fused_dot_proto_dot_v1_dot_control__pb2.ParticipantRequest.SerializeToString,
+                response_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.ParticipantInfo.FromString,
+                _registered_method=True)
+        self.BlockParticipant = channel.unary_unary(
+                '/fused.v1.ControlService/BlockParticipant',
+                request_serializer=fused_dot_proto_dot_v1_dot_control__pb2.BlockParticipantRequest.SerializeToString,
+                response_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.ParticipantInfo.FromString,
+                _registered_method=True)
+        self.UnblockParticipant = channel.unary_unary(
+                '/fused.v1.ControlService/UnblockParticipant',
+                request_serializer=fused_dot_proto_dot_v1_dot_control__pb2.ParticipantRequest.SerializeToString,
+                response_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.ParticipantInfo.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -188,6 +203,28 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RemoveParticipant(self, request, context):
+        """Forget a participant's record (FAILED_PRECONDITION while it holds an open task); an agent
+        still running registers again: block it to keep it out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BlockParticipant(self, request, context):
+        """A blocked participant's Register and PullTask answer PERMISSION_DENIED, its open tasks
+        fail and no job selects it, until it is unblocked. Persisted; any id may be blocked.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnblockParticipant(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -255,6 +292,21 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.ExportModel,
                     request_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.ExportModelRequest.FromString,
                     response_serializer=fused_dot_proto_dot_v1_dot_common__pb2.BlobChunk.SerializeToString,
+            ),
+            'RemoveParticipant': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveParticipant,
+                    request_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.ParticipantRequest.FromString,
+                    response_serializer=fused_dot_proto_dot_v1_dot_control__pb2.ParticipantInfo.SerializeToString,
+            ),
+            'BlockParticipant': grpc.unary_unary_rpc_method_handler(
+                    servicer.BlockParticipant,
+                    request_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.BlockParticipantRequest.FromString,
+                    response_serializer=fused_dot_proto_dot_v1_dot_control__pb2.ParticipantInfo.SerializeToString,
+            ),
+            'UnblockParticipant': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnblockParticipant,
+                    request_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.ParticipantRequest.FromString,
+                    response_serializer=fused_dot_proto_dot_v1_dot_control__pb2.ParticipantInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -609,6 +661,87 @@ class ControlService:
             '/fused.v1.ControlService/ExportModel',
             fused_dot_proto_dot_v1_dot_control__pb2.ExportModelRequest.SerializeToString,
             fused_dot_proto_dot_v1_dot_common__pb2.BlobChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveParticipant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fused.v1.ControlService/RemoveParticipant',
+            fused_dot_proto_dot_v1_dot_control__pb2.ParticipantRequest.SerializeToString,
+            fused_dot_proto_dot_v1_dot_control__pb2.ParticipantInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BlockParticipant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fused.v1.ControlService/BlockParticipant',
+            fused_dot_proto_dot_v1_dot_control__pb2.BlockParticipantRequest.SerializeToString,
+            fused_dot_proto_dot_v1_dot_control__pb2.ParticipantInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnblockParticipant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fused.v1.ControlService/UnblockParticipant',
+            fused_dot_proto_dot_v1_dot_control__pb2.ParticipantRequest.SerializeToString,
+            fused_dot_proto_dot_v1_dot_control__pb2.ParticipantInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,6 +50,15 @@ class ControlServiceStub:
     ListParticipants: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListParticipantsRequest, _control_pb2.ListParticipantsResponse]
     ListModels: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListModelsRequest, _control_pb2.ListModelsResponse]
     ExportModel: _grpc.UnaryStreamMultiCallable[_control_pb2.ExportModelRequest, _common_pb2.BlobChunk]
+    RemoveParticipant: _grpc.UnaryUnaryMultiCallable[_control_pb2.ParticipantRequest, _control_pb2.ParticipantInfo]
+    """Forget a participant's record (FAILED_PRECONDITION while it holds an open task); an agent
+    still running registers again: block it to keep it out.
+    """
+    BlockParticipant: _grpc.UnaryUnaryMultiCallable[_control_pb2.BlockParticipantRequest, _control_pb2.ParticipantInfo]
+    """A blocked participant's Register and PullTask answer PERMISSION_DENIED, its open tasks
+    fail and no job selects it, until it is unblocked. Persisted; any id may be blocked.
+    """
+    UnblockParticipant: _grpc.UnaryUnaryMultiCallable[_control_pb2.ParticipantRequest, _control_pb2.ParticipantInfo]
 
 @_typing.type_check_only
 class ControlServiceAsyncStub(ControlServiceStub):
@@ -72,6 +81,15 @@ class ControlServiceAsyncStub(ControlServiceStub):
     ListParticipants: _aio.UnaryUnaryMultiCallable[_control_pb2.ListParticipantsRequest, _control_pb2.ListParticipantsResponse]  # type: ignore[assignment]
     ListModels: _aio.UnaryUnaryMultiCallable[_control_pb2.ListModelsRequest, _control_pb2.ListModelsResponse]  # type: ignore[assignment]
     ExportModel: _aio.UnaryStreamMultiCallable[_control_pb2.ExportModelRequest, _common_pb2.BlobChunk]  # type: ignore[assignment]
+    RemoveParticipant: _aio.UnaryUnaryMultiCallable[_control_pb2.ParticipantRequest, _control_pb2.ParticipantInfo]  # type: ignore[assignment]
+    """Forget a participant's record (FAILED_PRECONDITION while it holds an open task); an agent
+    still running registers again: block it to keep it out.
+    """
+    BlockParticipant: _aio.UnaryUnaryMultiCallable[_control_pb2.BlockParticipantRequest, _control_pb2.ParticipantInfo]  # type: ignore[assignment]
+    """A blocked participant's Register and PullTask answer PERMISSION_DENIED, its open tasks
+    fail and no job selects it, until it is unblocked. Persisted; any id may be blocked.
+    """
+    UnblockParticipant: _aio.UnaryUnaryMultiCallable[_control_pb2.ParticipantRequest, _control_pb2.ParticipantInfo]  # type: ignore[assignment]
 
 class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
     """The operators' service, used by fusedctl."""
@@ -169,5 +187,32 @@ class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _control_pb2.ExportModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_common_pb2.BlobChunk], _abc.AsyncIterator[_common_pb2.BlobChunk]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveParticipant(
+        self,
+        request: _control_pb2.ParticipantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ParticipantInfo, _abc.Awaitable[_control_pb2.ParticipantInfo]]:
+        """Forget a participant's record (FAILED_PRECONDITION while it holds an open task); an agent
+        still running registers again: block it to keep it out.
+        """
+
+    @_abc_1.abstractmethod
+    def BlockParticipant(
+        self,
+        request: _control_pb2.BlockParticipantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ParticipantInfo, _abc.Awaitable[_control_pb2.ParticipantInfo]]:
+        """A blocked participant's Register and PullTask answer PERMISSION_DENIED, its open tasks
+        fail and no job selects it, until it is unblocked. Persisted; any id may be blocked.
+        """
+
+    @_abc_1.abstractmethod
+    def UnblockParticipant(
+        self,
+        request: _control_pb2.ParticipantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ParticipantInfo, _abc.Awaitable[_control_pb2.ParticipantInfo]]: ...
 
 def add_ControlServiceServicer_to_server(servicer: ControlServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

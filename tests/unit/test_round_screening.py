@@ -1,0 +1,204 @@
+"""The job engine's isolation and plausibility checks on a real JobContext (in-memory store, a
+real fleet and metrics registry): who is left out of a job for other data, updates refused once
+a round is in, weights and evaluation counts capped to a share of the round."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import torch
+from prometheus_client import CollectorRegistry
+
+from fused.common.domain.aggregation_policy import AggregationPolicy
+from fused.common.domain.records import JobEvent, JobKind, JobStatus, Phase
+from fused.common.domain.tasks import EvalOutcome, TaskOutcome, TrainOutcome
+from fused.coordinator.artifacts import ArtifactStore
+from fused.coordinator.engine.context import Federation, JobContext, JobFailed, RoundBytes
+from fused.coordinator.engine.evaluation import eval_check, merge_eval
+from fused.coordinator.engine.participants import join_federation, members
+from fused.coordinator.engine.rounds import RoundResult
+from fused.coordinator.engine.screening import round_weights, screen_updates
+from fused.coordinator.fleet import Accepted, Fleet
+from fused.coordinator.metrics import CoordinatorMetrics
+from fused.coordinator.state import InMemoryStateStore, JobRecord, ParticipantRecord
+
+T = TypeVar("T")
+Tensors = dict[str, torch.Tensor]
+DIGITS = Federation("digits", 10)
+
+
+def run(coro: Awaitable[T]) -> T:
+    async def main() -> T:
+        return await coro
+
+    return asyncio.run(main())
+
+
+def context(tmp_path: Path, *participants: tuple[str, str, int]) -> JobContext:
+    """A job's context with (id, data set, classes) participants registered and online."""
+    store = InMemoryStateStore()
+    store.create_job(JobRecord("job-1", JobKind.TRAIN, {}, JobStatus.RUNNING, "", 0, "", 0, 0))
+    fleet = Fleet(store, offline_after_s=15)
+    for pid, dataset, classes in participants:
+        now = time.time()
+        counts = [10] * classes
+        fleet.register(
+            ParticipantRecord(pid, counts, sum(counts), 20, now, now, {"dataset": dataset})
+        )
+
+    def emit(kind: str, phase: str, r: int, message: str, data: Any = None) -> JobEvent:
+        return store.append_event("job-1", kind, phase, r, message, data or {}, 0.0)
+
+    artifacts = ArtifactStore(tmp_path / "artifacts")
+    metrics = CoordinatorMetrics(CollectorRegistry())
+    return JobContext("job-1", store, artifacts, fleet, metrics, emit, lambda p, r: RoundBytes())
+
+
+def events(ctx: JobContext, kind: str) -> list[str]:
+    return [e.message for e in ctx.store.list_events("job-1") if e.kind == kind]
+
+
+# --------------------------------------------------------------------------- isolation
+
+
+def test_the_majority_data_set_wins_and_the_other_is_left_out(tmp_path: Path) -> None:
+    ctx = context(tmp_path, ("p0", "digits", 10), ("p1", "digits", 10), ("m", "cifar10", 10))
+    assert run(join_federation(ctx, 2, 0.0)) == DIGITS
+    assert members(ctx) == ["p0", "p1"]
+    assert members(ctx) == ["p0", "p1"]  # reported once
+    assert events(ctx, "participant_left_out") == [
+        "m left out of this job: it registered data set 'cifar10' with 10 classes, the job "
+        "uses data set 'digits' with 10 classes"
+    ]
+
+
+def test_a_class_count_of_its_own_is_left_out(tmp_path: Path) -> None:
+    ctx = context(tmp_path, ("p0", "digits", 10), ("p1", "digits", 10), ("m", "digits", 3))
+    assert run(join_federation(ctx, 1, 0.0)) == DIGITS and members(ctx) == ["p0", "p1"]
+
+
+def test_a_base_version_fixes_the_data_set(tmp_path: Path) -> None:
+    ctx = context(tmp_path, ("p0", "digits", 10), ("m1", "other", 10), ("m2", "other", 10))
+    assert run(join_federation(ctx, 1, 0.0, reference=DIGITS)) == DIGITS
+    assert members(ctx) == ["p0"] and len(events(ctx, "participant_left_out")) == 2
+
+
+def test_too_few_matching_participants_fail_the_job_clearly(tmp_path: Path) -> None:
+    ctx = context(tmp_path, ("p0", "digits", 10), ("m", "cifar10", 10))
+    with pytest.raises(JobFailed) as failed:
+        run(join_federation(ctx, 2, 0.0, reference=DIGITS))
+    assert str(failed.value) == (
+        "only 1 of the 2 required participants were online after waiting 0 s (holding data "
+        "set 'digits' with 10 classes; 1 left out for other data)"
+    )
+
+
+def test_an_even_split_fails_the_job_clearly(tmp_path: Path) -> None:
+    ctx = context(tmp_path, ("p0", "digits", 10), ("m", "x" * 100, 10))
+    with pytest.raises(JobFailed) as failed:
+        run(join_federation(ctx, 1, 0.0))
+    assert str(failed.value) == (
+        "no data set to run on after waiting 0 s: online participants are split evenly between "
+        "data sets (1 with data set 'digits' with 10 classes, 1 with data set "
+        f"'{'x' * 40}'... with 10 classes); block or remove the ones that do not belong "
+        "(fusedctl participants block ID)"
+    )
+
+
+# --------------------------------------------------------------------------- updates
+
+
+def accepted(pid: str, values: list[float], n: int = 50) -> Accepted[Tensors]:
+    train = TrainOutcome("b" * 64, n, 0.5, 1.0)
+    return Accepted(TaskOutcome(pid, f"t-{pid}", train=train), {"w": torch.tensor(values)})
+
+
+def round_of(*items: Accepted[Tensors]) -> RoundResult[Tensors]:
+    return RoundResult(accepted={a.outcome.participant_id: a for a in items})
+
+
+async def zeros() -> Tensors:
+    return {"w": torch.zeros(2)}
+
+
+def refused(ctx: JobContext, reason: str) -> float | None:
+    return ctx.metrics.registry.get_sample_value("fused_refused_updates_total", {"reason": reason})
+
+
+def test_a_huge_update_is_refused_once_the_round_is_in(tmp_path: Path) -> None:
+    ctx = context(tmp_path)
+    result = round_of(accepted("p0", [1, 0]), accepted("p1", [0, 1.5]), accepted("m", [3e38, 0]))
+    run(screen_updates(ctx, result, zeros, Phase.TRAIN, 2))
+    assert sorted(result.accepted) == ["p0", "p1"]
+    assert result.failures == {
+        "m": "update refused: update L2 norm 3e+38 is 2e+38x the round's median 1.5 (limit 10x)"
+    }
+    assert refused(ctx, "norm_ratio") == 1.0
+    assert events(ctx, "update_refused") == [f"m: {result.failures['m'][16:]}"]
+
+
+def test_two_updates_are_judged_by_the_absolute_bound_only(tmp_path: Path) -> None:
+    ctx = context(tmp_path)
+    result = round_of(accepted("p0", [1, 0]), accepted("m", [3e38, 0]))
+    run(screen_updates(ctx, result, zeros, Phase.TRAIN, 1))
+    assert sorted(result.accepted) == ["m", "p0"]
+    ctx.policy = AggregationPolicy(max_norm=100.0)
+    run(screen_updates(ctx, result, zeros, Phase.TRAIN, 1))
+    assert sorted(result.accepted) == ["p0"] and refused(ctx, "norm_bound") == 1.0
+
+
+def test_weights_are_capped_to_half_the_round(tmp_path: Path) -> None:
+    ctx = context(tmp_path)
+    result = round_of(
+        accepted("a", [0, 0], 100), accepted("b", [0, 0], 200), accepted("m", [0, 0], 2**62)
+    )
+    assert round_weights(ctx, result, Phase.TRAIN, 1) == [100, 200, 300]
+    assert events(ctx, "weight_capped") == [
+        f"m: {2**62} samples count as 300 (at most 0.5 of the round)"
+    ]
+    honest = round_of(
+        accepted("a", [0, 0], 100), accepted("b", [0, 0], 90), accepted("c", [0, 0], 80)
+    )
+    assert round_weights(ctx, honest, Phase.TRAIN, 2) == [100, 90, 80]
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def report(pid: str, correct: list[int], total: list[int], **kw: int) -> Accepted[EvalOutcome]:
+    ev = EvalOutcome(tuple(correct), tuple(total), 1.0, **kw)
+    return Accepted(TaskOutcome(pid, f"t-{pid}", eval=ev), ev)
+
+
+def test_inflated_evaluation_counts_are_capped(tmp_path: Path) -> None:
+    big = 2**40
+    result: RoundResult[EvalOutcome] = RoundResult(
+        accepted={
+            "p0": report("p0", [1, 0], [10, 10]),
+            "p1": report("p1", [0, 2], [10, 10]),
+            "m": report("m", [big, big], [big, big]),
+        }
+    )
+    assert merge_eval(result, 2).accuracy > 0.99  # what an uncapped sum reported
+    capped = merge_eval(result, 2, max_share=0.5)
+    assert capped.total == [40, 40] and capped.correct == [21, 22]
+    assert capped.accuracy == pytest.approx(43 / 80)
+    assert capped.per_participant == {"p0": 0.05, "p1": 0.1, "m": 1.0}
+
+
+def test_evaluation_counts_are_bounded_by_registration(tmp_path: Path) -> None:
+    ctx = context(tmp_path, ("p0", "digits", 2))  # 20 training, 20 test samples registered
+    check = eval_check(ctx, 2)
+    ok = report("p0", [1, 2], [10, 10], forget_correct=3, forget_total=40).outcome
+    assert run(check(ok)).forget_total == 40
+    for ev, message in (
+        (report("p0", [1, 1], [20, 1]), "evaluation counts cover 21 test samples"),
+        (report("p0", [0, 0], [1, 1], forget_total=41), "forget counts cover 41 samples"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            run(check(ev.outcome))
