@@ -17,15 +17,19 @@ from prometheus_client import CollectorRegistry
 from fused.common.domain.aggregation_policy import AggregationPolicy
 from fused.common.domain.records import JobEvent, JobKind, JobStatus, Phase
 from fused.common.domain.tasks import EvalOutcome, TaskOutcome, TrainOutcome
+from fused.common.ml.adapters import build_layout
 from fused.coordinator.artifacts import ArtifactStore
 from fused.coordinator.engine.context import Federation, JobContext, JobFailed, RoundBytes
 from fused.coordinator.engine.evaluation import eval_check, merge_eval
 from fused.coordinator.engine.participants import join_federation, members
 from fused.coordinator.engine.rounds import RoundResult
 from fused.coordinator.engine.screening import round_weights, screen_updates
+from fused.coordinator.engine.weights import WeightsPayload
 from fused.coordinator.fleet import Accepted, Fleet
+from fused.coordinator.methods.fused import AdapterPayload
 from fused.coordinator.metrics import CoordinatorMetrics
 from fused.coordinator.state import InMemoryStateStore, JobRecord, ParticipantRecord
+from fused.coordinator.versions import save_weights
 
 T = TypeVar("T")
 Tensors = dict[str, torch.Tensor]
@@ -202,3 +206,24 @@ def test_evaluation_counts_are_bounded_by_registration(tmp_path: Path) -> None:
     ):
         with pytest.raises(ValueError, match=message):
             run(check(ev.outcome))
+
+
+# --------------------------------------------------------------------------- references
+
+
+def test_updates_are_measured_from_the_round_start(tmp_path: Path) -> None:
+    """Full weights from the aggregate; adapter values from theirs, zeros before the first."""
+    ctx = context(tmp_path)
+    ctx.artifacts.ensure()
+    layout = build_layout({"fc.weight": (4, 8)}, 0.25, 7)
+    payload = AdapterPayload(layout, 7, "c" * 64, "float16")
+    start = run(payload.reference(ctx, ""))
+    size = layout.num_values
+    assert {n: t.tolist() for n, t in start.items()} == {"fc.weight": [0.0] * size}
+    values = {"fc.weight": torch.arange(size, dtype=torch.float32)}
+    blob = run(payload.store(ctx, values))
+    assert torch.equal(run(payload.reference(ctx, blob))["fc.weight"], values["fc.weight"])
+    weights = {"w": torch.ones(2, 3), "n": torch.tensor(4)}
+    full = WeightsPayload("mlp", weights)
+    saved = run(save_weights(ctx.artifacts, weights, "mlp"))
+    assert all(torch.equal(t, weights[n]) for n, t in run(full.reference(ctx, saved)).items())
