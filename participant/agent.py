@@ -26,11 +26,12 @@ from fused.common.rpc.metering import (
     CountingChannel,
     WireMetrics,
 )
-from fused.common.rpc.task_convert import outcome_to_proto, task_from_proto
+from fused.common.rpc.task_convert import task_from_proto
 from fused.common.runtime.logs import log_fields, set_log_fields
 from fused.participant.blobs import BlobCache
 from fused.participant.handlers import run_task
-from fused.participant.retry import PERMANENT, REFUSED_CREDENTIALS, TASK_FATAL
+from fused.participant.reporting import error_outcome, failure_reason, push_outcome, shorten
+from fused.participant.retry import Action, RegistrationRefused, Stage, decide
 from fused.participant.transfer import TaskTransfer
 from fused.proto.v1 import participant_pb2, participant_pb2_grpc
 
@@ -61,6 +62,12 @@ class ParticipantMetrics:
         self.tasks = Counter(
             "fused_participant_tasks", "Tasks run", ["kind", "outcome"], registry=registry
         )
+        self.results = Counter(
+            "fused_participant_results",
+            "Task outcomes pushed, by the coordinator's verdict (accepted, late, refused)",
+            ["outcome"],
+            registry=registry,
+        )
         self.task_seconds = Histogram(
             "fused_participant_task_seconds", "Time to run a task", ["kind"], registry=registry
         )
@@ -86,7 +93,8 @@ class Agent:
             channel.close()
 
     def run(self) -> None:
-        """Serve until shutdown(); reconnect with exponential backoff and jitter."""
+        """Serve until shutdown(); reconnect with exponential backoff and jitter. Returns
+        only on shutdown; raises RegistrationRefused when retrying cannot help."""
         stop = self._stop
         set_log_fields(participant=self._pid)  # this thread's records name the participant
         backoff = self._settings.backoff_initial_s
@@ -94,28 +102,33 @@ class Agent:
             try:
                 self._session(stop)
                 backoff = self._settings.backoff_initial_s
+                continue
             except ReRegister:
                 log.warning("coordinator forgot %s; registering again", self._pid)
-            except (grpc.RpcError, ValueError) as exc:
+                continue
+            except RegistrationRefused:
+                raise
+            except grpc.RpcError as exc:
                 if stop.is_set():  # shutdown() closed the channel under a call
                     return
-                if not isinstance(exc, grpc.RpcError):
-                    raise
                 code = exc.code() if hasattr(exc, "code") else None
-                if code in REFUSED_CREDENTIALS:  # may be fixed on the coordinator's side
+                if decide(Stage.SESSION, code) is Action.RECONNECT_SLOW:
                     backoff = self._settings.backoff_max_s
                     log.error(
                         "the coordinator refused this participant (%s: %s); check --token-file "
                         "or --tls-cert/--tls-key against its auth file and CA",
-                        code.name,
+                        code.name if code else code,
                         exc.details(),
                     )
-                elif code in PERMANENT:
-                    raise
-                delay = random.uniform(0.5, 1.0) * backoff
-                log.warning("no session with the coordinator (%s); retrying in %.1f s", code, delay)
-                stop.wait(delay)
-                backoff = min(backoff * 2, self._settings.backoff_max_s)
+            except Exception:  # a bug must not end an edge agent: log it, start over
+                if stop.is_set():
+                    return
+                code = None
+                log.exception("session failed")
+            delay = random.uniform(0.5, 1.0) * backoff
+            log.warning("no session with the coordinator (%s); retrying in %.1f s", code, delay)
+            stop.wait(delay)
+            backoff = min(backoff * 2, self._settings.backoff_max_s)
 
     def _session(self, stop: threading.Event) -> None:
         raw = create_channel(self._settings.coordinator, self._settings.tls, self._settings.token)
@@ -123,7 +136,7 @@ class Agent:
         self._channel = channel
         stub = participant_pb2_grpc.ParticipantServiceStub(channel)
         try:
-            reply = stub.Register(self._register_request(), timeout=10, metadata=self._md())
+            reply = self._register(stub)
             self.sessions += 1
             log.info("registered %s with %s", self._pid, self._settings.coordinator)
             lost = threading.Event()
@@ -141,6 +154,20 @@ class Agent:
         finally:
             self._channel = None
             channel.close()
+
+    def _register(
+        self, stub: participant_pb2_grpc.ParticipantServiceStub
+    ) -> participant_pb2.RegisterResponse:
+        try:
+            reply: participant_pb2.RegisterResponse = stub.Register(
+                self._register_request(), timeout=10, metadata=self._md()
+            )
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            if code is not None and decide(Stage.REGISTER, code) is Action.STOP:
+                raise RegistrationRefused(code, exc.details() or "") from exc
+            raise
+        return reply
 
     def _register_request(self) -> participant_pb2.RegisterRequest:
         counts = self._shard.class_counts()
@@ -203,12 +230,17 @@ class Agent:
                 raise ReRegister
             request = participant_pb2.PullTaskRequest(participant_id=self._pid, wait_s=wait_s)
             pulled = stub.PullTask(request, timeout=wait_s + 10, metadata=self._md())
-            if pulled.HasField("task"):
+            if not pulled.HasField("task"):
+                continue
+            try:
                 task = task_from_proto(pulled.task)
-                task_stub = participant_pb2_grpc.ParticipantServiceStub(
-                    channel.with_phase(task.phase)
-                )
-                self._execute(task_stub, task, reply)
+            except ValueError as exc:  # a task this agent cannot read: its error, not ours
+                log.error("task %s is malformed: %s", pulled.task.task_id, exc)
+                outcome = error_outcome(self._pid, pulled.task.task_id, f"malformed task: {exc}")
+                self._push(stub, outcome, self._md())
+                continue
+            task_stub = participant_pb2_grpc.ParticipantServiceStub(channel.with_phase(task.phase))
+            self._execute(task_stub, task, reply)
 
     def _execute(
         self,
@@ -226,30 +258,34 @@ class Agent:
         task: TaskSpec,
         reply: participant_pb2.RegisterResponse,
     ) -> None:
+        """Run the task and push its outcome; whatever the task or the coordinator's verdict
+        on it, the agent goes on to the next task (only a lost session raises)."""
         started = time.monotonic()
         self._busy.set()
         try:
             outcome = self._run_task(stub, task, reply)
             status = "ok"
-        except (ValueError, RuntimeError) as exc:  # bad weights, shape mismatch, ...
-            log.exception("task %s failed", task.task_id)
-            outcome = TaskOutcome(self._pid, task.task_id, error=f"{type(exc).__name__}: {exc}")
-            status = "error"
-        except grpc.RpcError as exc:
-            if exc.code() not in TASK_FATAL:
-                raise  # the connection: a new session retries the task
-            log.error("task %s failed: %s: %s", task.task_id, exc.code().name, exc.details())
-            outcome = TaskOutcome(
-                self._pid, task.task_id, error=f"{exc.code().name}: {exc.details()}"
-            )
+        except Exception as exc:
+            reason = None if self._stop.is_set() else failure_reason(exc)
+            if reason is None:
+                raise  # shutdown, or the connection: a new session is offered the task again
+            log.error("task %s failed: %s", task.task_id, shorten(reason), exc_info=_traced(exc))
+            outcome = error_outcome(self._pid, task.task_id, reason)
             status = "error"
         finally:
             self._busy.clear()
         self._metrics.tasks.labels(task.kind.value, status).inc()
         self._metrics.task_seconds.labels(task.kind.value).observe(time.monotonic() - started)
-        ack = stub.PushResult(outcome_to_proto(outcome), timeout=60, metadata=self._md(task))
-        if not ack.accepted:
-            log.warning("result for task %s not counted: %s", task.task_id, ack.message)
+        self._push(stub, outcome, self._md(task))
+
+    def _push(
+        self,
+        stub: participant_pb2_grpc.ParticipantServiceStub,
+        outcome: TaskOutcome,
+        metadata: tuple[tuple[str, str | bytes], ...],
+    ) -> None:
+        pushed = push_outcome(stub, outcome, metadata)
+        self._metrics.results.labels(pushed.value).inc()
 
     def _run_task(
         self,
@@ -266,3 +302,8 @@ class Agent:
             chunk_bytes=reply.chunk_bytes or CHUNK_BYTES,
         )
         return run_task(task, self._shard, self._pid, transfer)
+
+
+def _traced(exc: Exception) -> bool:
+    """Whether a task's failure deserves a traceback: a bug, not a refusal or bad data."""
+    return not isinstance(exc, grpc.RpcError | ValueError)

@@ -6,6 +6,7 @@ and pushes the outcomes back.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -61,6 +62,26 @@ class TaskContext:
 Handler = Callable[[TaskSpec, TaskContext, ArtifactTransport], TaskOutcome]
 
 
+class NonFiniteResult(ValueError):
+    """Local work produced NaN or Inf (a diverged loss, a poisoned model): nothing is uploaded,
+    and the agent reports the task's error instead of a result the coordinator would refuse."""
+
+
+def check_finite(stats: TrainStats, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Raise NonFiniteResult unless the mean loss and every value are finite."""
+    if not math.isfinite(stats.mean_loss):
+        raise NonFiniteResult(
+            f"local training diverged: mean loss {stats.mean_loss} (the task's model may be "
+            "poisoned); not uploading"
+        )
+    bad = sorted(name for name, t in tensors.items() if not bool(torch.isfinite(t).all()))
+    if bad:
+        raise NonFiniteResult(
+            f"local training produced non-finite values in {len(bad)} tensor(s), first "
+            f"{bad[0]!r}; not uploading"
+        )
+
+
 def run_task(
     task: TaskSpec, shard: Shard, participant_id: str, transport: ArtifactTransport
 ) -> TaskOutcome:
@@ -97,6 +118,7 @@ def train(task: TaskSpec, ctx: TaskContext, transport: ArtifactTransport) -> Tas
     """FedAvg step on the remaining data; upload the new weights."""
     name, classes = task.model_name, task.num_classes
     state, stats = local_update(name, classes, ctx.weights, ctx.shard, task.train, task.forget)
+    check_finite(stats, state)
     return _trained(task, ctx, transport.upload(encode_tensors(state, {"model": name})), stats)
 
 
@@ -114,6 +136,7 @@ def adapter_train(task: TaskSpec, ctx: TaskContext, transport: ArtifactTransport
         task.train,
         task.forget,
     )
+    check_finite(stats, new_values)
     blob = encode_adapter(ctx.layout, new_values, dtype=task.adapter.upload_dtype)
     return _trained(task, ctx, transport.upload(blob), stats)
 
@@ -130,6 +153,8 @@ def evaluate(task: TaskSpec, ctx: TaskContext, transport: ArtifactTransport) -> 
     if ctx.layout is not None:
         weights = merge_weights(weights, ctx.layout, ctx.values)
     ev = local_evaluate(task.model_name, task.num_classes, weights, ctx.shard, task.forget)
+    if not math.isfinite(ev.loss_sum):
+        raise NonFiniteResult(f"evaluation loss is {ev.loss_sum} (the model may be poisoned)")
     return TaskOutcome(ctx.participant_id, task.task_id, eval=ev)
 
 
@@ -138,6 +163,8 @@ def sensitivity(task: TaskSpec, ctx: TaskContext, transport: ArtifactTransport) 
     distances, n = local_sensitivity(
         task.model_name, task.num_classes, ctx.weights, ctx.shard, task.train
     )
+    if not all(math.isfinite(d) for d in distances.values()):
+        raise NonFiniteResult("local training diverged: non-finite layer distances")
     outcome = SensitivityOutcome(distances, n)
     return TaskOutcome(ctx.participant_id, task.task_id, sensitivity=outcome)
 

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import torch
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -20,6 +19,7 @@ from fused.common.rpc.metering import disable_created_series
 from fused.common.runtime.config import ConfigError, load_config
 from fused.common.runtime.logs import setup_logging
 from fused.participant.agent import Agent, AgentSettings, ParticipantMetrics
+from fused.participant.retry import RegistrationRefused
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cfg.metrics_port >= 0:
         http, _ = start_http_server(cfg.metrics_port, cfg.metrics_address, registry=registry)
         port = http.server_port
-    if cfg.ready_file is not None:
-        cfg.ready_file.write_text(f'{{"metrics_port": {port}}}')
+    if cfg.ready_file is not None:  # atomically: a reader never sees it half written
+        tmp = cfg.ready_file.with_suffix(".tmp")
+        tmp.write_text(f'{{"metrics_port": {port}}}')
+        tmp.replace(cfg.ready_file)
     tls = TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.tls_ca) if cfg.tls_ca else None
     settings = AgentSettings(
         coordinator=cfg.coordinator,
@@ -92,8 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(sig, lambda *_: agent.shutdown())
     try:
         agent.run()
-    except grpc.RpcError as exc:  # refused for good, e.g. an invalid participant id
-        print(f"fused-participant: {exc.code().name}: {exc.details()}", file=sys.stderr)
+    except RegistrationRefused as exc:  # refused for good, e.g. an invalid participant id
+        print(f"fused-participant: registration refused: {exc}", file=sys.stderr)
         return 2
     return 0
 

@@ -1,37 +1,76 @@
-"""Which gRPC answers an agent retries, and how: a new session, the same task, or never."""
+"""What an agent does with each gRPC answer: the one decision table of its failure policy.
+
+An agent never exits because of a peer or a round: a refused result, a failed task or a
+poisoned model is logged, reported as the task's error, and the agent takes the next task.
+Only a refused registration that retrying cannot fix stops it. Everything else starts a new
+session after a backoff, so an edge agent outlives the coordinator's troubles.
+"""
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 import grpc
 
-# A session that ends with one of these cannot succeed by retrying: the agent stops. Any other
-# failure (the network, a restarting or buggy coordinator) starts a new session after a
-# backoff, so an edge agent outlives the coordinator's troubles.
-PERMANENT = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED})
+Code = grpc.StatusCode
+
+
+class Stage(StrEnum):
+    """Where in the agent's loop the answer came."""
+
+    REGISTER = "register"  # the Register call that opens a session
+    SESSION = "session"  # PullTask and Heartbeat between tasks
+    TASK = "task"  # downloads and uploads while a task runs
+    PUSH = "push"  # PushResult, the end of a task
+
+
+class Action(StrEnum):
+    STOP = "stop"  # the agent exits: only for a registration retrying cannot fix
+    RECONNECT = "reconnect"  # a new session after a backoff (the task is offered again)
+    RECONNECT_SLOW = "reconnect slowly"  # the same at the longest backoff: refused credentials
+    FAIL_TASK = "fail the task"  # push the task's error outcome, take the next task
+    NEXT_TASK = "next task"  # the result was refused: report the reason, take the next task
+
+
 # Transport trouble: an interrupted upload resumes in the same session.
 RETRYABLE = frozenset(
     {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.FAILED_PRECONDITION,  # not registered (e.g. the coordinator restarted)
-        grpc.StatusCode.CANCELLED,
+        Code.UNAVAILABLE,
+        Code.DEADLINE_EXCEEDED,
+        Code.FAILED_PRECONDITION,  # not registered (e.g. the coordinator restarted)
+        Code.CANCELLED,
     }
 )
-
-# Answers that retrying the same task cannot change (a corrupt artifact, a refused upload):
-# the task is reported failed instead of retried until its deadline.
-TASK_FATAL = frozenset(
-    {
-        grpc.StatusCode.DATA_LOSS,
-        grpc.StatusCode.NOT_FOUND,
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.PERMISSION_DENIED,
-        grpc.StatusCode.OUT_OF_RANGE,
-    }
-)
-
+# The connection or the session, not the request: a new session may succeed.
+TRANSIENT = RETRYABLE | {Code.ABORTED}
 # The coordinator refused who we are: retried at the longest backoff, since the fix (its auth
 # file, our token) may come from either side.
-REFUSED_CREDENTIALS = frozenset(
-    {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
-)
+REFUSED_CREDENTIALS = frozenset({Code.UNAUTHENTICATED, Code.PERMISSION_DENIED})
+# A registration refused for what we are: our id or data summary (INVALID_ARGUMENT), or a
+# coordinator that does not speak our protocol (UNIMPLEMENTED). Retrying cannot help.
+REGISTRATION_FATAL = frozenset({Code.INVALID_ARGUMENT, Code.UNIMPLEMENTED})
+
+
+def decide(stage: Stage, code: grpc.StatusCode | None) -> Action:
+    """The agent's answer to a failed call at `stage` (code None: no status, e.g. a reset)."""
+    if stage is Stage.REGISTER and code in REGISTRATION_FATAL:
+        return Action.STOP
+    if code == Code.UNAUTHENTICATED or (
+        code == Code.PERMISSION_DENIED and stage in (Stage.REGISTER, Stage.SESSION)
+    ):
+        return Action.RECONNECT_SLOW
+    if code is None or code in TRANSIENT or stage in (Stage.REGISTER, Stage.SESSION):
+        return Action.RECONNECT
+    # What this task sent or asked for was refused, or the coordinator failed on it (a
+    # corrupt artifact, a quota, a poisoned update, a bug): retrying the same task cannot
+    # change that, and the agent must not die of it.
+    return Action.FAIL_TASK if stage is Stage.TASK else Action.NEXT_TASK
+
+
+class RegistrationRefused(Exception):
+    """The coordinator refused this participant for good; the agent stops."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
