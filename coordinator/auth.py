@@ -32,9 +32,8 @@ from fused.common.rpc.identity import (
     valid_name,
 )
 from fused.common.rpc.metering import MD_PARTICIPANT
-from fused.common.runtime.logs import set_log_fields
-
-log = logging.getLogger(__name__)
+from fused.common.runtime.logs import clip, set_log_fields
+from fused.coordinator.refusals import REFUSALS
 
 AUTHORIZATION = "authorization"
 PEER_CERT_KEY = "x509_pem_cert"
@@ -66,11 +65,6 @@ class AuthPolicy:
     @property
     def required(self) -> bool:
         return self.tokens is not None or self.client_certs
-
-    def may_claim(self, pid: str) -> bool:
-        """Whether pid could be a real participant here (bounds metric labels before the
-        call is authenticated): any valid id without tokens, else one the auth file lists."""
-        return valid_name(pid) and (self.tokens is None or pid in self.tokens.participants)
 
 
 def _bearer(metadata: dict[str, str]) -> str | None:
@@ -143,7 +137,7 @@ def identify(
     if role == PARTICIPANT and claim and claim != identity.name:
         raise RequestRefused(
             grpc.StatusCode.PERMISSION_DENIED,
-            f"authenticated as {identity.name!r} but the call claims to be {claim!r}",
+            f"authenticated as {identity.name!r} but the call claims to be {clip(claim, 64)!r}",
         )
     return identity
 
@@ -199,8 +193,14 @@ def check_known_fields(message: Any) -> None:
             raise RequestRefused(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"{message.DESCRIPTOR.name} has unexpected field(s) "
-                f"{', '.join(map(str, sorted(set(numbers))))}: this coordinator speaks fused.v1",
+                f"{_first_few(sorted(set(numbers)))}: this coordinator speaks fused.v1",
             )
+
+
+def _first_few(numbers: list[int], shown: int = 8) -> str:
+    """The numbers, or the first few and how many more: a message may carry thousands."""
+    more = f" and {len(numbers) - shown} more" if len(numbers) > shown else ""
+    return ", ".join(map(str, numbers[:shown])) + more
 
 
 Handler = Any  # grpc.RpcMethodHandler, generic only in the stubs
@@ -265,7 +265,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 check_known_fields(request)
             except RequestRefused as exc:
                 self._on_reject(exc.code.name.lower())
-                log.warning("refused %s from %s: %s", method, context.peer(), exc.message)
+                REFUSALS.refused(
+                    logging.WARNING, method, exc.code.name, context.peer(), exc.message
+                )
                 await context.abort(exc.code, exc.message)
             current_identity.set(identity)
             if identity is not None and identity.role == PARTICIPANT:

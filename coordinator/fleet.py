@@ -318,3 +318,13 @@ class Fleet:
         event = self._wakeups.get(pid)
         if event is not None:
             event.set()
+
+    def held_task(self, pid: str, job_id: str, phase: str, round_number: int) -> TaskSpec | None:
+        """pid's open task of that job, phase and round, if any: what the bytes of its calls
+        may be charged to (coordinator/accounting.py)."""
+        wanted = (pid, job_id, phase, round_number)
+        for open_task in self._open.values():
+            spec = open_task.spec
+            if (open_task.participant_id, spec.job_id, spec.phase, spec.round) == wanted:
+                return spec
+        return None

@@ -1,8 +1,11 @@
 """How the coordinator's servicers answer failures: one table from exception to status.
 
 Handlers raise; the `answers` decorator turns what they raise into the call's status code and
-message, logs it, and counts rejected requests. A handler that needs its own code or wording
-for a failure raises RequestRefused (a code and an exact message) instead.
+message, logs it (rate-limited: refusals.py), and counts rejected requests. A handler that
+needs its own code or wording for a failure raises RequestRefused (a code and an exact
+message) instead. Before a handler runs, the decorator holds its request, each chunk of a
+streamed request and the call's metadata to limits.py's table: the one place inputs are
+bounded.
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ from typing import Any, NoReturn, Protocol, TypeVar, cast
 
 import grpc
 import grpc.aio
+from google.protobuf.message import Message
 
 from fused.coordinator.artifacts import CorruptArtifactError, MissingArtifactError
 from fused.coordinator.auth import RequestRefused, current_identity
 from fused.coordinator.fleet import NotRegisteredError
+from fused.coordinator.limits import check_metadata, check_request
+from fused.coordinator.refusals import REFUSALS
 from fused.coordinator.transfer import OffsetOutOfRange
-
-log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Code = grpc.StatusCode
@@ -96,7 +100,7 @@ async def _refuse(
         return
     code, message = status
     level = logging.ERROR if code in SERVER_FAULTS else logging.WARNING
-    log.log(level, "%s refused: %s: %s", name, code.name, message)
+    REFUSALS.refused(level, name, code.name, context.peer(), message)
     if words.count and code == Code.INVALID_ARGUMENT:
         cast(CountsRejections, servicer).count_rejected(words.count)
     await abort(context, code, message)
@@ -115,7 +119,7 @@ def answers(*, rejected: str = "", count: str = "", doing: str = "") -> Callable
             @functools.wraps(handler)
             async def streaming(self: Any, request: Any, context: Context) -> AsyncIterator[Any]:
                 try:
-                    async for item in handler(self, request, context):
+                    async for item in handler(self, bounded(request, context), context):
                         yield item
                 except Exception as exc:
                     await _refuse(name, words, self, context, exc)
@@ -126,7 +130,7 @@ def answers(*, rejected: str = "", count: str = "", doing: str = "") -> Callable
         @functools.wraps(handler)
         async def unary(self: Any, request: Any, context: Context) -> Any:
             try:
-                return await handler(self, request, context)
+                return await handler(self, bounded(request, context), context)
             except Exception as exc:
                 await _refuse(name, words, self, context, exc)
                 raise
@@ -134,6 +138,24 @@ def answers(*, rejected: str = "", count: str = "", doing: str = "") -> Callable
         return cast(F, unary)
 
     return decorate
+
+
+def bounded(request: Any, context: Context) -> Any:
+    """The request, held to limits.py's table with the call's metadata: a message now, a
+    stream of them (an upload) chunk by chunk as the handler reads it. LimitError is a
+    ValueError, so RULES answer it INVALID_ARGUMENT."""
+    check_metadata(context.invocation_metadata() or ())
+    if isinstance(request, Message):
+        check_request(request)
+        return request
+    return _bounded_stream(request) if hasattr(request, "__aiter__") else request
+
+
+async def _bounded_stream(chunks: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for chunk in chunks:
+        if isinstance(chunk, Message):
+            check_request(chunk)
+        yield chunk
 
 
 async def abort(context: Context, code: grpc.StatusCode, msg: str) -> NoReturn:

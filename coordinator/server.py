@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from fused.common.rpc.channels import CHUNK_BYTES, TlsFiles, create_server
 from fused.common.rpc.identity import read_auth_file
 from fused.common.rpc.metering import CountingServerInterceptor, PreSerializedResponses
+from fused.coordinator.accounting import CallAccounting
 from fused.coordinator.artifact_gc import collect
 from fused.coordinator.artifacts import ArtifactStore
 from fused.coordinator.auth import AuthInterceptor, AuthPolicy
@@ -129,15 +130,9 @@ class Coordinator:
             log.warning("job %s was unfinished when the coordinator stopped: marked failed", job_id)
         self.metrics.bind_gauges(lambda: len(fleet.online_ids()), fleet.tasks_in_flight)
         policy = self._auth_policy()
-
-        def participant_label(pid: str, method: str) -> str:
-            # A first Register counts under its id too: the id is not registered yet.
-            known = fleet.is_registered(pid) or (method == "Register" and policy.may_claim(pid))
-            return (pid if known else "unknown") if pid else "-"
-
-        interceptor = CountingServerInterceptor(
-            self.metrics.wire, participant_label, hook=jobs.record_bytes
-        )
+        # Labels and job accounting from the authenticated caller and its tasks only.
+        accounting = CallAccounting(fleet, jobs.record_bytes)
+        interceptor = CountingServerInterceptor(self.metrics.wire, accounting)
         auth = AuthInterceptor(policy, lambda code: self.metrics.rejected_calls.labels(code).inc())
         self._server, self.port = create_server(
             cfg.listen, [interceptor, auth, PreSerializedResponses()], self._tls()

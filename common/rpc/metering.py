@@ -7,7 +7,10 @@ therefore exactly the serialized sizes of the messages exchanged.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import grpc
@@ -25,9 +28,24 @@ NO_PHASE = "none"
 KNOWN_PHASES = frozenset(
     {NO_PHASE, "train", "evaluate", "sensitivity", "adapter", "retrain", "finetune"}
 )
+NO_PARTICIPANT = "-"  # the label of calls made by no participant (operators, refused calls)
 
 Serializer = Callable[[Any], Any] | None
-ByteHook = Callable[[dict[str, str], str, int], None]  # (metadata, direction, nbytes)
+
+
+@dataclass(frozen=True)
+class CallLabels:
+    """How one call's bytes are counted, decided once per call: its labels on the wire
+    metrics, and `charge`, which also gets each count (the coordinator's job accounting)."""
+
+    participant: str = NO_PARTICIPANT
+    phase: str = NO_PHASE
+    charge: Callable[[str, int], None] | None = None  # (direction, bytes)
+
+
+Resolve = Callable[[], CallLabels | None]  # None: who is calling is not known yet
+# (method, metadata) at the start of a call -> how to label it once the caller is known
+Labeller = Callable[[str, Mapping[str, str]], Resolve]
 
 
 def disable_created_series() -> None:
@@ -55,10 +73,12 @@ class WireMetrics:
             registry=registry,
         )
 
-    def record(self, method: str, direction: str, phase: str, participant: str, n: int) -> None:
+    def record(
+        self, method: str, direction: str, phase: str, participant: str, n: int, messages: int = 1
+    ) -> None:
         phase = phase if phase in KNOWN_PHASES else "other"
         self.bytes.labels(method, direction, phase, participant).inc(n)
-        self.messages.labels(method, direction, phase, participant).inc()
+        self.messages.labels(method, direction, phase, participant).inc(messages)
 
 
 def short_method(full: str) -> str:
@@ -85,24 +105,85 @@ def _counting(fn: Serializer, count: Callable[[int], None], outgoing: bool) -> S
     return deserialize
 
 
+class _CallTally:
+    """One call's counts. Labels may depend on who is calling, which is known only once the
+    handler has started (authentication runs first): counts made before that wait here,
+    summed, and go out under the labels once known. A call that ends without any (refused
+    before its handler) counts under CallLabels()."""
+
+    def __init__(self, metrics: WireMetrics, method: str, resolve: Resolve) -> None:
+        self._metrics = metrics
+        self._method = method
+        self._resolve = resolve
+        self._labels: CallLabels | None = None
+        self._waiting: dict[str, list[int]] = {}  # direction -> [bytes, messages]
+
+    def count(self, direction: str, n: int) -> None:
+        labels = self._labels or self._settle(self._resolve())
+        if labels is None:
+            held = self._waiting.setdefault(direction, [0, 0])
+            held[0] += n
+            held[1] += 1
+        else:
+            self._add(labels, direction, n, 1)
+
+    def finish(self) -> None:
+        """The handler is done: label the call now, whoever the caller turned out to be."""
+        if self._labels is None:
+            self._settle(self._resolve() or CallLabels())
+
+    def _settle(self, labels: CallLabels | None) -> CallLabels | None:
+        if labels is not None:
+            self._labels = labels
+            for direction, (n, messages) in self._waiting.items():
+                self._add(labels, direction, n, messages)
+            self._waiting.clear()
+        return labels
+
+    def _add(self, labels: CallLabels, direction: str, n: int, messages: int) -> None:
+        self._metrics.record(self._method, direction, labels.phase, labels.participant, n, messages)
+        if labels.charge is not None:
+            labels.charge(direction, n)
+
+
+def _finishing(behavior: Any, tally: _CallTally) -> Any:
+    """`behavior` (a handler, async as ours all are) that finishes the tally when it ends;
+    a unary response is serialized after that, and counted under the labels then known."""
+    if inspect.isasyncgenfunction(behavior):
+
+        async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            finally:
+                tally.finish()
+
+        return stream
+    if not inspect.iscoroutinefunction(behavior):
+        tally.finish()  # a synchronous handler: label the call now, as nobody
+        return behavior
+
+    async def unary(request: Any, context: Any) -> Any:
+        try:
+            return await behavior(request, context)
+        finally:
+            tally.finish()
+
+    return unary
+
+
 class CountingServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Counts every request and response of a grpc.aio server.
 
-    `participant_label` maps the caller's claimed id and the method to a label (unknown ids
-    collapse to one label so a hostile client cannot blow up metric cardinality); `hook`
-    sees every count with the call's metadata (the coordinator uses it for per-job
-    accounting).
+    `labeller` is asked at the start of each call how to label it; what it answers is
+    resolved once the caller is known (see _CallTally). The coordinator's labels come from
+    the authenticated caller and its tasks (coordinator/accounting.py), so what a call's
+    metadata claims never becomes a label or an accounting key.
     """
 
-    def __init__(
-        self,
-        metrics: WireMetrics,
-        participant_label: Callable[[str, str], str],  # (claimed id, method) -> label
-        hook: ByteHook | None = None,
-    ) -> None:
+    def __init__(self, metrics: WireMetrics, labeller: Labeller) -> None:
         self._metrics = metrics
-        self._participant_label = participant_label
-        self._hook = hook
+        self._labeller = labeller
 
     async def intercept_service(
         self,
@@ -116,22 +197,18 @@ class CountingServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[typ
             return None  # type: ignore[return-value]  # grpc's stubs omit the None case
         md = {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
         method = short_method(details.method)
-        participant = self._participant_label(md.get(MD_PARTICIPANT, ""), method)
-        phase = md.get(MD_PHASE, NO_PHASE)
-
-        def counter(direction: str) -> Callable[[int], None]:
-            def count(n: int) -> None:
-                self._metrics.record(method, direction, phase, participant, n)
-                if self._hook is not None:
-                    self._hook(md, direction, n)
-
-            return count
-
+        tally = _CallTally(self._metrics, method, self._labeller(method, md))
+        kind = ("stream_" if handler.request_streaming else "unary_") + (
+            "stream" if handler.response_streaming else "unary"
+        )
         replaced: grpc.RpcMethodHandler[Any, Any] = handler._replace(
+            **{kind: _finishing(getattr(handler, kind), tally)},
             request_deserializer=_counting(
-                handler.request_deserializer, counter("received"), False
+                handler.request_deserializer, partial(tally.count, "received"), False
             ),
-            response_serializer=_counting(handler.response_serializer, counter("sent"), True),
+            response_serializer=_counting(
+                handler.response_serializer, partial(tally.count, "sent"), True
+            ),
         )
         return replaced
 

@@ -12,13 +12,14 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any
 
 from fused.common.domain.records import JobEvent, JobKind, JobRecord, JobStatus
-from fused.common.rpc.metering import MD_JOB, MD_PARTICIPANT, MD_PHASE, MD_ROUND
 from fused.common.runtime.logs import set_log_fields
+from fused.coordinator.accounting import ByteKey
 from fused.coordinator.artifacts import ArtifactStore
 from fused.coordinator.engine.context import JobContext, JobFailed, RoundBytes
 from fused.coordinator.engine.kind import JobKindHandler, JobResult
 from fused.coordinator.fleet import Fleet
 from fused.coordinator.ids import new_id
+from fused.coordinator.limits import ACCOUNTED_PER_ROUND
 from fused.coordinator.metrics import CoordinatorMetrics
 from fused.coordinator.state import StateStore
 
@@ -192,18 +193,16 @@ class JobManager:
                 seq = event.seq
                 yield event
 
-    def record_bytes(self, metadata: dict[str, str], direction: str, n: int) -> None:
-        """Wire hook: attribute a task call's bytes to its job round and participant."""
-        job_id, phase = metadata.get(MD_JOB), metadata.get(MD_PHASE)
-        if not job_id or not phase or job_id not in self._running:
+    def record_bytes(self, key: ByteKey, direction: str, n: int) -> None:
+        """Wire hook: add a task call's bytes to its job round. The key is the caller's
+        identity and its open task (coordinator/accounting.py), never metadata; a round
+        holds at most ACCOUNTED_PER_ROUND participants."""
+        if key.job_id not in self._running:
             return
-        try:
-            round_number = int(metadata.get(MD_ROUND, "0"))
-        except ValueError:
-            return
-        pid = metadata.get(MD_PARTICIPANT, "")
-        acct = self.round_bytes(job_id, phase, round_number)
-        (acct.up if direction == "received" else acct.down)[pid] += n
+        acct = self.round_bytes(key.job_id, key.phase, key.round)
+        side = acct.up if direction == "received" else acct.down
+        if key.participant in side or len(side) < ACCOUNTED_PER_ROUND:
+            side[key.participant] += n
 
     def round_bytes(self, job_id: str, phase: str, round_number: int) -> RoundBytes:
         return self._bytes.setdefault((job_id, phase, round_number), RoundBytes())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,8 +23,12 @@ from fused.common.rpc.channels import create_channel, create_server
 from fused.common.rpc.metering import (
     MD_PARTICIPANT,
     MD_PHASE,
+    NO_PARTICIPANT,
+    NO_PHASE,
+    CallLabels,
     CountingChannel,
     CountingServerInterceptor,
+    Resolve,
     WireMetrics,
     short_method,
 )
@@ -183,12 +187,18 @@ def running_wire() -> Iterator[Wire]:
         with lock:
             hook_calls.append((dict(md), direction, n))
 
-    interceptor = CountingServerInterceptor(
-        WireMetrics(registry),
-        # as the coordinator does: registered ids as themselves, others collapse to one label
-        participant_label=lambda pid, _: (pid if pid in known else "unknown") if pid else "-",
-        hook=hook,
-    )
+    def labeller(method: str, md: Mapping[str, str]) -> Resolve:
+        # labels from metadata (the coordinator's come from the authenticated caller: see
+        # test_accounting): known ids as themselves, others collapse to one label
+        pid = md.get(MD_PARTICIPANT, "")
+        labels = CallLabels(
+            (pid if pid in known else "unknown") if pid else NO_PARTICIPANT,
+            md.get(MD_PHASE, NO_PHASE),
+            charge=lambda direction, n: hook(dict(md), direction, n),
+        )
+        return lambda: labels
+
+    interceptor = CountingServerInterceptor(WireMetrics(registry), labeller)
     servicer = EchoServicer(known)
     server = ThreadedServer(servicer, interceptor)
     server.start()

@@ -16,6 +16,7 @@ from fused.coordinator.auth import RequestRefused
 from fused.coordinator.fleet import NotRegisteredError
 from fused.coordinator.rpc_errors import Wording, answers, status_of
 from fused.coordinator.transfer import OffsetOutOfRange
+from fused.proto.v1 import common_pb2, participant_pb2
 
 Code = grpc.StatusCode
 WORDS = Wording(rejected="upload rejected: ", doing="store the upload")
@@ -64,8 +65,17 @@ class Aborted(Exception):
 
 
 class FakeContext:
+    def __init__(self, metadata: tuple[tuple[str, str], ...] = ()) -> None:
+        self.metadata = metadata
+
     async def abort(self, code: grpc.StatusCode, message: str) -> None:
         raise Aborted(code, message)
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self.metadata
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:5555"
 
 
 class Servicer:
@@ -113,3 +123,51 @@ def test_streaming_handler_answers_after_what_it_sent() -> None:
         return got
 
     assert asyncio.run(drain()) == [1]
+
+
+class Bounded:
+    """Handlers that return what they got: what the table lets through reaches them."""
+
+    def count_rejected(self, reason: str) -> None:
+        pass
+
+    @answers(rejected="result rejected: ", count="invalid_result")
+    async def Unary(self, request: Any, context: Any) -> Any:
+        return request
+
+    @answers(rejected="upload rejected: ")
+    async def Upload(self, request: AsyncIterator[Any], context: Any) -> list[Any]:
+        return [chunk async for chunk in request]
+
+
+async def _chunks(*chunks: common_pb2.BlobChunk) -> AsyncIterator[common_pb2.BlobChunk]:
+    for chunk in chunks:
+        yield chunk
+
+
+def test_requests_are_held_to_the_limits_table_before_the_handler() -> None:
+    ok = participant_pb2.PushResultRequest(participant_id="p0", task_id="task-1")
+    assert asyncio.run(Bounded().Unary(ok, FakeContext())) == ok
+    long_id = participant_pb2.PushResultRequest(participant_id="p0", task_id="t" * (1 << 20))
+    with pytest.raises(Aborted) as refused:
+        asyncio.run(Bounded().Unary(long_id, FakeContext()))
+    assert refused.value.args == (
+        Code.INVALID_ARGUMENT,
+        "result rejected: PushResultRequest.task_id is 1048576 characters long "
+        "('tttttttttttttttt...'); the limit is 64",
+    )
+    with pytest.raises(Aborted) as metadata:
+        asyncio.run(Bounded().Unary(ok, FakeContext((("fused-job", "j" * 65),))))
+    assert metadata.value.args[1].startswith("result rejected: metadata fused-job is 65 char")
+
+
+def test_streamed_chunks_are_held_to_the_table_as_they_are_read() -> None:
+    good = common_pb2.BlobChunk(blob_id="ab" * 32, data=b"x")
+    bad = common_pb2.BlobChunk(job_id="job\n1")
+    assert asyncio.run(Bounded().Upload(_chunks(good, good), FakeContext())) == [good, good]
+    with pytest.raises(Aborted) as refused:
+        asyncio.run(Bounded().Upload(_chunks(good, bad), FakeContext()))
+    assert refused.value.args == (
+        Code.INVALID_ARGUMENT,
+        "upload rejected: BlobChunk.job_id holds a control character at position 3",
+    )
