@@ -14,6 +14,7 @@ from fused.coordinator.artifacts import ArtifactStore
 from fused.coordinator.fleet import Fleet
 from fused.coordinator.state import JobStatus, StateStore
 from fused.coordinator.transfer import UploadSpool
+from fused.coordinator.upload_limits import UploadLedger
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +43,16 @@ def referenced(store: StateStore) -> set[str]:
 
 
 def collect(
-    store: StateStore, artifacts: ArtifactStore, spool: UploadSpool, fleet: Fleet
+    store: StateStore,
+    artifacts: ArtifactStore,
+    spool: UploadSpool,
+    fleet: Fleet,
+    ledger: UploadLedger | None = None,
 ) -> Collected:
     """Delete unreferenced artifacts and abandoned upload parts. Call only while no job runs
-    (no task is open, so no upload or download can still need them), on the event loop so
-    that no job can start halfway."""
+    (no task is open, so no new upload or download can start), on the event loop so that no
+    job can start halfway. A part an upload is still writing (its task closed under it) is
+    kept; the ledger's finished uploads are gone, so they leave the participants' quotas."""
     keep = referenced(store)
     removed = freed = 0
     for digest in artifacts.digests():
@@ -55,6 +61,8 @@ def collect(
             removed += 1
     parts = spool.clear()
     fleet.forget_uploads()  # what they uploaded may be gone: the next upload sends it again
+    if ledger is not None:
+        ledger.forget_stored()
     if removed or parts:
         log.info(
             "collected %d artifacts (%.1f MB) and %d upload parts", removed, freed / 1e6, parts

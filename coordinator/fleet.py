@@ -212,6 +212,13 @@ class Fleet:
         """Whether pid itself sent every byte of blob_id (to this coordinator process)."""
         return blob_id in self._uploads.get(pid, ())
 
+    def has_open_task(self, pid: str, job_id: str, round_number: int) -> bool:
+        """Whether pid holds an open task of that job and round (an upload must belong to one)."""
+        return any(
+            o.participant_id == pid and o.spec.job_id == job_id and o.spec.round == round_number
+            for o in self._open.values()
+        )
+
     def _grant(self, open_task: _OpenTask, delta: int) -> None:
         grants = self._grants.setdefault(open_task.participant_id, Counter())
         for blob in open_task.spec.blob_ids():

@@ -87,6 +87,13 @@ class CoordinatorMetrics:
         self.tasks_in_flight = Gauge(
             "fused_tasks_in_flight", "Tasks handed out and not yet resolved", registry=registry
         )
+        self.upload_refusals = Counter(
+            "fused_upload_refusals",
+            "Upload streams refused or cut by a limit (quota, streams, idle, slow, no_task, "
+            "duplicate)",
+            ["reason"],
+            registry=registry,
+        )
 
     def bind_gauges(self, online: Callable[[], int], in_flight: Callable[[], int]) -> None:
         """Gauges read live values at scrape time."""

@@ -118,10 +118,13 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
         self, request: participant_pb2.PushResultRequest, context: Context
     ) -> participant_pb2.PushResultResponse:
         bound_participant(request.participant_id)
+        outcome = outcome_from_proto(request)
         try:
-            await self.fleet.complete(outcome_from_proto(request))
+            await self.fleet.complete(outcome)
         except TaskClosedError as exc:  # an answer, not an error: the result came too late
             return participant_pb2.PushResultResponse(accepted=False, message=str(exc))
+        if outcome.train is not None:  # accepted: its update leaves the sender's upload quota
+            self.uploads.settled(outcome.participant_id, outcome.train.update_blob_id)
         return participant_pb2.PushResultResponse(accepted=True)
 
     @answers()

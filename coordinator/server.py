@@ -11,13 +11,18 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import grpc.aio
 from grpc_health.v1 import _async as health_aio  # health.aio, which mypy cannot see
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
-from fused.common.rpc.channels import CHUNK_BYTES, TlsFiles, create_server
+from fused.common.rpc.channels import (
+    CHUNK_BYTES,
+    MAX_MESSAGE_BYTES,
+    TlsFiles,
+    create_bare_server,
+    create_server,
+)
 from fused.common.rpc.identity import read_auth_file
 from fused.common.rpc.metering import CountingServerInterceptor, PreSerializedResponses
 from fused.coordinator.accounting import CallAccounting
@@ -28,6 +33,7 @@ from fused.coordinator.control_service import ControlServicer
 from fused.coordinator.engine.manager import JobManager
 from fused.coordinator.fleet import Fleet
 from fused.coordinator.jobs import JOB_KINDS
+from fused.coordinator.limits_config import LimitsConfig
 from fused.coordinator.metrics import CoordinatorMetrics
 from fused.coordinator.participant_service import ParticipantServicer, RegisterTerms
 from fused.coordinator.state import StateStore, open_store
@@ -43,7 +49,7 @@ SERVICES = (
 
 
 @dataclass(frozen=True)
-class CoordinatorConfig:
+class CoordinatorConfig(LimitsConfig):  # connection and upload limits: limits_config
     listen: str = dataclasses.field(
         default="127.0.0.1:50051", metadata={"help": "gRPC address for both services"}
     )
@@ -119,7 +125,16 @@ class Coordinator:
         artifacts.ensure()
         fleet = self.fleet = Fleet(store, cfg.offline_after_s)
         spool = UploadSpool(cfg.state_dir / "uploads", artifacts)
-        on_idle = None if cfg.keep_artifacts else partial(collect, store, artifacts, spool, fleet)
+        terms = RegisterTerms(
+            cfg.heartbeat_interval_s, cfg.poll_wait_s, CHUNK_BYTES, cfg.max_upload_mb << 20
+        )
+        upload_limits = cfg.upload_limits(terms.max_upload_bytes, terms.chunk_bytes)
+        refusals = self.metrics.upload_refusals
+        uploads = Uploads(
+            spool, artifacts, fleet, store, upload_limits, lambda r: refusals.labels(r).inc()
+        )
+        gc = partial(collect, store, artifacts, spool, fleet, uploads.ledger)
+        on_idle = None if cfg.keep_artifacts else gc
         jobs = self.jobs = JobManager(
             store, artifacts, fleet, self.metrics, JOB_KINDS, on_idle=on_idle
         )
@@ -135,12 +150,11 @@ class Coordinator:
         interceptor = CountingServerInterceptor(self.metrics.wire, accounting)
         auth = AuthInterceptor(policy, lambda code: self.metrics.rejected_calls.labels(code).inc())
         self._server, self.port = create_server(
-            cfg.listen, [interceptor, auth, PreSerializedResponses()], self._tls()
+            cfg.listen,
+            [interceptor, auth, PreSerializedResponses()],
+            self._tls(),
+            cfg.server_limits(MAX_MESSAGE_BYTES),
         )
-        terms = RegisterTerms(
-            cfg.heartbeat_interval_s, cfg.poll_wait_s, CHUNK_BYTES, cfg.max_upload_mb << 20
-        )
-        uploads = Uploads(spool, artifacts, fleet, store, terms.max_upload_bytes)
         downloads = Downloads(artifacts, terms.chunk_bytes)
         participant_pb2_grpc.add_ParticipantServiceServicer_to_server(
             ParticipantServicer(fleet, uploads, downloads, terms, self.metrics), self._server
@@ -177,7 +191,7 @@ class Coordinator:
 
     async def _serve_health(self, address: str) -> None:
         """The same health servicer on a plaintext port: it tells only whether we serve."""
-        self._health_server = grpc.aio.server()
+        self._health_server = create_bare_server(self.config.health_limits())
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._health_server)
         self.health_port = self._health_server.add_insecure_port(address)
         if self.health_port == 0:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 from google.protobuf.message import DecodeError
 
 from fused.common.rpc.framing import encode_blob_chunk
@@ -23,6 +24,14 @@ from fused.coordinator.artifacts import ArtifactStore
 from fused.coordinator.auth import check_known_fields
 from fused.coordinator.fleet import Fleet
 from fused.coordinator.state import StateStore
+from fused.coordinator.upload_limits import (
+    LimitExceeded,
+    Stream,
+    UploadLedger,
+    UploadLimits,
+    next_chunk_deadline,
+    stalled,
+)
 from fused.proto.v1 import common_pb2
 
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -45,43 +54,81 @@ class StoredBlob:
     size: int
 
 
+def _ignore(reason: str) -> None:
+    pass
+
+
 @dataclass(frozen=True)
 class Uploads:
     """The upload protocol: where a stream may start, what its first chunk may claim, and
-    who uploaded what (a digest an upload lets its sender download and push)."""
+    who uploaded what (a digest an upload lets its sender download and push). Each stream
+    belongs to an open task of its sender and is held to upload_limits' quota, stream cap
+    and pace; `on_refusal` counts each refusal by a limit under its reason."""
 
     spool: UploadSpool
     artifacts: ArtifactStore
     fleet: Fleet
     store: StateStore  # to check the job and round an upload names
-    max_bytes: int
+    limits: UploadLimits
+    on_refusal: Callable[[str], None] = _ignore
+    ledger: UploadLedger = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.limits.check()
+        object.__setattr__(self, "ledger", UploadLedger(self.limits))
+
+    @property
+    def max_bytes(self) -> int:
+        return self.limits.max_bytes
 
     def status(self, pid: str, digest: str) -> UploadState:
         if self.fleet.uploaded(pid, digest):
             return UploadState(complete=True, offset=0)
         return UploadState(complete=False, offset=self.spool.offset(pid, digest))
 
+    def settled(self, pid: str, digest: str) -> None:
+        """An accepted result names this upload: it leaves pid's quota."""
+        self.ledger.settled(pid, digest)
+
     async def receive(self, pid: str, chunks: AsyncIterator[common_pb2.BlobChunk]) -> StoredBlob:
-        """Take one stream of `pid`'s chunks; ValueError (or RequestRefused for a chunk with
-        unknown fields) says why it was refused. Whatever arrived is kept for a resume."""
-        writer: SpoolWriter | None = None
+        """Take one stream of `pid`'s chunks; ValueError (or RequestRefused: a chunk with
+        unknown fields, a limit) says why it was refused. Whatever arrived is kept for a
+        resume."""
+        receipt = _Receipt(self, pid)
         try:
-            async for chunk in chunks:
-                check_known_fields(chunk)
-                if writer is None:
-                    self._check_first_chunk(chunk)
-                    # Idempotent, but only for the sender's own uploads: knowing a digest
-                    # must not let a participant claim another's update as its own.
-                    if self.fleet.uploaded(pid, chunk.blob_id):
-                        return StoredBlob(chunk.blob_id, self.artifacts.size(chunk.blob_id))
-                    writer = self.spool.open(pid, chunk.blob_id, chunk.total_size, chunk.offset)
-                writer.write(chunk.offset, chunk.data)
-            return await self._finish(pid, writer)
+            async for chunk in self._paced(chunks, receipt):
+                done = receipt.take(chunk)
+                if done is not None:
+                    return done
+            return await self._finish(pid, receipt.writer)
         except DecodeError:
             raise ValueError("a chunk is not a valid fused.v1.BlobChunk message") from None
+        except LimitExceeded as exc:
+            self.on_refusal(exc.reason)
+            raise
         finally:
-            if writer is not None:
-                writer.close()  # a broken connection keeps what arrived
+            receipt.close()  # a broken connection keeps what arrived
+
+    async def _paced(
+        self, chunks: AsyncIterator[common_pb2.BlobChunk], receipt: _Receipt
+    ) -> AsyncIterator[common_pb2.BlobChunk]:
+        """The stream's chunks, each within its deadline (idle timeout, minimum rate)."""
+        loop = asyncio.get_running_loop()
+        source = chunks.__aiter__()
+        started = loop.time()
+        received = 0
+        while True:
+            now = loop.time()
+            deadline = next_chunk_deadline(self.limits, started, now, received)
+            try:
+                chunk = await asyncio.wait_for(anext(source), max(0.0, deadline.at - now))
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                elapsed = loop.time() - started
+                raise stalled(self.limits, deadline, elapsed, received, receipt.offset) from None
+            received += len(chunk.data)
+            yield chunk
 
     async def _finish(self, pid: str, writer: SpoolWriter | None) -> StoredBlob:
         if writer is None:
@@ -93,25 +140,74 @@ class Uploads:
             )
         digest = await asyncio.to_thread(writer.finish)
         self.fleet.record_upload(pid, digest)
+        self.ledger.stored(pid, digest, writer.total)
         return StoredBlob(digest, writer.total)
 
-    def _check_first_chunk(self, chunk: common_pb2.BlobChunk) -> None:
+    def check_first_chunk(self, pid: str, chunk: common_pb2.BlobChunk) -> None:
         if not DIGEST.match(chunk.blob_id):
             raise ValueError("the first chunk must name the blob's sha256 digest")
         if chunk.total_size > self.max_bytes:
             raise ValueError(
                 f"upload of {chunk.total_size} bytes exceeds the limit of {self.max_bytes}"
             )
-        if chunk.job_id:
-            job = self.store.get_job(chunk.job_id)
-            if job is None:
-                raise ValueError(f"upload names unknown job {chunk.job_id!r}")
-            # Rounds only go up: a round past the job's current one is none it has dispatched.
-            if chunk.round > job.round:
-                raise ValueError(
-                    f"upload names round {chunk.round} of job {chunk.job_id!r}, which has not "
-                    f"reached it (current round {job.round})"
-                )
+        if not chunk.job_id:
+            raise LimitExceeded(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "no_task",
+                "an upload must name the job and round of an open task of the uploader",
+            )
+        job = self.store.get_job(chunk.job_id)
+        if job is None:
+            raise ValueError(f"upload names unknown job {chunk.job_id!r}")
+        # Rounds only go up: a round past the job's current one is none it has dispatched.
+        if chunk.round > job.round:
+            raise ValueError(
+                f"upload names round {chunk.round} of job {chunk.job_id!r}, which has not "
+                f"reached it (current round {job.round})"
+            )
+        if not self.fleet.has_open_task(pid, chunk.job_id, chunk.round):
+            raise LimitExceeded(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "no_task",
+                f"no open task of {pid} in round {chunk.round} of job {chunk.job_id!r}: "
+                "an upload belongs to a task",
+            )
+
+
+class _Receipt:
+    """One stream's progress: its first chunk checked and admitted, then its writer."""
+
+    def __init__(self, uploads: Uploads, pid: str) -> None:
+        self._uploads = uploads
+        self._pid = pid
+        self.writer: SpoolWriter | None = None
+        self._stream: Stream | None = None
+
+    @property
+    def offset(self) -> int:
+        return self.writer.size if self.writer is not None else 0
+
+    def take(self, chunk: common_pb2.BlobChunk) -> StoredBlob | None:
+        """Write a chunk; the stored blob when the sender had uploaded it all already."""
+        check_known_fields(chunk)
+        if self.writer is None:
+            up, pid = self._uploads, self._pid
+            up.check_first_chunk(pid, chunk)
+            # Idempotent, but only for the sender's own uploads: knowing a digest must not
+            # let a participant claim another's update as its own.
+            if up.fleet.uploaded(pid, chunk.blob_id):
+                return StoredBlob(chunk.blob_id, up.artifacts.size(chunk.blob_id))
+            parts = up.spool.held_bytes(pid, but=chunk.blob_id)
+            self._stream = up.ledger.admit(pid, chunk.blob_id, chunk.total_size, parts)
+            self.writer = up.spool.open(pid, chunk.blob_id, chunk.total_size, chunk.offset)
+        self.writer.write(chunk.offset, chunk.data)
+        return None
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self._stream is not None:
+            self._uploads.ledger.end(self._stream)
 
 
 @dataclass(frozen=True)
@@ -150,18 +246,35 @@ class UploadSpool:
     def __init__(self, root: Path, artifacts: ArtifactStore) -> None:
         self._root = root
         self._artifacts = artifacts
+        self._active: set[Path] = set()  # parts an open stream is writing: never collected
 
     def _path(self, participant: str, digest: str) -> Path:
         if not _SAFE.match(participant):  # ids are validated at registration; be sure anyway
             raise ValueError(f"bad participant id {participant!r}")
         return self._root / participant / f"{digest}.part"
 
+    def _parts(self, pattern: str = "*/*.part") -> list[Path]:
+        return list(self._root.glob(pattern)) if self._root.exists() else []
+
     def clear(self) -> int:
-        """Remove every partial upload; returns how many (only when no task is open)."""
-        parts = list(self._root.glob("*/*.part")) if self._root.exists() else []
+        """Remove every partial upload no stream is writing; returns how many."""
+        parts = [p for p in self._parts() if p not in self._active]
         for part in parts:
             part.unlink(missing_ok=True)
         return len(parts)
+
+    def held_bytes(self, participant: str, but: str = "") -> int:
+        """Bytes of the participant's part files no open stream writes, `but` that digest's."""
+        skip = self._path(participant, but) if but else None
+        total = 0
+        for part in self._parts(f"{participant}/*.part"):
+            if part in self._active or part == skip:
+                continue
+            try:
+                total += part.stat().st_size
+            except FileNotFoundError:
+                continue
+        return total
 
     def offset(self, participant: str, digest: str) -> int:
         path = self._path(participant, digest)
@@ -173,18 +286,27 @@ class UploadSpool:
             raise ValueError(f"upload starts at offset {offset}; resume at offset {held}")
         path = self._path(participant, digest)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return SpoolWriter(self._artifacts, path, digest, total, held)
+        writer = SpoolWriter(self._artifacts, path, digest, total, held, self._active.discard)
+        self._active.add(path)
+        return writer
 
 
 class SpoolWriter:
     def __init__(
-        self, artifacts: ArtifactStore, path: Path, digest: str, total: int, held: int
+        self,
+        artifacts: ArtifactStore,
+        path: Path,
+        digest: str,
+        total: int,
+        held: int,
+        on_close: Callable[[Path], None] = lambda path: None,
     ) -> None:
         self._artifacts = artifacts
         self._path = path
         self._digest = digest
         self.total = total
         self.size = held
+        self._on_close = on_close  # the spool stops protecting the part from collection
         self._file = path.open("ab")
 
     def write(self, offset: int, data: bytes) -> None:
@@ -197,14 +319,19 @@ class SpoolWriter:
 
     def close(self) -> None:
         """Keep what arrived, durably, for a later resume."""
+        self._sync()
+        self._on_close(self._path)
+
+    def _sync(self) -> None:
         if not self._file.closed:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
 
     def finish(self) -> str:
-        """Check the complete upload's digest and store it; a mismatch discards it."""
-        self.close()
+        """Check the complete upload's digest and store it; a mismatch discards it. The part
+        stays protected from collection until it has moved (close() ends that)."""
+        self._sync()
         try:
             return self._artifacts.adopt(self._path, self._digest)
         except ValueError:

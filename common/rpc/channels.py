@@ -34,6 +34,38 @@ _SERVER_OPTIONS: list[tuple[str, int]] = [
 
 
 @dataclass(frozen=True)
+class ServerLimits:
+    """What one listening port holds: connections (more are closed as they arrive), how long
+    a connection may take to handshake or sit without a call, calls per connection and in
+    all, and the largest message either way."""
+
+    max_connections: int = 4096
+    handshake_timeout_s: float = 5.0
+    connection_idle_s: float = 60.0
+    max_streams_per_connection: int = 32
+    max_concurrent_rpcs: int = 8192
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+
+    def options(self) -> list[tuple[str, int]]:
+        limits = {
+            "grpc.max_send_message_length": self.max_message_bytes,
+            "grpc.max_receive_message_length": self.max_message_bytes,
+            "grpc.max_allowed_incoming_connections": self.max_connections,
+            "grpc.server_handshake_timeout_ms": round(self.handshake_timeout_s * 1000),
+            "grpc.max_connection_idle_ms": round(self.connection_idle_s * 1000),
+            "grpc.max_concurrent_streams": self.max_streams_per_connection,
+        }
+        return [(k, v) for k, v in _SERVER_OPTIONS if k not in limits] + list(limits.items())
+
+
+def create_bare_server(limits: ServerLimits) -> grpc.aio.Server:
+    """A grpc.aio server with `limits` and no interceptors, not yet bound (the health port)."""
+    return grpc.aio.server(
+        options=limits.options(), maximum_concurrent_rpcs=limits.max_concurrent_rpcs
+    )
+
+
+@dataclass(frozen=True)
 class TlsFiles:
     """PEM files for TLS; a CA on the server side requires and checks client certificates."""
 
@@ -50,9 +82,15 @@ def create_server(
     address: str,
     interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
     tls: TlsFiles | None = None,
+    limits: ServerLimits | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server bound to "host:port" (port 0 picks one). Returns (server, port)."""
-    server = grpc.aio.server(interceptors=list(interceptors), options=_SERVER_OPTIONS)
+    limits = limits or ServerLimits()
+    server = grpc.aio.server(
+        interceptors=list(interceptors),
+        options=limits.options(),
+        maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
+    )
     if tls is not None and tls.cert is not None and tls.key is not None:
         creds = grpc.ssl_server_credentials(
             [(tls.key.read_bytes(), tls.cert.read_bytes())],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -12,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from bench.raw_participant import RawParticipant
 from fused.common.domain.specs import TrainingSpec
 from fused.common.domain.train_config import TrainConfig
 from fused.common.rpc.channels import create_channel
@@ -41,6 +43,24 @@ def register_ghost(fed: LocalFederation, pid: str) -> None:
     participant_stub(fed).Register(
         participant_pb2.RegisterRequest(participant_id=pid, data=summary), timeout=10
     )
+
+
+@contextlib.contextmanager
+def held_task(fed: LocalFederation, pid: str) -> Iterator[tuple[RawParticipant, str, int]]:
+    """A hand-written participant holding an open task (uploads belong to one): yields it, the
+    task's job and round; declines the task at the end."""
+    raw = RawParticipant(fed.address, pid)
+    raw.register()
+    spec = training_spec_to_proto(QUICK)
+    job = fed.control().StartTraining(control_pb2.StartTrainingRequest(spec=spec))
+    task = raw.pull_task()
+    try:
+        yield raw, task.job_id, task.round
+    finally:
+        raw.decline(task)
+        control = fed.control()
+        list(control.WatchJob(control_pb2.WatchJobRequest(job_id=job.job_id), timeout=120))
+        raw.close()
 
 
 def test_round_deadline_goes_on_without_a_silent_participant(federation: LocalFederation) -> None:
@@ -114,7 +134,7 @@ def test_bad_participant_calls_are_refused_and_the_coordinator_stays_up(
                 iter([common_pb2.BlobChunk(blob_id="0" * 64, data=b"abc", total_size=3)]),
                 metadata=md,
             ),
-            grpc.StatusCode.INVALID_ARGUMENT,  # digest does not match the bytes
+            grpc.StatusCode.FAILED_PRECONDITION,  # no open task of p0 (uploads belong to one)
         ),
         (
             lambda: stub.UploadBlob(
@@ -179,38 +199,52 @@ def test_a_45_mb_artifact_moves_in_chunks(federation: LocalFederation) -> None:
     """A ResNet-18-sized payload crosses with the modest message limit, both ways."""
     payload = hashlib.sha256(b"seed").digest() * (45 * 2**20 // 32)
     digest = hashlib.sha256(payload).hexdigest()
-    stub = participant_stub(federation)
-    md = ((MD_PARTICIPANT, "p0"),)
-    step = 1 << 20
-    chunks = (
-        common_pb2.BlobChunk(
-            blob_id=digest, offset=o, data=payload[o : o + step], total_size=len(payload)
+    with held_task(federation, "bulk") as (raw, job_id, round_number):
+        stub, md = raw.stub, raw.md
+        step = 1 << 20
+        chunks = (
+            common_pb2.BlobChunk(
+                blob_id=digest,
+                offset=o,
+                data=payload[o : o + step],
+                total_size=len(payload),
+                job_id=job_id,
+                round=round_number,
+            )
+            for o in range(0, len(payload), step)
         )
-        for o in range(0, len(payload), step)
-    )
-    reply = stub.UploadBlob(chunks, metadata=md, timeout=120)
-    assert reply.blob_id == digest and reply.size == len(payload)
-    request = participant_pb2.DownloadBlobRequest(blob_id=digest)
-    back = b"".join(c.data for c in stub.DownloadBlob(request, metadata=md, timeout=120))
-    assert back == payload
-    resumed = participant_pb2.DownloadBlobRequest(blob_id=digest, offset=len(payload) - 10)
-    tail = b"".join(c.data for c in stub.DownloadBlob(resumed, metadata=md, timeout=120))
-    assert tail == payload[-10:]
+        reply = stub.UploadBlob(chunks, metadata=md, timeout=120)
+        assert reply.blob_id == digest and reply.size == len(payload)
+        request = participant_pb2.DownloadBlobRequest(blob_id=digest)
+        back = b"".join(c.data for c in stub.DownloadBlob(request, metadata=md, timeout=120))
+        assert back == payload
+        resumed = participant_pb2.DownloadBlobRequest(blob_id=digest, offset=len(payload) - 10)
+        tail = b"".join(c.data for c in stub.DownloadBlob(resumed, metadata=md, timeout=120))
+        assert tail == payload[-10:]
 
 
 def test_uploads_are_idempotent_and_resume_after_a_broken_stream(
     federation: LocalFederation,
 ) -> None:
+    with held_task(federation, "bulk") as (raw, job_id, round_number):
+        resume_after_a_broken_stream(raw, job_id, round_number)
+
+
+def resume_after_a_broken_stream(raw: RawParticipant, job_id: str, round_number: int) -> None:
     payload = hashlib.sha256(b"resume").digest() * (6 * 2**20 // 32)  # 6 MiB
     digest = hashlib.sha256(payload).hexdigest()
-    stub = participant_stub(federation)
-    md = ((MD_PARTICIPANT, "p1"),)
+    stub, md = raw.stub, raw.md
     step = 1 << 20
 
     def chunks(start: int, stop: int) -> Iterator[common_pb2.BlobChunk]:
         for o in range(start, stop, step):
             yield common_pb2.BlobChunk(
-                blob_id=digest, offset=o, data=payload[o : o + step], total_size=len(payload)
+                blob_id=digest,
+                offset=o,
+                data=payload[o : o + step],
+                total_size=len(payload),
+                job_id=job_id,
+                round=round_number,
             )
 
     def broken() -> Iterator[common_pb2.BlobChunk]:

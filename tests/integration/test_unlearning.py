@@ -200,10 +200,14 @@ def test_a_bad_adapter_upload_is_rejected_and_the_round_goes_on(trained: Trained
                 continue
             junk = b"\x28\xb5\x2f\xfd not an adapter"
             digest = hashlib.sha256(junk).hexdigest()
-            stub.UploadBlob(
-                iter([common_pb2.BlobChunk(blob_id=digest, data=junk, total_size=len(junk))]),
-                metadata=md,
+            chunk = common_pb2.BlobChunk(
+                blob_id=digest,
+                data=junk,
+                total_size=len(junk),
+                job_id=task.job_id,
+                round=task.round,
             )
+            stub.UploadBlob(iter([chunk]), metadata=md)
             try:
                 stub.PushResult(
                     participant_pb2.PushResultRequest(
