@@ -28,7 +28,7 @@ from fused.coordinator.auth import current_identity
 from fused.coordinator.fleet import Fleet
 from fused.coordinator.limits import PARTICIPANT_LABELS
 
-UNKNOWN = "unknown"  # the label of an authenticated caller that is not registered here
+UNKNOWN = "unknown"  # the label of a caller that is not registered here (but registering)
 OTHER = "other"  # the label of registered participants beyond PARTICIPANT_LABELS
 
 
@@ -71,7 +71,7 @@ class CallAccounting:
 
     def __call__(self, method: str, metadata: Mapping[str, str]) -> Resolve:
         # Now, at the call's start: a result's task closes before its answer is counted.
-        return partial(self._resolve, self._named_task(metadata))
+        return partial(self._resolve, self._named_task(metadata), method == "Register")
 
     def _named_task(self, metadata: Mapping[str, str]) -> ByteKey | None:
         """The open task the metadata names, as the fleet records it; None if there is none."""
@@ -85,16 +85,14 @@ class CallAccounting:
         task = self._fleet.held_task(pid, job_id, phase, int(number))
         return None if task is None else ByteKey(task.job_id, task.phase, task.round, pid)
 
-    def _resolve(self, task: ByteKey | None) -> CallLabels | None:
+    def _resolve(self, task: ByteKey | None, registering: bool) -> CallLabels | None:
         identity = current_identity.get()
         if identity is None:
             return None  # not authenticated yet, or never: the tally decides when it ends
         if identity.role != PARTICIPANT:
             return CallLabels()  # operators' calls
-        label = self._label(identity.name)
+        known = registering or self._fleet.is_registered(identity.name)
+        label = self._labels.get(identity.name) if known else UNKNOWN
         if task is None or task.participant != identity.name:
             return CallLabels(label)
         return CallLabels(label, task.phase, partial(self._charge, task))
-
-    def _label(self, pid: str) -> str:
-        return self._labels.get(pid) if self._fleet.is_registered(pid) else UNKNOWN

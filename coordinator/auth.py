@@ -31,7 +31,7 @@ from fused.common.rpc.identity import (
     identity_from_cert,
     valid_name,
 )
-from fused.common.rpc.metering import MD_PARTICIPANT
+from fused.common.rpc.metering import MD_PARTICIPANT, caller_known
 from fused.common.runtime.logs import clip, set_log_fields
 from fused.coordinator.refusals import REFUSALS
 
@@ -270,6 +270,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 )
                 await context.abort(exc.code, exc.message)
             current_identity.set(identity)
+            caller_known()  # the wire metrics label this call's request now
             if identity is not None and identity.role == PARTICIPANT:
                 set_log_fields(participant=identity.name)  # the handler's records name the caller
 

@@ -7,6 +7,7 @@ therefore exactly the serialized sizes of the messages exchanged.
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -127,6 +128,11 @@ class _CallTally:
         else:
             self._add(labels, direction, n, 1)
 
+    def caller_known(self) -> None:
+        """Label what waits now, if the labels can be resolved (see `caller_known`)."""
+        if self._labels is None:
+            self._settle(self._resolve())
+
     def finish(self) -> None:
         """The handler is done: label the call now, whoever the caller turned out to be."""
         if self._labels is None:
@@ -146,12 +152,28 @@ class _CallTally:
             labels.charge(direction, n)
 
 
+_current_call: contextvars.ContextVar[_CallTally | None] = contextvars.ContextVar(
+    "fused_call_tally", default=None
+)
+
+
+def caller_known() -> None:
+    """Authentication calls this once it knows who is calling, so that the call's counts so
+    far (its request) are labelled now: a long poll's request counts when it arrives, not
+    when the poll ends."""
+    tally = _current_call.get()
+    if tally is not None:
+        tally.caller_known()
+
+
 def _finishing(behavior: Any, tally: _CallTally) -> Any:
-    """`behavior` (a handler, async as ours all are) that finishes the tally when it ends;
-    a unary response is serialized after that, and counted under the labels then known."""
+    """`behavior` (a handler, async as ours all are) that makes the tally the call's own and
+    finishes it when it ends; a unary response is serialized after that, and counted under
+    the labels then known."""
     if inspect.isasyncgenfunction(behavior):
 
         async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            _current_call.set(tally)  # this call's task and context only
             try:
                 async for item in behavior(request, context):
                     yield item
@@ -164,6 +186,7 @@ def _finishing(behavior: Any, tally: _CallTally) -> Any:
         return behavior
 
     async def unary(request: Any, context: Any) -> Any:
+        _current_call.set(tally)
         try:
             return await behavior(request, context)
         finally:

@@ -9,6 +9,7 @@ import asyncio
 import contextvars
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -29,6 +30,7 @@ from fused.common.rpc.metering import (
     CountingServerInterceptor,
     Resolve,
     WireMetrics,
+    caller_known,
 )
 from fused.coordinator.accounting import OTHER, UNKNOWN, ByteKey, CallAccounting
 from fused.coordinator.auth import current_identity
@@ -137,6 +139,15 @@ def test_the_task_is_looked_up_when_the_call_starts(fleet: Fleet) -> None:
     assert later is not None and later.phase == "none" and later.charge is None
 
 
+def test_a_first_registration_counts_under_its_caller(fleet: Fleet) -> None:
+    accounting = CallAccounting(fleet, lambda key, d, n: None)
+    eve = caller("eve")  # authenticated, not registered yet
+    registering = resolve_as(accounting("Register", {}), eve)
+    beating = resolve_as(accounting("Heartbeat", {}), eve)
+    assert registering is not None and beating is not None
+    assert (registering.participant, beating.participant) == ("eve", UNKNOWN)
+
+
 def test_participant_labels_are_capped(fleet: Fleet) -> None:
     accounting = CallAccounting(fleet, lambda key, d, n: None, label_cap=2)
     seen = []
@@ -154,7 +165,12 @@ CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="
 
 class Authenticating(EchoServicer):
     """Heartbeat stands for a handler behind authentication: it learns who calls (here from
-    the request), or refuses before it knows."""
+    the request), or refuses before it knows. PullTask is a long poll that says as soon as
+    it knows, and answers when released."""
+
+    def __init__(self, known: set[str]) -> None:
+        super().__init__(known)
+        self.release = asyncio.Event()
 
     async def Heartbeat(
         self, request: participant_pb2.HeartbeatRequest, context: Context
@@ -164,20 +180,39 @@ class Authenticating(EchoServicer):
         CALLER.set(request.participant_id)
         return await super().Heartbeat(request, context)
 
+    async def PullTask(
+        self, request: participant_pb2.PullTaskRequest, context: Context
+    ) -> participant_pb2.PullTaskResponse:
+        CALLER.set(request.participant_id)
+        caller_known()  # as the coordinator's authentication does
+        await self.release.wait()  # a long poll
+        return participant_pb2.PullTaskResponse()
+
 
 def by_caller(method: str, md: Mapping[str, str]) -> Resolve:
     return lambda: CallLabels(CALLER.get()) if CALLER.get() else None
 
 
+@dataclass
+class Server:
+    stub: participant_pb2_grpc.ParticipantServiceStub
+    registry: CollectorRegistry
+    servicer: Authenticating
+    running: ThreadedServer
+
+
 @pytest.fixture
-def server() -> Iterator[tuple[participant_pb2_grpc.ParticipantServiceStub, CollectorRegistry]]:
+def server() -> Iterator[Server]:
     registry = CollectorRegistry()
     interceptor = CountingServerInterceptor(WireMetrics(registry), by_caller)
-    running = ThreadedServer(Authenticating({"p7"}), interceptor)
+    servicer = Authenticating({"p7"})
+    running = ThreadedServer(servicer, interceptor)
     running.start()
     channel = create_channel(f"127.0.0.1:{running.port}")
     try:
-        yield participant_pb2_grpc.ParticipantServiceStub(channel), registry
+        yield Server(
+            participant_pb2_grpc.ParticipantServiceStub(channel), registry, servicer, running
+        )
     finally:
         channel.close()
         running.stop()
@@ -191,15 +226,15 @@ def eventually(condition: Callable[[], bool], tries: int = 500) -> None:
     raise AssertionError("the condition did not come to hold")
 
 
-def sample(registry: CollectorRegistry, kind: str, direction: str, who: str) -> Any:
-    labels = {"method": "Heartbeat", "direction": direction, "phase": "none", "participant": who}
+def sample(
+    registry: CollectorRegistry, kind: str, direction: str, who: str, method: str = "Heartbeat"
+) -> Any:
+    labels = {"method": method, "direction": direction, "phase": "none", "participant": who}
     return registry.get_sample_value(f"fused_wire_{kind}_total", labels)
 
 
-def test_a_request_read_before_authentication_counts_under_the_caller(
-    server: tuple[participant_pb2_grpc.ParticipantServiceStub, CollectorRegistry],
-) -> None:
-    stub, registry = server
+def test_a_request_read_before_authentication_counts_under_the_caller(server: Server) -> None:
+    stub, registry = server.stub, server.registry
     request = participant_pb2.HeartbeatRequest(participant_id="p7", task_id="t" * 40)
     assert stub.Heartbeat(request).registered
     assert sample(registry, "bytes", "received", "p7") == serialized_size(request)
@@ -208,10 +243,8 @@ def test_a_request_read_before_authentication_counts_under_the_caller(
     assert sample(registry, "messages", "received", NO_PARTICIPANT) is None
 
 
-def test_a_refused_call_counts_under_nobody(
-    server: tuple[participant_pb2_grpc.ParticipantServiceStub, CollectorRegistry],
-) -> None:
-    stub, registry = server
+def test_a_refused_call_counts_under_nobody(server: Server) -> None:
+    stub, registry = server.stub, server.registry
     request = participant_pb2.HeartbeatRequest(participant_id="refused")
     for _ in range(3):
         with pytest.raises(grpc.RpcError) as refused:
@@ -222,3 +255,18 @@ def test_a_refused_call_counts_under_nobody(
     assert sample(registry, "bytes", "received", NO_PARTICIPANT) == 3 * serialized_size(request)
     assert sample(registry, "messages", "sent", NO_PARTICIPANT) is None
     assert sample(registry, "messages", "received", "refused") is None
+
+
+def test_a_long_poll_counts_its_request_once_the_caller_is_known(server: Server) -> None:
+    request = participant_pb2.PullTaskRequest(participant_id="p7", wait_s=30)
+    poll = server.stub.PullTask.future(request)
+    eventually(lambda: sample(server.registry, "bytes", "received", "p7", "PullTask") is not None)
+    assert not poll.done()  # counted while the poll is still open
+    assert sample(server.registry, "bytes", "received", "p7", "PullTask") == serialized_size(
+        request
+    )
+    loop = server.running._loop
+    assert loop is not None
+    loop.call_soon_threadsafe(server.servicer.release.set)
+    poll.result(timeout=10)
+    eventually(lambda: sample(server.registry, "messages", "sent", "p7", "PullTask") == 1)

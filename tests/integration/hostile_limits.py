@@ -1,0 +1,193 @@
+"""Oversized and malformed inputs for test_hostile_limits: each request, and the exact status
+and message the coordinator must answer it with (limits.py's table, checked at the edge)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+
+from fused.common.rpc.metering import MD_JOB, MD_PARTICIPANT
+from fused.proto.v1 import common_pb2, control_pb2, control_pb2_grpc, participant_pb2
+from tests.integration.hostile import Client, Metadata, described, sha256
+from tests.integration.hostile_names import DENIED, INVALID, MALLORY, SUMMARY
+
+MB = 1 << 20
+DATASET = 1_100_000  # the issue's data set name: 1.1 million characters
+
+
+@dataclass(frozen=True)
+class Exact:
+    """A request and the one answer it must get, word for word."""
+
+    name: str
+    call: Callable[[], str]
+    code: grpc.StatusCode
+    message: str
+
+
+def data(**fields: object) -> participant_pb2.DataSummary:
+    summary = participant_pb2.DataSummary()
+    summary.CopyFrom(SUMMARY)
+    for name, value in fields.items():
+        field = getattr(summary, name)
+        if isinstance(value, list):
+            del field[:]
+            field.extend(value)
+        else:
+            setattr(summary, name, value)
+    return summary
+
+
+def long(what: str, field: str, n: int, letter: str) -> str:
+    return f"{what}{field} is {n} characters long ('{letter * 16}...'); the limit is 64"
+
+
+def register_cases(m: Client) -> list[Exact]:
+    def register(summary: participant_pb2.DataSummary, version: str = "hostile/1") -> str:
+        request = participant_pb2.RegisterRequest(
+            participant_id=MALLORY, data=summary, agent_version=version
+        )
+        return described(m.stub.Register(request, metadata=m.md, timeout=30))
+
+    return [
+        Exact(
+            "registration with a 1.1-million-character data set",
+            lambda: register(data(dataset="d" * DATASET)),
+            INVALID,
+            long("", "DataSummary.dataset", DATASET, "d"),
+        ),
+        Exact(
+            "registration with a 4096-character agent version",
+            lambda: register(SUMMARY, "v" * 4096),
+            INVALID,
+            long("", "RegisterRequest.agent_version", 4096, "v"),
+        ),
+        Exact(
+            "registration with num_train 2^63 (SQLite overflows)",
+            lambda: register(data(num_train=2**63)),
+            INVALID,
+            "DataSummary.num_train 9223372036854775808 is above the limit of 2147483647",
+        ),
+        Exact(
+            "registration with a class count of 2^62",
+            lambda: register(data(class_counts=[2**62] + [10] * 9, num_train=2**62 + 90)),
+            INVALID,
+            "DataSummary.class_counts[0] 4611686018427387904 is above the limit of 2147483647",
+        ),
+        Exact(
+            "registration with num_test 2^64 - 1",
+            lambda: register(data(num_test=2**64 - 1)),
+            INVALID,
+            "DataSummary.num_test 18446744073709551615 is above the limit of 2147483647",
+        ),
+        Exact(
+            "registration with a newline in the data set",
+            lambda: register(data(dataset="digits\nforged")),
+            INVALID,
+            "DataSummary.dataset holds a control character at position 6",
+        ),
+        Exact(
+            "registration under a 1 MB id",
+            lambda: described(m.register(SUMMARY, participant_id="m" * MB)),
+            INVALID,
+            long("", "RegisterRequest.participant_id", MB, "m"),
+        ),
+    ]
+
+
+def id_cases(m: Client, operator: control_pb2_grpc.ControlServiceStub) -> list[Exact]:
+    def push(task_id: str) -> str:
+        error = participant_pb2.TaskError(message="x")
+        request = participant_pb2.PushResultRequest(
+            participant_id=MALLORY, task_id=task_id, error=error
+        )
+        return described(m.push(request))
+
+    def beat(task_id: str) -> str:
+        request = participant_pb2.HeartbeatRequest(participant_id=MALLORY, task_id=task_id)
+        return described(m.stub.Heartbeat(request, metadata=m.md, timeout=30))
+
+    huge_chunk = common_pb2.BlobChunk(blob_id=sha256(b"x"), data=b"x", total_size=1)
+    huge_chunk.job_id = "j" * MB
+    layers = control_pb2.UnlearningSpec(layers=[f"layer{i}" for i in range(20_000)])
+    init = control_pb2.TrainingSpec(rounds=1, init_version="v" * MB)
+    watch = control_pb2.WatchJobRequest(job_id="job-x", after_seq=2**64 - 1)
+    return [
+        Exact(
+            "result for a 1 MB task id",
+            lambda: push("t" * MB),
+            INVALID,
+            long("result rejected: ", "PushResultRequest.task_id", MB, "t"),
+        ),
+        Exact(
+            "result for a task id with a newline",
+            lambda: push("t\n2026-01-01 00:00:00 coordinator INFO forged"),
+            INVALID,
+            "result rejected: PushResultRequest.task_id holds a control character at position 1",
+        ),
+        Exact(
+            "heartbeat for a 1 MB task id",
+            lambda: beat("t" * MB),
+            INVALID,
+            long("", "HeartbeatRequest.task_id", MB, "t"),
+        ),
+        Exact(
+            "download of a 1 MB blob id",
+            lambda: described(m.download("b" * MB)),
+            INVALID,
+            long("", "DownloadBlobRequest.blob_id", MB, "b"),
+        ),
+        Exact(
+            "upload chunk naming a 1 MB job",
+            lambda: described(m.upload([huge_chunk])),
+            INVALID,
+            long("upload rejected: ", "BlobChunk.job_id", MB, "j"),
+        ),
+        Exact(
+            "GetJob of a 1 MB job id",
+            lambda: str(operator.GetJob(control_pb2.GetJobRequest(job_id="j" * MB), timeout=30)),
+            INVALID,
+            long("", "GetJobRequest.job_id", MB, "j"),
+        ),
+        Exact(
+            "WatchJob from sequence 2^64 - 1",
+            lambda: str(list(operator.WatchJob(watch, timeout=30))),
+            INVALID,
+            "WatchJobRequest.after_seq 18446744073709551615 is above the limit of "
+            "9223372036854775807",
+        ),
+        Exact(
+            "training from a 1 MB version id",
+            lambda: str(operator.StartTraining(control_pb2.StartTrainingRequest(spec=init))),
+            INVALID,
+            long("invalid training spec: ", "TrainingSpec.init_version", MB, "v"),
+        ),
+        Exact(
+            "unlearning 20,000 layers",
+            lambda: str(operator.StartUnlearning(control_pb2.StartUnlearningRequest(spec=layers))),
+            INVALID,
+            "invalid unlearning spec: UnlearningSpec.layers has 20000 entries; the limit is 10000",
+        ),
+    ]
+
+
+def metadata_cases(m: Client) -> list[Exact]:
+    def pull(md: Metadata) -> str:
+        return described(m.pull(0.0, md=(*m.md, *md)))
+
+    return [
+        Exact(
+            "a 1000-character job in the metadata",
+            lambda: pull(((MD_JOB, "j" * 1000),)),
+            INVALID,
+            "metadata fused-job is 1000 characters long ('jjjjjjjjjjjjjjjj...'); the limit is 64",
+        ),
+        Exact(
+            "a 4000-character participant claim",
+            lambda: pull(((MD_PARTICIPANT, "p" * 4000),)),
+            DENIED,
+            f"authenticated as 'mallory' but the call claims to be '{'p' * 64}...[4000 chars]'",
+        ),
+    ]
