@@ -142,8 +142,9 @@ def check_request(message: Message) -> None:
             _check_map(name, value, limit)
         elif field.is_repeated:
             _check_items(name, len(value), limit)
-            for i, entry in enumerate(value):
-                _check_value(f"{name}[{i}]", entry, limit)
+            if field.message_type is not None or not _all_within(value, limit):
+                for i, entry in enumerate(value):  # name the first entry outside
+                    _check_value(f"{name}[{i}]", entry, limit)
         else:
             _check_value(name, value, limit)
 
@@ -166,6 +167,19 @@ def _check_map(name: str, value: Any, limit: Limit | None) -> None:
         _check_value(f"{name} key", key, limit)
         if isinstance(value[key], Message):
             check_request(value[key])
+
+
+def _all_within(values: Any, limit: Limit | None) -> bool:
+    """Whether every entry of a repeated scalar field is within `limit`, in C loops (a
+    10,000-class count list costs what one entry does in Python)."""
+    if limit is None or not values or isinstance(values[0], bool | float):
+        return True
+    if isinstance(values[0], int):
+        high_ok = limit.high is None or max(values) <= limit.high
+        return high_ok and (limit.low is None or min(values) >= limit.low)
+    short = limit.chars is None or max(map(len, values)) <= limit.chars
+    text = isinstance(values[0], str) and limit.text
+    return short and not (text and not all(map(str.isprintable, values)))
 
 
 def _check_items(name: str, count: int, limit: Limit | None) -> None:

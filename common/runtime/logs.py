@@ -37,7 +37,7 @@ _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", 
 _SECRET_WORDS = ("token", "authorization", "password", "secret", "credential", "private_key")
 REDACTED = "[redacted]"
 
-MAX_VALUE_CHARS = 256  # one interpolated string or field value
+MAX_VALUE_CHARS = 1024  # one interpolated string or field value (a job's reason fits)
 MAX_MESSAGE_CHARS = 4096  # a whole message
 MAX_TRACEBACK_CHARS = 16384
 # Control characters (C0, DEL, C1), line and paragraph separators and bidirectional overrides:

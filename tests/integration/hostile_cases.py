@@ -253,7 +253,7 @@ def register_cases(attack: Attack) -> None:
         "registration with 10001 classes",
         lambda: described(m.register(huge)),
         INVALID,
-        "class_counts must be non-empty and sum to num_train",
+        "DataSummary.class_counts has 10001 entries; the limit is 10000",  # coordinator/limits.py
     )
 
 

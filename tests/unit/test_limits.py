@@ -181,6 +181,13 @@ CASES: list[tuple[str, Message, str | None]] = [
         "UnlearningSpec.layers has 20000 entries; the limit is 10000",
     ),
     (
+        "a layer name with a newline",
+        control_pb2.StartUnlearningRequest(
+            spec=control_pb2.UnlearningSpec(layers=["net.0.weight", "net.2\n.weight"])
+        ),
+        "UnlearningSpec.layers[1] holds a control character at position 5",
+    ),
+    (
         "a negative sample id",
         control_pb2.StartUnlearningRequest(
             spec=control_pb2.UnlearningSpec(

@@ -13,6 +13,7 @@ import pytest
 from fused.common.runtime.logs import (
     MAX_MESSAGE_CHARS,
     MAX_TRACEBACK_CHARS,
+    MAX_VALUE_CHARS,
     ContextFieldsFilter,
     JsonFormatter,
     SafeRecordFilter,
@@ -89,7 +90,7 @@ def test_a_4_mb_value_costs_a_bounded_line(capture: Capture) -> None:
     for _ in range(50):
         logger.warning("PushResult refused: task %s is not open", FOUR_MB)
     logger.info("%s", "b" * (MAX_MESSAGE_CHARS * 4), extra={"note": FOUR_MB})
-    assert len(out.getvalue()) < 50 * 600 + 2 * MAX_MESSAGE_CHARS
+    assert len(out.getvalue()) < 50 * (MAX_VALUE_CHARS + 200) + 2 * MAX_MESSAGE_CHARS
     assert "...[4194304 chars]" in out.getvalue()
 
 
