@@ -30,7 +30,8 @@ MAX_TENSORS = 10_000  # parameter tensors a model may name (layers, sensitivity 
 MAX_SAMPLE_IDS = 50_000  # a forget set: one CIFAR-10 training set; more bloats the job record
 MAX_OFFSET = 2**62  # byte offsets and sizes
 MAX_SEED = 2**63 - 1  # seeds and sequence numbers: what SQLite's INTEGER holds
-MAX_REASON_CHARS = 2048  # a participant's error report (agents send at most 500)
+MAX_REASON_CHARS = 512  # a participant's error report (agents send at most 500): a
+# round record holds one per failed participant, a failed job's reason all of them
 PREVIEW_CHARS = 16  # of a refused string, in the answer
 
 # State that grows with what callers do, bounded too.

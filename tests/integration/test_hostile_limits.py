@@ -217,7 +217,7 @@ FORGED = "2026-01-01 00:00:00,000 coordinator WARNING fused.coordinator.auth: fo
 
 
 def test_untrusted_text_in_logs_is_escaped(hostile: Hostile, mallory: Client) -> None:
-    """Her error report (free text, 2048 characters at most) reaches the log in the failed
+    """Her error report (free text, 512 characters at most) reaches the log in the failed
     job's reason: on one line, escaped."""
     mallory.register(SUMMARY)
     info = serve(hostile, mallory, start_training(hostile, 3), lambda task: f"boom\n{FORGED}")

@@ -137,11 +137,11 @@ CASES: list[tuple[str, Message, str | None]] = [
         None,
     ),
     (
-        "an error report of 2049 characters",
+        "an error report of 513 characters",
         participant_pb2.PushResultRequest(
-            participant_id="p0", task_id="t", error=participant_pb2.TaskError(message="e" * 2049)
+            participant_id="p0", task_id="t", error=participant_pb2.TaskError(message="e" * 513)
         ),
-        "TaskError.message is 2049 characters long ('eeeeeeeeeeeeeeee...'); the limit is 2048",
+        "TaskError.message is 513 characters long ('eeeeeeeeeeeeeeee...'); the limit is 512",
     ),
     (
         "an evaluation count of 2^40",
