@@ -1,4 +1,5 @@
-"""Property-based fuzzing of the sparse adapter codec (common/codecs/adapter_codec.py), bombs included."""
+"""Property-based fuzzing of the sparse adapter codec (common/codecs/adapter_codec.py),
+bombs included."""
 
 from __future__ import annotations
 
