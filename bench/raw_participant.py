@@ -7,6 +7,7 @@ the pace a scenario chooses: all at once, stopping at a gate, or a byte at a tim
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import time
@@ -119,6 +120,25 @@ class RawParticipant:
             if task is not None:
                 return task
         raise TimeoutError(f"{self.participant_id} got no task within {timeout_s:g} s")
+
+    @contextlib.contextmanager
+    def alive(self, every_s: float = 0.5) -> Iterator[None]:
+        """Heartbeats in the background, so a participant busy streaming is not reaped."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            request = participant_pb2.HeartbeatRequest(participant_id=self.participant_id)
+            while not stop.wait(every_s):
+                with contextlib.suppress(grpc.RpcError, ValueError):
+                    self.stub.Heartbeat(request, metadata=self.md, timeout=TIMEOUT_S)
+
+        thread = threading.Thread(target=beat, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def decline(self, task: participant_pb2.Task, why: str = "declined") -> None:
         request = participant_pb2.PushResultRequest(

@@ -1,6 +1,6 @@
 """Resource abuse against a real coordinator over loopback: upload quotas, stream caps, stalled
-streams, uploads without a task, collection during an upload, and an honest agent whose result
-is refused (it must keep serving).
+streams, uploads without a task, collection during an upload, an honest agent whose result
+is refused (it must keep serving), and the health port's own limits.
 
 Two honest agents (p0, p1) and hand-written participants; the coordinator runs with small
 limits (a 2 MiB quota, 2 streams, a 3 s idle timeout, 512 KiB/s after a 2 s grace) so that
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.raw_participant import (
     Answer,
@@ -28,7 +30,7 @@ from bench.raw_participant import (
     sha256,
     trickle,
 )
-from fused.proto.v1 import common_pb2, control_pb2, participant_pb2
+from fused.proto.v1 import common_pb2, control_pb2, participant_pb2, participant_pb2_grpc
 from fused.tools.launch import LocalFederation, scrape
 
 OK = grpc.StatusCode.OK
@@ -38,6 +40,7 @@ LIMITS = (
     *("--max-upload-mb", "1", "--upload-quota-mb", "2", "--upload-max-streams", "2"),
     *("--upload-idle-timeout-s", "3", "--upload-min-rate-kib-s", "512"),
     *("--upload-rate-grace-s", "2", "--offline-after-s", "30", "--heartbeat-interval-s", "1"),
+    *("--health-listen", "127.0.0.1:0", "--health-max-connections", "4"),
 )
 HONEST = ("p0", "p1")
 
@@ -284,3 +287,38 @@ def test_collection_never_removes_a_part_in_use(bench: Bench) -> None:
     assert abandoned == 0, "collection did not run"
     reply = stream.result(timeout=30)
     assert (reply.blob_id, reply.size) == (sha256(blob), len(blob))
+
+
+# --------------------------------------------------------------------------- the health port
+
+
+def health_check(port: int) -> Answer:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=2
+            )
+        except grpc.RpcError as exc:
+            return Answer(exc.code(), "")
+    return Answer(OK, health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+def test_the_health_port_answers_only_health_within_its_own_cap(bench: Bench) -> None:
+    port = bench.fed.health_port
+    assert health_check(port) == Answer(OK, "SERVING")
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = participant_pb2_grpc.ParticipantServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as other:
+            stub.Register(participant_pb2.RegisterRequest(participant_id="p9"), timeout=5)
+        big = health_pb2.HealthCheckRequest(service="x" * 2048)
+        with pytest.raises(grpc.RpcError) as large:
+            health_pb2_grpc.HealthStub(channel).Check(big, timeout=5)
+    assert other.value.code() is grpc.StatusCode.UNIMPLEMENTED
+    assert large.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]  # its cap
+    try:
+        assert health_check(port).code is grpc.StatusCode.UNAVAILABLE
+    finally:
+        for sock in held:
+            sock.close()
+    assert health_check(port) == Answer(OK, "SERVING")
