@@ -37,6 +37,7 @@ from bench.chaos_floods import (
     slow_stream_upload,
     upload_quota_flood,
 )
+from bench.chaos_inputs import huge_id_log_flood_is_bounded, metadata_flood_charges_nothing
 
 SCENARIOS: list[Callable[[Chaos], str]] = [
     participant_killed_mid_round,
@@ -46,6 +47,8 @@ SCENARIOS: list[Callable[[Chaos], str]] = [
     coordinator_killed_mid_unlearning,
     corrupted_artifact_refused,
     quorum_lost_fails_clearly,
+    metadata_flood_charges_nothing,
+    huge_id_log_flood_is_bounded,
     # The resource floods register participants of their own (loris, hoarder, streamer): last.
     slow_stream_upload,
     upload_quota_flood,
