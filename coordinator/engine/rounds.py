@@ -94,9 +94,15 @@ async def run_round(ctx: JobContext, plan: RoundPlan, check: ResultCheck[P]) -> 
     return result
 
 
+QUOTED_FAILURES = 8  # a failed job's reason quotes this many; the round record keeps all
+
+
 def check_quorum(result: RoundResult[P], needed: int, phase: Phase, round_number: int) -> None:
     if len(result.accepted) < needed:
-        reasons = "; ".join(f"{p}: {why}" for p, why in sorted(result.failures.items()))
+        failures = sorted(result.failures.items())
+        reasons = "; ".join(f"{p}: {why}" for p, why in failures[:QUOTED_FAILURES])
+        if len(failures) > QUOTED_FAILURES:
+            reasons += f"; and {len(failures) - QUOTED_FAILURES} more (see the round's failures)"
         raise JobFailed(
             f"{phase.value} round {round_number}: {len(result.accepted)} results, "
             f"{needed} required ({reasons or 'no participant available'})"
