@@ -30,6 +30,7 @@ from fused.coordinator.artifact_gc import collect
 from fused.coordinator.artifacts import ArtifactStore
 from fused.coordinator.auth import AuthInterceptor, AuthPolicy
 from fused.coordinator.control_service import ControlServicer
+from fused.coordinator.early_auth import EarlyAuthInterceptor
 from fused.coordinator.engine.manager import JobManager
 from fused.coordinator.fleet import Fleet
 from fused.coordinator.jobs import JOB_KINDS
@@ -149,9 +150,11 @@ class Coordinator:
         accounting = CallAccounting(fleet, jobs.record_bytes)
         interceptor = CountingServerInterceptor(self.metrics.wire, accounting)
         auth = AuthInterceptor(policy, lambda code: self.metrics.rejected_calls.labels(code).inc())
+        # Strangers' requests go unread where tokens are the only credential.
+        early = EarlyAuthInterceptor(policy, lambda c: self.metrics.rejected_calls.labels(c).inc())
         self._server, self.port = create_server(
             cfg.listen,
-            [interceptor, auth, PreSerializedResponses()],
+            [early, interceptor, auth, PreSerializedResponses()],
             self._tls(),
             cfg.server_limits(MAX_MESSAGE_BYTES),
         )
