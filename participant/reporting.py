@@ -62,9 +62,11 @@ def push_outcome(
         ack = stub.PushResult(outcome_to_proto(outcome), timeout=PUSH_TIMEOUT_S, metadata=metadata)
     except grpc.RpcError as exc:
         reason = _refusal(exc)
-        log.warning("result of task %s refused: %s; taking the next task", outcome.task_id, reason)
+        log.warning("result of task %s refused (%s); taking the next task", outcome.task_id, reason)
         if outcome.error is None:
-            report = error_outcome(outcome.participant_id, outcome.task_id, f"result {reason}")
+            report = error_outcome(
+                outcome.participant_id, outcome.task_id, f"result refused: {reason}"
+            )
             _report(stub, report, metadata)
         return Pushed.REFUSED
     if not ack.accepted:
@@ -78,7 +80,7 @@ def _refusal(exc: grpc.RpcError) -> str:
     code = exc.code() if hasattr(exc, "code") else None
     if decide(Stage.PUSH, code) is not Action.NEXT_TASK:
         raise exc
-    return shorten(f"refused: {code.name if code else 'UNKNOWN'}: {exc.details()}")
+    return shorten(f"{code.name if code else 'UNKNOWN'}: {exc.details()}")
 
 
 def _report(
