@@ -33,6 +33,7 @@ from fused.coordinator.control_service import ControlServicer
 from fused.coordinator.early_auth import EarlyAuthInterceptor
 from fused.coordinator.engine.manager import JobManager
 from fused.coordinator.fleet import Fleet
+from fused.coordinator.internal_errors import InternalErrors
 from fused.coordinator.jobs import JOB_KINDS
 from fused.coordinator.limits_config import LimitsConfig
 from fused.coordinator.metrics import CoordinatorMetrics
@@ -154,7 +155,7 @@ class Coordinator:
         early = EarlyAuthInterceptor(policy, lambda c: self.metrics.rejected_calls.labels(c).inc())
         self._server, self.port = create_server(
             cfg.listen,
-            [early, interceptor, auth, PreSerializedResponses()],
+            [early, interceptor, auth, PreSerializedResponses(), InternalErrors()],
             self._tls(),
             cfg.server_limits(MAX_MESSAGE_BYTES),
         )
