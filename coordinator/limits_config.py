@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import resource
 from dataclasses import dataclass
+from typing import TypeVar
 
 from fused.common.rpc.channels import ServerLimits
 from fused.coordinator.upload_limits import UploadLimits
@@ -20,58 +21,45 @@ log = logging.getLogger(__name__)
 FD_RESERVE = 256  # descriptors kept for state, artifacts, logs and the metrics server
 
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
+T = TypeVar("T")
+
+
+def _setting(default: T, text: str) -> T:
+    """A config field with its `--help` text."""
+    return dataclasses.field(default=default, metadata={"help": text})
 
 
 @dataclass(frozen=True)
 class LimitsConfig:
-    max_connections: int = dataclasses.field(
-        default=4096,
-        metadata=_help(
-            "TCP connections the gRPC port holds at once; more are closed as they arrive "
-            f"(capped at the open-files limit less {FD_RESERVE})"
-        ),
+    max_connections: int = _setting(
+        4096,
+        "TCP connections the gRPC port holds at once; more are closed as they arrive "
+        f"(capped at the open-files limit less {FD_RESERVE})",
     )
-    handshake_timeout_s: float = dataclasses.field(
-        default=5.0,
-        metadata=_help(
-            "a new connection that has not finished its TLS/HTTP2 handshake by then is closed"
-        ),
+    handshake_timeout_s: float = _setting(
+        5.0, "a new connection that has not finished its TLS/HTTP2 handshake by then is closed"
     )
-    connection_idle_s: float = dataclasses.field(
-        default=60.0, metadata=_help("a connection without a call for this long is closed")
+    connection_idle_s: float = _setting(60.0, "a connection without a call for this long is closed")
+    max_streams_per_connection: int = _setting(32, "concurrent calls one connection may carry")
+    max_concurrent_rpcs: int = _setting(
+        8192, "calls in progress on the gRPC port; more answer RESOURCE_EXHAUSTED"
     )
-    max_streams_per_connection: int = dataclasses.field(
-        default=32, metadata=_help("concurrent calls one connection may carry")
+    health_max_connections: int = _setting(
+        16, "connections the plaintext health port holds at once"
     )
-    max_concurrent_rpcs: int = dataclasses.field(
-        default=8192,
-        metadata=_help("calls in progress on the gRPC port; more answer RESOURCE_EXHAUSTED"),
+    upload_quota_mb: int = _setting(
+        1024,
+        "a participant's storage: its unfinished uploads plus finished ones no accepted "
+        "result names (kept until no job runs); at least max_upload_mb",
     )
-    health_max_connections: int = dataclasses.field(
-        default=16, metadata=_help("connections the plaintext health port holds at once")
+    upload_max_streams: int = _setting(4, "upload streams one participant may have open at once")
+    upload_idle_timeout_s: float = _setting(
+        30.0, "an upload stream without a chunk for this long is cut"
     )
-    upload_quota_mb: int = dataclasses.field(
-        default=1024,
-        metadata=_help(
-            "a participant's storage: its unfinished uploads plus finished ones no accepted "
-            "result names (kept until no job runs); at least max_upload_mb"
-        ),
+    upload_min_rate_kib_s: int = _setting(
+        32, "average KiB/s an upload stream must keep after its grace; 0 = any"
     )
-    upload_max_streams: int = dataclasses.field(
-        default=4, metadata=_help("upload streams one participant may have open at once")
-    )
-    upload_idle_timeout_s: float = dataclasses.field(
-        default=30.0, metadata=_help("an upload stream without a chunk for this long is cut")
-    )
-    upload_min_rate_kib_s: int = dataclasses.field(
-        default=32,
-        metadata=_help("average KiB/s an upload stream must keep after its grace; 0 = any"),
-    )
-    upload_rate_grace_s: float = dataclasses.field(
-        default=10.0, metadata=_help("seconds an upload stream may start slowly")
-    )
+    upload_rate_grace_s: float = _setting(10.0, "seconds an upload stream may start slowly")
 
     def server_limits(self, max_message_bytes: int) -> ServerLimits:
         return ServerLimits(

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import struct
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from fused.common.codecs.adapter_codec import FORMAT, default_max_bytes
 from fused.common.codecs.tensor_codec import encode_tensors
 from fused.common.ml.adapters import AdapterLayout
-from fused.proto.v1 import common_pb2, participant_pb2, participant_pb2_grpc
+from fused.proto.v1 import common_pb2, control_pb2, participant_pb2, participant_pb2_grpc
 
 CLIENT_MAX_MESSAGE = 64 << 20  # far above the coordinator's limit: the server must refuse
 TIMEOUT_S = 15.0
@@ -325,3 +326,25 @@ def bad_adapters(layout: AdapterLayout) -> dict[str, bytes]:
             _adapter_raw(layout, {n: t.half() for n, t in zeros.items()}, layout.digest)
         ),
     }
+
+
+def serve_job(
+    client: Client,
+    control: Any,
+    job_id: str,
+    on_task: Callable[[participant_pb2.Task], None],
+    timeout_s: float = 180,
+) -> Any:
+    """Hand each of the job's tasks the client pulls to `on_task` until the job ends; returns
+    the job's `JobInfo`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        task = client.pull(wait_s=1.0)
+        if task is not None:
+            assert task.job_id == job_id, task
+            on_task(task)
+            continue
+        info = control.GetJob(control_pb2.GetJobRequest(job_id=job_id))
+        if info.status in ("completed", "failed"):
+            return info
+    raise TimeoutError(f"job {job_id} did not end within {timeout_s} s")

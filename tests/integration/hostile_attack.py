@@ -4,7 +4,6 @@ answers each task as it arrives (the cases that leave a task open are in hostile
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from tests.integration.hostile import (
     bad_updates,
     bearer,
     described,
+    serve_job,
     sha256,
 )
 from tests.integration.hostile_cases import open_task_cases
@@ -90,21 +90,12 @@ class Attack:
         assert self.mallory.serving(), f"coordinator not serving after {name!r}"
 
     def serve(self, job_id: str, timeout_s: float = 180) -> control_pb2.JobInfo:
-        """Answer every task of the job until it ends."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            task = self.mallory.pull(wait_s=1.0)
-            if task is not None:
-                assert task.job_id == job_id, task
-                self.on_task(task)
-                continue
-            info: control_pb2.JobInfo = self.control.GetJob(
-                control_pb2.GetJobRequest(job_id=job_id)
-            )
-            if info.status in TERMINAL:
-                assert info.status == "completed", info.reason
-                return info
-        raise TimeoutError(f"job {job_id} did not end within {timeout_s} s")
+        """Answer every task of the job until it ends; the job must complete."""
+        info: control_pb2.JobInfo = serve_job(
+            self.mallory, self.control, job_id, self.on_task, timeout_s
+        )
+        assert info.status == "completed", info.reason
+        return info
 
     def on_task(self, task: participant_pb2.Task) -> None:
         if task.kind == TRAIN_KIND:

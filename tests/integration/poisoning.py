@@ -4,7 +4,6 @@ an inflated sample count, inflated evaluation counts) and records what the coord
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import grpc
@@ -12,7 +11,7 @@ import torch
 
 from fused.common.codecs.tensor_codec import decode_tensors, encode_tensors
 from fused.proto.v1 import control_pb2, control_pb2_grpc, participant_pb2
-from tests.integration.hostile import Client, attempt, described, sha256
+from tests.integration.hostile import Client, attempt, described, serve_job, sha256
 from tests.integration.hostile_names import EVAL_KIND, TRAIN_KIND
 
 MALLORY = "mallory"
@@ -42,19 +41,10 @@ class Poisoner:
 
     def serve(self, job_id: str, timeout_s: float = 180) -> control_pb2.JobInfo:
         """Answer every task of the job until it ends; returns the job."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            task = self.client.pull(wait_s=1.0)
-            if task is not None:
-                assert task.job_id == job_id, task
-                self.on_task(task)
-                continue
-            info: control_pb2.JobInfo = self.control.GetJob(
-                control_pb2.GetJobRequest(job_id=job_id)
-            )
-            if info.status in ("completed", "failed"):
-                return info
-        raise TimeoutError(f"job {job_id} did not end within {timeout_s} s")
+        info: control_pb2.JobInfo = serve_job(
+            self.client, self.control, job_id, self.on_task, timeout_s
+        )
+        return info
 
     def on_task(self, task: participant_pb2.Task) -> None:
         if task.kind == TRAIN_KIND and task.round == 1:
