@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import signal
 import sys
 from collections.abc import Sequence
@@ -20,6 +21,9 @@ from fused.common.runtime.config import ConfigError, load_config
 from fused.common.runtime.logs import setup_logging
 from fused.participant.agent import Agent, AgentSettings, ParticipantMetrics
 from fused.participant.retry import RegistrationRefused
+from fused.participant.training import resolve_hardware, use_hardware
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,18 @@ class ParticipantConfig:
     metrics_port: int = dataclasses.field(
         default=-1, metadata={"help": "Prometheus endpoint port; 0 picks one, -1 disables"}
     )
-    threads: int = dataclasses.field(default=1, metadata={"help": "torch CPU threads"})
+    # cpu by default: an upgrade never moves an existing fleet off bit-identical CPU reruns
+    device: str = dataclasses.field(
+        default="cpu",
+        metadata={"help": "where to train and evaluate: auto, cpu, cuda, cuda:N or mps"},
+    )
+    amp: bool = dataclasses.field(
+        default=False,
+        metadata={"help": "mixed precision on CUDA: bfloat16, or float16 with loss scaling"},
+    )
+    threads: int = dataclasses.field(
+        default=1, metadata={"help": "torch CPU threads; 0 keeps torch's default"}
+    )
     backoff_max_s: float = 30.0
     ready_file: Path | None = dataclasses.field(
         default=None, metadata={"help": "write the metrics port here as JSON once started"}
@@ -61,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             section="participant",
             description="FUSED participant agent",
         )
+        if cfg.threads < 0:
+            raise ConfigError(f"threads must be 0 (torch's default) or more, got {cfg.threads}")
+        hardware, hardware_notes = resolve_hardware(cfg.device, cfg.amp)
         shard = load_shard(cfg.data_dir)
         token = read_token_file(cfg.token_file) if cfg.token_file is not None else None
         if (cfg.tls_cert or cfg.tls_key) and not cfg.tls_ca:
@@ -69,7 +87,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fused-participant: {exc}", file=sys.stderr)
         return 2
     setup_logging(cfg.log_level, cfg.log_json, "participant")
-    torch.set_num_threads(cfg.threads)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    use_hardware(hardware)
+    for note in hardware_notes:
+        log.warning("%s", note)
+    amp = str(hardware.amp_dtype).removeprefix("torch.") if hardware.amp_dtype else "off"
+    log.info(
+        "training on %s (amp %s, %d CPU threads)", hardware.device, amp, torch.get_num_threads()
+    )
     disable_created_series()
     registry = CollectorRegistry()
     metrics = ParticipantMetrics(registry)

@@ -1,10 +1,11 @@
-"""A participant's local PyTorch work: SGD training on its split and per-class evaluation."""
+"""A participant's local PyTorch work: SGD training on its split and per-class evaluation, on
+the device the agent was started with (CPU by default; CUDA or MPS, optionally mixed precision)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from contextlib import nullcontext
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +15,18 @@ from fused.common.domain.train_config import TrainConfig
 from fused.common.ml.adapters import frozen_norm_stats
 from fused.common.ml.data.tensors import TensorData
 
-__all__ = ["EvalCounts", "TrainConfig", "TrainStats", "evaluate", "train_local"]
+__all__ = [
+    "Accelerators",
+    "EvalCounts",
+    "Hardware",
+    "TrainConfig",
+    "TrainStats",
+    "current_hardware",
+    "evaluate",
+    "resolve_hardware",
+    "train_local",
+    "use_hardware",
+]
 
 
 @dataclass(frozen=True)
@@ -45,12 +57,110 @@ def _device_of(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+_DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
+
+
+@dataclass(frozen=True)
+class Accelerators:
+    """What this host offers, probed once; passed in so the resolution table is testable."""
+
+    cuda_capabilities: tuple[tuple[int, int], ...] = ()  # (major, minor) per visible CUDA device
+    mps: bool = False
+
+    @classmethod
+    def probe(cls) -> Accelerators:
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        caps = tuple(torch.cuda.get_device_capability(i) for i in range(count))
+        return cls(cuda_capabilities=caps, mps=torch.backends.mps.is_available())
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """Where local training and evaluation run. Weights always leave on the model's own device
+    (CPU float32 for the executor), so the wire and aggregation never see the choice."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    amp_dtype: torch.dtype | None = None  # autocast dtype; None: plain float32 throughout
+
+    @property
+    def loss_scaling(self) -> bool:
+        # float16's narrow exponent underflows small gradients; bfloat16 has float32's range
+        return self.amp_dtype == torch.float16
+
+
+def resolve_hardware(
+    device: str, amp: bool, present: Accelerators | None = None
+) -> tuple[Hardware, list[str]]:
+    """The device named by `device` (auto, cpu, cuda, cuda:N, mps) on a host with `present`
+    accelerators, and warnings to log. Raises ValueError for a name or device this host lacks.
+
+    `--amp` is CUDA-only. Asked for explicitly on cpu or mps it is an error, because the operator
+    would otherwise believe a setting is in force that is not (and CPU autocast would break
+    bit-identical reruns); with `auto` it is a warning, so one config serves a mixed fleet.
+    """
+    present = Accelerators.probe() if present is None else present
+    name = device.strip().lower()
+    cuda_count = len(present.cuda_capabilities)
+    if name == "auto":
+        name = "cuda:0" if cuda_count else "mps" if present.mps else "cpu"
+    elif name == "cuda":
+        name = "cuda:0"
+    kind, _, index_text = name.partition(":")
+    if kind == "cuda":
+        if not index_text.isdigit():
+            raise ValueError(f"device {device!r}: expected {_DEVICE_CHOICES}")
+        index = int(index_text)
+        if index >= cuda_count:
+            seen = f"{cuda_count} CUDA device(s)" if cuda_count else "no CUDA device"
+            raise ValueError(f"device {device!r}: this host has {seen}")
+    elif name == "mps":
+        if not present.mps:
+            raise ValueError(f"device {device!r}: this host has no MPS (Apple GPU) device")
+    elif name != "cpu":
+        raise ValueError(f"device {device!r}: expected {_DEVICE_CHOICES}")
+    resolved = torch.device(name)
+    if not amp:
+        return Hardware(resolved), []
+    if resolved.type != "cuda":
+        if device.strip().lower() != "auto":
+            raise ValueError(f"amp needs a CUDA device, not {resolved.type}")
+        return Hardware(resolved), [f"amp ignored: device auto chose {resolved.type}"]
+    # bfloat16 is native from compute capability 8.0 (Ampere) on; older GPUs get float16
+    major, _ = present.cuda_capabilities[resolved.index or 0]
+    return Hardware(resolved, torch.bfloat16 if major >= 8 else torch.float16), []
+
+
+_hardware = Hardware()
+
+
+def use_hardware(hardware: Hardware) -> None:
+    """Set where train_local and evaluate run in this process (the agent does once, at start;
+    like torch's thread count it is a property of the process, not of a task)."""
+    global _hardware
+    _hardware = hardware
+
+
+def current_hardware() -> Hardware:
+    return _hardware
+
+
+def _autocast(hw: Hardware) -> AbstractContextManager[object]:
+    if hw.amp_dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=hw.device.type, dtype=hw.amp_dtype)
+
+
+def _accumulator_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+
+
 def train_local(
     model: nn.Module,
     data: TensorData,
     cfg: TrainConfig,
     params: Iterable[nn.Parameter] | None = None,
     freeze_norm_stats: bool = False,
+    hardware: Hardware | None = None,
 ) -> TrainStats:
     """Train `model` in place with SGD on `data` for `cfg.local_epochs` epochs.
 
@@ -61,6 +171,9 @@ def train_local(
     parameters are temporarily frozen and restored afterwards. Shuffling uses a local generator
     seeded by `cfg.seed`, so the global RNG is untouched and a rerun from the same state gives
     bit-identical results on CPU. The model's train/eval mode is restored on return.
+
+    Training runs on `hardware` (default: the process's, see use_hardware); the model goes back
+    to the device it came on, parameters in their own dtype, before this returns.
     """
     n = len(data)
     if n == 0:
@@ -80,20 +193,24 @@ def train_local(
         raise ValueError("train_local has no parameters to train")
     chosen = {id(p) for p in trainable}
 
-    device = _device_of(model)
-    x = data.features().to(device)  # (N, C, H, W) float32
-    y = data.y.to(device=device, dtype=torch.long)  # (N,)
+    hw = current_hardware() if hardware is None else hardware
+    device = hw.device
+    home = _device_of(model)
     gen = torch.Generator(device="cpu")
     gen.manual_seed(cfg.seed)
     opt = torch.optim.SGD(
         trainable, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
+    scaler = torch.amp.GradScaler(device.type) if hw.loss_scaling else None
 
     was_training = model.training
     saved_flags = [p.requires_grad for p in all_params]
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    loss_sum = torch.zeros((), dtype=_accumulator_dtype(device), device=device)
     steps = 0
     try:
+        model.to(device)  # in place: the Parameter objects (so `chosen` and `opt`) stay the same
+        x = data.features().to(device)  # (N, C, H, W) float32
+        y = data.y.to(device=device, dtype=torch.long)  # (N,)
         for p in all_params:
             p.requires_grad_(id(p) in chosen)
         model.train()
@@ -103,16 +220,23 @@ def train_local(
                 for start in range(0, n, cfg.batch_size):
                     idx = perm[start : start + cfg.batch_size]
                     opt.zero_grad(set_to_none=True)
-                    loss = F.cross_entropy(model(x[idx]), y[idx])
-                    torch.autograd.backward(loss)
-                    opt.step()
-                    loss_sum += loss.detach().to(torch.float64) * idx.numel()
+                    with _autocast(hw):
+                        loss = F.cross_entropy(model(x[idx]), y[idx])
+                    if scaler is None:
+                        torch.autograd.backward(loss)
+                        opt.step()
+                    else:  # skips a step whose scaled gradients overflowed
+                        torch.autograd.backward(scaler.scale(loss))
+                        scaler.step(opt)
+                        scaler.update()
+                    loss_sum += loss.detach().to(loss_sum.dtype) * idx.numel()
                     steps += 1
     finally:
         for p, flag in zip(all_params, saved_flags, strict=True):
             p.requires_grad_(flag)
         opt.zero_grad(set_to_none=True)
         model.train(was_training)
+        model.to(home)
 
     mean_loss = float(loss_sum.item()) / (n * cfg.local_epochs)
     return TrainStats(num_examples=n, mean_loss=mean_loss, steps=steps)
@@ -124,10 +248,12 @@ def evaluate(
     num_classes: int,
     batch_size: int = 256,
     labels: torch.Tensor | None = None,
+    hardware: Hardware | None = None,
 ) -> EvalCounts:
     """Per-class correct/total counts and summed loss against `labels` (default: `data.y`).
 
-    Runs under no_grad in eval mode and restores the model's previous mode.
+    Runs under no_grad in eval mode on `hardware` (default: the process's) and restores the
+    model's previous mode and device.
     """
     target = data.y if labels is None else labels
     n = len(data)
@@ -139,25 +265,30 @@ def evaluate(
     if lo < 0 or hi >= num_classes:
         raise ValueError(f"labels must lie in [0, {num_classes}), got values in [{lo}, {hi}]")
 
-    device = _device_of(model)
+    hw = current_hardware() if hardware is None else hardware
+    device = hw.device
+    home = _device_of(model)
     correct = torch.zeros(num_classes, dtype=torch.int64, device=device)
     total = torch.zeros(num_classes, dtype=torch.int64, device=device)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    loss_sum = torch.zeros((), dtype=_accumulator_dtype(device), device=device)
     was_training = model.training
     model.eval()
     try:
+        model.to(device)
         with torch.no_grad():
             for start in range(0, n, batch_size):
                 end = start + batch_size
                 xb = data.x[start:end].to(device).to(torch.float32) * data.scale  # (B, C, H, W)
                 yb = target[start:end].to(device=device, dtype=torch.long)  # (B,)
-                logits = model(xb)  # (B, num_classes)
-                loss_sum += F.cross_entropy(logits, yb, reduction="sum").to(torch.float64)
+                with _autocast(hw):
+                    logits = model(xb)  # (B, num_classes)
+                loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum").to(loss_sum.dtype)
                 hit = logits.argmax(dim=1) == yb
                 correct += torch.bincount(yb[hit], minlength=num_classes)
                 total += torch.bincount(yb, minlength=num_classes)
     finally:
         model.train(was_training)
+        model.to(home)
     return EvalCounts(
         correct=[int(v) for v in correct.tolist()],
         total=[int(v) for v in total.tolist()],
