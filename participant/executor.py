@@ -16,20 +16,25 @@ from fused.common.ml.adapters import (
     build_layout,
 )
 from fused.common.ml.data.shards import Shard
-from fused.common.ml.models import build_model
+from fused.common.ml.workloads import workload_for
 from fused.participant.forgetting import forgotten_set, remaining_test, remaining_train
 from fused.participant.training import TrainStats, evaluate, train_local
 
 
+def _fresh_model(model_name: str, num_classes: int) -> torch.nn.Module:
+    """The task's workload's model; its initial values are overwritten or unused, so unseeded."""
+    return workload_for(model_name, num_classes).make_model()
+
+
 def model_schema(model_name: str, num_classes: int) -> TensorSchema:
     """The exact tensors a model of this kind must arrive with."""
-    return schema_of(build_model(model_name, num_classes).state_dict())
+    return schema_of(_fresh_model(model_name, num_classes).state_dict())
 
 
 def load_model(
     model_name: str, num_classes: int, weights: Mapping[str, torch.Tensor]
 ) -> torch.nn.Module:
-    model = build_model(model_name, num_classes)
+    model = _fresh_model(model_name, num_classes)
     model.load_state_dict(weights, strict=True)
     return model
 
@@ -69,9 +74,8 @@ def local_sensitivity(
 
 def adapter_layout(model_name: str, num_classes: int, ref: AdapterRef) -> AdapterLayout:
     """Derive the mask locally from the seed and check it is the coordinator's."""
-    shapes = {
-        name: tuple(p.shape) for name, p in build_model(model_name, num_classes).named_parameters()
-    }
+    model = _fresh_model(model_name, num_classes)
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
     unknown = [name for name in ref.layers if name not in shapes]
     if unknown:
         raise ValueError(f"adapter names tensors the model lacks: {', '.join(unknown)}")

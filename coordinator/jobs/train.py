@@ -11,7 +11,7 @@ from fused.common.domain.records import JobKind, Phase, VersionKind
 from fused.common.domain.round_metrics import PayloadKind
 from fused.common.domain.specs import TrainingSpec
 from fused.common.domain.version_meta import VersionMeta
-from fused.common.ml.models import default_model_for, init_model
+from fused.common.ml.workloads import default_for, workload_for
 from fused.coordinator.engine.checkpoints import last_checkpoint
 from fused.coordinator.engine.context import JobContext
 from fused.coordinator.engine.evaluation import ModelInfo
@@ -50,7 +50,9 @@ class TrainingJob(JobKindHandler):
             reference=version_federation(init),
         )
         dataset, num_classes = fed.dataset, fed.num_classes
-        model = ModelInfo(spec.model or default_model_for(dataset), num_classes, dataset)
+        # canonical name: an alias (digits-mlp) is stored and sent as the workload's own name
+        workload = workload_for(spec.model or default_for(dataset), num_classes)
+        model = ModelInfo(workload.name, num_classes, dataset)
         weights = await _initial_weights(ctx, spec, model)
         plan = _plan(spec)
         if resume:
@@ -79,7 +81,7 @@ async def _initial_weights(
     ctx: JobContext, spec: TrainingSpec, model: ModelInfo
 ) -> dict[str, torch.Tensor]:
     if not spec.init_version:
-        return dict(init_model(model.name, model.num_classes, spec.seed).state_dict())
+        return dict(workload_for(model.name, model.num_classes).build_model(spec.seed).state_dict())
     parent = ctx.store.get_model_version(spec.init_version)
     assert parent is not None  # checked when the job was created
     return await load_weights(ctx.artifacts, parent.digest)

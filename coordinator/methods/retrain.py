@@ -7,7 +7,7 @@ import torch
 
 from fused.common.domain.records import Phase
 from fused.common.domain.specs import UnlearningSpec
-from fused.common.ml.models import init_model
+from fused.common.ml.workloads import workload_for
 from fused.coordinator.methods.base import Base
 from fused.coordinator.methods.full_model import FullModelMethod
 
@@ -17,4 +17,5 @@ class Retrain(FullModelMethod):
     phase = Phase.RETRAIN
 
     def initial_weights(self, spec: UnlearningSpec, base: Base) -> dict[str, torch.Tensor]:
-        return init_model(base.model.name, base.model.num_classes, spec.seed).state_dict()
+        workload = workload_for(base.model.name, base.model.num_classes)
+        return workload.build_model(spec.seed).state_dict()

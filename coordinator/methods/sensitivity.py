@@ -9,8 +9,8 @@ from fused.common.domain.records import Phase
 from fused.common.domain.round_metrics import LayerScore, RoundMetrics
 from fused.common.domain.specs import FusedConfig, UnlearningSpec
 from fused.common.domain.tasks import SensitivityOutcome, TaskKind, TaskOutcome
-from fused.common.ml.models import init_model
 from fused.common.ml.plausibility import capped_weights
+from fused.common.ml.workloads import workload_for
 from fused.coordinator.engine.checkpoints import committed_round
 from fused.coordinator.engine.context import JobContext, JobFailed
 from fused.coordinator.engine.participants import check_examples, members
@@ -50,10 +50,8 @@ async def critical_layers(
         return done.ranking
     started = ctx.clock()
     ctx.progress(Phase.SENSITIVITY, 1)
-    shapes = {
-        n: p.numel()
-        for n, p in init_model(base.model.name, base.model.num_classes, 0).named_parameters()
-    }
+    model = workload_for(base.model.name, base.model.num_classes).build_model(0)
+    shapes = {n: p.numel() for n, p in model.named_parameters()}
     plan = RoundPlan(
         Phase.SENSITIVITY,
         1,

@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from fused.common.ml.models import (
-    MODELS,
     build_model,
     count_parameters,
     default_model_for,
     init_model,
 )
+from fused.common.ml.workloads.builtin import PAIRS
 
 
 def test_lenet_has_paper_parameter_count() -> None:
@@ -45,7 +45,7 @@ def test_resnet18_parameter_count_and_names() -> None:
 
 @pytest.mark.parametrize("name", ["mlp", "lenet", "resnet18"])
 def test_forward_shapes(name: str) -> None:
-    spec = MODELS[name]
+    spec = PAIRS[name]
     model = init_model(name, num_classes=7, seed=0)
     batch = 2 if name == "resnet18" else 5
     x = torch.rand(batch, *spec.input_shape)
@@ -57,10 +57,10 @@ def test_forward_shapes(name: str) -> None:
 
 
 def test_registry_specs() -> None:
-    assert MODELS["mlp"].input_shape == (1, 8, 8)
-    assert MODELS["lenet"].input_shape == (1, 28, 28)
-    assert MODELS["resnet18"].input_shape == (3, 32, 32)
-    assert all(spec.name == key for key, spec in MODELS.items())
+    assert PAIRS["mlp"].input_shape == (1, 8, 8)
+    assert PAIRS["lenet"].input_shape == (1, 28, 28)
+    assert PAIRS["resnet18"].input_shape == (3, 32, 32)
+    assert all(spec.name == key for key, spec in PAIRS.items())
 
 
 def test_unknown_model_names_known_ones() -> None:

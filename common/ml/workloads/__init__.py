@@ -1,0 +1,36 @@
+"""Workloads: model + data + loss behind one interface, resolved by name (see base.py)."""
+
+from __future__ import annotations
+
+from fused.common.ml.workloads.base import (
+    EvalCounts,
+    LocalData,
+    Workload,
+    WorkloadError,
+    WorkloadInfo,
+)
+from fused.common.ml.workloads.builtin import ImageClassification, default_for
+from fused.common.ml.workloads.registry import (
+    ENTRY_POINT_GROUP,
+    clear_cache,
+    resolve_workload,
+    workload_for,
+)
+from fused.common.ml.workloads.schema import TensorEntry, schema_digest, schema_of
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "EvalCounts",
+    "ImageClassification",
+    "LocalData",
+    "TensorEntry",
+    "Workload",
+    "WorkloadError",
+    "WorkloadInfo",
+    "clear_cache",
+    "default_for",
+    "resolve_workload",
+    "schema_digest",
+    "schema_of",
+    "workload_for",
+]
