@@ -88,6 +88,7 @@ class Fleet:
         self._queues: dict[str, deque[str]] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
         self._open: dict[str, _OpenTask] = {}
+        self._open_by_pid: dict[str, dict[str, _OpenTask]] = {}  # the same tasks, by holder
         self._polling: dict[str, int] = {}  # open PullTask calls: a waiting agent is alive
         self._grants: dict[str, Counter[str]] = {}  # blobs a participant's open tasks name
         self._uploads: dict[str, set[str]] = {}  # blobs each participant sent in full
@@ -108,8 +109,8 @@ class Fleet:
         self._store.upsert_participant(record)
         self._last_seen[pid] = self._persisted_seen[pid] = record.last_seen
         queue = self._queues.setdefault(pid, deque())
-        for task_id, open_task in self._open.items():
-            if open_task.participant_id == pid and open_task.pulled:
+        for task_id, open_task in self._tasks_of(pid).items():
+            if open_task.pulled:
                 open_task.pulled = False  # a restarted agent lost it: hand it out again
                 queue.append(task_id)
         self._wake(pid)
@@ -134,7 +135,7 @@ class Fleet:
         return pid in self._blocked
 
     def open_tasks(self, pid: str) -> list[str]:
-        return [t for t, o in self._open.items() if o.participant_id == pid]
+        return list(self._tasks_of(pid))
 
     def remove(self, pid: str) -> bool:
         """Forget a participant (record and liveness); False if unknown. Raises TaskHeldError
@@ -192,7 +193,7 @@ class Fleet:
             self._offline.add(pid)
             silent_s = self._clock() - self._last_seen[pid]
             why = f"participant {pid} went silent ({silent_s:.0f} s without a heartbeat)"
-            reaped[pid] = [t for t, o in self._open.items() if o.participant_id == pid]
+            reaped[pid] = list(self._tasks_of(pid))
             for task_id in reaped[pid]:
                 self._resolve(task_id, Refused(why))
         return reaped
@@ -215,8 +216,8 @@ class Fleet:
     def has_open_task(self, pid: str, job_id: str, round_number: int) -> bool:
         """Whether pid holds an open task of that job and round (an upload must belong to one)."""
         return any(
-            o.participant_id == pid and o.spec.job_id == job_id and o.spec.round == round_number
-            for o in self._open.values()
+            o.spec.job_id == job_id and o.spec.round == round_number
+            for o in self._tasks_of(pid).values()
         )
 
     def _grant(self, open_task: _OpenTask, delta: int) -> None:
@@ -230,6 +231,7 @@ class Fleet:
     def submit(self, pid: str, spec: TaskSpec, check: ResultCheck[P]) -> asyncio.Future[Settled[P]]:
         future: asyncio.Future[Settled[Any]] = asyncio.get_running_loop().create_future()
         open_task = self._open[spec.task_id] = _OpenTask(spec, pid, future, check)
+        self._open_by_pid.setdefault(pid, {})[spec.task_id] = open_task
         self._grant(open_task, +1)
         self._queues.setdefault(pid, deque()).append(spec.task_id)
         self._wake(pid)
@@ -237,11 +239,9 @@ class Fleet:
 
     def close(self, task_id: str) -> None:
         """Stop accepting an outcome for task_id (deadline passed or job ended)."""
-        open_task = self._open.pop(task_id, None)
-        if open_task is not None:
-            self._grant(open_task, -1)
-            if not open_task.future.done():
-                open_task.future.cancel()
+        open_task = self._take(task_id)
+        if open_task is not None and not open_task.future.done():
+            open_task.future.cancel()
 
     async def pull(self, pid: str, wait_s: float) -> TaskSpec | None:
         if pid in self._blocked:
@@ -315,11 +315,24 @@ class Fleet:
         self._resolve(outcome.task_id, Accepted(outcome, payload))
 
     def _resolve(self, task_id: str, settled: Settled[Any]) -> None:
+        open_task = self._take(task_id)
+        if open_task is not None and not open_task.future.done():
+            open_task.future.set_result(settled)
+
+    def _take(self, task_id: str) -> _OpenTask | None:
+        """Remove an open task from both indexes and withdraw its download grants."""
         open_task = self._open.pop(task_id, None)
         if open_task is not None:
+            mine = self._open_by_pid[open_task.participant_id]
+            del mine[task_id]
+            if not mine:
+                del self._open_by_pid[open_task.participant_id]
             self._grant(open_task, -1)
-            if not open_task.future.done():
-                open_task.future.set_result(settled)
+        return open_task
+
+    def _tasks_of(self, pid: str) -> dict[str, _OpenTask]:
+        """pid's open tasks by id, in the order they were given (no scan of everyone's)."""
+        return self._open_by_pid.get(pid, {})
 
     def _wake(self, pid: str) -> None:
         event = self._wakeups.get(pid)
@@ -329,9 +342,9 @@ class Fleet:
     def held_task(self, pid: str, job_id: str, phase: str, round_number: int) -> TaskSpec | None:
         """pid's open task of that job, phase and round, if any: what the bytes of its calls
         may be charged to (coordinator/accounting.py)."""
-        wanted = (pid, job_id, phase, round_number)
-        for open_task in self._open.values():
+        wanted = (job_id, phase, round_number)
+        for open_task in self._tasks_of(pid).values():
             spec = open_task.spec
-            if (open_task.participant_id, spec.job_id, spec.phase, spec.round) == wanted:
+            if (spec.job_id, spec.phase, spec.round) == wanted:
                 return spec
         return None
