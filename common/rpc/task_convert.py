@@ -112,34 +112,13 @@ def outcome_to_proto(outcome: TaskOutcome) -> participant_pb2.PushResultRequest:
     msg = participant_pb2.PushResultRequest(
         participant_id=outcome.participant_id, task_id=outcome.task_id
     )
+    # The outcome records' fields are the result messages' fields, name for name.
     if outcome.train is not None:
-        t = outcome.train
-        msg.train.CopyFrom(
-            participant_pb2.TrainResult(
-                update_blob_id=t.update_blob_id,
-                num_examples=t.num_examples,
-                mean_loss=t.mean_loss,
-                seconds=t.seconds,
-            )
-        )
+        msg.train.CopyFrom(participant_pb2.TrainResult(**vars(outcome.train)))
     elif outcome.eval is not None:
-        e = outcome.eval
-        msg.eval.CopyFrom(
-            participant_pb2.EvalResult(
-                correct=e.correct,
-                total=e.total,
-                loss_sum=e.loss_sum,
-                forget_correct=e.forget_correct,
-                forget_total=e.forget_total,
-            )
-        )
+        msg.eval.CopyFrom(participant_pb2.EvalResult(**vars(outcome.eval)))
     elif outcome.sensitivity is not None:
-        msg.sensitivity.CopyFrom(
-            participant_pb2.SensitivityResult(
-                distances=outcome.sensitivity.distances,
-                num_examples=outcome.sensitivity.num_examples,
-            )
-        )
+        msg.sensitivity.CopyFrom(participant_pb2.SensitivityResult(**vars(outcome.sensitivity)))
     else:
         msg.error.message = outcome.error or "unknown error"
     return msg
