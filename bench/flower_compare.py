@@ -128,10 +128,11 @@ def prepare_shards(
 def global_accuracy(job: Job, weights: Mapping[str, torch.Tensor]) -> float:
     """Accuracy of a final model on the untouched global test split."""
     from fused.common.ml.data.shards import load_global_test
+    from fused.common.ml.workloads import workload_for
     from fused.participant.executor import load_model
     from fused.participant.training import evaluate
 
-    model = load_model(job.model, job.num_classes, weights)
+    model = load_model(workload_for(job.model, job.num_classes), weights)
     return evaluate(model, load_global_test(job.shards), job.num_classes).accuracy
 
 
@@ -149,9 +150,9 @@ def _follow(fed: LocalFederation, job_id: str, timeout_s: float) -> Any:
 
 
 def run_fused(job: Job) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    from fused.cli.initial_weights import start_training
     from fused.common.codecs.tensor_codec import decode_tensors
     from fused.common.domain.specs import TrainingSpec
-    from fused.common.rpc.control_convert import training_spec_to_proto
     from fused.proto.v1 import control_pb2, participant_pb2
     from fused.tools.launch import LocalFederation, scrape
 
@@ -178,8 +179,7 @@ def run_fused(job: Job) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
                 fed.wait_online(job.participants)
                 before = scrape(fed.metrics_port)
                 log(f"FUSED: {job.participants} participants online; training")
-                request = control_pb2.StartTrainingRequest(spec=training_spec_to_proto(spec))
-                started = fed.control().StartTraining(request, timeout=30)
+                started = start_training(fed.control(), spec)
                 info = _follow(fed, started.job_id, job.timeout_s)
                 if info.status != "completed":
                     raise RuntimeError(f"FUSED job {info.job_id} {info.status}: {info.reason}")

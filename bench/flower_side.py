@@ -91,6 +91,7 @@ def flower_client(argv: Sequence[str]) -> int:
     from fused.common.ml.data.shards import load_shard
     from fused.common.ml.models import build_model
     from fused.participant.executor import local_update
+    from fused.participant.site import shard_site
 
     parser = argparse.ArgumentParser(prog=CLIENT_ROLE)
     for name in ("--server", "--shard", "--train", "--model"):
@@ -118,7 +119,7 @@ def flower_client(argv: Sequence[str]) -> int:
             }
             seed = task_seed(int(config["seed"]), int(config["server_round"]), pid)
             cfg = dataclasses.replace(base, seed=seed)
-            state, stats = local_update(args.model, args.num_classes, weights, shard, cfg)
+            state, stats = local_update(shard_site(shard), weights, cfg)
             arrays = [t.numpy() for t in state.values()]
             return arrays, stats.num_examples, {"loss": stats.mean_loss}
 

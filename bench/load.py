@@ -46,6 +46,7 @@ import grpc
 import grpc.aio
 import numpy as np
 
+from bench.load_assets import make_assets
 from bench.load_participant import (
     CONTROL_OPTIONS,
     MAX_ERROR_SAMPLES,
@@ -67,6 +68,7 @@ from bench.load_process import (
     tail,
 )
 from fused.cli.pki import new_token, write_auth_file
+from fused.cli.upload import artifact_chunks
 from fused.common.rpc.identity import AuthFile, hash_token
 from fused.proto.v1 import (
     common_pb2,
@@ -162,7 +164,10 @@ async def drive(config: LoadConfig, port: int, coordinator_pid: int) -> dict[str
     models = ModelCache()
     all_registered = asyncio.Event()
     counter = [0, config.participants]
-    settings = Settings(target, config.work_s, register_timeout_s=config.register_timeout_s)
+    summary, initial_weights = make_assets()
+    settings = Settings(
+        target, config.work_s, summary, register_timeout_s=config.register_timeout_s
+    )
     participants = [
         Participant(
             i,
@@ -195,7 +200,12 @@ async def drive(config: LoadConfig, port: int, coordinator_pid: int) -> dict[str
         )
         async with grpc.aio.insecure_channel(target, options=CONTROL_OPTIONS) as channel:
             control = control_pb2_grpc.ControlServiceStub(channel)
+            initial = await control.UploadArtifact(
+                artifact_chunks(initial_weights), timeout=30, metadata=control_md
+            )
             spec = control_pb2.TrainingSpec(
+                model="mlp",
+                init_weights=initial.digest,
                 rounds=config.rounds,
                 train=common_pb2.TrainConfig(
                     local_epochs=1, lr=0.05, momentum=0.9, weight_decay=5e-4, batch_size=32

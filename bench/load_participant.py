@@ -155,6 +155,7 @@ def make_update(
 class Settings:
     target: str
     work_s: float  # mean simulated training time; evaluation takes a third of it
+    summary: bytes  # the serialized DataSummary every participant registers (bench.load_assets)
     register_timeout_s: float = 30.0
     push_timeout_s: float = 60.0  # the agent's
     transfer_timeout_s: float = 300.0  # the agent's, for DownloadBlob and UploadBlob
@@ -230,12 +231,7 @@ class Participant:
                 await beats
 
     async def _register(self) -> None:
-        data = participant_pb2.DataSummary(
-            dataset=DATASET,
-            class_counts=[TRAIN_PER_CLASS] * NUM_CLASSES,
-            num_train=TRAIN_PER_CLASS * NUM_CLASSES,
-            num_test=TEST_PER_CLASS * NUM_CLASSES,
-        )
+        data = participant_pb2.DataSummary.FromString(self._settings.summary)
         request = participant_pb2.RegisterRequest(
             participant_id=self.pid, data=data, agent_version=AGENT_VERSION
         )

@@ -18,11 +18,10 @@ from typing import Any
 import grpc
 
 from fused.common.rpc.metering import MD_PARTICIPANT
+from fused.participant.site import builtin_summary
 from fused.proto.v1 import common_pb2, participant_pb2, participant_pb2_grpc
 
-DIGITS = participant_pb2.DataSummary(
-    dataset="digits", class_counts=[10] * 10, num_train=100, num_test=20
-)
+DIGITS = builtin_summary("mlp", [10] * 10, 20, "digits")
 TIMEOUT_S = 30.0
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from fused.cli.initial_weights import start_training
 from fused.common.codecs.adapter_codec import decode_adapter
 from fused.common.codecs.tensor_codec import encode_tensors
 from fused.common.domain.specs import FusedConfig, TrainingSpec, UnlearningSpec
@@ -25,7 +26,7 @@ from fused.common.ml.data.shards import write_partition
 from fused.common.ml.data.sources import SourceData
 from fused.common.ml.data.tensors import TensorData
 from fused.common.ml.models import init_model
-from fused.common.rpc.control_convert import training_spec_to_proto, unlearning_spec_to_proto
+from fused.common.rpc.control_convert import unlearning_spec_to_proto
 from fused.proto.v1 import control_pb2
 from fused.tools.launch import LocalFederation, scrape
 
@@ -129,7 +130,7 @@ def measure_model(case: ModelCase, work: Path, rounds: int) -> dict[str, Any]:
         )
         trained = run_job(
             fed,
-            stub.StartTraining(control_pb2.StartTrainingRequest(spec=training_spec_to_proto(spec))),
+            start_training(stub, spec),
         )
         after = phase_bytes(fed.metrics_port)
         prom_train = (

@@ -31,6 +31,7 @@ from fused.common.ml.adapters import build_layout, mask_indices
 from fused.common.ml.models import init_model
 from fused.common.rpc.channels import create_channel
 from fused.common.rpc.metering import MD_PARTICIPANT
+from fused.participant.site import builtin_summary
 from fused.proto.v1 import common_pb2, participant_pb2, participant_pb2_grpc
 from fused.tools.launch import LocalFederation
 
@@ -118,7 +119,7 @@ def transfer(work: Path, size_mb: int) -> dict[str, float]:
     with LocalFederation(work) as fed:
         fed.start_coordinator()
         stub = participant_pb2_grpc.ParticipantServiceStub(create_channel(fed.address))
-        summary = participant_pb2.DataSummary(dataset="x", class_counts=[1], num_train=1)
+        summary = builtin_summary("mlp", [1], 0)
         stub.Register(participant_pb2.RegisterRequest(participant_id="bench", data=summary))
         md = ((MD_PARTICIPANT, "bench"),)
         step = 1 << 20

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from fused.cli import report
 from fused.cli.client import CliError, as_dict, control_stub, emit
+from fused.cli.initial_weights import start_training
 from fused.cli.policy import policy_from_args
 from fused.cli.tables import human_bytes, table
 from fused.cli.watch import LiveView, render
@@ -20,7 +21,6 @@ from fused.common.domain.tasks import ForgetSpec
 from fused.common.domain.train_config import TrainConfig
 from fused.common.rpc.control_convert import (
     job_from_proto,
-    training_spec_to_proto,
     unlearning_spec_to_proto,
 )
 from fused.common.rpc.task_convert import forget_to_proto
@@ -49,8 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         evaluate_each_round=not args.no_eval_each_round,
         policy=policy_from_args(args),
     )
-    request = control_pb2.StartTrainingRequest(spec=training_spec_to_proto(spec))
-    return _start(args, control_stub(args).StartTraining(request, timeout=30))
+    return _start(args, start_training(control_stub(args), spec, args.init_weights))
 
 
 def _start(args: argparse.Namespace, job: control_pb2.JobInfo) -> int:

@@ -45,7 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="start a federated training job")
     defaults = TrainConfig()
-    train.add_argument("--model", default="", help="registry name; default: data set's default")
+    train.add_argument(
+        "--model",
+        default="",
+        help="workload (built-in name, installed entry point or module:attribute) whose model "
+        "is built here from --seed; default: the one most online participants serve",
+    )
     train.add_argument("--rounds", type=int, default=10)
     train.add_argument("--local-epochs", type=int, default=defaults.local_epochs)
     train.add_argument("--lr", type=float, default=defaults.lr)
@@ -58,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--wait-participants", type=float, default=60.0, help="seconds")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--init-version", default="", help="start from this model version")
+    train.add_argument(
+        "--init-weights",
+        type=Path,
+        default=None,
+        help="start from these weights (safetensors) instead of building the model here",
+    )
     train.add_argument("--no-eval-each-round", action="store_true")
     train.add_argument("--wait", action="store_true", help="follow the job until it ends")
     add_policy_options(train)

@@ -8,7 +8,8 @@ the adapters and bases they name) and the checkpoints of unfinished jobs are sti
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from fused.coordinator.artifacts import ArtifactStore
 from fused.coordinator.fleet import Fleet
@@ -17,6 +18,24 @@ from fused.coordinator.transfer import UploadSpool
 from fused.coordinator.upload_limits import UploadLedger
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Pinned:
+    """Artifacts an operator uploaded (UploadArtifact) for a job that has not started yet:
+    `fusedctl train` uploads the initial weights, then starts the job that names them. They
+    are kept from collection for `hold_s` seconds after their upload."""
+
+    hold_s: float = 3600.0
+    _since: dict[str, float] = field(default_factory=dict)
+
+    def add(self, digest: str) -> None:
+        self._since[digest] = time.monotonic()
+
+    def current(self) -> set[str]:
+        cutoff = time.monotonic() - self.hold_s
+        self._since = {d: t for d, t in self._since.items() if t >= cutoff}
+        return set(self._since)
 
 
 @dataclass(frozen=True)
@@ -32,13 +51,17 @@ def referenced(store: StateStore) -> set[str]:
     for version in store.list_model_versions():
         keep.add(version.digest)
         keep.update(version.meta.blobs())
+    for participant in store.list_participants():  # schemas jobs check registrations against
+        keep.add(participant.offer("schema_digest"))
     for job in store.list_jobs():
         if job.status in (JobStatus.COMPLETED, JobStatus.FAILED):
             continue
+        keep.add(str(job.spec.get("init_weights", "")))
         for record in store.list_rounds(job.job_id):  # the checkpoints a resumed job reads
             aggregate = record.metrics.aggregate
             if aggregate is not None:
                 keep.add(aggregate.blob)
+    keep.discard("")  # a field that names nothing
     return keep
 
 
@@ -48,12 +71,13 @@ def collect(
     spool: UploadSpool,
     fleet: Fleet,
     ledger: UploadLedger | None = None,
+    pinned: Pinned | None = None,
 ) -> Collected:
     """Delete unreferenced artifacts and abandoned upload parts. Call only while no job runs
     (no task is open, so no new upload or download can start), on the event loop so that no
     job can start halfway. A part an upload is still writing (its task closed under it) is
     kept; the ledger's finished uploads are gone, so they leave the participants' quotas."""
-    keep = referenced(store)
+    keep = referenced(store) | (pinned.current() if pinned is not None else set())
     removed = freed = 0
     for digest in artifacts.digests():
         if digest not in keep:

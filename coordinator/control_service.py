@@ -3,6 +3,7 @@ the transfers; failures are answered through rpc_errors' table."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from fused.common.rpc.control_convert import (
     unlearning_spec_from_proto,
 )
 from fused.common.rpc.task_convert import forget_from_proto
+from fused.coordinator.artifact_gc import Pinned
 from fused.coordinator.artifacts import CorruptArtifactError, MissingArtifactError
 from fused.coordinator.auth import RequestRefused
 from fused.coordinator.engine.manager import JobManager
@@ -36,7 +38,7 @@ from fused.coordinator.rpc_errors import Context, answers
 from fused.coordinator.state import ParticipantRecord, StateStore
 from fused.coordinator.transfer import Downloads
 from fused.coordinator.versions import ACTIVE_VERSION_KEY, active_version, set_active
-from fused.proto.v1 import control_pb2, control_pb2_grpc
+from fused.proto.v1 import common_pb2, control_pb2, control_pb2_grpc
 
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
@@ -69,6 +71,8 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     fleet: Fleet
     jobs: JobManager
     downloads: Downloads
+    pinned: Pinned  # operator uploads kept until the job naming them starts
+    max_artifact_bytes: int = 512 << 20  # the participants' upload limit
 
     def _job(self, job_id: str) -> JobRecord:
         job = self.store.get_job(job_id)
@@ -85,11 +89,43 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             raise RequestRefused(NOT_FOUND, f"no model version {version_id!r}")
         return version
 
+    @answers(rejected="upload rejected: ", doing="store the artifact")
+    async def UploadArtifact(
+        self, request_iterator: AsyncIterator[common_pb2.BlobChunk], context: Context
+    ) -> control_pb2.ArtifactInfo:
+        """One stream of consecutive chunks; the first names the digest the bytes must have."""
+        artifacts = self.downloads.artifacts
+        writer = artifacts.begin_write(self.max_artifact_bytes)
+        expected = ""
+        try:
+            async for chunk in request_iterator:
+                expected = expected or chunk.blob_id
+                if chunk.offset != writer.bytes_written:
+                    raise RequestRefused(
+                        INVALID_ARGUMENT,
+                        f"chunk at offset {chunk.offset}, expected {writer.bytes_written}",
+                    )
+                await asyncio.to_thread(writer.write, chunk.data)
+            if not expected:
+                raise RequestRefused(INVALID_ARGUMENT, "the first chunk must name the blob_id")
+            digest = await asyncio.to_thread(writer.commit, expected)
+            self.pinned.add(digest)
+        finally:
+            writer.abort()  # a no-op once committed
+        return control_pb2.ArtifactInfo(digest=digest, size=artifacts.size(digest))
+
     @answers(rejected="invalid training spec: ")
     async def StartTraining(
         self, request: control_pb2.StartTrainingRequest, context: Context
     ) -> control_pb2.JobInfo:
-        return job_to_proto(self.jobs.start(JobKind.TRAIN, training_spec_from_proto(request.spec)))
+        spec = training_spec_from_proto(request.spec)
+        spec.validate()
+        spec.check_start()
+        if spec.init_weights and not self.downloads.artifacts.exists(spec.init_weights):
+            raise RequestRefused(
+                NOT_FOUND, f"no artifact {spec.init_weights}: upload the initial weights first"
+            )
+        return job_to_proto(self.jobs.start(JobKind.TRAIN, spec))
 
     @answers(rejected="invalid unlearning spec: ")
     async def StartUnlearning(

@@ -17,6 +17,7 @@ from typing import Any
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from fused.common.ml.schema import MAX_SCHEMA_BYTES
 from fused.common.rpc.metering import MD_JOB, MD_PARTICIPANT, MD_PHASE, MD_ROUND
 from fused.common.runtime.logs import clip
 
@@ -69,6 +70,11 @@ FIELDS: Mapping[str, Limit] = {
     "DataSummary.class_counts": PER_CLASS,
     "DataSummary.num_train": COUNT,
     "DataSummary.num_test": COUNT,
+    "DataSummary.workload": NAME,
+    "DataSummary.workload_version": NAME,
+    "DataSummary.tensor_schema": Limit(chars=MAX_SCHEMA_BYTES, text=False),  # checked: JSON
+    "DataSummary.schema_digest": ID,
+    "DataSummary.workload_error": Limit(chars=MAX_REASON_CHARS, text=False),
     "HeartbeatRequest.participant_id": ID,
     "HeartbeatRequest.task_id": ID,
     "PullTaskRequest.participant_id": ID,
@@ -103,6 +109,7 @@ FIELDS: Mapping[str, Limit] = {
     "TrainingSpec.model": NAME,
     "TrainingSpec.seed": SEED,
     "TrainingSpec.init_version": ID,
+    "TrainingSpec.init_weights": ID,
     "UnlearningSpec.base_version": ID,
     "UnlearningSpec.method": NAME,
     "UnlearningSpec.layers": TENSOR_NAMES,

@@ -3,6 +3,8 @@ transfers; failures are answered through rpc_errors' table."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 import re
 import time
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from fused.common.ml.schema import parse_schema
 from fused.common.rpc.task_convert import outcome_from_proto, task_to_proto
 from fused.coordinator.auth import RequestRefused
 from fused.coordinator.fleet import Fleet, TaskClosedError
@@ -21,6 +24,7 @@ from fused.coordinator.transfer import DIGEST, Downloads, Uploads
 from fused.proto.v1 import common_pb2, participant_pb2, participant_pb2_grpc
 
 log = logging.getLogger(__name__)
+INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT
 
 PARTICIPANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_CLASSES = 10_000
@@ -48,14 +52,40 @@ def _digest(blob_id: str) -> str:
 def _record(pid: str, request: participant_pb2.RegisterRequest) -> ParticipantRecord:
     data = request.data
     counts = list(data.class_counts)
-    if not 0 < len(counts) <= MAX_CLASSES or sum(counts) != data.num_train:
-        raise RequestRefused(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "data summary: class_counts must be non-empty and sum to num_train",
-        )
     now = time.time()
-    info = {"dataset": data.dataset, "agent_version": request.agent_version}
+    info = {
+        "dataset": data.dataset,
+        "agent_version": request.agent_version,
+        "workload": data.workload,
+        "workload_version": data.workload_version,
+        "schema_digest": data.schema_digest,
+        "workload_error": data.workload_error,
+    }
+    if data.workload_error:  # registered, so that jobs can say why it is left out
+        return ParticipantRecord(pid, [], 0, 0, now, now, info)
+    if not data.workload:
+        raise RequestRefused(INVALID_ARGUMENT, "data summary: name the workload served")
+    buckets = data.num_classes or 1
+    if len(counts) != buckets or buckets > MAX_CLASSES or sum(counts) != data.num_train:
+        raise RequestRefused(
+            INVALID_ARGUMENT,
+            "data summary: class_counts must hold one count per class (one without classes) "
+            "and sum to num_train",
+        )
     return ParticipantRecord(pid, counts, data.num_train, data.num_test, now, now, info)
+
+
+def _check_schema(data: participant_pb2.DataSummary) -> bytes:
+    """The declared tensor schema, when it parses and its sha256 is the declared digest."""
+    try:
+        parse_schema(data.tensor_schema)
+    except ValueError as exc:
+        raise RequestRefused(INVALID_ARGUMENT, f"data summary: {exc}") from None
+    if hashlib.sha256(data.tensor_schema).hexdigest() != data.schema_digest:
+        raise RequestRefused(
+            INVALID_ARGUMENT, "data summary: schema_digest is not the sha256 of tensor_schema"
+        )
+    return data.tensor_schema
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,7 +115,12 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
         if not PARTICIPANT_ID.match(pid):
             raise RequestRefused(grpc.StatusCode.INVALID_ARGUMENT, f"bad participant id {pid!r}")
         bound_participant(pid)
-        self.fleet.register(_record(pid, request))
+        record = _record(pid, request)
+        if not request.data.workload_error:  # jobs read the schema by its digest
+            schema = _check_schema(request.data)
+            if not self.uploads.artifacts.exists(request.data.schema_digest):
+                await asyncio.to_thread(self.uploads.artifacts.put_bytes, schema)
+        self.fleet.register(record)
         log.info("participant %s registered (%d training samples)", pid, request.data.num_train)
         t = self.terms
         return participant_pb2.RegisterResponse(

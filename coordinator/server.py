@@ -26,7 +26,7 @@ from fused.common.rpc.channels import (
 from fused.common.rpc.identity import read_auth_file
 from fused.common.rpc.metering import CountingServerInterceptor, PreSerializedResponses
 from fused.coordinator.accounting import CallAccounting
-from fused.coordinator.artifact_gc import collect
+from fused.coordinator.artifact_gc import Pinned, collect
 from fused.coordinator.artifacts import ArtifactStore
 from fused.coordinator.auth import AuthInterceptor, AuthPolicy
 from fused.coordinator.control_service import ControlServicer
@@ -135,7 +135,8 @@ class Coordinator:
         uploads = Uploads(
             spool, artifacts, fleet, store, upload_limits, lambda r: refusals.labels(r).inc()
         )
-        gc = partial(collect, store, artifacts, spool, fleet, uploads.ledger)
+        pinned = Pinned()
+        gc = partial(collect, store, artifacts, spool, fleet, uploads.ledger, pinned)
         on_idle = None if cfg.keep_artifacts else gc
         jobs = self.jobs = JobManager(
             store, artifacts, fleet, self.metrics, JOB_KINDS, on_idle=on_idle
@@ -164,7 +165,8 @@ class Coordinator:
             ParticipantServicer(fleet, uploads, downloads, terms, self.metrics), self._server
         )
         control_pb2_grpc.add_ControlServiceServicer_to_server(
-            ControlServicer(store, fleet, jobs, downloads), self._server
+            ControlServicer(store, fleet, jobs, downloads, pinned, terms.max_upload_bytes),
+            self._server,
         )
         # The standard health and reflection services, so probes and grpcurl-style tools work.
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)

@@ -18,6 +18,7 @@ from fused.common.domain.train_config import TrainConfig
 from fused.common.ml.data.partition import apply_trigger
 from fused.common.ml.data.shards import load_global_test, load_shard, read_partition
 from fused.common.ml.data.tensors import TensorData
+from fused.common.ml.workloads import workload_for
 from fused.participant.executor import load_model
 from fused.participant.training import train_local
 
@@ -185,7 +186,7 @@ def evaluate_weights(
     cfg: TrainConfig,
     relearn_epochs: int,
 ) -> dict[str, float]:
-    model = load_model(model_name, 10, weights)
+    model = load_model(workload_for(model_name, 10), weights)
     return {
         "ra": accuracy(model, sets.remaining),
         "fa": accuracy(model, sets.forgotten),

@@ -30,6 +30,7 @@ import torch
 
 from experiments.central import EvalSets, build_sets, evaluate_weights
 from experiments.plots import plot_bytes, plot_curves
+from fused.cli.initial_weights import start_training
 from fused.common.codecs.tensor_codec import decode_tensors
 from fused.common.domain.specs import (
     FinetuneConfig,
@@ -43,7 +44,7 @@ from fused.common.domain.train_config import TrainConfig
 from fused.common.ml.data.partition import partition_to_directory
 from fused.common.ml.data.partition_config import PartitionConfig
 from fused.common.ml.models import default_model_for, init_model
-from fused.common.rpc.control_convert import training_spec_to_proto, unlearning_spec_to_proto
+from fused.common.rpc.control_convert import unlearning_spec_to_proto
 from fused.proto.v1 import control_pb2
 from fused.tools.launch import LocalFederation, scrape
 
@@ -265,8 +266,7 @@ def run(exp: Experiment) -> dict[str, Any]:
             seed=exp.seed,
             evaluate_each_round=False,
         )
-        request = control_pb2.StartTrainingRequest(spec=training_spec_to_proto(spec))
-        trained = run_job(fed, fed.control().StartTraining(request, timeout=30))
+        trained = run_job(fed, start_training(fed.control(), spec))
         base = json.loads(trained.result_json)["version_id"]
         base_data = export(fed, base)
         base_weights, _ = decode_tensors(base_data)

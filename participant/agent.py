@@ -16,7 +16,6 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from fused.common.domain.tasks import TaskOutcome, TaskSpec
-from fused.common.ml.data.shards import Shard
 from fused.common.rpc.channels import CHUNK_BYTES, TlsFiles, create_channel
 from fused.common.rpc.metering import (
     MD_JOB,
@@ -32,6 +31,7 @@ from fused.participant.blobs import BlobCache
 from fused.participant.handlers import run_task
 from fused.participant.reporting import error_outcome, failure_reason, push_outcome, shorten
 from fused.participant.retry import Action, RegistrationRefused, Stage, decide
+from fused.participant.site import Offer, Site, offer_summary
 from fused.participant.transfer import TaskTransfer
 from fused.proto.v1 import participant_pb2, participant_pb2_grpc
 
@@ -74,9 +74,18 @@ class ParticipantMetrics:
 
 
 class Agent:
-    def __init__(self, settings: AgentSettings, shard: Shard, metrics: ParticipantMetrics) -> None:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        site: Site | None,
+        offer: Offer,
+        metrics: ParticipantMetrics,
+    ) -> None:
+        """`site` is None when the workload could not be opened; `offer.error` says why,
+        and the agent registers with it so that the coordinator can report the cause."""
         self._settings = settings
-        self._shard = shard
+        self._site = site
+        self._offer = offer
         self._metrics = metrics
         self._pid = settings.participant_id
         self.sessions = 0  # successful registrations, for observability and tests
@@ -170,13 +179,7 @@ class Agent:
         return reply
 
     def _register_request(self) -> participant_pb2.RegisterRequest:
-        counts = self._shard.class_counts()
-        data = participant_pb2.DataSummary(
-            dataset=self._shard.meta.dataset,
-            class_counts=counts,
-            num_train=len(self._shard.train),
-            num_test=len(self._shard.test),
-        )
+        data = offer_summary(self._offer)
         return participant_pb2.RegisterRequest(
             participant_id=self._pid, data=data, agent_version=AGENT_VERSION
         )
@@ -301,7 +304,11 @@ class Agent:
             max_download_bytes=self._settings.max_download_bytes,
             chunk_bytes=reply.chunk_bytes or CHUNK_BYTES,
         )
-        return run_task(task, self._shard, self._pid, transfer)
+        if self._site is None:
+            raise ValueError(
+                f"workload {self._offer.workload!r} cannot run here: {self._offer.error}"
+            )
+        return run_task(task, self._site, transfer)
 
 
 def _traced(exc: Exception) -> bool:

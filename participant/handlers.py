@@ -24,7 +24,6 @@ from fused.common.domain.tasks import (
     TrainOutcome,
 )
 from fused.common.ml.adapters import AdapterLayout, merge_weights, zero_values
-from fused.common.ml.data.shards import Shard
 from fused.participant.executor import (
     adapter_layout,
     local_adapter_update,
@@ -33,6 +32,7 @@ from fused.participant.executor import (
     local_update,
     model_schema,
 )
+from fused.participant.site import Site
 from fused.participant.training import TrainStats
 
 
@@ -49,10 +49,9 @@ class ArtifactTransport(Protocol):
 
 @dataclass(frozen=True)
 class TaskContext:
-    """What a handler works on: this participant's data and the task's inputs, fetched."""
+    """What a handler works on: this participant's workload and data, the task's inputs."""
 
-    participant_id: str
-    shard: Shard
+    site: Site
     weights: dict[str, torch.Tensor]  # the task's model, checked against its schema
     layout: AdapterLayout | None  # the task's adapter (mask derived here), if it has one
     values: dict[str, torch.Tensor]  # the adapter's current values; {} without one
@@ -72,7 +71,7 @@ def check_finite(stats: TrainStats, tensors: Mapping[str, torch.Tensor]) -> None
     if not math.isfinite(stats.mean_loss):
         raise NonFiniteResult(
             f"local training diverged: mean loss {stats.mean_loss} (the task's model may be "
-            "poisoned); not uploading"
+            "poisoned, or the workload's loss is not finite); not uploading"
         )
     bad = sorted(name for name, t in tensors.items() if not bool(torch.isfinite(t).all()))
     if bad:
@@ -82,32 +81,31 @@ def check_finite(stats: TrainStats, tensors: Mapping[str, torch.Tensor]) -> None
         )
 
 
-def run_task(
-    task: TaskSpec, shard: Shard, participant_id: str, transport: ArtifactTransport
-) -> TaskOutcome:
-    """Fetch the task's inputs and run its kind's handler. A kind without one is a
-    ValueError, which the agent reports as the task's error."""
+def run_task(task: TaskSpec, site: Site, transport: ArtifactTransport) -> TaskOutcome:
+    """Fetch the task's inputs and run its kind's handler. A kind without one, or a task for
+    another workload, is a ValueError, which the agent reports as the task's error."""
     started = time.monotonic()
     handler = HANDLERS.get(task.kind)
     if handler is None:
         raise ValueError(f"task {task.task_id}: unsupported task kind {task.kind}")
+    site.check_task(task.model_name, task.num_classes)
     weights, _ = decode_tensors(
         transport.fetch(task.model_blob_id),
-        schema=model_schema(task.model_name, task.num_classes),
+        schema=model_schema(site.workload),
         max_bytes=transport.max_download_bytes,
     )
-    layout, values = _adapter(task, transport)
-    ctx = TaskContext(participant_id, shard, weights, layout, values, started)
+    layout, values = _adapter(task, site, transport)
+    ctx = TaskContext(site, weights, layout, values, started)
     return handler(task, ctx, transport)
 
 
 def _adapter(
-    task: TaskSpec, transport: ArtifactTransport
+    task: TaskSpec, site: Site, transport: ArtifactTransport
 ) -> tuple[AdapterLayout | None, dict[str, torch.Tensor]]:
     """The task's adapter layout (mask derived locally) and current values, if any."""
     if task.adapter is None:
         return None, {}
-    layout = adapter_layout(task.model_name, task.num_classes, task.adapter)
+    layout = adapter_layout(site.workload, task.adapter)
     if not task.adapter.values_blob_id:
         return layout, zero_values(layout)
     data = transport.fetch(task.adapter.values_blob_id)
@@ -116,10 +114,10 @@ def _adapter(
 
 def train(task: TaskSpec, ctx: TaskContext, transport: ArtifactTransport) -> TaskOutcome:
     """FedAvg step on the remaining data; upload the new weights."""
-    name, classes = task.model_name, task.num_classes
-    state, stats = local_update(name, classes, ctx.weights, ctx.shard, task.train, task.forget)
+    state, stats = local_update(ctx.site, ctx.weights, task.train, task.forget)
     check_finite(stats, state)
-    return _trained(task, ctx, transport.upload(encode_tensors(state, {"model": name})), stats)
+    blob = encode_tensors(state, {"model": task.model_name})
+    return _trained(task, ctx, transport.upload(blob), stats)
 
 
 def adapter_train(task: TaskSpec, ctx: TaskContext, transport: ArtifactTransport) -> TaskOutcome:
@@ -127,14 +125,7 @@ def adapter_train(task: TaskSpec, ctx: TaskContext, transport: ArtifactTransport
     if ctx.layout is None or task.adapter is None:
         raise ValueError("an adapter training task without an adapter")
     new_values, stats = local_adapter_update(
-        task.model_name,
-        task.num_classes,
-        ctx.weights,
-        ctx.layout,
-        ctx.values,
-        ctx.shard,
-        task.train,
-        task.forget,
+        ctx.site, ctx.weights, ctx.layout, ctx.values, task.train, task.forget
     )
     check_finite(stats, new_values)
     blob = encode_adapter(ctx.layout, new_values, dtype=task.adapter.upload_dtype)
@@ -144,7 +135,7 @@ def adapter_train(task: TaskSpec, ctx: TaskContext, transport: ArtifactTransport
 def _trained(task: TaskSpec, ctx: TaskContext, blob_id: str, stats: TrainStats) -> TaskOutcome:
     seconds = time.monotonic() - ctx.started
     train = TrainOutcome(blob_id, stats.num_examples, stats.mean_loss, seconds)
-    return TaskOutcome(ctx.participant_id, task.task_id, train=train)
+    return TaskOutcome(ctx.site.participant_id, task.task_id, train=train)
 
 
 def evaluate(task: TaskSpec, ctx: TaskContext, transport: ArtifactTransport) -> TaskOutcome:
@@ -152,21 +143,19 @@ def evaluate(task: TaskSpec, ctx: TaskContext, transport: ArtifactTransport) -> 
     weights = ctx.weights
     if ctx.layout is not None:
         weights = merge_weights(weights, ctx.layout, ctx.values)
-    ev = local_evaluate(task.model_name, task.num_classes, weights, ctx.shard, task.forget)
+    ev = local_evaluate(ctx.site, weights, task.forget)
     if not math.isfinite(ev.loss_sum):
         raise NonFiniteResult(f"evaluation loss is {ev.loss_sum} (the model may be poisoned)")
-    return TaskOutcome(ctx.participant_id, task.task_id, eval=ev)
+    return TaskOutcome(ctx.site.participant_id, task.task_id, eval=ev)
 
 
 def sensitivity(task: TaskSpec, ctx: TaskContext, transport: ArtifactTransport) -> TaskOutcome:
     """Per-tensor L1 distances after one round of training; the model stays here."""
-    distances, n = local_sensitivity(
-        task.model_name, task.num_classes, ctx.weights, ctx.shard, task.train
-    )
+    distances, n = local_sensitivity(ctx.site, ctx.weights, task.train)
     if not all(math.isfinite(d) for d in distances.values()):
         raise NonFiniteResult("local training diverged: non-finite layer distances")
     outcome = SensitivityOutcome(distances, n)
-    return TaskOutcome(ctx.participant_id, task.task_id, sensitivity=outcome)
+    return TaskOutcome(ctx.site.participant_id, task.task_id, sensitivity=outcome)
 
 
 HANDLERS: Mapping[TaskKind, Handler] = {

@@ -1,4 +1,4 @@
-"""`fused-participant`: run a participant agent on one local data shard."""
+"""`fused-participant`: run a participant agent serving one workload on its local data."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from prometheus_client import CollectorRegistry, start_http_server
 
-from fused.common.ml.data.shards import load_shard
+from fused.common.ml.data.shards import read_shard_meta
+from fused.common.ml.workloads import WorkloadError
 from fused.common.rpc.channels import TlsFiles
 from fused.common.rpc.identity import read_token_file
 from fused.common.rpc.metering import disable_created_series
@@ -21,6 +22,7 @@ from fused.common.runtime.config import ConfigError, load_config
 from fused.common.runtime.logs import setup_logging
 from fused.participant.agent import Agent, AgentSettings, ParticipantMetrics
 from fused.participant.retry import RegistrationRefused
+from fused.participant.site import Offer, Site, broken_offer, default_reference, offer_of, open_site
 from fused.participant.training import resolve_hardware, use_hardware
 
 log = logging.getLogger(__name__)
@@ -29,13 +31,21 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ParticipantConfig:
     data_dir: Path = dataclasses.field(
-        default=Path("shard"), metadata={"help": "this participant's shard directory"}
+        default=Path("shard"), metadata={"help": "this participant's data directory"}
+    )
+    workload: str = dataclasses.field(
+        default="",
+        metadata={
+            "help": "workload to serve: a built-in (mlp, lenet, resnet18), an installed "
+            "fused.workloads entry point or module:attribute; default: the built-in for a "
+            "partition shard"
+        },
     )
     coordinator: str = dataclasses.field(
         default="127.0.0.1:50051", metadata={"help": "coordinator address host:port"}
     )
     participant_id: str = dataclasses.field(
-        default="", metadata={"help": "defaults to the id recorded in the shard"}
+        default="", metadata={"help": "required unless the data directory is a partition shard"}
     )
     metrics_address: str = "127.0.0.1"
     metrics_port: int = dataclasses.field(
@@ -79,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if cfg.threads < 0:
             raise ConfigError(f"threads must be 0 (torch's default) or more, got {cfg.threads}")
         hardware, hardware_notes = resolve_hardware(cfg.device, cfg.amp)
-        shard = load_shard(cfg.data_dir)
+        reference = cfg.workload or default_reference(cfg.data_dir)
+        participant_id = cfg.participant_id or _shard_participant(cfg.data_dir)
         token = read_token_file(cfg.token_file) if cfg.token_file is not None else None
         if (cfg.tls_cert or cfg.tls_key) and not cfg.tls_ca:
             raise ConfigError("tls_cert/tls_key need tls_ca (the CA that signed the coordinator)")
@@ -110,12 +121,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     tls = TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.tls_ca) if cfg.tls_ca else None
     settings = AgentSettings(
         coordinator=cfg.coordinator,
-        participant_id=cfg.participant_id or shard.meta.participant_id,
+        participant_id=participant_id,
         tls=tls,
         token=token,
         backoff_max_s=cfg.backoff_max_s,
     )
-    agent = Agent(settings, shard, metrics)
+    site, offer = _open(participant_id, reference, cfg.data_dir)
+    agent = Agent(settings, site, offer, metrics)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.shutdown())
     try:
@@ -124,6 +136,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fused-participant: registration refused: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _shard_participant(data_dir: Path) -> str:
+    try:
+        return read_shard_meta(data_dir).participant_id
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"give --participant-id (no partition shard in {data_dir}: {exc})"
+        ) from exc
+
+
+def _open(participant_id: str, reference: str, data_dir: Path) -> tuple[Site | None, Offer]:
+    """The workload on this data and its offer; a workload that cannot run is logged and
+    offered with its cause, so the agent still registers and the coordinator can report it."""
+    try:
+        site = open_site(participant_id, reference, data_dir)
+        offer = offer_of(site)
+    except WorkloadError as exc:
+        log.error("%s", exc)
+        return None, broken_offer(reference, str(exc))
+    log.info(
+        "serving workload %s %s (%d classes, %d train / %d test samples, schema %s)",
+        offer.workload,
+        offer.version,
+        offer.num_classes,
+        offer.num_train,
+        offer.num_test,
+        offer.schema_digest[:12],
+    )
+    return site, offer
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -14,11 +15,14 @@ from torch import nn
 from fused.common.domain.train_config import TrainConfig
 from fused.common.ml.adapters import frozen_norm_stats
 from fused.common.ml.data.tensors import TensorData
+from fused.common.ml.workloads.base import EvalCounts, classification_counts
 
 __all__ = [
     "Accelerators",
+    "Classification",
     "EvalCounts",
     "Hardware",
+    "Objective",
     "TrainConfig",
     "TrainStats",
     "current_hardware",
@@ -32,24 +36,34 @@ __all__ = [
 @dataclass(frozen=True)
 class TrainStats:
     num_examples: int  # examples in the local split (the FedAvg weight)
-    mean_loss: float  # mean cross-entropy over every example seen in every epoch
+    mean_loss: float  # mean training loss over every example seen in every epoch
     steps: int  # optimiser steps taken
 
 
+class Objective(Protocol):
+    """What training and evaluation need of a workload: its input step, loss and counts."""
+
+    def transform(self, inputs: torch.Tensor) -> torch.Tensor: ...
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+
+    def evaluate(self, outputs: torch.Tensor, targets: torch.Tensor) -> EvalCounts: ...
+
+
 @dataclass(frozen=True)
-class EvalCounts:
-    correct: list[int]  # correct[c]: correct predictions among examples labelled c
-    total: list[int]  # total[c]: examples labelled c
-    loss_sum: float  # summed cross-entropy over all examples
+class Classification:
+    """The default objective: logits against integer labels, cross-entropy, per-class hits."""
 
-    @property
-    def num_examples(self) -> int:
-        return sum(self.total)
+    num_classes: int
 
-    @property
-    def accuracy(self) -> float:
-        n = self.num_examples
-        return sum(self.correct) / n if n > 0 else 0.0
+    def transform(self, inputs: torch.Tensor) -> torch.Tensor:
+        return inputs
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(outputs, targets)
+
+    def evaluate(self, outputs: torch.Tensor, targets: torch.Tensor) -> EvalCounts:
+        return classification_counts(outputs, targets, self.num_classes)
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -161,6 +175,7 @@ def train_local(
     params: Iterable[nn.Parameter] | None = None,
     freeze_norm_stats: bool = False,
     hardware: Hardware | None = None,
+    objective: Objective | None = None,
 ) -> TrainStats:
     """Train `model` in place with SGD on `data` for `cfg.local_epochs` epochs.
 
@@ -173,8 +188,10 @@ def train_local(
     bit-identical results on CPU. The model's train/eval mode is restored on return.
 
     Training runs on `hardware` (default: the process's, see use_hardware); the model goes back
-    to the device it came on, parameters in their own dtype, before this returns.
+    to the device it came on, parameters in their own dtype, before this returns. The loss and
+    input step are the workload's (`objective`; default: cross-entropy on the inputs as given).
     """
+    objective = Classification(0) if objective is None else objective  # loss needs no count
     n = len(data)
     if n == 0:
         raise ValueError("train_local got an empty data set")
@@ -209,8 +226,8 @@ def train_local(
     steps = 0
     try:
         model.to(device)  # in place: the Parameter objects (so `chosen` and `opt`) stay the same
-        x = data.features().to(device)  # (N, C, H, W) float32
-        y = data.y.to(device=device, dtype=torch.long)  # (N,)
+        x = data.features().to(device)  # (N, ...) the model's inputs before transform
+        y = data.y.to(device)  # (N,)
         for p in all_params:
             p.requires_grad_(id(p) in chosen)
         model.train()
@@ -221,7 +238,7 @@ def train_local(
                     idx = perm[start : start + cfg.batch_size]
                     opt.zero_grad(set_to_none=True)
                     with _autocast(hw):
-                        loss = F.cross_entropy(model(x[idx]), y[idx])
+                        loss = objective.loss(model(objective.transform(x[idx])), y[idx])
                     if scaler is None:
                         torch.autograd.backward(loss)
                         opt.step()
@@ -249,8 +266,10 @@ def evaluate(
     batch_size: int = 256,
     labels: torch.Tensor | None = None,
     hardware: Hardware | None = None,
+    objective: Objective | None = None,
 ) -> EvalCounts:
-    """Per-class correct/total counts and summed loss against `labels` (default: `data.y`).
+    """The objective's counts (default: per-class correct/total and summed cross-entropy over
+    `num_classes` classes) against `labels` (default: `data.y`).
 
     Runs under no_grad in eval mode on `hardware` (default: the process's) and restores the
     model's previous mode and device.
@@ -261,16 +280,11 @@ def evaluate(
         raise ValueError(f"labels have shape {tuple(target.shape)}, expected ({n},)")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    lo, hi = (int(target.min()), int(target.max())) if n > 0 else (0, 0)
-    if lo < 0 or hi >= num_classes:
-        raise ValueError(f"labels must lie in [0, {num_classes}), got values in [{lo}, {hi}]")
-
+    objective = Classification(num_classes) if objective is None else objective
     hw = current_hardware() if hardware is None else hardware
     device = hw.device
     home = _device_of(model)
-    correct = torch.zeros(num_classes, dtype=torch.int64, device=device)
-    total = torch.zeros(num_classes, dtype=torch.int64, device=device)
-    loss_sum = torch.zeros((), dtype=_accumulator_dtype(device), device=device)
+    counts = EvalCounts([0] * num_classes, [0] * num_classes, 0.0)
     was_training = model.training
     model.eval()
     try:
@@ -278,19 +292,12 @@ def evaluate(
         with torch.no_grad():
             for start in range(0, n, batch_size):
                 end = start + batch_size
-                xb = data.x[start:end].to(device).to(torch.float32) * data.scale  # (B, C, H, W)
-                yb = target[start:end].to(device=device, dtype=torch.long)  # (B,)
+                xb = data.subset(slice(start, end)).features().to(device)  # (B, ...)
+                yb = target[start:end].to(device)  # (B,)
                 with _autocast(hw):
-                    logits = model(xb)  # (B, num_classes)
-                loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum").to(loss_sum.dtype)
-                hit = logits.argmax(dim=1) == yb
-                correct += torch.bincount(yb[hit], minlength=num_classes)
-                total += torch.bincount(yb, minlength=num_classes)
+                    outputs = model(objective.transform(xb))  # (B, num_classes) for classes
+                counts = counts + objective.evaluate(outputs.float(), yb)
     finally:
         model.train(was_training)
         model.to(home)
-    return EvalCounts(
-        correct=[int(v) for v in correct.tolist()],
-        total=[int(v) for v in total.tolist()],
-        loss_sum=float(loss_sum.item()),
-    )
+    return counts

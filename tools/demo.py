@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from fused.cli.commands import event_line
+from fused.cli.initial_weights import start_training
 from fused.common.domain.specs import FusedConfig, TrainingSpec, UnlearningSpec
 from fused.common.domain.tasks import ForgetSpec
 from fused.common.domain.train_config import TrainConfig
 from fused.common.ml.data.partition import partition_to_directory
 from fused.common.ml.data.partition_config import PartitionConfig
-from fused.common.rpc.control_convert import training_spec_to_proto, unlearning_spec_to_proto
+from fused.common.rpc.control_convert import unlearning_spec_to_proto
 from fused.proto.v1 import control_pb2
 from fused.tools.launch import LocalFederation, scrape
 
@@ -93,8 +94,7 @@ def per_participant_round(rounds: list[Any], phase: str) -> dict[str, float]:
 
 def train_and_unlearn(fed: LocalFederation) -> dict[str, Any]:
     stub = fed.control()
-    request = control_pb2.StartTrainingRequest(spec=training_spec_to_proto(TRAINING))
-    trained = follow(fed, stub.StartTraining(request, timeout=30))
+    trained = follow(fed, start_training(stub, TRAINING))
     base_version = json.loads(trained.result_json)["version_id"]
     base_sha = export_sha256(fed, base_version)
     request_u = control_pb2.StartUnlearningRequest(spec=unlearning_spec_to_proto(UNLEARNING))

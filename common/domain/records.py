@@ -51,7 +51,14 @@ class ParticipantRecord:
     num_test: int
     registered_at: float  # unix seconds
     last_seen: float  # unix seconds of the last register/heartbeat/call
-    info: dict[str, str] = field(default_factory=dict)  # agent version, data set name, ...
+    info: dict[str, str] = field(default_factory=dict)  # agent version and OFFER_KEYS
+
+    def offer(self, key: str) -> str:
+        return self.info.get(key, "")
+
+
+# What a participant's registration declares about its workload, kept in ParticipantRecord.info
+OFFER_KEYS = ("dataset", "workload", "workload_version", "schema_digest", "workload_error")
 
 
 @dataclass

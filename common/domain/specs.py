@@ -18,7 +18,7 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class TrainingSpec:
-    model: str = ""  # registry name; "" = the participants' data set default
+    model: str = ""  # workload name; "" = the one most online participants serve
     rounds: int = 10
     train: TrainConfig = field(default_factory=TrainConfig)
     participants_per_round: int = 0  # 0 = every online participant
@@ -29,6 +29,15 @@ class TrainingSpec:
     wait_for_participants_s: float = 60.0
     evaluate_each_round: bool = True
     policy: AggregationPolicy = field(default_factory=AggregationPolicy)
+    init_weights: str = ""  # artifact digest of the initial weights when init_version is ""
+
+    def check_start(self) -> None:
+        """Raise SpecError unless the job has exactly one starting point."""
+        if bool(self.init_version) == bool(self.init_weights):
+            raise SpecError(
+                "a training job starts from exactly one of init_version (a stored version) or "
+                "init_weights (uploaded weights; fusedctl train builds them from the workload)"
+            )
 
     def validate(self) -> None:
         try:

@@ -60,12 +60,15 @@ class UnlearnedMeta:
 class VersionMeta:
     dataset: str = ""
     num_classes: int = 0
+    schema_digest: str = ""  # the tensor schema's artifact (sha256 of its canonical JSON)
+    init_digest: str = ""  # the initial weights of the training that led here (for retrain)
     accuracy: float | None = None  # a trained version's test accuracy
     adapter: AdapterMeta | None = None  # an adapter version
     unlearned: UnlearnedMeta | None = None  # a version an unlearning job produced
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"dataset": self.dataset, "num_classes": self.num_classes}
+        out.update({k: v for k, v in self._digests().items() if v})
         if self.accuracy is not None:
             out["accuracy"] = self.accuracy
         if self.adapter is not None:
@@ -85,12 +88,18 @@ class VersionMeta:
         return cls(
             dataset=str(data.get("dataset", "")),
             num_classes=int(data.get("num_classes", 0)),
+            schema_digest=str(data.get("schema_digest", "")),
+            init_digest=str(data.get("init_digest", "")),
             accuracy=None if accuracy is None else float(accuracy),
             adapter=adapter,
             unlearned=unlearned,
         )
 
+    def _digests(self) -> dict[str, str]:
+        return {"schema_digest": self.schema_digest, "init_digest": self.init_digest}
+
     def blobs(self) -> list[str]:
         """Other artifacts this version needs besides its own."""
         a = self.adapter
-        return [a.adapter_digest, a.base_digest] if a is not None else []
+        own = [d for d in (self.schema_digest, self.init_digest) if d]
+        return own + ([a.adapter_digest, a.base_digest] if a is not None else [])

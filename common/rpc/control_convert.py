@@ -10,6 +10,7 @@ from google.protobuf.message import Message
 from fused.common.domain.aggregation_policy import AggregationPolicy
 from fused.common.domain.record_codec import field_codecs, from_json, to_json
 from fused.common.domain.records import (
+    OFFER_KEYS,
     BlockedParticipant,
     JobEvent,
     JobRecord,
@@ -39,7 +40,13 @@ _SCHEDULE_FIELDS = (
     "seed",
     "evaluate_each_round",
 )
-_TRAINING_FIELDS = (*_SCHEDULE_FIELDS, "model", "participants_per_round", "init_version")
+_TRAINING_FIELDS = (
+    *_SCHEDULE_FIELDS,
+    "model",
+    "participants_per_round",
+    "init_version",
+    "init_weights",
+)
 
 
 def _dumps(data: Any) -> str:
@@ -166,8 +173,8 @@ def event_from_proto(msg: control_pb2.JobEvent) -> JobEvent:
 def participant_to_proto(
     p: ParticipantRecord, online: bool, blocked: BlockedParticipant | None = None
 ) -> control_pb2.ParticipantInfo:
-    dataset = p.info.get("dataset", "")
-    msg = _to_proto(p, control_pb2.ParticipantInfo, dataset=dataset, online=online)
+    shown = {key: p.info.get(key, "") for key in OFFER_KEYS}
+    msg = _to_proto(p, control_pb2.ParticipantInfo, online=online, **shown)
     if blocked is not None:
         msg.blocked, msg.blocked_reason = True, blocked.reason
     return msg
@@ -181,7 +188,7 @@ def blocked_to_proto(b: BlockedParticipant) -> control_pb2.ParticipantInfo:
 
 
 def participant_from_proto(msg: control_pb2.ParticipantInfo) -> tuple[ParticipantRecord, bool]:
-    info = {"dataset": msg.dataset} if msg.dataset else {}
+    info = {key: str(getattr(msg, key)) for key in OFFER_KEYS if getattr(msg, key)}
     return _from_proto(ParticipantRecord, msg, info=info), msg.online
 
 

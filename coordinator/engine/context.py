@@ -42,13 +42,18 @@ Emit = Callable[..., JobEvent]  # (kind, phase, round, message, data=None)
 
 @dataclass(frozen=True)
 class Federation:
-    """The data a job's participants must hold; registrations that differ are left out."""
+    """What a job's participants must serve: a workload whose model has this tensor schema,
+    on data of this many classes (buckets); registrations that differ are left out."""
 
-    dataset: str
+    workload: str
+    schema_digest: str
     num_classes: int
 
     def __str__(self) -> str:
-        return f"data set {shown(self.dataset)} with {self.num_classes} classes"
+        return (
+            f"workload {shown(self.workload)} (schema {self.schema_digest[:12]}, "
+            f"{self.num_classes} classes)"
+        )
 
 
 def shown(text: str, limit: int = 40) -> str:

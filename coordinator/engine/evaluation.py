@@ -27,9 +27,10 @@ from fused.coordinator.fleet import ResultCheck
 
 @dataclass(frozen=True)
 class ModelInfo:
-    name: str  # registry name
-    num_classes: int
-    dataset: str
+    name: str  # the workload's name
+    num_classes: int  # evaluation buckets: classes, or 1 for a workload without classes
+    dataset: str  # what the data is, for listings
+    schema_digest: str  # the model's tensor schema (engine.schemas)
 
 
 def eval_check(ctx: JobContext, num_classes: int) -> ResultCheck[EvalOutcome]:

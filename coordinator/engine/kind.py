@@ -10,8 +10,6 @@ from typing import Any, ClassVar, Protocol
 from fused.common.domain.records import JobKind, ModelVersion, VersionKind
 from fused.common.domain.specs import SpecError
 from fused.common.domain.version_meta import VersionMeta
-from fused.common.ml.models import count_parameters
-from fused.common.ml.workloads import workload_for
 from fused.coordinator.engine.context import JobContext
 from fused.coordinator.engine.evaluation import ModelInfo
 from fused.coordinator.ids import new_id
@@ -63,6 +61,7 @@ class NewVersion:
     model: ModelInfo
     parent_id: str | None
     meta: VersionMeta
+    num_params: int  # trainable parameters (engine.schemas.num_parameters)
 
 
 def publish_version(ctx: JobContext, new: NewVersion) -> ModelVersion:
@@ -74,9 +73,7 @@ def publish_version(ctx: JobContext, new: NewVersion) -> ModelVersion:
         kind=new.kind,
         digest=new.digest,
         model=new.model.name,
-        num_params=count_parameters(
-            workload_for(new.model.name, new.model.num_classes).build_model(0)
-        ),
+        num_params=new.num_params,
         created_at=ctx.clock(),
         meta=new.meta,
     )

@@ -1,5 +1,6 @@
-"""Who takes part in a round: online participants that hold the job's data set (the others are
-left out of the job and reported, not fatal), those holding remaining data, a seeded draw."""
+"""Who takes part in a round: online participants that serve the job's workload with its tensor
+schema (the others are left out of the job and reported, not fatal), those holding remaining
+data, a seeded draw."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections import Counter
 from fused.common.domain.records import ModelVersion
 from fused.common.domain.tasks import ForgetSpec, TaskOutcome
 from fused.common.domain.train_config import task_seed
-from fused.coordinator.engine.context import Federation, JobContext, JobFailed
+from fused.coordinator.engine.context import Federation, JobContext, JobFailed, shown
 
 
 async def join_federation(
@@ -19,13 +20,15 @@ async def join_federation(
     timeout_s: float,
     forget: ForgetSpec | None = None,
     reference: Federation | None = None,
+    workload: str = "",
 ) -> Federation:
-    """Wait until `needed` participants holding remaining data of the job's data set are
-    online (after a restart they reconnect one by one), and fix that data set for the job:
-    `reference` (the base version's), else that of most online participants."""
+    """Wait until `needed` participants holding remaining data for the job are online (after
+    a restart they reconnect one by one), and fix what they must serve: `reference` (the
+    base version's), else what most online participants serving `workload` (any, if "")
+    declared."""
     deadline = ctx.clock() + timeout_s
     while True:
-        found = reference or _majority(ctx)
+        found = reference or _majority(ctx, workload)
         if isinstance(found, Federation):
             ctx.federation = found
             usable = len(eligible(ctx, forget))
@@ -37,10 +40,10 @@ async def join_federation(
 
 
 def version_federation(version: ModelVersion | None) -> Federation | None:
-    """The data a stored version was trained on, when it records it."""
-    if version is None or not version.meta.dataset or version.meta.num_classes <= 0:
+    """What a stored version's participants served."""
+    if version is None:
         return None
-    return Federation(version.meta.dataset, version.meta.num_classes)
+    return Federation(version.model, version.meta.schema_digest, version.meta.num_classes)
 
 
 def _not_enough(
@@ -52,43 +55,52 @@ def _not_enough(
 ) -> str:
     waited = f"after waiting {timeout_s:g} s"
     if not isinstance(found, Federation):
-        return f"no data set to run on {waited}: {found}"
+        return f"no workload to run {waited}: {found}"
     usable = len(eligible(ctx, forget))
-    other = f"; {len(ctx.left_out)} left out for other data" if ctx.left_out else ""
+    why = "; ".join(_why_left_out(ctx, pid, found) for pid in sorted(ctx.left_out)[:3])
+    other = f"; left out: {why}" if why else ""
+    more = f" and {len(ctx.left_out) - 3} more" if len(ctx.left_out) > 3 else ""
     return (
         f"only {usable} of the {needed} required participants were online {waited} "
-        f"(holding {found}{other})"
+        f"(serving {found}{other}{more})"
     )
 
 
-def _declared(ctx: JobContext, pid: str) -> Federation | None:
+def _declared(ctx: JobContext, pid: str) -> Federation | str | None:
+    """What a participant serves, or why its workload cannot run (None: unknown id)."""
     record = ctx.store.get_participant(pid)
     if record is None:
         return None
-    return Federation(record.info.get("dataset", ""), len(record.class_counts))
+    if record.offer("workload_error"):
+        return record.offer("workload_error")
+    workload, digest = record.offer("workload"), record.offer("schema_digest")
+    return Federation(workload, digest, len(record.class_counts))
 
 
-def _majority(ctx: JobContext) -> Federation | str:
-    """The data set most online participants registered, or why there is none (a tie)."""
+def _majority(ctx: JobContext, workload: str) -> Federation | str:
+    """What most online participants serving `workload` (any if "") declared, or why there
+    is no such thing (none, or a tie)."""
     declared = (_declared(ctx, pid) for pid in ctx.fleet.online_ids())
-    kinds = Counter(f for f in declared if f is not None)
-    ranked = sorted(
-        kinds.items(), key=lambda item: (-item[1], item[0].dataset, item[0].num_classes)
+    kinds = Counter(
+        f for f in declared if isinstance(f, Federation) and f.workload == (workload or f.workload)
     )
+    ranked = sorted(kinds.items(), key=lambda item: (-item[1], str(item[0])))
     if not ranked:
-        return "no participant is online"
+        serving = f" serves workload {shown(workload)}" if workload else " serves a workload"
+        return f"no online participant{serving}"
     if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
         split = ", ".join(f"{n} with {f}" for f, n in ranked[:4])
         return (
-            f"online participants are split evenly between data sets ({split}); block or "
-            "remove the ones that do not belong (fusedctl participants block ID)"
+            f"online participants are split evenly between workloads and schemas ({split}); "
+            "block or remove the ones that do not belong (fusedctl participants block ID)"
         )
     return ranked[0][0]
 
 
 def members(ctx: JobContext) -> list[str]:
-    """Online participants that hold the job's data set; each other one is reported once as
-    left out of the job (an event), and never given a task of it."""
+    """Online participants that serve the job's workload and schema; each other one is
+    reported once as left out of the job (an event, saying how it differs), and never given
+    a task of it."""
     fed = ctx.federation
     if fed is None:
         return ctx.fleet.online_ids()
@@ -102,10 +114,27 @@ def members(ctx: JobContext) -> list[str]:
     return out
 
 
-def _leave_out(ctx: JobContext, pid: str, declared: Federation, fed: Federation) -> None:
+def _why_left_out(ctx: JobContext, pid: str, fed: Federation | str) -> str:
+    declared = _declared(ctx, pid)
+    if isinstance(declared, str):
+        return f"{pid}: its workload cannot run there: {shown(declared, 200)}"
+    if declared is None or not isinstance(fed, Federation):
+        return f"{pid}: not registered"
+    if declared.workload != fed.workload:
+        return f"{pid}: serves workload {shown(declared.workload)}, not {shown(fed.workload)}"
+    if declared.schema_digest != fed.schema_digest:
+        return (
+            f"{pid}: its model's tensor schema {declared.schema_digest[:12]} differs from the "
+            f"job's {fed.schema_digest[:12]} (another version of the workload?)"
+        )
+    return f"{pid}: has {declared.num_classes} classes, the job {fed.num_classes}"
+
+
+def _leave_out(ctx: JobContext, pid: str, declared: Federation | str, fed: Federation) -> None:
     ctx.left_out.add(pid)
-    message = f"{pid} left out of this job: it registered {declared}, the job uses {fed}"
-    data = {"participant": pid, "dataset": declared.dataset[:40], "classes": declared.num_classes}
+    message = f"left out of this job: {_why_left_out(ctx, pid, fed)}"
+    workload = declared.workload if isinstance(declared, Federation) else ""
+    data = {"participant": pid, "workload": workload[:40]}
     ctx.emit("participant_left_out", "", 0, message, data)
 
 
@@ -142,3 +171,12 @@ def check_examples(ctx: JobContext, outcome: TaskOutcome, n: int) -> None:
             f"num_examples {n} is not within the {registered} training samples this "
             "participant registered"
         )
+
+
+def federation_source(ctx: JobContext) -> str:
+    """What the members' data is, as the first of them declared it (for listings)."""
+    for pid in members(ctx):
+        record = ctx.store.get_participant(pid)
+        if record is not None and record.offer("dataset"):
+            return record.offer("dataset")
+    return ""

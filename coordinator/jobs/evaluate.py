@@ -55,8 +55,7 @@ class EvaluationJob(JobKindHandler):
         if version is None:
             raise JobFailed(f"no model version {version_id}")
         fed = await join_federation(ctx, 1, 60.0, reference=version_federation(version))
-        dataset, num_classes = fed.dataset, fed.num_classes
-        model = ModelInfo(version.model, num_classes, dataset)
+        model = ModelInfo(version.model, fed.num_classes, version.meta.dataset, fed.schema_digest)
         meta = version.meta
         deadline_s = float(spec["round_deadline_s"])
         if version.kind == VersionKind.ADAPTER and meta.adapter is not None:

@@ -1,5 +1,6 @@
-"""The federated training job: FedAvg rounds of full weights weighted by sample counts, from a
-fresh initialisation or a stored version, then evaluation; the result is a new base version."""
+"""The federated training job: FedAvg rounds of full weights weighted by sample counts, from
+uploaded initial weights or a stored version, then evaluation; the result is a new base
+version. The workload's code runs on the participants and in `fusedctl`, never here."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from fused.common.domain.records import JobKind, Phase, VersionKind
 from fused.common.domain.round_metrics import PayloadKind
 from fused.common.domain.specs import TrainingSpec
 from fused.common.domain.version_meta import VersionMeta
-from fused.common.ml.workloads import default_for, workload_for
 from fused.coordinator.engine.checkpoints import last_checkpoint
 from fused.coordinator.engine.context import JobContext
 from fused.coordinator.engine.evaluation import ModelInfo
@@ -23,7 +23,12 @@ from fused.coordinator.engine.kind import (
     checked_spec,
     publish_version,
 )
-from fused.coordinator.engine.participants import join_federation, version_federation
+from fused.coordinator.engine.participants import (
+    federation_source,
+    join_federation,
+    version_federation,
+)
+from fused.coordinator.engine.schemas import check_weights, load_schema, num_parameters
 from fused.coordinator.engine.weights import WeightsPayload
 from fused.coordinator.state import StateStore
 from fused.coordinator.versions import load_weights, save_weights
@@ -37,7 +42,9 @@ class TrainingJob(JobKindHandler):
 
     def prepare(self, store: StateStore, request: Any) -> dict[str, Any]:
         assert isinstance(request, TrainingSpec)
-        return checked_spec(store, request, "init_version")
+        stored = checked_spec(store, request, "init_version")
+        request.check_start()
+        return stored
 
     async def run(self, ctx: JobContext, spec_dict: dict[str, Any], resume: bool) -> JobResult:
         spec = TrainingSpec.from_dict(spec_dict)
@@ -48,12 +55,14 @@ class TrainingJob(JobKindHandler):
             spec.min_participants,
             spec.wait_for_participants_s,
             reference=version_federation(init),
+            workload=spec.model,
         )
-        dataset, num_classes = fed.dataset, fed.num_classes
-        # canonical name: an alias (digits-mlp) is stored and sent as the workload's own name
-        workload = workload_for(spec.model or default_for(dataset), num_classes)
-        model = ModelInfo(workload.name, num_classes, dataset)
-        weights = await _initial_weights(ctx, spec, model)
+        num_classes = fed.num_classes
+        dataset = federation_source(ctx)
+        model = ModelInfo(fed.workload, num_classes, dataset, fed.schema_digest)
+        schema = await load_schema(ctx.artifacts, fed.schema_digest)
+        weights = await _initial_weights(ctx, spec)
+        check_weights(schema, weights, "the initial weights")
         plan = _plan(spec)
         if resume:
             _announce_resume(ctx, plan.phase)
@@ -63,9 +72,13 @@ class TrainingJob(JobKindHandler):
         )
         evaluation = history[-1].evaluation
         assert evaluation is not None  # the last round is always evaluated
-        meta = VersionMeta(dataset, num_classes, accuracy=evaluation.accuracy)
+        init_digest = spec.init_weights or (init.meta.init_digest if init else "")
+        meta = VersionMeta(
+            dataset, num_classes, fed.schema_digest, init_digest, accuracy=evaluation.accuracy
+        )
         parent = spec.init_version or None
-        version = publish_version(ctx, NewVersion(VersionKind.BASE, blob, model, parent, meta))
+        new = NewVersion(VersionKind.BASE, blob, model, parent, meta, num_parameters(schema))
+        version = publish_version(ctx, new)
         return JobResult(
             f"trained {spec.rounds} rounds; test accuracy {evaluation.accuracy:.4f}",
             {
@@ -77,11 +90,10 @@ class TrainingJob(JobKindHandler):
         )
 
 
-async def _initial_weights(
-    ctx: JobContext, spec: TrainingSpec, model: ModelInfo
-) -> dict[str, torch.Tensor]:
+async def _initial_weights(ctx: JobContext, spec: TrainingSpec) -> dict[str, torch.Tensor]:
+    """The uploaded initial weights, or the version training continues from."""
     if not spec.init_version:
-        return dict(workload_for(model.name, model.num_classes).build_model(spec.seed).state_dict())
+        return await load_weights(ctx.artifacts, spec.init_weights)
     parent = ctx.store.get_model_version(spec.init_version)
     assert parent is not None  # checked when the job was created
     return await load_weights(ctx.artifacts, parent.digest)

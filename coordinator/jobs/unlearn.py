@@ -20,6 +20,7 @@ from fused.coordinator.engine.kind import (
     publish_version,
 )
 from fused.coordinator.engine.participants import join_federation, version_federation
+from fused.coordinator.engine.schemas import load_schema, num_parameters
 from fused.coordinator.methods import METHODS
 from fused.coordinator.methods.base import Base, Unlearned
 from fused.coordinator.state import StateStore
@@ -90,13 +91,15 @@ async def resolve_base(ctx: JobContext, spec: UnlearningSpec) -> Base:
         spec.forget,
         version_federation(version),
     )
-    dataset, num_classes = fed.dataset, fed.num_classes
+    num_classes = fed.num_classes
     try:
         spec.forget.validate(num_classes)
     except ValueError as exc:
         raise JobFailed(str(exc)) from exc
     weights = await load_weights(ctx.artifacts, version.digest)
-    return Base(version, ModelInfo(version.model, num_classes, dataset), weights)
+    model = ModelInfo(version.model, num_classes, version.meta.dataset, fed.schema_digest)
+    schema = await load_schema(ctx.artifacts, fed.schema_digest)
+    return Base(version, model, weights, schema)
 
 
 async def _evaluate_base(ctx: JobContext, spec: UnlearningSpec, base: Base) -> EvalSummary:
@@ -114,11 +117,14 @@ def _new_version(
     meta = VersionMeta(
         dataset=base.model.dataset,
         num_classes=base.model.num_classes,
+        schema_digest=base.model.schema_digest,
+        init_digest=base.version.meta.init_digest,
         adapter=unlearned.adapter,
         unlearned=UnlearnedMeta(spec.method, after.accuracy, after.fa),
     )
     parent = base.version.version_id
-    return NewVersion(unlearned.kind, unlearned.digest, base.model, parent, meta)
+    params = num_parameters(base.schema)
+    return NewVersion(unlearned.kind, unlearned.digest, base.model, parent, meta, params)
 
 
 def _fmt(value: float | None) -> str:

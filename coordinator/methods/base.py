@@ -16,6 +16,7 @@ from fused.coordinator.engine.checkpoints import HistoryEntry
 from fused.coordinator.engine.context import JobContext
 from fused.coordinator.engine.evaluation import ModelInfo
 from fused.coordinator.engine.fedavg_loop import FedAvgPlan
+from fused.coordinator.engine.schemas import Schema
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Base:
     version: ModelVersion
     model: ModelInfo
     weights: dict[str, torch.Tensor]
+    schema: Schema  # the model's tensors: sizes, and which ones FUSED may adapt
 
 
 @dataclass(frozen=True)

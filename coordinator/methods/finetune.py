@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from fused.common.domain.records import Phase
-from fused.common.domain.specs import UnlearningSpec
+from fused.coordinator.engine.context import JobContext
 from fused.coordinator.methods.base import Base
 from fused.coordinator.methods.full_model import FullModelMethod
 
@@ -15,5 +15,5 @@ class Finetune(FullModelMethod):
     name = "finetune"
     phase = Phase.FINETUNE
 
-    def initial_weights(self, spec: UnlearningSpec, base: Base) -> dict[str, torch.Tensor]:
+    async def initial_weights(self, ctx: JobContext, base: Base) -> dict[str, torch.Tensor]:
         return dict(base.weights)

@@ -21,11 +21,11 @@ class FullModelMethod(UnlearningMethod):
     phase: ClassVar[Phase]
 
     @abstractmethod
-    def initial_weights(self, spec: UnlearningSpec, base: Base) -> dict[str, torch.Tensor]:
+    async def initial_weights(self, ctx: JobContext, base: Base) -> dict[str, torch.Tensor]:
         """The weights round 1 starts from."""
 
     async def run(self, ctx: JobContext, spec: UnlearningSpec, base: Base) -> Unlearned:
-        weights = self.initial_weights(spec, base)
+        weights = await self.initial_weights(ctx, base)
         first = await save_weights(ctx.artifacts, weights, base.model.name)
         payload = WeightsPayload(base.model.name, weights)
         plan = fedavg_plan(spec, self.phase)

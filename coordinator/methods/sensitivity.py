@@ -10,7 +10,6 @@ from fused.common.domain.round_metrics import LayerScore, RoundMetrics
 from fused.common.domain.specs import FusedConfig, UnlearningSpec
 from fused.common.domain.tasks import SensitivityOutcome, TaskKind, TaskOutcome
 from fused.common.ml.plausibility import capped_weights
-from fused.common.ml.workloads import workload_for
 from fused.coordinator.engine.checkpoints import committed_round
 from fused.coordinator.engine.context import JobContext, JobFailed
 from fused.coordinator.engine.participants import check_examples, members
@@ -22,6 +21,7 @@ from fused.coordinator.engine.rounds import (
     run_round,
     seeded,
 )
+from fused.coordinator.engine.schemas import adaptable_sizes
 from fused.coordinator.fleet import ResultCheck
 from fused.coordinator.methods.base import Base
 
@@ -50,8 +50,7 @@ async def critical_layers(
         return done.ranking
     started = ctx.clock()
     ctx.progress(Phase.SENSITIVITY, 1)
-    model = workload_for(base.model.name, base.model.num_classes).build_model(0)
-    shapes = {n: p.numel() for n, p in model.named_parameters()}
+    shapes = adaptable_sizes(base.schema)
     plan = RoundPlan(
         Phase.SENSITIVITY,
         1,
@@ -88,5 +87,5 @@ def rank(
     chosen = set(config.layers) if config.layers else set(ranked[: config.top_k])
     unknown = chosen - set(shapes)
     if unknown:
-        raise JobFailed(f"layers not in the model: {', '.join(sorted(unknown))}")
+        raise JobFailed(f"layers the model lacks or keeps fixed: {', '.join(sorted(unknown))}")
     return [LayerScore(n, scores[n], shapes[n], n in chosen) for n in ranked]

@@ -94,8 +94,9 @@ class TrainingSpec(_message.Message):
     WAIT_FOR_PARTICIPANTS_S_FIELD_NUMBER: _builtins.int
     EVALUATE_EACH_ROUND_FIELD_NUMBER: _builtins.int
     POLICY_FIELD_NUMBER: _builtins.int
+    INIT_WEIGHTS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
-    """registry name; "" = the participants' data set default"""
+    """workload name; "" = the one most online participants serve"""
     rounds: _builtins.int
     participants_per_round: _builtins.int
     """0 = every online participant"""
@@ -109,6 +110,10 @@ class TrainingSpec(_message.Message):
     """how long to wait for min_participants to be online"""
     evaluate_each_round: _builtins.bool
     """federated evaluation after every round (else at the end)"""
+    init_weights: _builtins.str
+    """The initial weights (an artifact sent with UploadArtifact), when init_version is "": the
+    coordinator never builds a model itself. Kept, so retraining reuses this initialisation.
+    """
     @_builtins.property
     def train(self) -> _common_pb2.TrainConfig: ...
     @_builtins.property
@@ -129,14 +134,38 @@ class TrainingSpec(_message.Message):
         wait_for_participants_s: _builtins.float = ...,
         evaluate_each_round: _builtins.bool = ...,
         policy: Global___AggregationPolicy | None = ...,
+        init_weights: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy", "train", b"train"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluate_each_round", b"evaluate_each_round", "init_version", b"init_version", "min_participants", b"min_participants", "model", b"model", "participants_per_round", b"participants_per_round", "policy", b"policy", "round_deadline_s", b"round_deadline_s", "rounds", b"rounds", "seed", b"seed", "train", b"train", "wait_for_participants_s", b"wait_for_participants_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluate_each_round", b"evaluate_each_round", "init_version", b"init_version", "init_weights", b"init_weights", "min_participants", b"min_participants", "model", b"model", "participants_per_round", b"participants_per_round", "policy", b"policy", "round_deadline_s", b"round_deadline_s", "rounds", b"rounds", "seed", b"seed", "train", b"train", "wait_for_participants_s", b"wait_for_participants_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TrainingSpec: _TypeAlias = TrainingSpec  # noqa: Y015
+
+@_typing.final
+class ArtifactInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIGEST_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    digest: _builtins.str
+    """sha256 hex of the stored bytes"""
+    size: _builtins.int
+    def __init__(
+        self,
+        *,
+        digest: _builtins.str = ...,
+        size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArtifactInfo: _TypeAlias = ArtifactInfo  # noqa: Y015
 
 @_typing.final
 class StartTrainingRequest(_message.Message):
@@ -409,6 +438,10 @@ class ParticipantInfo(_message.Message):
     ONLINE_FIELD_NUMBER: _builtins.int
     BLOCKED_FIELD_NUMBER: _builtins.int
     BLOCKED_REASON_FIELD_NUMBER: _builtins.int
+    WORKLOAD_FIELD_NUMBER: _builtins.int
+    WORKLOAD_VERSION_FIELD_NUMBER: _builtins.int
+    SCHEMA_DIGEST_FIELD_NUMBER: _builtins.int
+    WORKLOAD_ERROR_FIELD_NUMBER: _builtins.int
     participant_id: _builtins.str
     dataset: _builtins.str
     num_train: _builtins.int
@@ -419,6 +452,12 @@ class ParticipantInfo(_message.Message):
     blocked: _builtins.bool
     """refused by an operator (a blocked id may have no record)"""
     blocked_reason: _builtins.str
+    workload: _builtins.str
+    """the workload it serves, and its tensor schema's sha256"""
+    workload_version: _builtins.str
+    schema_digest: _builtins.str
+    workload_error: _builtins.str
+    """why its workload cannot run there ("" = it can)"""
     @_builtins.property
     def class_counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
@@ -434,10 +473,14 @@ class ParticipantInfo(_message.Message):
         online: _builtins.bool = ...,
         blocked: _builtins.bool = ...,
         blocked_reason: _builtins.str = ...,
+        workload: _builtins.str = ...,
+        workload_version: _builtins.str = ...,
+        schema_digest: _builtins.str = ...,
+        workload_error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked", b"blocked", "blocked_reason", b"blocked_reason", "class_counts", b"class_counts", "dataset", b"dataset", "last_seen", b"last_seen", "num_test", b"num_test", "num_train", b"num_train", "online", b"online", "participant_id", b"participant_id", "registered_at", b"registered_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked", b"blocked", "blocked_reason", b"blocked_reason", "class_counts", b"class_counts", "dataset", b"dataset", "last_seen", b"last_seen", "num_test", b"num_test", "num_train", b"num_train", "online", b"online", "participant_id", b"participant_id", "registered_at", b"registered_at", "schema_digest", b"schema_digest", "workload", b"workload", "workload_error", b"workload_error", "workload_version", b"workload_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -101,6 +101,11 @@ class ControlServiceStub:
                 request_serializer=fused_dot_proto_dot_v1_dot_control__pb2.ExportModelRequest.SerializeToString,
                 response_deserializer=fused_dot_proto_dot_v1_dot_common__pb2.BlobChunk.FromString,
                 _registered_method=True)
+        self.UploadArtifact = channel.stream_unary(
+                '/fused.v1.ControlService/UploadArtifact',
+                request_serializer=fused_dot_proto_dot_v1_dot_common__pb2.BlobChunk.SerializeToString,
+                response_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.ArtifactInfo.FromString,
+                _registered_method=True)
         self.RemoveParticipant = channel.unary_unary(
                 '/fused.v1.ControlService/RemoveParticipant',
                 request_serializer=fused_dot_proto_dot_v1_dot_control__pb2.ParticipantRequest.SerializeToString,
@@ -203,6 +208,13 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadArtifact(self, request_iterator, context):
+        """Stores an artifact (a training job's initial weights); returns its sha256 digest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RemoveParticipant(self, request, context):
         """Forget a participant's record (FAILED_PRECONDITION while it holds an open task); an agent
         still running registers again: block it to keep it out.
@@ -292,6 +304,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.ExportModel,
                     request_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.ExportModelRequest.FromString,
                     response_serializer=fused_dot_proto_dot_v1_dot_common__pb2.BlobChunk.SerializeToString,
+            ),
+            'UploadArtifact': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadArtifact,
+                    request_deserializer=fused_dot_proto_dot_v1_dot_common__pb2.BlobChunk.FromString,
+                    response_serializer=fused_dot_proto_dot_v1_dot_control__pb2.ArtifactInfo.SerializeToString,
             ),
             'RemoveParticipant': grpc.unary_unary_rpc_method_handler(
                     servicer.RemoveParticipant,
@@ -661,6 +678,33 @@ class ControlService:
             '/fused.v1.ControlService/ExportModel',
             fused_dot_proto_dot_v1_dot_control__pb2.ExportModelRequest.SerializeToString,
             fused_dot_proto_dot_v1_dot_common__pb2.BlobChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadArtifact(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/fused.v1.ControlService/UploadArtifact',
+            fused_dot_proto_dot_v1_dot_common__pb2.BlobChunk.SerializeToString,
+            fused_dot_proto_dot_v1_dot_control__pb2.ArtifactInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,6 +50,8 @@ class ControlServiceStub:
     ListParticipants: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListParticipantsRequest, _control_pb2.ListParticipantsResponse]
     ListModels: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListModelsRequest, _control_pb2.ListModelsResponse]
     ExportModel: _grpc.UnaryStreamMultiCallable[_control_pb2.ExportModelRequest, _common_pb2.BlobChunk]
+    UploadArtifact: _grpc.StreamUnaryMultiCallable[_common_pb2.BlobChunk, _control_pb2.ArtifactInfo]
+    """Stores an artifact (a training job's initial weights); returns its sha256 digest."""
     RemoveParticipant: _grpc.UnaryUnaryMultiCallable[_control_pb2.ParticipantRequest, _control_pb2.ParticipantInfo]
     """Forget a participant's record (FAILED_PRECONDITION while it holds an open task); an agent
     still running registers again: block it to keep it out.
@@ -81,6 +83,8 @@ class ControlServiceAsyncStub(ControlServiceStub):
     ListParticipants: _aio.UnaryUnaryMultiCallable[_control_pb2.ListParticipantsRequest, _control_pb2.ListParticipantsResponse]  # type: ignore[assignment]
     ListModels: _aio.UnaryUnaryMultiCallable[_control_pb2.ListModelsRequest, _control_pb2.ListModelsResponse]  # type: ignore[assignment]
     ExportModel: _aio.UnaryStreamMultiCallable[_control_pb2.ExportModelRequest, _common_pb2.BlobChunk]  # type: ignore[assignment]
+    UploadArtifact: _aio.StreamUnaryMultiCallable[_common_pb2.BlobChunk, _control_pb2.ArtifactInfo]  # type: ignore[assignment]
+    """Stores an artifact (a training job's initial weights); returns its sha256 digest."""
     RemoveParticipant: _aio.UnaryUnaryMultiCallable[_control_pb2.ParticipantRequest, _control_pb2.ParticipantInfo]  # type: ignore[assignment]
     """Forget a participant's record (FAILED_PRECONDITION while it holds an open task); an agent
     still running registers again: block it to keep it out.
@@ -187,6 +191,14 @@ class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _control_pb2.ExportModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_common_pb2.BlobChunk], _abc.AsyncIterator[_common_pb2.BlobChunk]]: ...
+
+    @_abc_1.abstractmethod
+    def UploadArtifact(
+        self,
+        request_iterator: _MaybeAsyncIterator[_common_pb2.BlobChunk],
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ArtifactInfo, _abc.Awaitable[_control_pb2.ArtifactInfo]]:
+        """Stores an artifact (a training job's initial weights); returns its sha256 digest."""
 
     @_abc_1.abstractmethod
     def RemoveParticipant(

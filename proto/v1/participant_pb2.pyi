@@ -51,7 +51,7 @@ Global___TaskKind: _TypeAlias = TaskKind  # noqa: Y015
 
 @_typing.final
 class DataSummary(_message.Message):
-    """What a participant holds, in counts only: raw data never leaves it."""
+    """What a participant serves and holds, in counts only: raw data never leaves it."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -59,12 +59,30 @@ class DataSummary(_message.Message):
     CLASS_COUNTS_FIELD_NUMBER: _builtins.int
     NUM_TRAIN_FIELD_NUMBER: _builtins.int
     NUM_TEST_FIELD_NUMBER: _builtins.int
+    WORKLOAD_FIELD_NUMBER: _builtins.int
+    WORKLOAD_VERSION_FIELD_NUMBER: _builtins.int
+    TENSOR_SCHEMA_FIELD_NUMBER: _builtins.int
+    SCHEMA_DIGEST_FIELD_NUMBER: _builtins.int
+    NUM_CLASSES_FIELD_NUMBER: _builtins.int
+    WORKLOAD_ERROR_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
+    """what the data is, for listings"""
     num_train: _builtins.int
     num_test: _builtins.int
+    workload: _builtins.str
+    """The workload this agent runs, and its model's tensor schema (canonical JSON, and the
+    sha256 of it): jobs are scheduled only on participants whose schema digest matches.
+    """
+    workload_version: _builtins.str
+    tensor_schema: _builtins.bytes
+    schema_digest: _builtins.str
+    num_classes: _builtins.int
+    """0: the workload has no classes"""
+    workload_error: _builtins.str
+    """why the workload cannot run here ("" = it can)"""
     @_builtins.property
     def class_counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """training samples per class"""
+        """training samples per class (one count without classes)"""
 
     def __init__(
         self,
@@ -73,10 +91,16 @@ class DataSummary(_message.Message):
         class_counts: _abc.Iterable[_builtins.int] | None = ...,
         num_train: _builtins.int = ...,
         num_test: _builtins.int = ...,
+        workload: _builtins.str = ...,
+        workload_version: _builtins.str = ...,
+        tensor_schema: _builtins.bytes = ...,
+        schema_digest: _builtins.str = ...,
+        num_classes: _builtins.int = ...,
+        workload_error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_counts", b"class_counts", "dataset", b"dataset", "num_test", b"num_test", "num_train", b"num_train"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_counts", b"class_counts", "dataset", b"dataset", "num_classes", b"num_classes", "num_test", b"num_test", "num_train", b"num_train", "schema_digest", b"schema_digest", "tensor_schema", b"tensor_schema", "workload", b"workload", "workload_error", b"workload_error", "workload_version", b"workload_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -35,12 +35,13 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
+from fused.cli.initial_weights import start_training
 from fused.common.domain.specs import FusedConfig, TrainingSpec, UnlearningSpec
 from fused.common.domain.tasks import ForgetSpec
 from fused.common.domain.train_config import TrainConfig
 from fused.common.ml.data.partition import partition_to_directory
 from fused.common.ml.data.partition_config import PartitionConfig
-from fused.common.rpc.control_convert import training_spec_to_proto, unlearning_spec_to_proto
+from fused.common.rpc.control_convert import unlearning_spec_to_proto
 from fused.proto.v1 import control_pb2
 from fused.tools.launch import LocalFederation, scrape
 from tests.e2e.promserver import (
@@ -103,8 +104,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             prom.start()
             prom.wait_scraped_after(time.time(), targets=1 + PARTICIPANTS)
             stub = fed.control()
-            request = control_pb2.StartTrainingRequest(spec=training_spec_to_proto(TRAINING))
-            trained = follow(fed, stub.StartTraining(request, timeout=30))
+            trained = follow(fed, start_training(stub, TRAINING))
             request_u = control_pb2.StartUnlearningRequest(
                 spec=unlearning_spec_to_proto(UNLEARNING)
             )

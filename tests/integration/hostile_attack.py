@@ -11,6 +11,7 @@ import grpc
 
 from fused.common.codecs.tensor_codec import decode_tensors
 from fused.common.ml.models import init_model
+from fused.common.ml.workloads import workload_for
 from fused.common.rpc.identity import read_token_file
 from fused.common.rpc.task_convert import adapter_from_proto
 from fused.participant.executor import adapter_layout
@@ -211,7 +212,9 @@ class Attack:
 
     def adapter_attack(self, task: participant_pb2.Task) -> None:
         name, detail = self.adapter_attacks.pop(0)
-        layout = adapter_layout(task.model_name, task.num_classes, adapter_from_proto(task.adapter))
+        layout = adapter_layout(
+            workload_for(task.model_name, task.num_classes), adapter_from_proto(task.adapter)
+        )
         payload = bad_adapters(layout)[name]
         assert len(payload) < MAX_UPLOAD
         blob = self.mallory.upload_bytes(payload, task.job_id, task.round)

@@ -3,6 +3,7 @@ credentials, unregistered callers, malformed messages, registration and download
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING
 
 import grpc
@@ -11,6 +12,7 @@ from fused.common.rpc.control_convert import training_spec_to_proto
 from fused.common.rpc.metering import MD_PARTICIPANT
 from fused.proto.v1 import control_pb2, control_pb2_grpc, participant_pb2
 from tests.integration.hostile import (
+    Client,
     bearer,
     chunked,
     described,
@@ -174,7 +176,8 @@ def message_cases(attack: Attack, task: participant_pb2.Task) -> None:
         INVALID,
         "PullTaskRequest has unexpected field(s) 99: this coordinator speaks fused.v1",
     )
-    summary = with_unknown_field(SUMMARY.SerializeToString(), 7)
+    small = participant_pb2.DataSummary(dataset="digits", class_counts=[10])
+    summary = with_unknown_field(small.SerializeToString(), 97)
     register = participant_pb2.RegisterRequest(participant_id=MALLORY).SerializeToString()
     register += b"\x12" + bytes([len(summary)]) + summary  # field 2 (data), length-delimited
     assert len(summary) < 128
@@ -239,13 +242,25 @@ def register_cases(attack: Attack) -> None:
         INVALID,
         "bad participant id '../../state'",
     )
-    lying = participant_pb2.DataSummary(dataset="digits", class_counts=[10] * 10, num_train=99)
-    attack.check(
-        "registration whose class counts do not sum to num_train",
-        lambda: described(m.register(lying)),
-        INVALID,
-        "class_counts must be non-empty and sum to num_train",
-    )
+    for what, change, message in (
+        ("whose class counts do not sum to num_train", {"num_train": 99}, "sum to num_train"),
+        ("naming no workload", {"workload": ""}, "name the workload served"),
+        (
+            "with a forged schema digest",
+            {"schema_digest": "0" * 64},
+            "schema_digest is not the sha256 of tensor_schema",
+        ),
+        (
+            "with a schema that is not JSON",
+            {"tensor_schema": b"[{"},
+            "tensor schema is not a list of tensor entries",
+        ),
+    ):
+        lying = participant_pb2.DataSummary()
+        lying.CopyFrom(SUMMARY)
+        for name, value in change.items():
+            setattr(lying, name, value)
+        attack.check(f"registration {what}", partial(registered, m, lying), INVALID, message)
     huge = participant_pb2.DataSummary(
         dataset="digits", class_counts=[1] * 10_001, num_train=10_001
     )
@@ -255,6 +270,10 @@ def register_cases(attack: Attack) -> None:
         INVALID,
         "DataSummary.class_counts has 10001 entries; the limit is 10000",  # coordinator/limits.py
     )
+
+
+def registered(m: Client, summary: participant_pb2.DataSummary) -> str:
+    return described(m.register(summary))
 
 
 def download_cases(attack: Attack, task: participant_pb2.Task) -> None:

@@ -8,6 +8,7 @@ import grpc
 from fused.common.domain.specs import FusedConfig, TrainingSpec, UnlearningSpec
 from fused.common.domain.tasks import ForgetSpec
 from fused.common.domain.train_config import TrainConfig
+from fused.participant.site import builtin_summary
 from fused.proto.v1 import participant_pb2
 
 HONEST = ("p0", "p1")
@@ -24,9 +25,7 @@ TRAIN_KIND = participant_pb2.TASK_KIND_TRAIN
 EVAL_KIND = participant_pb2.TASK_KIND_EVALUATE
 SENSITIVITY_KIND = participant_pb2.TASK_KIND_SENSITIVITY
 ADAPTER_KIND = participant_pb2.TASK_KIND_ADAPTER_TRAIN
-SUMMARY = participant_pb2.DataSummary(
-    dataset="digits", class_counts=[10] * 10, num_train=100, num_test=20
-)
+SUMMARY = builtin_summary("mlp", [10] * 10, 20, "digits")
 TRAIN = TrainConfig(local_epochs=1, lr=0.05, batch_size=32)
 NOT_OPEN = "accepted=False task"
 

@@ -10,15 +10,14 @@ import grpc
 import torch
 
 from fused.common.codecs.tensor_codec import decode_tensors, encode_tensors
+from fused.participant.site import builtin_summary
 from fused.proto.v1 import control_pb2, control_pb2_grpc, participant_pb2
 from tests.integration.hostile import Client, attempt, described, serve_job, sha256
 from tests.integration.hostile_names import EVAL_KIND, TRAIN_KIND
 
 MALLORY = "mallory"
 CLAIMED = 1_000_000  # what she registers as her training and test set sizes
-SUMMARY = participant_pb2.DataSummary(
-    dataset="digits", class_counts=[CLAIMED // 10] * 10, num_train=CLAIMED, num_test=CLAIMED
-)
+SUMMARY = builtin_summary("mlp", [CLAIMED // 10] * 10, CLAIMED, "digits")
 HUGE = 3e38  # finite in float32
 
 

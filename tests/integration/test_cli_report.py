@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
+from fused.cli.initial_weights import start_training
 from fused.cli.pki import init_pki
 from fused.common.domain.specs import TrainingSpec
 from fused.common.domain.train_config import TrainConfig
-from fused.common.rpc.control_convert import training_spec_to_proto
 from fused.proto.v1 import control_pb2
 from fused.tools.launch import LocalFederation
 from tests.integration.conftest import NUM_PARTICIPANTS
@@ -50,7 +50,7 @@ def trained(json_federation: LocalFederation) -> control_pb2.JobInfo:
     """A finished two-round training job, as GetJob reports it."""
     stub = json_federation.control()
     spec = TrainingSpec(rounds=2, train=TrainConfig(lr=0.05), min_participants=NUM_PARTICIPANTS)
-    job = stub.StartTraining(control_pb2.StartTrainingRequest(spec=training_spec_to_proto(spec)))
+    job = start_training(stub, spec)
     for _ in stub.WatchJob(control_pb2.WatchJobRequest(job_id=job.job_id), timeout=300):
         pass  # the stream ends when the job does
     info = stub.GetJob(control_pb2.GetJobRequest(job_id=job.job_id), timeout=30)

@@ -21,8 +21,9 @@ from typing import Any
 
 import pytest
 
+from fused.cli import initial_weights
 from fused.cli.pki import init_pki
-from fused.common.rpc.control_convert import training_spec_to_proto, unlearning_spec_to_proto
+from fused.common.rpc.control_convert import unlearning_spec_to_proto
 from fused.common.rpc.identity import read_token_file
 from fused.proto.v1 import control_pb2, control_pb2_grpc
 from fused.tools.launch import LocalFederation
@@ -82,9 +83,7 @@ def wait_job(control: control_pb2_grpc.ControlServiceStub, job_id: str) -> contr
 
 
 def start_training(control: control_pb2_grpc.ControlServiceStub) -> str:
-    spec = training_spec_to_proto(TRAINING)
-    job: control_pb2.JobInfo = control.StartTraining(control_pb2.StartTrainingRequest(spec=spec))
-    return job.job_id
+    return initial_weights.start_training(control, TRAINING).job_id
 
 
 def start_unlearning(control: control_pb2_grpc.ControlServiceStub, base: str) -> str:

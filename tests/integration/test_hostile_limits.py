@@ -18,8 +18,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from fused.cli import initial_weights
 from fused.cli.pki import init_pki
-from fused.common.rpc.control_convert import training_spec_to_proto
 from fused.common.rpc.identity import read_token_file
 from fused.common.rpc.metering import KNOWN_PHASES, MD_JOB, MD_PARTICIPANT, MD_PHASE, MD_ROUND
 from fused.proto.v1 import control_pb2, control_pb2_grpc, participant_pb2
@@ -118,10 +118,9 @@ def serve(
     raise TimeoutError(job_id)
 
 
-def start_training(hostile: Hostile, min_participants: int) -> str:
+def start_job(hostile: Hostile, min_participants: int) -> str:
     spec = dataclasses.replace(TRAINING, rounds=1, min_participants=min_participants)
-    request = control_pb2.StartTrainingRequest(spec=training_spec_to_proto(spec))
-    return str(operator(hostile).StartTraining(request).job_id)
+    return str(initial_weights.start_training(operator(hostile), spec).job_id)
 
 
 def task_md(pid: str, job: str, phase: str, round_number: str) -> Metadata:
@@ -169,7 +168,7 @@ def test_forged_metadata_charges_nothing(hostile: Hostile, mallory: Client) -> N
         codes.extend(forge(hostile, mallory, task))
         return "mallory declines"
 
-    info = serve(hostile, mallory, start_training(hostile, 2), attack)
+    info = serve(hostile, mallory, start_job(hostile, 2), attack)
     assert info.status == "completed", info.reason
     assert codes == [
         "no credentials, as x<i> in her round: UNAUTHENTICATED",
@@ -220,7 +219,7 @@ def test_untrusted_text_in_logs_is_escaped(hostile: Hostile, mallory: Client) ->
     """Her error report (free text, 512 characters at most) reaches the log in the failed
     job's reason: on one line, escaped."""
     mallory.register(SUMMARY)
-    info = serve(hostile, mallory, start_training(hostile, 3), lambda task: f"boom\n{FORGED}")
+    info = serve(hostile, mallory, start_job(hostile, 3), lambda task: f"boom\n{FORGED}")
     assert info.status == "failed" and f"boom\n{FORGED}" in info.reason
     log = log_text(hostile)
     assert f"boom\\n{FORGED}" in log

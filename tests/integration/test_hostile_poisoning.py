@@ -22,21 +22,20 @@ from typing import Any
 import grpc
 import pytest
 
+from fused.cli.initial_weights import start_training
 from fused.cli.pki import init_pki
 from fused.common.domain.specs import TrainingSpec
 from fused.common.domain.train_config import TrainConfig
-from fused.common.rpc.control_convert import training_spec_to_proto
 from fused.common.rpc.identity import read_token_file
-from fused.proto.v1 import control_pb2, control_pb2_grpc, participant_pb2
+from fused.participant.site import builtin_summary
+from fused.proto.v1 import control_pb2, control_pb2_grpc
 from fused.tools.launch import LocalFederation, scrape
 from tests.integration.hostile import Client, attempt, described
 from tests.integration.poisoning import CLAIMED, MALLORY, SUMMARY, Poisoner
 
 HONEST = ("p0", "p1", "p2")
 TRUDY = "trudy"
-OTHER = participant_pb2.DataSummary(
-    dataset="cifar10", class_counts=[10] * 10, num_train=100, num_test=20
-)
+OTHER = builtin_summary("lenet", [10] * 10, 20, "fashionmnist")
 SPEC = TrainingSpec(
     rounds=3,
     train=TrainConfig(local_epochs=1, lr=0.05, batch_size=32),
@@ -93,9 +92,7 @@ def federation(
 
 
 def start(control: control_pb2_grpc.ControlServiceStub, spec: TrainingSpec) -> str:
-    request = control_pb2.StartTrainingRequest(spec=training_spec_to_proto(spec))
-    job: control_pb2.JobInfo = control.StartTraining(request)
-    return job.job_id
+    return start_training(control, spec).job_id
 
 
 def events(control: control_pb2_grpc.ControlServiceStub, job_id: str) -> list[control_pb2.JobEvent]:

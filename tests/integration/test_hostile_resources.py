@@ -30,6 +30,7 @@ from bench.raw_participant import (
     sha256,
     trickle,
 )
+from fused.participant.site import builtin_summary
 from fused.proto.v1 import common_pb2, control_pb2, participant_pb2, participant_pb2_grpc
 from fused.tools.launch import LocalFederation, scrape
 
@@ -112,18 +113,11 @@ def test_an_agent_whose_result_is_refused_keeps_serving(bench: Bench) -> None:
     true = next(p for p in listed if p.participant_id == "p1")
     impostor = RawParticipant(fed.address, "p1")
     try:
-        small = participant_pb2.DataSummary(
-            dataset=true.dataset, class_counts=[1] * 10, num_train=10, num_test=true.num_test
-        )
+        small = builtin_summary(true.workload, [1] * 10, true.num_test, true.dataset)
         impostor.register(small)
         refused = finished(fed, start_training(fed, min_participants=1))
-        summary = participant_pb2.DataSummary(
-            dataset=true.dataset,
-            class_counts=list(true.class_counts),
-            num_train=true.num_train,
-            num_test=true.num_test,
-        )
-        impostor.register(summary)  # the true summary again
+        counts = list(true.class_counts)
+        impostor.register(builtin_summary(true.workload, counts, true.num_test, true.dataset))
     finally:
         impostor.close()
     assert refused.status == "completed", refused.reason

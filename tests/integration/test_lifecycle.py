@@ -14,11 +14,13 @@ import grpc
 import pytest
 
 from bench.raw_participant import RawParticipant
+from fused.cli.initial_weights import start_training
 from fused.common.domain.specs import TrainingSpec
 from fused.common.domain.train_config import TrainConfig
 from fused.common.rpc.channels import create_channel
 from fused.common.rpc.control_convert import training_spec_to_proto
 from fused.common.rpc.metering import MD_PARTICIPANT
+from fused.participant.site import builtin_summary
 from fused.proto.v1 import common_pb2, control_pb2, participant_pb2, participant_pb2_grpc
 from fused.tools.launch import LocalFederation
 from tests.integration.conftest import NUM_PARTICIPANTS
@@ -39,7 +41,7 @@ def participant_stub(fed: LocalFederation) -> participant_pb2_grpc.ParticipantSe
 
 def register_ghost(fed: LocalFederation, pid: str) -> None:
     """A participant that registers and then never pulls a task."""
-    summary = participant_pb2.DataSummary(dataset="digits", class_counts=[5] * 10, num_train=50)
+    summary = builtin_summary("mlp", [5] * 10, 0, "digits")
     participant_stub(fed).Register(
         participant_pb2.RegisterRequest(participant_id=pid, data=summary), timeout=10
     )
@@ -51,8 +53,7 @@ def held_task(fed: LocalFederation, pid: str) -> Iterator[tuple[RawParticipant, 
     task's job and round; declines the task at the end."""
     raw = RawParticipant(fed.address, pid)
     raw.register()
-    spec = training_spec_to_proto(QUICK)
-    job = fed.control().StartTraining(control_pb2.StartTrainingRequest(spec=spec))
+    job = start_training(fed.control(), QUICK)
     task = raw.pull_task()
     try:
         yield raw, task.job_id, task.round
@@ -89,6 +90,7 @@ def test_job_fails_with_a_reason_when_quorum_is_missing(federation: LocalFederat
         ({"round_deadline_s": 0.0}, "round_deadline_s must be > 0"),
         ({"init_version": "m-missing"}, "not a known model version"),
         ({"train": TrainConfig(lr=0.0)}, "lr must be > 0"),
+        ({}, "starts from exactly one of init_version"),  # no initial weights
     ],
 )
 def test_invalid_training_spec_is_rejected(

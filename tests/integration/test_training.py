@@ -9,14 +9,15 @@ from pathlib import Path
 
 import torch
 
+from fused.cli.initial_weights import start_training
 from fused.common.codecs.tensor_codec import decode_tensors
 from fused.common.domain.specs import TrainingSpec
 from fused.common.domain.train_config import TrainConfig, task_seed
 from fused.common.ml.data.shards import load_shard
 from fused.common.ml.fedavg import fedavg
 from fused.common.ml.models import init_model
-from fused.common.rpc.control_convert import training_spec_to_proto
 from fused.participant.executor import local_update
+from fused.participant.site import shard_site
 from fused.proto.v1 import control_pb2
 from fused.tools.launch import LocalFederation, scrape
 from tests.integration.conftest import NUM_PARTICIPANTS
@@ -33,7 +34,7 @@ SPEC = TrainingSpec(
 
 def run_job(fed: LocalFederation, spec: TrainingSpec) -> control_pb2.JobInfo:
     stub = fed.control()
-    job = stub.StartTraining(control_pb2.StartTrainingRequest(spec=training_spec_to_proto(spec)))
+    job = start_training(stub, spec)
     events = list(stub.WatchJob(control_pb2.WatchJobRequest(job_id=job.job_id), timeout=120))
     assert events[-1].kind in {"job_completed", "job_failed"}
     info: control_pb2.JobInfo = stub.GetJob(control_pb2.GetJobRequest(job_id=job.job_id))
@@ -54,7 +55,7 @@ def in_process_fedavg(shards: Path, spec: TrainingSpec) -> dict[str, torch.Tenso
         for shard in sorted(local, key=lambda s: s.meta.participant_id):
             pid = shard.meta.participant_id
             cfg = dataclasses.replace(spec.train, seed=task_seed(spec.seed, r, pid))
-            state, stats = local_update("mlp", 10, weights, shard, cfg)
+            state, stats = local_update(shard_site(shard), weights, cfg)
             updates.append((state, stats.num_examples))
         weights = fedavg(updates)
     return weights

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
+from fused.cli.initial_weights import start_training
 from fused.common.domain.specs import (
     METHOD_CONFIGS,
     FusedConfig,
@@ -26,8 +27,9 @@ from fused.common.ml.data.partition import partition_to_directory
 from fused.common.ml.data.partition_config import PartitionConfig
 from fused.common.ml.data.shards import load_shard
 from fused.common.rpc.channels import create_channel
-from fused.common.rpc.control_convert import training_spec_to_proto, unlearning_spec_to_proto
+from fused.common.rpc.control_convert import unlearning_spec_to_proto
 from fused.common.rpc.metering import MD_PARTICIPANT
+from fused.participant.site import builtin_summary
 from fused.proto.v1 import common_pb2, control_pb2, participant_pb2, participant_pb2_grpc
 from fused.tools.launch import LocalFederation
 
@@ -96,8 +98,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
         for i in range(PARTICIPANTS):
             fed.start_participant(root / "shards" / f"p{i}")
         fed.wait_online(PARTICIPANTS)
-        request = control_pb2.StartTrainingRequest(spec=training_spec_to_proto(TRAINING))
-        info = run(fed, fed.control().StartTraining(request, timeout=30))
+        info = run(fed, start_training(fed.control(), TRAINING))
         base = json.loads(info.result_json)["version_id"]
         yield Trained(fed, root / "shards", base, export_sha(fed, base))
 
@@ -175,7 +176,7 @@ def test_a_bad_adapter_upload_is_rejected_and_the_round_goes_on(trained: Trained
     completes with the honest participants."""
     stub = participant_pb2_grpc.ParticipantServiceStub(create_channel(trained.fed.address))
     md = ((MD_PARTICIPANT, "evil"),)
-    summary = participant_pb2.DataSummary(dataset="digits", class_counts=[10] * 10, num_train=100)
+    summary = builtin_summary("mlp", [10] * 10, 0, "digits")
     stub.Register(participant_pb2.RegisterRequest(participant_id="evil", data=summary))
     errors: list[grpc.StatusCode] = []
     stop = threading.Event()

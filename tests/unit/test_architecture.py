@@ -38,7 +38,15 @@ FORBIDDEN = {
     "fused.common.ml": ("fused.common.codecs", "fused.common.rpc", "fused.common.runtime"),
     "fused.common.codecs": ("fused.common.rpc", "fused.common.runtime"),
     "fused.participant": ("fused.coordinator", "fused.cli", "fused.tools"),
-    "fused.coordinator": ("fused.participant", "fused.cli", "fused.tools"),
+    # the coordinator never runs workload code: it works from tensor schemas and given weights
+    "fused.coordinator": (
+        "fused.participant",
+        "fused.cli",
+        "fused.tools",
+        "fused.common.ml.workloads",
+        "fused.common.ml.models",
+        "fused.common.ml.data",
+    ),
     "fused.cli": ("fused.coordinator", "fused.participant", "fused.tools"),
     # the job engine is the bottom of the coordinator's job stack: methods and job kinds
     # build on it, and the manager gets the kinds injected by the server

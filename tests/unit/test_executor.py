@@ -18,6 +18,7 @@ from fused.common.ml.data.partition_config import PartitionConfig
 from fused.common.ml.data.shards import Shard
 from fused.common.ml.data.sources import load_digits_source
 from fused.common.ml.models import init_model
+from fused.common.ml.workloads import workload_for
 from fused.participant.executor import (
     load_model,
     local_evaluate,
@@ -25,6 +26,7 @@ from fused.participant.executor import (
     local_update,
 )
 from fused.participant.forgetting import forgotten_set, remaining_test
+from fused.participant.site import shard_site
 from fused.participant.training import TrainConfig, evaluate, train_local
 
 NUM_CLASSES = 10
@@ -72,7 +74,7 @@ def mlp_weights() -> Weights:
 @pytest.fixture(scope="module")
 def trained_weights(shards: list[Shard], mlp_weights: Weights) -> Weights:
     """An MLP that has learnt something, so evaluation counts are not all zero."""
-    model = load_model("mlp", NUM_CLASSES, mlp_weights)
+    model = load_model(workload_for("mlp", NUM_CLASSES), mlp_weights)
     train_local(model, shards[CLEAN].train, TrainConfig(local_epochs=5, lr=0.1, batch_size=16))
     train_local(model, shards[HOLDER].train, TrainConfig(local_epochs=5, lr=0.1, batch_size=16))
     return clone(model.state_dict())
@@ -90,10 +92,10 @@ def test_local_sensitivity_is_the_l1_distance_of_one_round(
 ) -> None:
     shard = shards[CLEAN]
     given = clone(mlp_weights)
-    distances, num_examples = local_sensitivity("mlp", NUM_CLASSES, given, shard, CFG)
+    distances, num_examples = local_sensitivity(shard_site(shard), given, CFG)
     assert_bit_equal(given, mlp_weights)  # the weights passed in are not touched
 
-    reference = load_model("mlp", NUM_CLASSES, mlp_weights)
+    reference = load_model(workload_for("mlp", NUM_CLASSES), mlp_weights)
     names = [name for name, _ in reference.named_parameters()]
     assert list(distances) == names  # exactly the parameters (no buffers, no extras)
     assert num_examples == len(shard.train)
@@ -102,7 +104,7 @@ def test_local_sensitivity_is_the_l1_distance_of_one_round(
     assert all(math.isfinite(v) and v > 0 for v in distances.values())
 
     # Independently: train a copy with the same data and config, sum |after - before| in numpy.
-    trained = load_model("mlp", NUM_CLASSES, mlp_weights)
+    trained = load_model(workload_for("mlp", NUM_CLASSES), mlp_weights)
     stats = train_local(trained, shard.train, CFG)
     assert stats.num_examples == num_examples
     after = dict(trained.named_parameters())
@@ -113,7 +115,7 @@ def test_local_sensitivity_is_the_l1_distance_of_one_round(
         assert distances[name] == pytest.approx(expected, rel=1e-6, abs=0.0), name
 
     # And the same round as a FedAvg step gives exactly those distances too.
-    updated, _ = local_update("mlp", NUM_CLASSES, mlp_weights, shard, CFG)
+    updated, _ = local_update(shard_site(shard), mlp_weights, CFG)
     for name in names:
         diff = (updated[name].double() - mlp_weights[name].double()).abs().sum()
         assert distances[name] == pytest.approx(float(diff), rel=1e-6, abs=0.0), name
@@ -124,8 +126,8 @@ def test_local_sensitivity_ignores_the_forget_spec_data_view(
 ) -> None:
     """Sensitivity trains on the whole local train split and is deterministic per seed."""
     shard = shards[ATTACKER]
-    a, n = local_sensitivity("mlp", NUM_CLASSES, mlp_weights, shard, CFG)
-    b, _ = local_sensitivity("mlp", NUM_CLASSES, mlp_weights, shard, CFG)
+    a, n = local_sensitivity(shard_site(shard), mlp_weights, CFG)
+    b, _ = local_sensitivity(shard_site(shard), mlp_weights, CFG)
     assert a == b
     assert n == len(shard.train)
 
@@ -180,17 +182,17 @@ def test_local_evaluate_counts(
     spec = _eval_spec(kind, shards)
     if spec is not None:
         spec = spec.for_participant(shard.meta.participant_id)
-    outcome = local_evaluate("mlp", NUM_CLASSES, trained_weights, shard, spec)
+    outcome = local_evaluate(shard_site(shard), trained_weights, spec)
 
-    model = load_model("mlp", NUM_CLASSES, trained_weights)
-    kept_data = remaining_test(shard, spec)
+    model = load_model(workload_for("mlp", NUM_CLASSES), trained_weights)
+    kept_data = remaining_test(shard_site(shard), spec)
     kept = evaluate(model, kept_data, NUM_CLASSES)
     assert outcome.correct == tuple(kept.correct)
     assert outcome.total == tuple(kept.total)
     assert outcome.num_examples == len(kept_data)
     assert outcome.loss_sum == pytest.approx(kept.loss_sum, rel=1e-9, abs=1e-9)
 
-    forgotten, labels = forgotten_set(shard, spec)
+    forgotten, labels = forgotten_set(shard_site(shard), spec)
     hit = evaluate(model, forgotten, NUM_CLASSES, labels=labels)
     assert outcome.forget_total == len(forgotten) == hit.num_examples
     assert outcome.forget_correct == sum(hit.correct)
@@ -212,8 +214,10 @@ def test_local_evaluate_without_spec_is_plain_evaluation(
     shards: list[Shard], trained_weights: Weights
 ) -> None:
     shard = shards[CLEAN]
-    outcome = local_evaluate("mlp", NUM_CLASSES, trained_weights, shard)
-    counts = evaluate(load_model("mlp", NUM_CLASSES, trained_weights), shard.test, NUM_CLASSES)
+    outcome = local_evaluate(shard_site(shard), trained_weights)
+    counts = evaluate(
+        load_model(workload_for("mlp", NUM_CLASSES), trained_weights), shard.test, NUM_CLASSES
+    )
     assert outcome.correct == tuple(counts.correct)
     assert outcome.total == tuple(counts.total)
     assert (outcome.forget_correct, outcome.forget_total) == (0, 0)

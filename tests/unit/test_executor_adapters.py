@@ -20,6 +20,7 @@ from fused.common.ml.data.shards import Shard, ShardMeta
 from fused.common.ml.data.sources import load_digits_source
 from fused.common.ml.data.tensors import TensorData
 from fused.common.ml.models import init_model
+from fused.common.ml.workloads import workload_for
 from fused.participant.executor import (
     adapter_layout,
     load_model,
@@ -27,6 +28,7 @@ from fused.participant.executor import (
     local_update,
 )
 from fused.participant.forgetting import remaining_train
+from fused.participant.site import shard_site
 from fused.participant.training import TrainConfig, train_local
 from tests.unit.test_executor import (
     CFG,
@@ -58,7 +60,7 @@ def mlp_weights() -> Weights:
 def test_adapter_layout_matches_build_layout(mlp_weights: Weights) -> None:
     expected = mlp_layout(mlp_weights, density=0.1, seed=42)
     ref = AdapterRef(layers=MLP_LAYERS, density=0.1, mask_seed=42, mask_digest=expected.digest)
-    layout = adapter_layout("mlp", NUM_CLASSES, ref)
+    layout = adapter_layout(workload_for("mlp", NUM_CLASSES), ref)
     assert layout == expected
     assert layout.names == tuple(sorted(MLP_LAYERS))
     assert dict(layout.shapes) == dict(expected.shapes)
@@ -71,7 +73,7 @@ def test_adapter_layout_rejects_a_wrong_digest(mlp_weights: Weights) -> None:
     for wrong in ("0" * 64, other_seed):
         ref = AdapterRef(layers=MLP_LAYERS, density=0.1, mask_seed=42, mask_digest=wrong)
         with pytest.raises(ValueError, match=wrong):
-            adapter_layout("mlp", NUM_CLASSES, ref)
+            adapter_layout(workload_for("mlp", NUM_CLASSES), ref)
 
 
 @pytest.mark.parametrize("unknown", ["net.9.weight", "net.1.weight", "weight"])
@@ -83,7 +85,7 @@ def test_adapter_layout_names_unknown_layers(unknown: str, mlp_weights: Weights)
         mask_digest=mlp_layout(mlp_weights).digest,
     )
     with pytest.raises(ValueError, match=unknown):
-        adapter_layout("mlp", NUM_CLASSES, ref)
+        adapter_layout(workload_for("mlp", NUM_CLASSES), ref)
 
 
 # --------------------------------------------------------------------------- adapter update
@@ -97,10 +99,10 @@ def test_local_adapter_update_trains_values_and_leaves_the_base(
     base = clone(mlp_weights)
     start = zero_values(layout)
     spec = ForgetSpec("class", class_label=FORGET_CLASS)
-    values, stats = local_adapter_update("mlp", NUM_CLASSES, base, layout, start, shard, CFG, spec)
+    values, stats = local_adapter_update(shard_site(shard), base, layout, start, CFG, spec)
     assert_bit_equal(base, mlp_weights)  # base weights bit-for-bit unchanged
     assert all(not bool(v.any()) for v in start.values())  # the start values too
-    assert stats.num_examples == len(remaining_train(shard, spec, CFG.seed))
+    assert stats.num_examples == len(remaining_train(shard_site(shard), spec, CFG.seed))
     assert stats.num_examples < len(shard.train)
 
     assert list(values) == list(layout.names)
@@ -121,13 +123,13 @@ def test_local_adapter_update_trains_values_and_leaves_the_base(
 
     # Serving the merged weights is the same model as the base with the adapter attached.
     x = shard.test.features()[:12]
-    plain = load_model("mlp", NUM_CLASSES, merged).eval()
-    adapted = load_model("mlp", NUM_CLASSES, base)
+    plain = load_model(workload_for("mlp", NUM_CLASSES), merged).eval()
+    adapted = load_model(workload_for("mlp", NUM_CLASSES), base)
     attach_adapter(adapted, layout, values)
     adapted.eval()
     with torch.no_grad():
         torch.testing.assert_close(plain(x), adapted(x), rtol=1e-5, atol=1e-6)
-        baseline = load_model("mlp", NUM_CLASSES, base).eval()(x)
+        baseline = load_model(workload_for("mlp", NUM_CLASSES), base).eval()(x)
     assert not torch.allclose(plain(x).detach(), baseline, atol=1e-6)
 
 
@@ -137,15 +139,13 @@ def test_local_adapter_update_continues_from_given_values(
     shard = shards[CLEAN]
     layout = mlp_layout(mlp_weights)
     first, _ = local_adapter_update(
-        "mlp", NUM_CLASSES, mlp_weights, layout, zero_values(layout), shard, CFG, None
+        shard_site(shard), mlp_weights, layout, zero_values(layout), CFG, None
     )
     given = clone(first)
-    second, _ = local_adapter_update(
-        "mlp", NUM_CLASSES, mlp_weights, layout, given, shard, CFG, None
-    )
+    second, _ = local_adapter_update(shard_site(shard), mlp_weights, layout, given, CFG, None)
     assert_bit_equal(given, first)  # values passed in are not modified in place
     again, _ = local_adapter_update(
-        "mlp", NUM_CLASSES, mlp_weights, layout, zero_values(layout), shard, CFG, None
+        shard_site(shard), mlp_weights, layout, zero_values(layout), CFG, None
     )
     assert_bit_equal(again, first)  # deterministic
     assert any(not torch.equal(second[n], first[n]) for n in layout.names)
@@ -175,7 +175,7 @@ def image_shard() -> Shard:
     data = TensorData(x=x, y=y, y_true=y.clone(), ids=torch.arange(16), scale=1.0 / 255)
     meta = ShardMeta(
         participant_id="p0",
-        dataset="synthetic",
+        dataset="cifar10",
         num_classes=NUM_CLASSES,
         input_shape=(3, 32, 32),
         scale=1.0 / 255,
@@ -199,7 +199,7 @@ def _resnet_adapter_run(
     base: Weights, layout: AdapterLayout, shard: Shard, freeze: bool
 ) -> tuple[Weights, nn.Module]:
     """What local_adapter_update does, done by hand so the model's buffers can be inspected."""
-    model = load_model("resnet18", NUM_CLASSES, base)
+    model = load_model(workload_for("resnet18", NUM_CLASSES), base)
     trainable = attach_adapter(model, layout, zero_values(layout))
     train_local(model, shard.train, RESNET_CFG, params=trainable.values(), freeze_norm_stats=freeze)
     return {n: p.detach().clone() for n, p in trainable.items()}, model
@@ -214,7 +214,7 @@ def test_adapter_update_freezes_norm_statistics(
     layout = layout_for(base, RESNET_LAYERS, 0.05, 0)
 
     values, stats = local_adapter_update(
-        "resnet18", NUM_CLASSES, base, layout, zero_values(layout), image_shard, RESNET_CFG, None
+        shard_site(image_shard), base, layout, zero_values(layout), RESNET_CFG, None
     )
     assert_bit_equal(base, resnet_weights)
     assert stats.steps == 2
@@ -237,7 +237,7 @@ def test_adapter_update_freezes_norm_statistics(
     assert not torch.equal(live_stats["bn1.running_mean"], stats_before["bn1.running_mean"])
 
     # A plain FedAvg step does move the running statistics.
-    updated, _ = local_update("resnet18", NUM_CLASSES, base, image_shard, RESNET_CFG)
+    updated, _ = local_update(shard_site(image_shard), base, RESNET_CFG)
     assert_bit_equal(base, resnet_weights)
     moved = _norm_buffers(updated)
     for name in ("bn1.running_mean", "bn1.running_var", "layer4.1.bn2.running_var"):

@@ -19,6 +19,7 @@ from fused.common.ml.data.shards import Shard
 from fused.common.ml.data.sources import load_digits_source
 from fused.common.ml.data.tensors import TensorData
 from fused.participant.forgetting import remaining_test, remaining_train
+from fused.participant.site import shard_site
 
 NUM_CLASSES = 10
 ATTACKER, HOLDER, CLEAN = 0, 1, 2
@@ -190,7 +191,7 @@ def assert_same_rows(got: TensorData, want: TensorData) -> None:
 def test_remaining_train(case: Case, shards: list[Shard]) -> None:
     shard = shards[case.viewer]
     spec = spec_for(case, shards)
-    got = remaining_train(shard, spec, seed=SEED)
+    got = remaining_train(shard_site(shard), spec, seed=SEED)
     train = shard.train
     everything = torch.ones(len(train), dtype=torch.bool)
     listed = torch.tensor(spec.sample_ids if spec is not None else (), dtype=torch.int64)
@@ -224,10 +225,12 @@ def test_remaining_train(case: Case, shards: list[Shard]) -> None:
 def test_forgotten_participant_trains_on_nothing(shards: list[Shard]) -> None:
     for index in range(3):
         spec = ForgetSpec("participant", participant_id=pid(index))
-        assert len(remaining_train(shards[index], spec, seed=0)) == 0
+        assert len(remaining_train(shard_site(shards[index]), spec, seed=0)) == 0
         for other in range(3):
             if other != index:
-                assert len(remaining_train(shards[other], spec, seed=0)) == len(shards[other].train)
+                assert len(remaining_train(shard_site(shards[other]), spec, seed=0)) == len(
+                    shards[other].train
+                )
 
 
 def test_samples_paradigm_only_the_holder_drops_even_with_full_spec(shards: list[Shard]) -> None:
@@ -235,7 +238,7 @@ def test_samples_paradigm_only_the_holder_drops_even_with_full_spec(shards: list
     spec = samples_spec(shards)
     assert spec is not None
     for index in (ATTACKER, HOLDER):
-        got = remaining_train(shards[index], spec, seed=0)
+        got = remaining_train(shard_site(shards[index]), spec, seed=0)
         assert ids_of(got) == ids_of(shards[index].train)
 
 
@@ -246,7 +249,7 @@ def test_samples_paradigm_only_the_holder_drops_even_with_full_spec(shards: list
 def test_relabel_changes_exactly_the_class_labels(viewer: int, shards: list[Shard]) -> None:
     shard = shards[viewer]
     spec = ForgetSpec("class", class_label=FORGET_CLASS, relabel=True)
-    got = remaining_train(shard, spec, seed=SEED)
+    got = remaining_train(shard_site(shard), spec, seed=SEED)
     train = shard.train
     hit = train.y == FORGET_CLASS
     assert int(hit.sum()) > 0
@@ -269,14 +272,16 @@ def test_relabel_changes_exactly_the_class_labels(viewer: int, shards: list[Shar
 def test_relabel_is_deterministic_per_seed_and_differs_across_seeds(shards: list[Shard]) -> None:
     shard = shards[CLEAN]
     spec = ForgetSpec("class", class_label=FORGET_CLASS, relabel=True)
-    a = remaining_train(shard, spec, seed=SEED)
-    b = remaining_train(shard, spec, seed=SEED)
-    c = remaining_train(shard, spec, seed=SEED + 1)
+    a = remaining_train(shard_site(shard), spec, seed=SEED)
+    b = remaining_train(shard_site(shard), spec, seed=SEED)
+    c = remaining_train(shard_site(shard), spec, seed=SEED + 1)
     assert torch.equal(a.y, b.y)
     assert not torch.equal(a.y, c.y)
     # The seed only matters for relabelling: dropping is seed-independent.
     drop = ForgetSpec("class", class_label=FORGET_CLASS)
-    assert ids_of(remaining_train(shard, drop, 1)) == ids_of(remaining_train(shard, drop, 2))
+    assert ids_of(remaining_train(shard_site(shard), drop, 1)) == ids_of(
+        remaining_train(shard_site(shard), drop, 2)
+    )
 
 
 def test_samples_relabel_changes_exactly_the_listed_labels_at_the_holder(
@@ -286,7 +291,7 @@ def test_samples_relabel_changes_exactly_the_listed_labels_at_the_holder(
     assert spec is not None
     spec = dataclasses.replace(spec, relabel=True)
     holder = shards[HOLDER].train
-    got = remaining_train(shards[HOLDER], spec, seed=SEED)
+    got = remaining_train(shard_site(shards[HOLDER]), spec, seed=SEED)
     listed = torch.isin(holder.ids, torch.tensor(spec.sample_ids))
     assert int(listed.sum()) == BACKDOOR_COUNT
     assert torch.equal(got.ids, holder.ids)
@@ -294,9 +299,11 @@ def test_samples_relabel_changes_exactly_the_listed_labels_at_the_holder(
     assert torch.equal(got.y_true, holder.y_true)
     assert torch.equal(got.y != holder.y, listed)  # every listed label moves, nothing else
     assert int(got.y.min()) >= 0 and int(got.y.max()) < NUM_CLASSES
-    assert torch.equal(got.y, remaining_train(shards[HOLDER], spec, seed=SEED).y)
+    assert torch.equal(got.y, remaining_train(shard_site(shards[HOLDER]), spec, seed=SEED).y)
     for index in (ATTACKER, CLEAN):
-        other = remaining_train(shards[index], spec.for_participant(pid(index)), seed=SEED)
+        other = remaining_train(
+            shard_site(shards[index]), spec.for_participant(pid(index)), seed=SEED
+        )
         assert_same_rows(other, shards[index].train)
 
 
@@ -304,7 +311,7 @@ def test_relabel_leaves_the_global_rng_alone(shards: list[Shard]) -> None:
     spec = ForgetSpec("class", class_label=FORGET_CLASS, relabel=True)
     torch.manual_seed(1234)
     before = torch.get_rng_state()
-    remaining_train(shards[CLEAN], spec, seed=SEED)
+    remaining_train(shard_site(shards[CLEAN]), spec, seed=SEED)
     assert torch.equal(torch.get_rng_state(), before)
 
 
@@ -314,7 +321,7 @@ def test_relabel_leaves_the_global_rng_alone(shards: list[Shard]) -> None:
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_remaining_test(case: Case, shards: list[Shard]) -> None:
     shard = shards[case.viewer]
-    got = remaining_test(shard, spec_for(case, shards))
+    got = remaining_test(shard_site(shard), spec_for(case, shards))
     test = shard.test
     expected_kept = {
         "all": torch.ones(len(test), dtype=torch.bool),

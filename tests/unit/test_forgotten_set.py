@@ -12,6 +12,7 @@ import torch
 from fused.common.domain.tasks import ForgetSpec
 from fused.common.ml.data.shards import Shard
 from fused.participant.forgetting import forgotten_set
+from fused.participant.site import shard_site
 from tests.unit.test_forgetting import (
     ATTACKER,
     CASE_IDS,
@@ -63,7 +64,7 @@ def _assert_trigger_stamped(got: torch.Tensor, original: torch.Tensor, pixel_max
 def test_forgotten_set(case: Case, shards: list[Shard]) -> None:
     shard = shards[case.viewer]
     spec = spec_for(case, shards)
-    data, labels = forgotten_set(shard, spec)
+    data, labels = forgotten_set(shard_site(shard), spec)
     assert labels.shape == (len(data),)
     assert labels.dtype == torch.int64
     assert data.x.shape[1:] == shard.train.x.shape[1:]
@@ -101,14 +102,14 @@ def test_forgotten_set(case: Case, shards: list[Shard]) -> None:
 
 def test_forgotten_set_is_empty_without_a_spec(shards: list[Shard]) -> None:
     for shard in shards:
-        data, labels = forgotten_set(shard, None)
+        data, labels = forgotten_set(shard_site(shard), None)
         assert len(data) == 0 and labels.numel() == 0
 
 
 def test_trigger_uses_the_shard_pixel_max(shards: list[Shard]) -> None:
     """The stamp value is the data set's largest pixel (16 for digits), not 255."""
     spec = backdoor_spec(shards)
-    data, _ = forgotten_set(shards[CLEAN], spec)
+    data, _ = forgotten_set(shard_site(shards[CLEAN]), spec)
     assert shards[CLEAN].meta.pixel_max == 16
     assert set(data.x[..., -TRIGGER:, -TRIGGER:].flatten().tolist()) == {16}
 
@@ -119,7 +120,7 @@ def test_forgotten_samples_union_is_the_listed_ids(shards: list[Shard]) -> None:
     assert spec is not None
     found: list[int] = []
     for index, shard in enumerate(shards):
-        data, _ = forgotten_set(shard, spec.for_participant(pid(index)))
+        data, _ = forgotten_set(shard_site(shard), spec.for_participant(pid(index)))
         found += ids_of(data)
     assert sorted(found) == sorted(spec.sample_ids)
 

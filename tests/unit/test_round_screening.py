@@ -33,7 +33,8 @@ from fused.coordinator.versions import save_weights
 
 T = TypeVar("T")
 Tensors = dict[str, torch.Tensor]
-DIGITS = Federation("digits", 10)
+MLP_SCHEMA = "0" * 64
+DIGITS = Federation("mlp", MLP_SCHEMA, 10)
 
 
 def run(coro: Awaitable[T]) -> T:
@@ -43,17 +44,20 @@ def run(coro: Awaitable[T]) -> T:
     return asyncio.run(main())
 
 
-def context(tmp_path: Path, *participants: tuple[str, str, int]) -> JobContext:
-    """A job's context with (id, data set, classes) participants registered and online."""
+def offer(workload: str, schema: str = MLP_SCHEMA, error: str = "") -> dict[str, str]:
+    """What a registration declares (ParticipantRecord.info)."""
+    return {"workload": workload, "schema_digest": schema, "workload_error": error}
+
+
+def context(tmp_path: Path, *participants: tuple[str, dict[str, str], int]) -> JobContext:
+    """A job's context with (id, declared workload, classes) participants registered, online."""
     store = InMemoryStateStore()
     store.create_job(JobRecord("job-1", JobKind.TRAIN, {}, JobStatus.RUNNING, "", 0, "", 0, 0))
     fleet = Fleet(store, offline_after_s=15)
-    for pid, dataset, classes in participants:
+    for pid, info, classes in participants:
         now = time.time()
         counts = [10] * classes
-        fleet.register(
-            ParticipantRecord(pid, counts, sum(counts), 20, now, now, {"dataset": dataset})
-        )
+        fleet.register(ParticipantRecord(pid, counts, sum(counts), 20, now, now, info))
 
     def emit(kind: str, phase: str, r: int, message: str, data: Any = None) -> JobEvent:
         return store.append_event("job-1", kind, phase, r, message, data or {}, 0.0)
@@ -70,47 +74,64 @@ def events(ctx: JobContext, kind: str) -> list[str]:
 # --------------------------------------------------------------------------- isolation
 
 
-def test_the_majority_data_set_wins_and_the_other_is_left_out(tmp_path: Path) -> None:
-    ctx = context(tmp_path, ("p0", "digits", 10), ("p1", "digits", 10), ("m", "cifar10", 10))
+MLP, OTHER = offer("mlp"), offer("cnn", "1" * 64)
+
+
+def test_the_majority_workload_wins_and_the_other_is_left_out(tmp_path: Path) -> None:
+    ctx = context(tmp_path, ("p0", MLP, 10), ("p1", MLP, 10), ("m", OTHER, 10))
     assert run(join_federation(ctx, 2, 0.0)) == DIGITS
     assert members(ctx) == ["p0", "p1"]
     assert members(ctx) == ["p0", "p1"]  # reported once
     assert events(ctx, "participant_left_out") == [
-        "m left out of this job: it registered data set 'cifar10' with 10 classes, the job "
-        "uses data set 'digits' with 10 classes"
+        "left out of this job: m: serves workload 'cnn', not 'mlp'"
     ]
 
 
-def test_a_class_count_of_its_own_is_left_out(tmp_path: Path) -> None:
-    ctx = context(tmp_path, ("p0", "digits", 10), ("p1", "digits", 10), ("m", "digits", 3))
+def test_another_schema_or_class_count_is_left_out_saying_how(tmp_path: Path) -> None:
+    wide = offer("mlp", "2" * 64)
+    ctx = context(tmp_path, ("p0", MLP, 10), ("p1", MLP, 10), ("m", MLP, 3), ("w", wide, 10))
     assert run(join_federation(ctx, 1, 0.0)) == DIGITS and members(ctx) == ["p0", "p1"]
+    assert events(ctx, "participant_left_out") == [
+        "left out of this job: m: has 3 classes, the job 10",
+        "left out of this job: w: its model's tensor schema 222222222222 differs from the "
+        "job's 000000000000 (another version of the workload?)",
+    ]
 
 
-def test_a_base_version_fixes_the_data_set(tmp_path: Path) -> None:
-    ctx = context(tmp_path, ("p0", "digits", 10), ("m1", "other", 10), ("m2", "other", 10))
+def test_a_job_naming_a_workload_takes_the_participants_serving_it(tmp_path: Path) -> None:
+    ctx = context(tmp_path, ("p0", MLP, 10), ("m1", OTHER, 10), ("m2", OTHER, 10))
+    assert run(join_federation(ctx, 1, 0.0, workload="mlp")) == DIGITS
+    assert members(ctx) == ["p0"]
+
+
+def test_a_base_version_fixes_the_workload(tmp_path: Path) -> None:
+    ctx = context(tmp_path, ("p0", MLP, 10), ("m1", OTHER, 10), ("m2", OTHER, 10))
     assert run(join_federation(ctx, 1, 0.0, reference=DIGITS)) == DIGITS
     assert members(ctx) == ["p0"] and len(events(ctx, "participant_left_out")) == 2
 
 
-def test_too_few_matching_participants_fail_the_job_clearly(tmp_path: Path) -> None:
-    ctx = context(tmp_path, ("p0", "digits", 10), ("m", "cifar10", 10))
+def test_too_few_matching_participants_fail_the_job_saying_who_and_why(tmp_path: Path) -> None:
+    broken = offer("mlp", "", "workload 'mlp': loading data from d failed: no rows")
+    ctx = context(tmp_path, ("p0", MLP, 10), ("m", OTHER, 10), ("b", broken, 0))
     with pytest.raises(JobFailed) as failed:
-        run(join_federation(ctx, 2, 0.0, reference=DIGITS))
+        run(join_federation(ctx, 3, 0.0, reference=DIGITS))
     assert str(failed.value) == (
-        "only 1 of the 2 required participants were online after waiting 0 s (holding data "
-        "set 'digits' with 10 classes; 1 left out for other data)"
+        "only 1 of the 3 required participants were online after waiting 0 s (serving workload "
+        "'mlp' (schema 000000000000, 10 classes); left out: b: its workload cannot run there: "
+        "\"workload 'mlp': loading data from d failed: no rows\"; m: serves workload 'cnn', "
+        "not 'mlp')"
     )
 
 
 def test_an_even_split_fails_the_job_clearly(tmp_path: Path) -> None:
-    ctx = context(tmp_path, ("p0", "digits", 10), ("m", "x" * 100, 10))
+    ctx = context(tmp_path, ("p0", MLP, 10), ("m", offer("x" * 100), 10))
     with pytest.raises(JobFailed) as failed:
         run(join_federation(ctx, 1, 0.0))
     assert str(failed.value) == (
-        "no data set to run on after waiting 0 s: online participants are split evenly between "
-        "data sets (1 with data set 'digits' with 10 classes, 1 with data set "
-        f"'{'x' * 40}'... with 10 classes); block or remove the ones that do not belong "
-        "(fusedctl participants block ID)"
+        "no workload to run after waiting 0 s: online participants are split evenly between "
+        "workloads and schemas (1 with workload 'mlp' (schema 000000000000, 10 classes), 1 with "
+        f"workload '{'x' * 40}'... (schema 000000000000, 10 classes)); block or remove the ones "
+        "that do not belong (fusedctl participants block ID)"
     )
 
 
@@ -196,7 +217,7 @@ def test_inflated_evaluation_counts_are_capped(tmp_path: Path) -> None:
 
 
 def test_evaluation_counts_are_bounded_by_registration(tmp_path: Path) -> None:
-    ctx = context(tmp_path, ("p0", "digits", 2))  # 20 training, 20 test samples registered
+    ctx = context(tmp_path, ("p0", offer("mlp"), 2))  # 20 training, 20 test samples registered
     check = eval_check(ctx, 2)
     ok = report("p0", [1, 2], [10, 10], forget_correct=3, forget_total=40).outcome
     assert run(check(ok)).forget_total == 40

@@ -20,14 +20,19 @@ from fused.common.ml.models.lenet import LeNet5, LeNetConfig
 from fused.common.ml.models.mlp import MLP, MLPConfig
 from fused.common.ml.models.resnet import ResNet18, ResNetConfig
 from fused.common.ml.workloads import (
+    ImageClassification,
     Workload,
     WorkloadError,
+    canonical_json,
     clear_cache,
+    parse_schema,
     resolve_workload,
     schema_digest,
-    schema_of,
+    schema_of_model,
+    state_matches,
     workload_for,
 )
+from fused.common.ml.workloads.builtin import PAIRS
 from fused.participant.training import train_local
 
 # What a user writes: one module, a class workload on CSV rows "id,f1,f2,f3,f4,label".
@@ -209,14 +214,39 @@ def test_builtins_build_the_old_registrys_models(
 def test_schema_digest_is_stable() -> None:
     mlp = workload_for("mlp", 10)
     assert mlp.schema_digest() == (
-        "16ba1b03485db95606cf9cf5f4b16f2c72f4863794ee7ef558e18703e1679e7c"
+        "f08e133718ba8cd4e5a211ad009d0f9db21785ba273b8ea6ce9194b77792ff46"
     )
-    state = mlp.build_model(5).state_dict()
-    reordered = dict(reversed(list(state.items())))
-    assert schema_digest(schema_of(reordered)) == mlp.schema_digest()  # order and seed free
+    assert schema_digest(schema_of_model(mlp.build_model(5))) == mlp.schema_digest()  # seed free
     assert workload_for("mlp", 4).schema_digest() != mlp.schema_digest()
-    entry = schema_of(state)[0]
+    entry = mlp.tensor_schema()[0]
     assert (entry.name, entry.shape, entry.dtype) == ("net.0.bias", (128,), "float32")
+    assert entry.parameter and entry.adaptable
+
+
+def test_schema_marks_buffers_and_what_fused_may_adapt() -> None:
+    class OnlyWeights(ImageClassification):
+        def adaptable(self, name: str) -> bool:
+            return name.endswith("weight")
+
+    workload = OnlyWeights(PAIRS["resnet18"])
+    entries = {e.name: e for e in workload.tensor_schema()}
+    assert not entries["bn1.running_mean"].parameter
+    assert not entries["bn1.running_mean"].adaptable
+    assert entries["fc.weight"].adaptable and not entries["fc.bias"].adaptable
+    assert workload.schema_digest() != workload_for("resnet18", 10).schema_digest()
+
+
+def test_schema_round_trips_through_its_canonical_json() -> None:
+    schema = workload_for("lenet", 10).tensor_schema()
+    text = canonical_json(schema).encode("ascii")
+    assert parse_schema(text) == schema
+    state = workload_for("lenet", 10).build_model(0).state_dict()
+    assert state_matches(schema, state) == ""
+    state["fc1.weight"] = state["fc1.weight"][:, :3]
+    assert "fc1.weight" in state_matches(schema, state)
+    for bad in (b"[", b'[{"name": 1}]', text.replace(b",", b", ", 1), b"x" * (2 << 20)):
+        with pytest.raises(ValueError):
+            parse_schema(bad)
 
 
 def test_builtin_load_data_reads_the_shard(tmp_path: Path) -> None:

@@ -160,7 +160,7 @@ def _make_shard(
         dataset=source.name,
         num_classes=source.num_classes,
         input_shape=source.input_shape,
-        scale=source.train.scale,
+        scale=1.0 / source.pixel_max,
         pixel_max=source.pixel_max,
         attacker=attacker,
         backdoor_ids=backdoor_ids,

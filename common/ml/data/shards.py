@@ -197,9 +197,13 @@ def _check_split(path: Path, data: TensorData, meta: ShardMeta) -> None:
             raise ValueError(f"{path}: {name} outside 0..{meta.num_classes - 1}")
 
 
+def read_shard_meta(shard_dir: Path) -> ShardMeta:
+    return meta_from_dict(read_json(shard_dir / SHARD_FILE), shard_dir / SHARD_FILE)
+
+
 def load_shard(shard_dir: Path) -> Shard:
     """Read and validate one participant directory written by `write_partition`."""
-    meta = meta_from_dict(read_json(shard_dir / SHARD_FILE), shard_dir / SHARD_FILE)
+    meta = read_shard_meta(shard_dir)
     splits = {}
     for name in (TRAIN_FILE, TEST_FILE):
         splits[name] = load_split(shard_dir / name, meta.scale)

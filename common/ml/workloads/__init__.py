@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+from fused.common.ml.schema import (
+    TensorEntry,
+    canonical_json,
+    parse_schema,
+    schema_digest,
+    schema_of_model,
+    state_matches,
+)
 from fused.common.ml.workloads.base import (
     EvalCounts,
     LocalData,
@@ -16,7 +24,6 @@ from fused.common.ml.workloads.registry import (
     resolve_workload,
     workload_for,
 )
-from fused.common.ml.workloads.schema import TensorEntry, schema_digest, schema_of
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -27,10 +34,13 @@ __all__ = [
     "Workload",
     "WorkloadError",
     "WorkloadInfo",
+    "canonical_json",
     "clear_cache",
     "default_for",
+    "parse_schema",
     "resolve_workload",
     "schema_digest",
-    "schema_of",
+    "schema_of_model",
+    "state_matches",
     "workload_for",
 ]

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fused.common.ml.data.tensors import TensorData
-from fused.common.ml.workloads.schema import TensorEntry, schema_digest, schema_of
+from fused.common.ml.schema import TensorEntry, schema_digest, schema_of_model
 
 
 class WorkloadError(ValueError):
@@ -47,13 +47,50 @@ class LocalData:
     train: TensorData
     test: TensorData
     num_classes: int | None
+    source: str = ""  # what the data is, for operators' listings ("" = the workload's name)
 
 
 @dataclass(frozen=True)
 class EvalCounts:
+    """A workload's evaluation counts. With classes, one bucket per class; a workload without
+    classes reports one bucket (`correct[0]` of `total[0]` examples met its own criterion)."""
+
     correct: list[int]  # correct[c]: correct predictions among examples labelled c
     total: list[int]  # total[c]: examples labelled c
     loss_sum: float  # summed loss over the examples
+
+    @property
+    def num_examples(self) -> int:
+        return sum(self.total)
+
+    @property
+    def accuracy(self) -> float:
+        n = self.num_examples
+        return sum(self.correct) / n if n > 0 else 0.0
+
+    def __add__(self, other: EvalCounts) -> EvalCounts:
+        if len(self.total) != len(other.total):
+            raise ValueError(
+                f"cannot add counts of {len(self.total)} and {len(other.total)} buckets"
+            )
+        return EvalCounts(
+            [a + b for a, b in zip(self.correct, other.correct, strict=True)],
+            [a + b for a, b in zip(self.total, other.total, strict=True)],
+            self.loss_sum + other.loss_sum,
+        )
+
+
+def classification_counts(outputs: torch.Tensor, targets: torch.Tensor, n: int) -> EvalCounts:
+    """Per-class hits and summed cross-entropy of a batch of logits (B, n) against (B,) labels."""
+    lo, hi = (int(targets.min()), int(targets.max())) if targets.numel() else (0, 0)
+    if lo < 0 or hi >= n:
+        raise ValueError(f"labels must lie in [0, {n}), got values in [{lo}, {hi}]")
+    hit = outputs.argmax(dim=1) == targets
+    return EvalCounts(
+        correct=torch.bincount(targets[hit], minlength=n).tolist(),
+        total=torch.bincount(targets, minlength=n).tolist(),
+        loss_sum=float(F.cross_entropy(outputs.detach().float(), targets, reduction="sum")),
+    )
 
 
 class Workload(ABC):
@@ -104,24 +141,24 @@ class Workload(ABC):
 
     def evaluate(self, outputs: torch.Tensor, targets: torch.Tensor) -> EvalCounts:
         """Per-class correct/total counts and summed loss of one batch (accuracy is their
-        ratio). Needs classes; a workload without them overrides this."""
+        ratio). Needs classes; a workload without them overrides this (one bucket)."""
         if self.num_classes is None:
             raise WorkloadError(self.name, "has no classes: override evaluate()")
-        n = self.num_classes
-        hit = outputs.argmax(dim=1) == targets
-        return EvalCounts(
-            correct=torch.bincount(targets[hit], minlength=n).tolist(),
-            total=torch.bincount(targets, minlength=n).tolist(),
-            loss_sum=float(F.cross_entropy(outputs.detach().float(), targets, reduction="sum")),
-        )
+        return classification_counts(outputs, targets, self.num_classes)
 
     def adaptable(self, name: str) -> bool:
         """Whether FUSED may place adapter entries in parameter tensor `name`: all by default."""
         return True
 
+    def trigger(self, inputs: torch.Tensor, size: int) -> torch.Tensor:
+        """Stored inputs with a backdoor trigger of `size` stamped in, for measuring a backdoor's
+        attack success after unlearning. Only workloads that define a trigger support it."""
+        raise WorkloadError(self.name, "defines no backdoor trigger (override trigger())")
+
     def tensor_schema(self) -> tuple[TensorEntry, ...]:
-        """Names, shapes and dtypes of the model's state dict (seed-independent)."""
-        return schema_of(self.build_model(0).state_dict())
+        """Names, shapes and dtypes of the model's state dict (seed-independent), with which
+        tensors are trainable parameters and which of those FUSED may adapt."""
+        return schema_of_model(self.build_model(0), self.adaptable)
 
     def schema_digest(self) -> str:
         return schema_digest(self.tensor_schema())

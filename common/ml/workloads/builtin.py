@@ -8,8 +8,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
+from fused.common.ml.data.partition import apply_trigger
 from fused.common.ml.data.shards import load_shard
 from fused.common.ml.models.lenet import LeNet5, LeNetConfig
 from fused.common.ml.models.mlp import MLP, MLPConfig
@@ -26,6 +28,7 @@ class ImagePair:
     name: str  # model name
     dataset: str  # the shard's data set (`fusedctl data partition --dataset`)
     input_shape: tuple[int, int, int]  # (C, H, W) of one sample
+    pixel_max: int  # largest raw pixel value; a backdoor trigger is stamped in this value
     description: str
     make: Callable[[int], nn.Module]  # num_classes -> model (global RNG)
 
@@ -37,6 +40,7 @@ PAIRS: dict[str, ImagePair] = {
             "mlp",
             "digits",
             (1, 8, 8),
+            16,
             "MLP 64-128-64-C for the 8x8 digits data set",
             lambda n: MLP(MLPConfig(num_classes=n)),
         ),
@@ -44,6 +48,7 @@ PAIRS: dict[str, ImagePair] = {
             "lenet",
             "fashionmnist",
             (1, 28, 28),
+            255,
             "LeNet-5 (44,426 parameters) for FashionMNIST",
             lambda n: LeNet5(LeNetConfig(num_classes=n)),
         ),
@@ -51,6 +56,7 @@ PAIRS: dict[str, ImagePair] = {
             "resnet18",
             "cifar10",
             (3, 32, 32),
+            255,
             "ResNet-18 with a 3x3 stem for CIFAR-10",
             lambda n: ResNet18(ResNetConfig(num_classes=n)),
         ),
@@ -91,7 +97,12 @@ class ImageClassification(Workload):
             raise WorkloadError(
                 self.name, f"{data_dir} holds {shard.meta.dataset!r}, not {self.pair.dataset!r}"
             )
-        return LocalData(shard.train, shard.test, shard.meta.num_classes)
+        return LocalData(shard.train, shard.test, shard.meta.num_classes, shard.meta.dataset)
+
+    def trigger(self, inputs: torch.Tensor, size: int) -> torch.Tensor:
+        """A white size x size square in the bottom-right corner (as `fusedctl data partition
+        --backdoor` plants it)."""
+        return apply_trigger(inputs, size, self.pair.pixel_max)
 
 
 def builtin(name: str) -> ImageClassification | None:
