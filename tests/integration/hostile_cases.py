@@ -185,7 +185,7 @@ def message_cases(attack: Attack, task: participant_pb2.Task) -> None:
         "unknown field nested in a request",
         lambda: described(m.raw_unary("Register", register)),
         INVALID,
-        "RegisterRequest has unexpected field(s) 7",
+        "RegisterRequest has unexpected field(s) 97",
     )
     train = participant_pb2.TrainResult(update_blob_id=attack.foreign_upload, num_examples=5)
     nested = with_unknown_field(train.SerializeToString(), 12)

@@ -110,7 +110,8 @@ def test_finished_jobs_leave_only_what_versions_need(federation: LocalFederation
     needed = set()
     for m in models:
         meta = json.loads(m.get("meta_json", "{}"))
-        needed |= {m["digest"], meta.get("adapter_digest"), meta.get("base_digest")} - {None}
+        kept = ("adapter_digest", "base_digest", "schema_digest", "init_digest")
+        needed |= {m["digest"], *(meta.get(key) for key in kept)} - {None}
     objects = federation.work_dir / "state" / "artifacts" / "sha256"
     stored = {p.name for p in objects.glob("??/*")}
     assert stored == needed  # the rounds' aggregates and uploads were collected

@@ -175,12 +175,9 @@ def test_poisoning_is_refused_or_capped_and_the_job_completes(federation: Federa
     assert sum(eval2["total"]) == honest_test + 10 * (honest_test // 10)
     assert eval2["accuracy"] < 1.0
 
-    # Trudy registered another data set: left out (reported once), never given a task.
+    # Trudy registered another workload: left out (reported once), never given a task.
     left_out = [e.message for e in events(control, job_id) if e.kind == "participant_left_out"]
-    assert left_out == [
-        "trudy left out of this job: it registered data set 'cifar10' with 10 classes, the "
-        "job uses data set 'digits' with 10 classes"
-    ]
+    assert left_out == ["left out of this job: trudy: serves workload 'lenet', not 'mlp'"]
     assert trudy_task is None
     assert all(TRUDY not in r.participants for r in info.rounds)
 

@@ -30,8 +30,11 @@ from bench.raw_participant import (
     sha256,
     trickle,
 )
+from fused.cli import initial_weights
+from fused.common.domain.specs import TrainingSpec
+from fused.common.domain.train_config import TrainConfig
 from fused.participant.site import builtin_summary
-from fused.proto.v1 import common_pb2, control_pb2, participant_pb2, participant_pb2_grpc
+from fused.proto.v1 import control_pb2, participant_pb2, participant_pb2_grpc
 from fused.tools.launch import LocalFederation, scrape
 
 OK = grpc.StatusCode.OK
@@ -68,16 +71,15 @@ def bench(digits_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 def start_training(fed: LocalFederation, min_participants: int) -> str:
-    spec = control_pb2.TrainingSpec(
+    spec = TrainingSpec(
         rounds=1,
-        train=common_pb2.TrainConfig(local_epochs=1, lr=0.05, batch_size=32, seed=3),
+        train=TrainConfig(local_epochs=1, lr=0.05, batch_size=32, seed=3),
         min_participants=min_participants,
         round_deadline_s=120,
         wait_for_participants_s=30,
         seed=3,
     )
-    job = fed.control().StartTraining(control_pb2.StartTrainingRequest(spec=spec))
-    return str(job.job_id)
+    return str(initial_weights.start_training(fed.control(), spec).job_id)
 
 
 def finished(fed: LocalFederation, job_id: str) -> control_pb2.JobInfo:
