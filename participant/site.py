@@ -51,10 +51,10 @@ class Site:
         """Raise ValueError unless a task names this site's workload and class count."""
         if model_name != self.workload.name:
             raise ValueError(f"this participant serves {self.workload.name!r}, not {model_name!r}")
-        if num_classes != (self.data.num_classes or 0):
+        if num_classes != self.buckets:
             raise ValueError(
                 f"the task is for {num_classes} classes, this participant's "
-                f"{self.workload.name!r} data has {self.data.num_classes or 0}"
+                f"{self.workload.name!r} data has {self.buckets}"
             )
 
 
