@@ -17,9 +17,17 @@ from typing import Any
 
 import grpc
 
+from fused.cli.initial_weights import start_training
+from fused.common.domain.specs import TrainingSpec
 from fused.common.rpc.metering import MD_PARTICIPANT
 from fused.participant.site import builtin_summary
-from fused.proto.v1 import common_pb2, participant_pb2, participant_pb2_grpc
+from fused.proto.v1 import (
+    common_pb2,
+    control_pb2,
+    control_pb2_grpc,
+    participant_pb2,
+    participant_pb2_grpc,
+)
 
 DIGITS = builtin_summary("mlp", [10] * 10, 20, "digits")
 TIMEOUT_S = 30.0
@@ -162,3 +170,25 @@ class RawParticipant:
         request = participant_pb2.UploadStatusRequest(blob_id=digest)
         status = self.stub.GetUploadStatus(request, metadata=self.md, timeout=TIMEOUT_S)
         return int(status.offset)
+
+
+@contextlib.contextmanager
+def held_task(
+    address: str,
+    control: control_pb2_grpc.ControlServiceStub,
+    pid: str,
+    spec: TrainingSpec,
+) -> Iterator[tuple[RawParticipant, str, int]]:
+    """A hand-written participant holding an open task of a training job started with `spec`
+    (uploads belong to one): yields it, the task's job and round; declines the task at the
+    end and waits for the job to finish."""
+    raw = RawParticipant(address, pid)
+    raw.register()
+    job = start_training(control, spec)
+    task = raw.pull_task()
+    try:
+        yield raw, task.job_id, task.round
+    finally:
+        raw.decline(task)
+        list(control.WatchJob(control_pb2.WatchJobRequest(job_id=job.job_id), timeout=120))
+        raw.close()

@@ -23,15 +23,14 @@ from typing import Any
 
 import torch
 
+from bench.raw_participant import held_task
 from bench.round_bytes import CASES, measure_model
 from fused.common.codecs.adapter_codec import decode_adapter, encode_adapter
 from fused.common.codecs.positions import encode_positions, entropy_bound_bytes
 from fused.common.codecs.tensor_codec import decode_tensors, encode_tensors
+from fused.common.domain.specs import TrainingSpec
 from fused.common.ml.adapters import build_layout, mask_indices
 from fused.common.ml.models import init_model
-from fused.common.rpc.channels import create_channel
-from fused.common.rpc.metering import MD_PARTICIPANT
-from fused.participant.site import builtin_summary
 from fused.proto.v1 import common_pb2, participant_pb2, participant_pb2_grpc
 from fused.tools.launch import LocalFederation
 
@@ -112,37 +111,46 @@ def socket_copy_seconds(size: int) -> float:
     return seconds
 
 
+def download_seconds(
+    stub: participant_pb2_grpc.ParticipantServiceStub, md: Any, digest: str, size: int
+) -> list[float]:
+    """Three timed downloads of an artifact the caller may read."""
+    runs = []
+    for _ in range(3):
+        start = time.perf_counter()
+        request = participant_pb2.DownloadBlobRequest(blob_id=digest)
+        got = sum(len(c.data) for c in stub.DownloadBlob(request, metadata=md))
+        runs.append(time.perf_counter() - start)
+        assert got == size
+    return runs
+
+
 def transfer(work: Path, size_mb: int) -> dict[str, float]:
     """Download a size_mb artifact from the coordinator process vs a plain socket copy."""
     payload = hashlib.sha256(b"rpc").digest() * (size_mb * 2**20 // 32)
     digest = hashlib.sha256(payload).hexdigest()
+    spec = TrainingSpec(rounds=1, min_participants=1, round_deadline_s=600)
     with LocalFederation(work) as fed:
         fed.start_coordinator()
-        stub = participant_pb2_grpc.ParticipantServiceStub(create_channel(fed.address))
-        summary = builtin_summary("mlp", [1], 0)
-        stub.Register(participant_pb2.RegisterRequest(participant_id="bench", data=summary))
-        md = ((MD_PARTICIPANT, "bench"),)
-        step = 1 << 20
-        stub.UploadBlob(
-            (
-                common_pb2.BlobChunk(
-                    blob_id=digest, offset=o, data=payload[o : o + step], total_size=len(payload)
-                )
-                for o in range(0, len(payload), step)
-            ),
-            metadata=md,
-        )
-        runs = []
-        for _ in range(3):
-            start = time.perf_counter()
-            got = sum(
-                len(c.data)
-                for c in stub.DownloadBlob(
-                    participant_pb2.DownloadBlobRequest(blob_id=digest), metadata=md
-                )
+        held = held_task(fed.address, fed.control(), "bench", spec)
+        with held as (raw, job_id, round_number):
+            stub, md = raw.stub, raw.md
+            step = 1 << 20
+            stub.UploadBlob(
+                (
+                    common_pb2.BlobChunk(
+                        blob_id=digest,
+                        offset=o,
+                        data=payload[o : o + step],
+                        total_size=len(payload),
+                        job_id=job_id,
+                        round=round_number,
+                    )
+                    for o in range(0, len(payload), step)
+                ),
+                metadata=md,
             )
-            runs.append(time.perf_counter() - start)
-            assert got == len(payload)
+            runs = download_seconds(stub, md, digest, len(payload))
     sockets = [socket_copy_seconds(len(payload)) for _ in range(3)]
     rpc, sock = min(runs), min(sockets)
     return {

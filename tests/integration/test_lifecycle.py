@@ -13,8 +13,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from bench import raw_participant
 from bench.raw_participant import RawParticipant
-from fused.cli.initial_weights import start_training
 from fused.common.domain.specs import TrainingSpec
 from fused.common.domain.train_config import TrainConfig
 from fused.common.rpc.channels import create_channel
@@ -26,6 +26,7 @@ from fused.tools.launch import LocalFederation
 from tests.integration.conftest import NUM_PARTICIPANTS
 from tests.integration.test_training import run_job
 
+Held = tuple[raw_participant.RawParticipant, str, int]
 QUICK = TrainingSpec(
     rounds=1,
     train=TrainConfig(lr=0.05, batch_size=32),
@@ -47,21 +48,9 @@ def register_ghost(fed: LocalFederation, pid: str) -> None:
     )
 
 
-@contextlib.contextmanager
-def held_task(fed: LocalFederation, pid: str) -> Iterator[tuple[RawParticipant, str, int]]:
-    """A hand-written participant holding an open task (uploads belong to one): yields it, the
-    task's job and round; declines the task at the end."""
-    raw = RawParticipant(fed.address, pid)
-    raw.register()
-    job = start_training(fed.control(), QUICK)
-    task = raw.pull_task()
-    try:
-        yield raw, task.job_id, task.round
-    finally:
-        raw.decline(task)
-        control = fed.control()
-        list(control.WatchJob(control_pb2.WatchJobRequest(job_id=job.job_id), timeout=120))
-        raw.close()
+def held_task(fed: LocalFederation, pid: str) -> contextlib.AbstractContextManager[Held]:
+    """A hand-written participant holding an open task of a QUICK training job."""
+    return raw_participant.held_task(fed.address, fed.control(), pid, QUICK)
 
 
 def test_round_deadline_goes_on_without_a_silent_participant(federation: LocalFederation) -> None:
