@@ -15,6 +15,9 @@ from pathlib import Path
 
 import grpc
 
+from fused.cli.initial_weights import start_training
+from fused.common.domain.specs import TrainingSpec
+from fused.common.domain.train_config import TrainConfig
 from fused.common.ml.data.partition import partition_to_directory
 from fused.common.ml.data.partition_config import PartitionConfig
 from fused.proto.v1 import common_pb2, control_pb2
@@ -86,16 +89,15 @@ class Chaos:
         self.fed.start_coordinator(*COORDINATOR_ARGS, port=self.fed.port)
 
     def train(self, rounds: int, min_participants: int, seed: int = 7) -> str:
-        spec = control_pb2.TrainingSpec(
+        spec = TrainingSpec(
             rounds=rounds,
-            train=common_pb2.TrainConfig(local_epochs=2, lr=0.05, batch_size=32, seed=seed),
+            train=TrainConfig(2, 0.05, momentum=0.0, weight_decay=0.0, batch_size=32, seed=seed),
             min_participants=min_participants,
             round_deadline_s=DEADLINE_S,
             seed=seed,
             wait_for_participants_s=60,
         )
-        job = self.control.StartTraining(control_pb2.StartTrainingRequest(spec=spec))
-        return str(job.job_id)
+        return str(start_training(self.control, spec).job_id)
 
     def unlearn(self, base_version: str, forget_pid: str, seed: int = 5) -> str:
         spec = control_pb2.UnlearningSpec(
