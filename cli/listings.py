@@ -71,6 +71,7 @@ def cmd_participants(args: argparse.Namespace) -> int:
         [
             p.participant_id,
             "blocked" if p.blocked else ("online" if p.online else "offline"),
+            _workload(p),
             p.dataset,
             p.num_train,
             p.num_test,
@@ -81,9 +82,18 @@ def cmd_participants(args: argparse.Namespace) -> int:
     emit(
         args,
         as_dict(reply).get("participants", []),
-        lambda: table(["participant", "state", "dataset", "train", "test", "last seen"], rows),
+        lambda: table(
+            ["participant", "state", "workload", "dataset", "train", "test", "last seen"], rows
+        ),
     )
     return 0
+
+
+def _workload(p: control_pb2.ParticipantInfo) -> str:
+    """The workload and its schema digest's first digits, or that it cannot run there."""
+    if p.workload_error:
+        return f"{p.workload} (cannot run: see --json)"
+    return f"{p.workload} {p.workload_version} ({p.schema_digest[:8]})" if p.workload else "-"
 
 
 def version_tree(models: Sequence[control_pb2.ModelVersionInfo]) -> list[tuple[str, Any]]:

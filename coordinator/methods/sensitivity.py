@@ -33,7 +33,7 @@ def sensitivity_check(ctx: JobContext, shapes: dict[str, int]) -> ResultCheck[Se
             raise ValueError("expected a sensitivity result for a sensitivity task")
         check_examples(ctx, outcome, sens.num_examples)
         if set(sens.distances) != set(shapes):
-            raise ValueError("sensitivity distances must name exactly the model's parameters")
+            raise ValueError("sensitivity distances must name exactly the adaptable parameters")
         if not all(v >= 0 and v != float("inf") for v in sens.distances.values()):
             raise ValueError("sensitivity distances must be finite and non-negative")
         return sens
