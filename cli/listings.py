@@ -11,7 +11,7 @@ from fused.cli.client import as_dict, control_stub, emit
 from fused.cli.tables import human_bytes, table, when
 from fused.common.domain.records import RoundRecord
 from fused.common.rpc.control_convert import job_from_proto
-from fused.proto.v1 import control_pb2
+from fused.proto.v1 import common_pb2, control_pb2
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -136,3 +136,36 @@ def cmd_models(args: argparse.Namespace) -> int:
         ),
     )
     return 0
+
+
+def cmd_ledger(args: argparse.Namespace) -> int:
+    """The forget ledger: every applied request, what later jobs leave out."""
+    reply = control_stub(args).ListLedger(control_pb2.ListLedgerRequest(), timeout=30)
+    rows = [
+        [
+            e.entry_id,
+            e.status,
+            forgotten(e.forget),
+            e.requested_by or "-",
+            when(e.requested_at),
+            e.job_id,
+            e.version_id,
+        ]
+        for e in reply.entries
+    ]
+    emit(
+        args,
+        as_dict(reply).get("entries", []),
+        lambda: table(["entry", "status", "forgets", "by", "requested", "job", "version"], rows),
+    )
+    return 0
+
+
+def forgotten(f: common_pb2.ForgetSpec) -> str:
+    """A request in a few words: participant p0, class 3, 50 samples of p1."""
+    if f.paradigm == "participant":
+        return f"participant {f.participant_id}"
+    if f.paradigm == "class":
+        return f"class {f.class_label}"
+    backdoor = f" (backdoor -> {f.trigger_target})" if f.trigger_size else ""
+    return f"{len(f.sample_ids)} samples of {f.participant_id}{backdoor}"

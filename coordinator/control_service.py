@@ -21,6 +21,7 @@ from fused.common.rpc.control_convert import (
     blocked_to_proto,
     event_to_proto,
     job_to_proto,
+    ledger_to_proto,
     model_to_proto,
     participant_to_proto,
     training_spec_from_proto,
@@ -34,7 +35,7 @@ from fused.coordinator.engine.manager import JobManager
 from fused.coordinator.fleet import Fleet, TaskHeldError
 from fused.coordinator.jobs import EvaluationRequest
 from fused.coordinator.participant_service import PARTICIPANT_ID
-from fused.coordinator.rpc_errors import Context, answers
+from fused.coordinator.rpc_errors import Context, answers, caller_id
 from fused.coordinator.state import ParticipantRecord, StateStore
 from fused.coordinator.transfer import Downloads
 from fused.coordinator.versions import ACTIVE_VERSION_KEY, active_version, set_active
@@ -125,14 +126,14 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             raise RequestRefused(
                 NOT_FOUND, f"no artifact {spec.init_weights}: upload the initial weights first"
             )
-        return job_to_proto(self.jobs.start(JobKind.TRAIN, spec))
+        return job_to_proto(self.jobs.start(JobKind.TRAIN, spec, caller_id()))
 
     @answers(rejected="invalid unlearning spec: ")
     async def StartUnlearning(
         self, request: control_pb2.StartUnlearningRequest, context: Context
     ) -> control_pb2.JobInfo:
         spec = unlearning_spec_from_proto(request.spec)
-        return job_to_proto(self.jobs.start(JobKind.UNLEARN, spec))
+        return job_to_proto(self.jobs.start(JobKind.UNLEARN, spec, caller_id()))
 
     @answers(rejected="cannot evaluate: ")
     async def StartEvaluation(
@@ -142,7 +143,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         forget = forget_from_proto(request.forget) if request.HasField("forget") else None
         deadline = request.round_deadline_s or 300.0
         evaluation = EvaluationRequest(version_id, forget, deadline)
-        return job_to_proto(self.jobs.start(JobKind.EVALUATE, evaluation))
+        return job_to_proto(self.jobs.start(JobKind.EVALUATE, evaluation, caller_id()))
 
     @answers()
     async def GetLayers(
@@ -270,6 +271,12 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         if record is None:
             return control_pb2.ParticipantInfo(participant_id=pid)
         return participant_to_proto(record, self.fleet.is_online(pid))
+
+    async def ListLedger(
+        self, request: control_pb2.ListLedgerRequest, context: Context
+    ) -> control_pb2.ListLedgerResponse:
+        entries = self.store.list_ledger()
+        return control_pb2.ListLedgerResponse(entries=[ledger_to_proto(e) for e in entries])
 
     async def ListModels(
         self, request: control_pb2.ListModelsRequest, context: Context

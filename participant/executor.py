@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import torch
 
 from fused.common.codecs.tensor_codec import TensorSchema, schema_of
-from fused.common.domain.tasks import AdapterRef, EvalOutcome, ForgetSpec
+from fused.common.domain.tasks import AdapterRef, EvalOutcome, ForgetSet, ForgetSpec
 from fused.common.domain.train_config import TrainConfig
 from fused.common.ml.adapters import (
     AdapterLayout,
@@ -39,16 +39,20 @@ def local_update(
     weights: Mapping[str, torch.Tensor],
     cfg: TrainConfig,
     forget: ForgetSpec | None = None,
+    excluded: ForgetSet | None = None,
 ) -> tuple[dict[str, torch.Tensor], TrainStats]:
     """One participant's FedAvg step: train from the global weights, return the new ones."""
     model = load_model(site.workload, weights)
-    data = remaining_train(site, forget, cfg.seed)
+    data = remaining_train(site, forget, cfg.seed, excluded)
     stats = train_local(model, data, cfg, objective=site.workload)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, stats
 
 
 def local_sensitivity(
-    site: Site, weights: Mapping[str, torch.Tensor], cfg: TrainConfig
+    site: Site,
+    weights: Mapping[str, torch.Tensor],
+    cfg: TrainConfig,
+    excluded: ForgetSet | None = None,
 ) -> tuple[dict[str, float], int]:
     """Critical layer identification: train one round, report sum |p_after - p_before| per
     adaptable parameter tensor (plain L1, no size normalisation), never the model itself."""
@@ -58,7 +62,8 @@ def local_sensitivity(
         for name, p in model.named_parameters()
         if site.workload.adaptable(name)
     }
-    stats = train_local(model, site.data.train, cfg, objective=site.workload)
+    data = remaining_train(site, None, cfg.seed, excluded)
+    stats = train_local(model, data, cfg, objective=site.workload)
     distances = {
         name: float((p.detach() - before[name]).abs().sum(dtype=torch.float64))
         for name, p in model.named_parameters()
@@ -92,12 +97,13 @@ def local_adapter_update(
     values: Mapping[str, torch.Tensor],
     cfg: TrainConfig,
     forget: ForgetSpec | None,
+    excluded: ForgetSet | None = None,
 ) -> tuple[dict[str, torch.Tensor], TrainStats]:
     """Train only the adapter values on the remaining data; the base stays frozen, norm
     statistics included."""
     model = load_model(site.workload, base)
     trainable = attach_adapter(model, layout, dict(values))
-    data = remaining_train(site, forget, cfg.seed)
+    data = remaining_train(site, forget, cfg.seed, excluded)
     stats = train_local(
         model,
         data,
@@ -110,12 +116,15 @@ def local_adapter_update(
 
 
 def local_evaluate(
-    site: Site, weights: Mapping[str, torch.Tensor], forget: ForgetSpec | None = None
+    site: Site,
+    weights: Mapping[str, torch.Tensor],
+    forget: ForgetSpec | None = None,
+    excluded: ForgetSet | None = None,
 ) -> EvalOutcome:
     """Counts on the remaining test data and on this participant's part of the forgotten set."""
     model = load_model(site.workload, weights)
     n, objective = site.buckets, site.workload
-    kept = evaluate(model, remaining_test(site, forget), n, objective=objective)
+    kept = evaluate(model, remaining_test(site, forget, excluded), n, objective=objective)
     forgotten, labels = forgotten_set(site, forget)
     hit = evaluate(model, forgotten, n, labels=labels, objective=objective)
     return EvalOutcome(

@@ -7,7 +7,7 @@ import dataclasses
 
 import torch
 
-from fused.common.domain.tasks import ForgetSpec
+from fused.common.domain.tasks import ForgetSet, ForgetSpec
 from fused.common.ml.data.tensors import TensorData
 from fused.participant.site import Site
 
@@ -30,10 +30,33 @@ def _num_classes(site: Site) -> int:
     return site.data.num_classes
 
 
-def remaining_train(site: Site, forget: ForgetSpec | None, seed: int) -> TensorData:
-    """D_r on this participant: its training data without the forgotten samples, or, with
-    `relabel` (the research code's variant), with them relabelled to random other classes."""
-    data = site.data.train
+def _without_ledger(site: Site, data: TensorData, excluded: ForgetSet, test: bool) -> TensorData:
+    """`data` without what earlier requests forgot: nothing of a forgotten participant (it
+    refuses training), no forgotten class, none of its own forgotten samples."""
+    if excluded.excludes(site.participant_id):
+        if not test:
+            raise ValueError(
+                f"{site.participant_id} was forgotten (forget ledger): it takes no training "
+                "task until an operator withdraws the request"
+            )
+        return _empty(data)
+    keep = torch.ones(len(data), dtype=torch.bool)
+    if excluded.classes:
+        labels = data.y_true if test else data.y
+        keep &= ~torch.isin(labels, torch.tensor(excluded.classes, dtype=labels.dtype))
+    own = excluded.samples_of(site.participant_id)
+    if own and not test:
+        keep &= ~_holds(data, own)
+    return data if bool(keep.all()) else data.subset(keep)
+
+
+def remaining_train(
+    site: Site, forget: ForgetSpec | None, seed: int, excluded: ForgetSet | None = None
+) -> TensorData:
+    """D_r on this participant: its training data without what the ledger and this request
+    forget, or, with `relabel` (the research code's variant), with this request's samples
+    relabelled to random other classes."""
+    data = _without_ledger(site, site.data.train, excluded or ForgetSet(), test=False)
     if forget is None:
         return data
     me = site.participant_id
@@ -54,9 +77,11 @@ def remaining_train(site: Site, forget: ForgetSpec | None, seed: int) -> TensorD
     return dataclasses.replace(data, y=torch.where(hit, (data.y + shift) % n, data.y))
 
 
-def remaining_test(site: Site, forget: ForgetSpec | None) -> TensorData:
-    """The test data RA is measured on."""
-    data = site.data.test
+def remaining_test(
+    site: Site, forget: ForgetSpec | None, excluded: ForgetSet | None = None
+) -> TensorData:
+    """The test data RA is measured on: without forgotten participants and classes."""
+    data = _without_ledger(site, site.data.test, excluded or ForgetSet(), test=True)
     if forget is None:
         return data
     if forget.paradigm == "participant" and forget.participant_id == site.participant_id:

@@ -114,7 +114,7 @@ def _adapter(
 
 def train(task: TaskSpec, ctx: TaskContext, transport: ArtifactTransport) -> TaskOutcome:
     """FedAvg step on the remaining data; upload the new weights."""
-    state, stats = local_update(ctx.site, ctx.weights, task.train, task.forget)
+    state, stats = local_update(ctx.site, ctx.weights, task.train, task.forget, task.excluded)
     check_finite(stats, state)
     blob = encode_tensors(state, {"model": task.model_name})
     return _trained(task, ctx, transport.upload(blob), stats)
@@ -125,7 +125,7 @@ def adapter_train(task: TaskSpec, ctx: TaskContext, transport: ArtifactTransport
     if ctx.layout is None or task.adapter is None:
         raise ValueError("an adapter training task without an adapter")
     new_values, stats = local_adapter_update(
-        ctx.site, ctx.weights, ctx.layout, ctx.values, task.train, task.forget
+        ctx.site, ctx.weights, ctx.layout, ctx.values, task.train, task.forget, task.excluded
     )
     check_finite(stats, new_values)
     blob = encode_adapter(ctx.layout, new_values, dtype=task.adapter.upload_dtype)
@@ -143,7 +143,7 @@ def evaluate(task: TaskSpec, ctx: TaskContext, transport: ArtifactTransport) -> 
     weights = ctx.weights
     if ctx.layout is not None:
         weights = merge_weights(weights, ctx.layout, ctx.values)
-    ev = local_evaluate(ctx.site, weights, task.forget)
+    ev = local_evaluate(ctx.site, weights, task.forget, task.excluded)
     if not math.isfinite(ev.loss_sum):
         raise NonFiniteResult(f"evaluation loss is {ev.loss_sum} (the model may be poisoned)")
     return TaskOutcome(ctx.site.participant_id, task.task_id, eval=ev)
@@ -151,7 +151,7 @@ def evaluate(task: TaskSpec, ctx: TaskContext, transport: ArtifactTransport) -> 
 
 def sensitivity(task: TaskSpec, ctx: TaskContext, transport: ArtifactTransport) -> TaskOutcome:
     """Per-tensor L1 distances after one round of training; the model stays here."""
-    distances, n = local_sensitivity(ctx.site, ctx.weights, task.train)
+    distances, n = local_sensitivity(ctx.site, ctx.weights, task.train, task.excluded)
     if not all(math.isfinite(d) for d in distances.values()):
         raise NonFiniteResult("local training diverged: non-finite layer distances")
     outcome = SensitivityOutcome(distances, n)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -49,6 +49,9 @@ class ForgetSpec:
         if self.trigger_size > 0 and (self.trigger_target < 0 or target_too_high):
             raise ValueError(f"trigger_target {self.trigger_target} is not a class of this model")
 
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ForgetSpec:
         """From the stored JSON form (dataclasses.asdict)."""
@@ -63,6 +66,53 @@ class ForgetSpec:
         if self.sample_ids and participant_id != self.participant_id:
             return dataclasses.replace(self, sample_ids=())
         return self
+
+
+@dataclass(frozen=True)
+class HeldSamples:
+    participant_id: str
+    sample_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ForgetSet:
+    """What a job leaves out by the forget ledger: forgotten participants take no training
+    task; forgotten classes and samples are dropped by every participant that holds them."""
+
+    participants: tuple[str, ...] = ()
+    classes: tuple[int, ...] = ()
+    samples: tuple[HeldSamples, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.participants or self.classes or self.samples)
+
+    def excludes(self, participant_id: str) -> bool:
+        return participant_id in self.participants
+
+    def samples_of(self, participant_id: str) -> tuple[int, ...]:
+        return next((h.sample_ids for h in self.samples if h.participant_id == participant_id), ())
+
+    def for_participant(self, participant_id: str) -> ForgetSet:
+        """As sent to one participant: sample ids only of its own."""
+        own = tuple(h for h in self.samples if h.participant_id == participant_id)
+        return dataclasses.replace(self, samples=own)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> ForgetSet:
+        if not data:
+            return cls()
+        samples = tuple(
+            HeldSamples(str(h["participant_id"]), tuple(int(i) for i in h["sample_ids"]))
+            for h in data.get("samples", ())
+        )
+        return cls(
+            tuple(str(p) for p in data.get("participants", ())),
+            tuple(int(c) for c in data.get("classes", ())),
+            samples,
+        )
 
 
 @dataclass(frozen=True)
@@ -91,6 +141,7 @@ class TaskSpec:
     deadline_unix: float
     forget: ForgetSpec | None = None
     adapter: AdapterRef | None = None
+    excluded: ForgetSet = field(default_factory=ForgetSet)  # the forget ledger's, for this job
 
     def blob_ids(self) -> tuple[str, ...]:
         """The artifacts this task reads."""

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 
 from fused.common.domain.aggregation_policy import AggregationPolicy
+from fused.common.domain.ledger import LedgerEntry, LedgerStatus
 from fused.common.domain.record_codec import field_codecs, from_json, to_json
 from fused.common.domain.records import (
     OFFER_KEYS,
@@ -198,3 +199,29 @@ def model_to_proto(v: ModelVersion, active: bool) -> control_pb2.ModelVersionInf
 
 def model_from_proto(msg: control_pb2.ModelVersionInfo) -> tuple[ModelVersion, bool]:
     return _from_proto(ModelVersion, msg), msg.active
+
+
+def ledger_to_proto(entry: LedgerEntry) -> control_pb2.LedgerEntryInfo:
+    return control_pb2.LedgerEntryInfo(
+        entry_id=entry.entry_id,
+        forget=forget_to_proto(entry.forget),
+        requested_by=entry.requested_by,
+        requested_at=entry.requested_at,
+        job_id=entry.job_id,
+        version_id=entry.version_id,
+        status=entry.status.value,
+        changed_at=entry.changed_at,
+    )
+
+
+def ledger_from_proto(msg: control_pb2.LedgerEntryInfo) -> LedgerEntry:
+    return LedgerEntry(
+        msg.entry_id,
+        forget_from_proto(msg.forget),
+        msg.requested_by,
+        msg.requested_at,
+        msg.job_id,
+        msg.version_id,
+        LedgerStatus(msg.status),
+        msg.changed_at,
+    )

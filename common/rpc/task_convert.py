@@ -7,7 +7,9 @@ from typing import Any
 from fused.common.domain.tasks import (
     AdapterRef,
     EvalOutcome,
+    ForgetSet,
     ForgetSpec,
+    HeldSamples,
     SensitivityOutcome,
     TaskKind,
     TaskOutcome,
@@ -86,12 +88,28 @@ def adapter_from_proto(msg: participant_pb2.AdapterSpec) -> AdapterRef:
     )
 
 
+def forget_set_to_proto(excluded: ForgetSet) -> common_pb2.ForgetSet:
+    samples = [
+        common_pb2.HeldSamples(participant_id=h.participant_id, sample_ids=h.sample_ids)
+        for h in excluded.samples
+    ]
+    return common_pb2.ForgetSet(
+        participants=excluded.participants, classes=excluded.classes, samples=samples
+    )
+
+
+def forget_set_from_proto(msg: common_pb2.ForgetSet) -> ForgetSet:
+    samples = tuple(HeldSamples(h.participant_id, tuple(h.sample_ids)) for h in msg.samples)
+    return ForgetSet(tuple(msg.participants), tuple(msg.classes), samples)
+
+
 def task_to_proto(task: TaskSpec) -> participant_pb2.Task:
     return participant_pb2.Task(
         kind=_TASK_KINDS[task.kind],
         train=train_config_to_proto(task.train),
         forget=forget_to_proto(task.forget) if task.forget else None,
         adapter=adapter_to_proto(task.adapter) if task.adapter else None,
+        excluded=forget_set_to_proto(task.excluded),
         **copy_fields(task, _TASK_FIELDS),
     )
 
@@ -104,6 +122,7 @@ def task_from_proto(msg: participant_pb2.Task) -> TaskSpec:
         train=train_config_from_proto(msg.train),
         forget=forget_from_proto(msg.forget) if msg.HasField("forget") else None,
         adapter=adapter_from_proto(msg.adapter) if msg.HasField("adapter") else None,
+        excluded=forget_set_from_proto(msg.excluded),
         **copy_fields(msg, _TASK_FIELDS),
     )
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from fused.common.domain.aggregation_policy import AggregationPolicy
 from fused.common.domain.records import JobEvent, Phase
 from fused.common.domain.round_metrics import ByteSummary
+from fused.common.domain.tasks import ForgetSet
 from fused.common.runtime.logs import set_log_fields
 from fused.coordinator.artifacts import ArtifactStore
 from fused.coordinator.fleet import Fleet
@@ -76,6 +77,8 @@ class JobContext:
     federation: Federation | None = None  # set by the job kind: None admits any participant
     policy: AggregationPolicy = field(default_factory=AggregationPolicy)
     left_out: set[str] = field(default_factory=set)  # participants reported as left out
+    excluded: ForgetSet = field(default_factory=ForgetSet)  # the forget ledger's, at creation
+    requested_by: str = ""  # the caller that started the job
 
     def progress(self, phase: Phase, round_number: int) -> None:
         self.store.update_job(self.job_id, phase=phase.value, round=round_number)

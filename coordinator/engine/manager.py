@@ -11,7 +11,9 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any
 
+from fused.common.domain.ledger import forget_set
 from fused.common.domain.records import JobEvent, JobKind, JobRecord, JobStatus
+from fused.common.domain.tasks import ForgetSet
 from fused.common.runtime.logs import set_log_fields
 from fused.coordinator.accounting import ByteKey
 from fused.coordinator.artifacts import ArtifactStore
@@ -24,6 +26,10 @@ from fused.coordinator.metrics import CoordinatorMetrics
 from fused.coordinator.state import StateStore
 
 log = logging.getLogger(__name__)
+
+# Keys the manager adds to every stored job spec (the kinds' own specs never see them).
+EXCLUDED_KEY = "excluded"  # the forget ledger's ForgetSet when the job was created
+REQUESTED_BY_KEY = "requested_by"  # the caller that started it
 
 TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED})
 
@@ -70,10 +76,17 @@ class JobManager:
                 failed.append(job.job_id)
         return resumed, failed
 
-    def start(self, kind: JobKind, request: Any) -> JobRecord:
-        """Start a job of `kind`; SpecError if the request is invalid."""
+    def start(self, kind: JobKind, request: Any, requested_by: str = "") -> JobRecord:
+        """Start a job of `kind` for caller `requested_by`; SpecError if the request is
+        invalid. The forget ledger's binding entries as of now are stored with the job, so a
+        resumed job leaves out exactly what it left out before."""
         handler = self._kinds[kind]
-        spec = handler.prepare(self._store, request)
+        excluded = forget_set(self._store.list_ledger())
+        spec = {
+            **handler.prepare(self._store, request),
+            EXCLUDED_KEY: excluded.to_dict(),
+            REQUESTED_BY_KEY: requested_by,
+        }
         now = self._clock()
         record = JobRecord(
             job_id=new_id("job"),
@@ -101,7 +114,10 @@ class JobManager:
             round_bytes=lambda phase, r: self.round_bytes(record.job_id, phase, r),
             clock=self._clock,
         )
-        run = handler.run(ctx, record.spec, resume)
+        spec = dict(record.spec)
+        ctx.excluded = ForgetSet.from_dict(spec.pop(EXCLUDED_KEY, None))
+        ctx.requested_by = str(spec.pop(REQUESTED_BY_KEY, ""))
+        run = handler.run(ctx, spec, resume)
         self._running[record.job_id] = asyncio.create_task(self._run(ctx, handler, run))
 
     async def _run(

@@ -146,8 +146,13 @@ def select_participants(online: list[str], k: int, seed: int, r: int) -> list[st
 
 
 def eligible(ctx: JobContext, forget: ForgetSpec | None) -> list[str]:
-    """Members of the job that hold remaining data."""
-    return [p for p in members(ctx) if forget is None or not forget.excludes(p)]
+    """Members of the job that may train: not forgotten by this request nor by the forget
+    ledger (a forgotten participant still evaluates, for the forgotten set's accuracy)."""
+    return [
+        p
+        for p in members(ctx)
+        if not ctx.excluded.excludes(p) and (forget is None or not forget.excludes(p))
+    ]
 
 
 def registered_test(ctx: JobContext, pid: str) -> int:

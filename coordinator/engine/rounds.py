@@ -64,6 +64,7 @@ def _task(ctx: JobContext, plan: RoundPlan, pid: str, deadline: float) -> TaskSp
         deadline_unix=deadline,
         forget=plan.forget.for_participant(pid) if plan.forget else None,
         adapter=plan.adapter,
+        excluded=ctx.excluded.for_participant(pid),
     )
 
 

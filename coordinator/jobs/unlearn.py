@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from fused.common.domain.ledger import LedgerEntry, LedgerStatus
 from fused.common.domain.records import JobKind, Phase, VersionKind
 from fused.common.domain.round_metrics import EvalSummary
 from fused.common.domain.specs import UnlearningSpec
+from fused.common.domain.tasks import ForgetSpec
 from fused.common.domain.version_meta import UnlearnedMeta, VersionMeta
 from fused.coordinator.engine.checkpoints import committed_round
 from fused.coordinator.engine.context import JobContext, JobFailed
@@ -50,8 +52,10 @@ class UnlearningJob(JobKindHandler):
         after = unlearned.history[-1].evaluation
         assert after is not None  # the last round is always evaluated
         version = publish_version(ctx, _new_version(spec, base, unlearned, after))
+        entry = record_request(ctx, spec.forget, version.version_id)
         details = {
             "version_id": version.version_id,
+            "ledger_entry": entry.entry_id,
             "base_version": base.version.version_id,
             "method": spec.method,
             "ra_before": before.accuracy,
@@ -70,6 +74,30 @@ class UnlearningJob(JobKindHandler):
             f"FA {_fmt(before.fa)} -> {_fmt(after.fa)}"
         )
         return JobResult(summary, details)
+
+
+def record_request(ctx: JobContext, forget: ForgetSpec, version_id: str) -> LedgerEntry:
+    """The request in the forget ledger, active: every later job leaves its data out. One
+    entry per job (its id derives from the job's), so a resumed job never adds a second."""
+    entry_id = "f-" + ctx.job_id.removeprefix("job-")
+    existing = next((e for e in ctx.store.list_ledger() if e.entry_id == entry_id), None)
+    if existing is not None:
+        return existing
+    job = ctx.store.get_job(ctx.job_id)
+    requested_at = job.created_at if job is not None else ctx.clock()
+    entry = LedgerEntry(
+        entry_id,
+        forget,
+        ctx.requested_by,
+        requested_at,
+        ctx.job_id,
+        version_id,
+        LedgerStatus.ACTIVE,
+        ctx.clock(),
+    )
+    ctx.store.add_ledger_entry(entry)
+    ctx.emit("ledger_recorded", "", 0, f"forget ledger: {entry_id} active", {"entry": entry_id})
+    return entry
 
 
 async def resolve_base(ctx: JobContext, spec: UnlearningSpec) -> Base:

@@ -12,7 +12,7 @@ from fused.common.domain.tasks import SensitivityOutcome, TaskKind, TaskOutcome
 from fused.common.ml.plausibility import capped_weights
 from fused.coordinator.engine.checkpoints import committed_round
 from fused.coordinator.engine.context import JobContext, JobFailed
-from fused.coordinator.engine.participants import check_examples, members
+from fused.coordinator.engine.participants import check_examples, eligible
 from fused.coordinator.engine.rounds import (
     RoundPlan,
     RoundResult,
@@ -55,7 +55,7 @@ async def critical_layers(
         Phase.SENSITIVITY,
         1,
         TaskKind.SENSITIVITY,
-        members(ctx),
+        eligible(ctx, None),  # this request's participant too, not earlier ones
         base.version.digest,
         base.model.name,
         base.model.num_classes,

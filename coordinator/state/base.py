@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from fused.common.domain.ledger import LedgerEntry, LedgerStatus
 from fused.common.domain.records import (
     BlockedParticipant,
     JobEvent,
@@ -60,6 +61,19 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     def list_blocked(self) -> list[BlockedParticipant]:
         """Sorted by participant_id."""
+
+    # the forget ledger (append-only: entries are added, only their status changes)
+    @abc.abstractmethod
+    def add_ledger_entry(self, entry: LedgerEntry) -> None:
+        """Raises ValueError if the id exists."""
+
+    @abc.abstractmethod
+    def list_ledger(self) -> list[LedgerEntry]:
+        """Oldest first (requested_at, then entry_id)."""
+
+    @abc.abstractmethod
+    def set_ledger_status(self, entry_id: str, status: LedgerStatus, when: float) -> LedgerEntry:
+        """Change an entry's status; raises UnknownRecordError for an unknown id."""
 
     # jobs
     @abc.abstractmethod

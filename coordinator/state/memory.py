@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from fused.common.domain.ledger import LedgerEntry, LedgerStatus
 from fused.common.domain.record_codec import normalized
 from fused.common.domain.records import (
     BlockedParticipant,
@@ -54,6 +55,7 @@ class InMemoryStateStore(StateStore):
         self._events: dict[str, list[JobEvent]] = {}
         self._settings: dict[str, str] = {}
         self._blocked: dict[str, BlockedParticipant] = {}
+        self._ledger: dict[str, LedgerEntry] = {}
 
     # participants
     def upsert_participant(self, record: ParticipantRecord) -> None:
@@ -93,6 +95,27 @@ class InMemoryStateStore(StateStore):
     def list_blocked(self) -> list[BlockedParticipant]:
         with self._lock:
             return [copy.deepcopy(self._blocked[k]) for k in sorted(self._blocked)]
+
+    # the forget ledger
+    def add_ledger_entry(self, entry: LedgerEntry) -> None:
+        stored = normalized(entry)
+        with self._lock:
+            if stored.entry_id in self._ledger:
+                raise ValueError(f"ledger entry {stored.entry_id!r} already exists")
+            self._ledger[stored.entry_id] = stored
+
+    def list_ledger(self) -> list[LedgerEntry]:
+        with self._lock:
+            entries = sorted(self._ledger.values(), key=lambda e: (e.requested_at, e.entry_id))
+            return [copy.deepcopy(e) for e in entries]
+
+    def set_ledger_status(self, entry_id: str, status: LedgerStatus, when: float) -> LedgerEntry:
+        with self._lock:
+            entry = self._ledger.get(entry_id)
+            if entry is None:
+                raise UnknownRecordError(entry_id)
+            entry.status, entry.changed_at = LedgerStatus(status), float(when)
+            return copy.deepcopy(entry)
 
     # jobs
     def create_job(self, record: JobRecord) -> None:

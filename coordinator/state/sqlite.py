@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from fused.common.domain.ledger import LedgerEntry, LedgerStatus
 from fused.common.domain.records import (
     BlockedParticipant,
     JobEvent,
@@ -28,6 +29,7 @@ from fused.coordinator.state.sqlite_rows import (
     BLOCKED_COLS,
     EVENT_COLS,
     JOB_COLS,
+    LEDGER_COLS,
     MIGRATIONS,
     PARTICIPANT_COLS,
     ROUND_COLS,
@@ -166,6 +168,33 @@ class SqliteStateStore(StateStore):
             f"SELECT {BLOCKED_COLS} FROM blocked_participants ORDER BY participant_id"
         )
         return [from_row(BlockedParticipant, r) for r in rows]
+
+    # the forget ledger
+    def add_ledger_entry(self, entry: LedgerEntry) -> None:
+        with self._write() as conn:
+            if self._exists(conn, "ledger", "entry_id", entry.entry_id):
+                raise ValueError(f"ledger entry {entry.entry_id!r} already exists")
+            conn.execute(
+                f"INSERT INTO ledger ({LEDGER_COLS}) VALUES ({placeholders(LEDGER_COLS)})",
+                to_row(entry),
+            )
+
+    def list_ledger(self) -> list[LedgerEntry]:
+        rows = self._query(f"SELECT {LEDGER_COLS} FROM ledger ORDER BY requested_at, entry_id")
+        return [from_row(LedgerEntry, r) for r in rows]
+
+    def set_ledger_status(self, entry_id: str, status: LedgerStatus, when: float) -> LedgerEntry:
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE ledger SET status = ?, changed_at = ? WHERE entry_id = ?",
+                (LedgerStatus(status).value, float(when), entry_id),
+            )
+            if cursor.rowcount == 0:
+                raise UnknownRecordError(entry_id)
+            row = conn.execute(
+                f"SELECT {LEDGER_COLS} FROM ledger WHERE entry_id = ?", (entry_id,)
+            ).fetchone()
+        return from_row(LedgerEntry, row)
 
     # jobs
     def create_job(self, record: JobRecord) -> None:

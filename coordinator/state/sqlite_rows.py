@@ -10,6 +10,7 @@ import json
 import sqlite3
 from typing import Any, TypeVar
 
+from fused.common.domain.ledger import LedgerEntry
 from fused.common.domain.record_codec import field_codecs, from_json, is_structured, to_json
 from fused.common.domain.records import (
     BlockedParticipant,
@@ -22,7 +23,7 @@ from fused.common.domain.records import (
 
 R = TypeVar("R")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Index i holds the statements that take a database from version i to version i + 1.
 MIGRATIONS: list[list[str]] = [
@@ -109,6 +110,20 @@ MIGRATIONS: list[list[str]] = [
         )
         """,
     ],
+    [  # 3: the forget ledger (every applied unlearning request; only its status changes)
+        """
+        CREATE TABLE ledger (
+            entry_id     TEXT PRIMARY KEY,
+            forget       TEXT NOT NULL,   -- JSON ForgetSpec
+            requested_by TEXT NOT NULL,
+            requested_at REAL NOT NULL,
+            job_id       TEXT NOT NULL,
+            version_id   TEXT NOT NULL,
+            status       TEXT NOT NULL,
+            changed_at   REAL NOT NULL
+        )
+        """,
+    ],
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -124,6 +139,7 @@ ROUND_COLS = columns(RoundRecord)
 VERSION_COLS = columns(ModelVersion)
 EVENT_COLS = columns(JobEvent)
 BLOCKED_COLS = columns(BlockedParticipant)
+LEDGER_COLS = columns(LedgerEntry)
 
 
 class SchemaVersionError(RuntimeError):

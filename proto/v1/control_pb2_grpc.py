@@ -101,6 +101,11 @@ class ControlServiceStub:
                 request_serializer=fused_dot_proto_dot_v1_dot_control__pb2.ExportModelRequest.SerializeToString,
                 response_deserializer=fused_dot_proto_dot_v1_dot_common__pb2.BlobChunk.FromString,
                 _registered_method=True)
+        self.ListLedger = channel.unary_unary(
+                '/fused.v1.ControlService/ListLedger',
+                request_serializer=fused_dot_proto_dot_v1_dot_control__pb2.ListLedgerRequest.SerializeToString,
+                response_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.ListLedgerResponse.FromString,
+                _registered_method=True)
         self.UploadArtifact = channel.stream_unary(
                 '/fused.v1.ControlService/UploadArtifact',
                 request_serializer=fused_dot_proto_dot_v1_dot_common__pb2.BlobChunk.SerializeToString,
@@ -208,6 +213,13 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListLedger(self, request, context):
+        """The forget ledger: every applied unlearning request, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UploadArtifact(self, request_iterator, context):
         """Stores an artifact (a training job's initial weights); returns its sha256 digest.
         """
@@ -304,6 +316,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.ExportModel,
                     request_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.ExportModelRequest.FromString,
                     response_serializer=fused_dot_proto_dot_v1_dot_common__pb2.BlobChunk.SerializeToString,
+            ),
+            'ListLedger': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLedger,
+                    request_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.ListLedgerRequest.FromString,
+                    response_serializer=fused_dot_proto_dot_v1_dot_control__pb2.ListLedgerResponse.SerializeToString,
             ),
             'UploadArtifact': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadArtifact,
@@ -678,6 +695,33 @@ class ControlService:
             '/fused.v1.ControlService/ExportModel',
             fused_dot_proto_dot_v1_dot_control__pb2.ExportModelRequest.SerializeToString,
             fused_dot_proto_dot_v1_dot_common__pb2.BlobChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLedger(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fused.v1.ControlService/ListLedger',
+            fused_dot_proto_dot_v1_dot_control__pb2.ListLedgerRequest.SerializeToString,
+            fused_dot_proto_dot_v1_dot_control__pb2.ListLedgerResponse.FromString,
             options,
             channel_credentials,
             insecure,

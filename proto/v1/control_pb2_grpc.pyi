@@ -50,6 +50,8 @@ class ControlServiceStub:
     ListParticipants: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListParticipantsRequest, _control_pb2.ListParticipantsResponse]
     ListModels: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListModelsRequest, _control_pb2.ListModelsResponse]
     ExportModel: _grpc.UnaryStreamMultiCallable[_control_pb2.ExportModelRequest, _common_pb2.BlobChunk]
+    ListLedger: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListLedgerRequest, _control_pb2.ListLedgerResponse]
+    """The forget ledger: every applied unlearning request, oldest first."""
     UploadArtifact: _grpc.StreamUnaryMultiCallable[_common_pb2.BlobChunk, _control_pb2.ArtifactInfo]
     """Stores an artifact (a training job's initial weights); returns its sha256 digest."""
     RemoveParticipant: _grpc.UnaryUnaryMultiCallable[_control_pb2.ParticipantRequest, _control_pb2.ParticipantInfo]
@@ -83,6 +85,8 @@ class ControlServiceAsyncStub(ControlServiceStub):
     ListParticipants: _aio.UnaryUnaryMultiCallable[_control_pb2.ListParticipantsRequest, _control_pb2.ListParticipantsResponse]  # type: ignore[assignment]
     ListModels: _aio.UnaryUnaryMultiCallable[_control_pb2.ListModelsRequest, _control_pb2.ListModelsResponse]  # type: ignore[assignment]
     ExportModel: _aio.UnaryStreamMultiCallable[_control_pb2.ExportModelRequest, _common_pb2.BlobChunk]  # type: ignore[assignment]
+    ListLedger: _aio.UnaryUnaryMultiCallable[_control_pb2.ListLedgerRequest, _control_pb2.ListLedgerResponse]  # type: ignore[assignment]
+    """The forget ledger: every applied unlearning request, oldest first."""
     UploadArtifact: _aio.StreamUnaryMultiCallable[_common_pb2.BlobChunk, _control_pb2.ArtifactInfo]  # type: ignore[assignment]
     """Stores an artifact (a training job's initial weights); returns its sha256 digest."""
     RemoveParticipant: _aio.UnaryUnaryMultiCallable[_control_pb2.ParticipantRequest, _control_pb2.ParticipantInfo]  # type: ignore[assignment]
@@ -191,6 +195,14 @@ class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _control_pb2.ExportModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_common_pb2.BlobChunk], _abc.AsyncIterator[_common_pb2.BlobChunk]]: ...
+
+    @_abc_1.abstractmethod
+    def ListLedger(
+        self,
+        request: _control_pb2.ListLedgerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ListLedgerResponse, _abc.Awaitable[_control_pb2.ListLedgerResponse]]:
+        """The forget ledger: every applied unlearning request, oldest first."""
 
     @_abc_1.abstractmethod
     def UploadArtifact(

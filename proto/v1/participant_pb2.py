@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from fused.proto.v1 import common_pb2 as fused_dot_proto_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n fused/proto/v1/participant.proto\x12\x08\x66used.v1\x1a\x1b\x66used/proto/v1/common.proto\"\xe0\x01\n\x0b\x44\x61taSummary\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x14\n\x0c\x63lass_counts\x18\x02 \x03(\x04\x12\x11\n\tnum_train\x18\x03 \x01(\x04\x12\x10\n\x08num_test\x18\x04 \x01(\x04\x12\x10\n\x08workload\x18\x05 \x01(\t\x12\x18\n\x10workload_version\x18\x06 \x01(\t\x12\x15\n\rtensor_schema\x18\x07 \x01(\x0c\x12\x15\n\rschema_digest\x18\x08 \x01(\t\x12\x13\n\x0bnum_classes\x18\t \x01(\r\x12\x16\n\x0eworkload_error\x18\n \x01(\t\"e\n\x0fRegisterRequest\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12#\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x15.fused.v1.DataSummary\x12\x15\n\ragent_version\x18\x03 \x01(\t\"t\n\x10RegisterResponse\x12\x1c\n\x14heartbeat_interval_s\x18\x01 \x01(\x01\x12\x13\n\x0bpoll_wait_s\x18\x02 \x01(\x01\x12\x13\n\x0b\x63hunk_bytes\x18\x03 \x01(\x04\x12\x18\n\x10max_upload_bytes\x18\x04 \x01(\x04\";\n\x10HeartbeatRequest\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\"\'\n\x11HeartbeatResponse\x12\x12\n\nregistered\x18\x01 \x01(\x08\"9\n\x0fPullTaskRequest\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x0e\n\x06wait_s\x18\x02 \x01(\x01\"\x84\x01\n\x0b\x41\x64\x61pterSpec\x12\x0e\n\x06layers\x18\x01 \x03(\t\x12\x0f\n\x07\x64\x65nsity\x18\x02 \x01(\x01\x12\x11\n\tmask_seed\x18\x03 \x01(\x04\x12\x13\n\x0bmask_digest\x18\x04 \x01(\t\x12\x16\n\x0evalues_blob_id\x18\x05 \x01(\t\x12\x14\n\x0cupload_dtype\x18\x06 \x01(\t\"\xb2\x02\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05phase\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\r\x12 \n\x04kind\x18\x05 \x01(\x0e\x32\x12.fused.v1.TaskKind\x12\x15\n\rmodel_blob_id\x18\x06 \x01(\t\x12\x12\n\nmodel_name\x18\x07 \x01(\t\x12\x13\n\x0bnum_classes\x18\x08 \x01(\r\x12$\n\x05train\x18\t \x01(\x0b\x32\x15.fused.v1.TrainConfig\x12\x15\n\rdeadline_unix\x18\n \x01(\x01\x12$\n\x06\x66orget\x18\x0b \x01(\x0b\x32\x14.fused.v1.ForgetSpec\x12&\n\x07\x61\x64\x61pter\x18\x0c \x01(\x0b\x32\x15.fused.v1.AdapterSpec\"0\n\x10PullTaskResponse\x12\x1c\n\x04task\x18\x01 \x01(\x0b\x32\x0e.fused.v1.Task\"_\n\x0bTrainResult\x12\x16\n\x0eupdate_blob_id\x18\x01 \x01(\t\x12\x14\n\x0cnum_examples\x18\x02 \x01(\x04\x12\x11\n\tmean_loss\x18\x03 \x01(\x01\x12\x0f\n\x07seconds\x18\x04 \x01(\x01\"l\n\nEvalResult\x12\x0f\n\x07\x63orrect\x18\x01 \x03(\x04\x12\r\n\x05total\x18\x02 \x03(\x04\x12\x10\n\x08loss_sum\x18\x03 \x01(\x01\x12\x16\n\x0e\x66orget_correct\x18\x04 \x01(\x04\x12\x14\n\x0c\x66orget_total\x18\x05 \x01(\x04\"\x9a\x01\n\x11SensitivityResult\x12=\n\tdistances\x18\x01 \x03(\x0b\x32*.fused.v1.SensitivityResult.DistancesEntry\x12\x14\n\x0cnum_examples\x18\x02 \x01(\x04\x1a\x30\n\x0e\x44istancesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x1c\n\tTaskError\x12\x0f\n\x07message\x18\x01 \x01(\t\"\xef\x01\n\x11PushResultRequest\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12&\n\x05train\x18\x03 \x01(\x0b\x32\x15.fused.v1.TrainResultH\x00\x12$\n\x04\x65val\x18\x04 \x01(\x0b\x32\x14.fused.v1.EvalResultH\x00\x12$\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x13.fused.v1.TaskErrorH\x00\x12\x32\n\x0bsensitivity\x18\x06 \x01(\x0b\x32\x1b.fused.v1.SensitivityResultH\x00\x42\t\n\x07outcome\"7\n\x12PushResultResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"6\n\x13\x44ownloadBlobRequest\x12\x0f\n\x07\x62lob_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"E\n\x13UploadStatusRequest\x12\x0f\n\x07\x62lob_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\"8\n\x14UploadStatusResponse\x12\x10\n\x08\x63omplete\x18\x01 \x01(\x08\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"3\n\x12UploadBlobResponse\x12\x0f\n\x07\x62lob_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04*\x8a\x01\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fTASK_KIND_TRAIN\x10\x01\x12\x16\n\x12TASK_KIND_EVALUATE\x10\x02\x12\x19\n\x15TASK_KIND_SENSITIVITY\x10\x03\x12\x1b\n\x17TASK_KIND_ADAPTER_TRAIN\x10\x04\x32\x84\x04\n\x12ParticipantService\x12\x41\n\x08Register\x12\x19.fused.v1.RegisterRequest\x1a\x1a.fused.v1.RegisterResponse\x12\x44\n\tHeartbeat\x12\x1a.fused.v1.HeartbeatRequest\x1a\x1b.fused.v1.HeartbeatResponse\x12\x41\n\x08PullTask\x12\x19.fused.v1.PullTaskRequest\x1a\x1a.fused.v1.PullTaskResponse\x12G\n\nPushResult\x12\x1b.fused.v1.PushResultRequest\x1a\x1c.fused.v1.PushResultResponse\x12\x44\n\x0c\x44ownloadBlob\x12\x1d.fused.v1.DownloadBlobRequest\x1a\x13.fused.v1.BlobChunk0\x01\x12\x41\n\nUploadBlob\x12\x13.fused.v1.BlobChunk\x1a\x1c.fused.v1.UploadBlobResponse(\x01\x12P\n\x0fGetUploadStatus\x12\x1d.fused.v1.UploadStatusRequest\x1a\x1e.fused.v1.UploadStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n fused/proto/v1/participant.proto\x12\x08\x66used.v1\x1a\x1b\x66used/proto/v1/common.proto\"\xe0\x01\n\x0b\x44\x61taSummary\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x14\n\x0c\x63lass_counts\x18\x02 \x03(\x04\x12\x11\n\tnum_train\x18\x03 \x01(\x04\x12\x10\n\x08num_test\x18\x04 \x01(\x04\x12\x10\n\x08workload\x18\x05 \x01(\t\x12\x18\n\x10workload_version\x18\x06 \x01(\t\x12\x15\n\rtensor_schema\x18\x07 \x01(\x0c\x12\x15\n\rschema_digest\x18\x08 \x01(\t\x12\x13\n\x0bnum_classes\x18\t \x01(\r\x12\x16\n\x0eworkload_error\x18\n \x01(\t\"e\n\x0fRegisterRequest\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12#\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x15.fused.v1.DataSummary\x12\x15\n\ragent_version\x18\x03 \x01(\t\"t\n\x10RegisterResponse\x12\x1c\n\x14heartbeat_interval_s\x18\x01 \x01(\x01\x12\x13\n\x0bpoll_wait_s\x18\x02 \x01(\x01\x12\x13\n\x0b\x63hunk_bytes\x18\x03 \x01(\x04\x12\x18\n\x10max_upload_bytes\x18\x04 \x01(\x04\";\n\x10HeartbeatRequest\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\"\'\n\x11HeartbeatResponse\x12\x12\n\nregistered\x18\x01 \x01(\x08\"9\n\x0fPullTaskRequest\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x0e\n\x06wait_s\x18\x02 \x01(\x01\"\x84\x01\n\x0b\x41\x64\x61pterSpec\x12\x0e\n\x06layers\x18\x01 \x03(\t\x12\x0f\n\x07\x64\x65nsity\x18\x02 \x01(\x01\x12\x11\n\tmask_seed\x18\x03 \x01(\x04\x12\x13\n\x0bmask_digest\x18\x04 \x01(\t\x12\x16\n\x0evalues_blob_id\x18\x05 \x01(\t\x12\x14\n\x0cupload_dtype\x18\x06 \x01(\t\"\xd9\x02\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05phase\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\r\x12 \n\x04kind\x18\x05 \x01(\x0e\x32\x12.fused.v1.TaskKind\x12\x15\n\rmodel_blob_id\x18\x06 \x01(\t\x12\x12\n\nmodel_name\x18\x07 \x01(\t\x12\x13\n\x0bnum_classes\x18\x08 \x01(\r\x12$\n\x05train\x18\t \x01(\x0b\x32\x15.fused.v1.TrainConfig\x12\x15\n\rdeadline_unix\x18\n \x01(\x01\x12$\n\x06\x66orget\x18\x0b \x01(\x0b\x32\x14.fused.v1.ForgetSpec\x12&\n\x07\x61\x64\x61pter\x18\x0c \x01(\x0b\x32\x15.fused.v1.AdapterSpec\x12%\n\x08\x65xcluded\x18\r \x01(\x0b\x32\x13.fused.v1.ForgetSet\"0\n\x10PullTaskResponse\x12\x1c\n\x04task\x18\x01 \x01(\x0b\x32\x0e.fused.v1.Task\"_\n\x0bTrainResult\x12\x16\n\x0eupdate_blob_id\x18\x01 \x01(\t\x12\x14\n\x0cnum_examples\x18\x02 \x01(\x04\x12\x11\n\tmean_loss\x18\x03 \x01(\x01\x12\x0f\n\x07seconds\x18\x04 \x01(\x01\"l\n\nEvalResult\x12\x0f\n\x07\x63orrect\x18\x01 \x03(\x04\x12\r\n\x05total\x18\x02 \x03(\x04\x12\x10\n\x08loss_sum\x18\x03 \x01(\x01\x12\x16\n\x0e\x66orget_correct\x18\x04 \x01(\x04\x12\x14\n\x0c\x66orget_total\x18\x05 \x01(\x04\"\x9a\x01\n\x11SensitivityResult\x12=\n\tdistances\x18\x01 \x03(\x0b\x32*.fused.v1.SensitivityResult.DistancesEntry\x12\x14\n\x0cnum_examples\x18\x02 \x01(\x04\x1a\x30\n\x0e\x44istancesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x1c\n\tTaskError\x12\x0f\n\x07message\x18\x01 \x01(\t\"\xef\x01\n\x11PushResultRequest\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12&\n\x05train\x18\x03 \x01(\x0b\x32\x15.fused.v1.TrainResultH\x00\x12$\n\x04\x65val\x18\x04 \x01(\x0b\x32\x14.fused.v1.EvalResultH\x00\x12$\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x13.fused.v1.TaskErrorH\x00\x12\x32\n\x0bsensitivity\x18\x06 \x01(\x0b\x32\x1b.fused.v1.SensitivityResultH\x00\x42\t\n\x07outcome\"7\n\x12PushResultResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"6\n\x13\x44ownloadBlobRequest\x12\x0f\n\x07\x62lob_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"E\n\x13UploadStatusRequest\x12\x0f\n\x07\x62lob_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\"8\n\x14UploadStatusResponse\x12\x10\n\x08\x63omplete\x18\x01 \x01(\x08\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"3\n\x12UploadBlobResponse\x12\x0f\n\x07\x62lob_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04*\x8a\x01\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fTASK_KIND_TRAIN\x10\x01\x12\x16\n\x12TASK_KIND_EVALUATE\x10\x02\x12\x19\n\x15TASK_KIND_SENSITIVITY\x10\x03\x12\x1b\n\x17TASK_KIND_ADAPTER_TRAIN\x10\x04\x32\x84\x04\n\x12ParticipantService\x12\x41\n\x08Register\x12\x19.fused.v1.RegisterRequest\x1a\x1a.fused.v1.RegisterResponse\x12\x44\n\tHeartbeat\x12\x1a.fused.v1.HeartbeatRequest\x1a\x1b.fused.v1.HeartbeatResponse\x12\x41\n\x08PullTask\x12\x19.fused.v1.PullTaskRequest\x1a\x1a.fused.v1.PullTaskResponse\x12G\n\nPushResult\x12\x1b.fused.v1.PushResultRequest\x1a\x1c.fused.v1.PushResultResponse\x12\x44\n\x0c\x44ownloadBlob\x12\x1d.fused.v1.DownloadBlobRequest\x1a\x13.fused.v1.BlobChunk0\x01\x12\x41\n\nUploadBlob\x12\x13.fused.v1.BlobChunk\x1a\x1c.fused.v1.UploadBlobResponse(\x01\x12P\n\x0fGetUploadStatus\x12\x1d.fused.v1.UploadStatusRequest\x1a\x1e.fused.v1.UploadStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SENSITIVITYRESULT_DISTANCESENTRY']._loaded_options = None
   _globals['_SENSITIVITYRESULT_DISTANCESENTRY']._serialized_options = b'8\001'
-  _globals['_TASKKIND']._serialized_start=2110
-  _globals['_TASKKIND']._serialized_end=2248
+  _globals['_TASKKIND']._serialized_start=2149
+  _globals['_TASKKIND']._serialized_end=2287
   _globals['_DATASUMMARY']._serialized_start=76
   _globals['_DATASUMMARY']._serialized_end=300
   _globals['_REGISTERREQUEST']._serialized_start=302
@@ -51,31 +51,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ADAPTERSPEC']._serialized_start=685
   _globals['_ADAPTERSPEC']._serialized_end=817
   _globals['_TASK']._serialized_start=820
-  _globals['_TASK']._serialized_end=1126
-  _globals['_PULLTASKRESPONSE']._serialized_start=1128
-  _globals['_PULLTASKRESPONSE']._serialized_end=1176
-  _globals['_TRAINRESULT']._serialized_start=1178
-  _globals['_TRAINRESULT']._serialized_end=1273
-  _globals['_EVALRESULT']._serialized_start=1275
-  _globals['_EVALRESULT']._serialized_end=1383
-  _globals['_SENSITIVITYRESULT']._serialized_start=1386
-  _globals['_SENSITIVITYRESULT']._serialized_end=1540
-  _globals['_SENSITIVITYRESULT_DISTANCESENTRY']._serialized_start=1492
-  _globals['_SENSITIVITYRESULT_DISTANCESENTRY']._serialized_end=1540
-  _globals['_TASKERROR']._serialized_start=1542
-  _globals['_TASKERROR']._serialized_end=1570
-  _globals['_PUSHRESULTREQUEST']._serialized_start=1573
-  _globals['_PUSHRESULTREQUEST']._serialized_end=1812
-  _globals['_PUSHRESULTRESPONSE']._serialized_start=1814
-  _globals['_PUSHRESULTRESPONSE']._serialized_end=1869
-  _globals['_DOWNLOADBLOBREQUEST']._serialized_start=1871
-  _globals['_DOWNLOADBLOBREQUEST']._serialized_end=1925
-  _globals['_UPLOADSTATUSREQUEST']._serialized_start=1927
-  _globals['_UPLOADSTATUSREQUEST']._serialized_end=1996
-  _globals['_UPLOADSTATUSRESPONSE']._serialized_start=1998
-  _globals['_UPLOADSTATUSRESPONSE']._serialized_end=2054
-  _globals['_UPLOADBLOBRESPONSE']._serialized_start=2056
-  _globals['_UPLOADBLOBRESPONSE']._serialized_end=2107
-  _globals['_PARTICIPANTSERVICE']._serialized_start=2251
-  _globals['_PARTICIPANTSERVICE']._serialized_end=2767
+  _globals['_TASK']._serialized_end=1165
+  _globals['_PULLTASKRESPONSE']._serialized_start=1167
+  _globals['_PULLTASKRESPONSE']._serialized_end=1215
+  _globals['_TRAINRESULT']._serialized_start=1217
+  _globals['_TRAINRESULT']._serialized_end=1312
+  _globals['_EVALRESULT']._serialized_start=1314
+  _globals['_EVALRESULT']._serialized_end=1422
+  _globals['_SENSITIVITYRESULT']._serialized_start=1425
+  _globals['_SENSITIVITYRESULT']._serialized_end=1579
+  _globals['_SENSITIVITYRESULT_DISTANCESENTRY']._serialized_start=1531
+  _globals['_SENSITIVITYRESULT_DISTANCESENTRY']._serialized_end=1579
+  _globals['_TASKERROR']._serialized_start=1581
+  _globals['_TASKERROR']._serialized_end=1609
+  _globals['_PUSHRESULTREQUEST']._serialized_start=1612
+  _globals['_PUSHRESULTREQUEST']._serialized_end=1851
+  _globals['_PUSHRESULTRESPONSE']._serialized_start=1853
+  _globals['_PUSHRESULTRESPONSE']._serialized_end=1908
+  _globals['_DOWNLOADBLOBREQUEST']._serialized_start=1910
+  _globals['_DOWNLOADBLOBREQUEST']._serialized_end=1964
+  _globals['_UPLOADSTATUSREQUEST']._serialized_start=1966
+  _globals['_UPLOADSTATUSREQUEST']._serialized_end=2035
+  _globals['_UPLOADSTATUSRESPONSE']._serialized_start=2037
+  _globals['_UPLOADSTATUSRESPONSE']._serialized_end=2093
+  _globals['_UPLOADBLOBRESPONSE']._serialized_start=2095
+  _globals['_UPLOADBLOBRESPONSE']._serialized_end=2146
+  _globals['_PARTICIPANTSERVICE']._serialized_start=2290
+  _globals['_PARTICIPANTSERVICE']._serialized_end=2806
 # @@protoc_insertion_point(module_scope)

@@ -287,6 +287,7 @@ class Task(_message.Message):
     DEADLINE_UNIX_FIELD_NUMBER: _builtins.int
     FORGET_FIELD_NUMBER: _builtins.int
     ADAPTER_FIELD_NUMBER: _builtins.int
+    EXCLUDED_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     job_id: _builtins.str
     phase: _builtins.str
@@ -309,6 +310,10 @@ class Task(_message.Message):
     def adapter(self) -> Global___AdapterSpec:
         """set: the model is base + this adapter"""
 
+    @_builtins.property
+    def excluded(self) -> _common_pb2.ForgetSet:
+        """what earlier unlearning requests leave out (the ledger)"""
+
     def __init__(
         self,
         *,
@@ -324,10 +329,11 @@ class Task(_message.Message):
         deadline_unix: _builtins.float = ...,
         forget: _common_pb2.ForgetSpec | None = ...,
         adapter: Global___AdapterSpec | None = ...,
+        excluded: _common_pb2.ForgetSet | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "forget", b"forget", "train", b"train"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "excluded", b"excluded", "forget", b"forget", "train", b"train"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "deadline_unix", b"deadline_unix", "forget", b"forget", "job_id", b"job_id", "kind", b"kind", "model_blob_id", b"model_blob_id", "model_name", b"model_name", "num_classes", b"num_classes", "phase", b"phase", "round", b"round", "task_id", b"task_id", "train", b"train"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "deadline_unix", b"deadline_unix", "excluded", b"excluded", "forget", b"forget", "job_id", b"job_id", "kind", b"kind", "model_blob_id", b"model_blob_id", "model_name", b"model_name", "num_classes", b"num_classes", "phase", b"phase", "round", b"round", "task_id", b"task_id", "train", b"train"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -87,8 +87,9 @@ def test_blocks_survive_reopening(tmp_path: Path) -> None:
 
 
 def test_a_version_1_database_is_migrated(tmp_path: Path) -> None:
-    """A state directory written before blocks existed opens, keeps its rows, gains the table."""
-    assert SCHEMA_VERSION == 2
+    """A state directory written before blocks existed opens, keeps its rows, gains the
+    tables of every later version (blocks, the forget ledger)."""
+    assert SCHEMA_VERSION == 3
     path = tmp_path / "state.db"
     conn = sqlite3.connect(path)
     with conn:
@@ -102,9 +103,9 @@ def test_a_version_1_database_is_migrated(tmp_path: Path) -> None:
     conn.close()
     store = SqliteStateStore(path)
     try:
-        assert store.schema_version == 2
+        assert store.schema_version == 3
         assert store.get_participant("p0") == participant("p0")
-        assert store.list_blocked() == []
+        assert store.list_blocked() == [] and store.list_ledger() == []
         store.block_participant(BlockedParticipant("p0", 1.0))
         assert [b.participant_id for b in store.list_blocked()] == ["p0"]
     finally:

@@ -1,0 +1,57 @@
+"""The forget ledger: every unlearning request the federation has applied, and what it makes
+every later job leave out.
+
+An entry is written when its unlearning job publishes the version that forgets it; its status
+changes only by an operator's withdrawal or a consolidation. The `ForgetSet` of the active
+entries travels with each later task, so no job trains on what was forgotten.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from fused.common.domain.tasks import ForgetSet, ForgetSpec, HeldSamples
+
+
+class LedgerStatus(StrEnum):
+    ACTIVE = "active"  # later jobs leave its data out
+    WITHDRAWN = "withdrawn"  # an operator took the request back
+    CONSOLIDATED = "consolidated"  # a retrained base forgets it; still left out
+
+
+@dataclass
+class LedgerEntry:
+    entry_id: str
+    forget: ForgetSpec  # what: a participant, a class, or sample ids with their holder
+    requested_by: str  # the caller that started the unlearning job ("" without authentication)
+    requested_at: float  # unix seconds the job was created
+    job_id: str  # the unlearning job that applied it
+    version_id: str  # the version it produced
+    status: LedgerStatus
+    changed_at: float  # unix seconds of the last status change
+
+    @property
+    def binding(self) -> bool:
+        """Whether later jobs must leave its data out."""
+        return self.status is not LedgerStatus.WITHDRAWN
+
+
+def forget_set(entries: Iterable[LedgerEntry]) -> ForgetSet:
+    """The union of the binding entries' requests (sorted, so it has one spelling)."""
+    people: set[str] = set()
+    classes: set[int] = set()
+    held: dict[str, set[int]] = {}
+    for entry in entries:
+        if not entry.binding:
+            continue
+        f = entry.forget
+        if f.paradigm == "participant":
+            people.add(f.participant_id)
+        elif f.paradigm == "class":
+            classes.add(f.class_label)
+        else:
+            held.setdefault(f.participant_id, set()).update(f.sample_ids)
+    samples = tuple(HeldSamples(p, tuple(sorted(ids))) for p, ids in sorted(held.items()))
+    return ForgetSet(tuple(sorted(people)), tuple(sorted(classes)), samples)
