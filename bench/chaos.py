@@ -75,6 +75,7 @@ def run_scenarios(
                 continue
             try:
                 chaos.fed.wait_online(len(PARTICIPANTS))
+                chaos.fed.withdraw_all()  # each scenario's requests apply to a clean ledger
                 outcomes.append(Outcome(name, True, scenario(chaos)))
             except Exception as exc:  # a scenario's failure is its result, not a crash
                 detail = f"{type(exc).__name__}: {exc}"

@@ -138,6 +138,23 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_ledger_commands(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="ledger_command", metavar="{withdraw}")
+    withdraw = sub.add_parser(
+        "withdraw",
+        help="take a request back: later jobs no longer leave its data out (its versions stay)",
+    )
+    withdraw.add_argument("entry")
+    withdraw.set_defaults(func=cmd_withdraw)
+
+
+def cmd_withdraw(args: argparse.Namespace) -> int:
+    request = control_pb2.LedgerEntryRequest(entry_id=args.entry)
+    entry = control_stub(args).WithdrawRequest(request, timeout=30)
+    emit(args, as_dict(entry), lambda: f"withdrew {entry.entry_id} ({forgotten(entry.forget)})")
+    return 0
+
+
 def cmd_ledger(args: argparse.Namespace) -> int:
     """The forget ledger: every applied request, what later jobs leave out."""
     reply = control_stub(args).ListLedger(control_pb2.ListLedgerRequest(), timeout=30)

@@ -24,7 +24,14 @@ from fused.cli.commands import (
     cmd_unlearn,
     cmd_watch,
 )
-from fused.cli.listings import cmd_jobs, cmd_ledger, cmd_models, cmd_participants, cmd_status
+from fused.cli.listings import (
+    add_ledger_commands,
+    cmd_jobs,
+    cmd_ledger,
+    cmd_models,
+    cmd_participants,
+    cmd_status,
+)
 from fused.cli.participants import add_participant_commands
 from fused.cli.policy import add_policy_options
 from fused.common.domain.specs import METHOD_CONFIGS, UPLOAD_DTYPES
@@ -138,9 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     participants.set_defaults(func=cmd_participants)
     add_participant_commands(participants)
     sub.add_parser("models", help="list model versions").set_defaults(func=cmd_models)
-    sub.add_parser(
-        "ledger", help="the forget ledger: every applied unlearning request"
-    ).set_defaults(func=cmd_ledger)
+    ledger = sub.add_parser("ledger", help="the forget ledger: every applied unlearning request")
+    ledger.set_defaults(func=cmd_ledger)
+    add_ledger_commands(ledger)
 
     export = sub.add_parser("export", help="download a model version as safetensors")
     export.add_argument("version", nargs="?", default="", help="default: the active version")

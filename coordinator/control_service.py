@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from fused.common.domain.ledger import LedgerStatus
 from fused.common.domain.records import (
     BlockedParticipant,
     JobKind,
@@ -277,6 +278,20 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     ) -> control_pb2.ListLedgerResponse:
         entries = self.store.list_ledger()
         return control_pb2.ListLedgerResponse(entries=[ledger_to_proto(e) for e in entries])
+
+    @answers()
+    async def WithdrawRequest(
+        self, request: control_pb2.LedgerEntryRequest, context: Context
+    ) -> control_pb2.LedgerEntryInfo:
+        entry = next((e for e in self.store.list_ledger() if e.entry_id == request.entry_id), None)
+        if entry is None:
+            raise RequestRefused(NOT_FOUND, f"no ledger entry {request.entry_id!r}")
+        if entry.status is LedgerStatus.WITHDRAWN:
+            raise RequestRefused(
+                grpc.StatusCode.FAILED_PRECONDITION, f"{entry.entry_id} is already withdrawn"
+            )
+        changed = self.store.set_ledger_status(entry.entry_id, LedgerStatus.WITHDRAWN, time.time())
+        return ledger_to_proto(changed)
 
     async def ListModels(
         self, request: control_pb2.ListModelsRequest, context: Context

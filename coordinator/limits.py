@@ -110,6 +110,7 @@ FIELDS: Mapping[str, Limit] = {
     "TrainingSpec.seed": SEED,
     "TrainingSpec.init_version": ID,
     "TrainingSpec.init_weights": ID,
+    "LedgerEntryRequest.entry_id": ID,
     "UnlearningSpec.base_version": ID,
     "UnlearningSpec.method": NAME,
     "UnlearningSpec.layers": TENSOR_NAMES,

@@ -128,6 +128,19 @@ class LocalFederation:
         channel = create_channel(self.address, self.tls, self.operator_token)
         return control_pb2_grpc.ControlServiceStub(channel)
 
+    def withdraw_all(self) -> list[str]:
+        """Withdraw every active forget-ledger entry, so that the next job starts on a clean
+        slate (scenarios and tests that apply requests one at a time to the same base)."""
+        stub = self.control()
+        active = [
+            e.entry_id
+            for e in stub.ListLedger(control_pb2.ListLedgerRequest(), timeout=30).entries
+            if e.status == "active"
+        ]
+        for entry_id in active:
+            stub.WithdrawRequest(control_pb2.LedgerEntryRequest(entry_id=entry_id), timeout=30)
+        return active
+
     def wait_online(self, count: int, timeout_s: float = 60) -> list[str]:
         deadline = time.monotonic() + timeout_s
         stub = self.control()

@@ -92,6 +92,24 @@ class ForgetSet:
     def samples_of(self, participant_id: str) -> tuple[int, ...]:
         return next((h.sample_ids for h in self.samples if h.participant_id == participant_id), ())
 
+    def without(self, forget: ForgetSpec) -> ForgetSet:
+        """This set less what `forget` names: an unlearning job handles its own request, so
+        repeating an applied request runs exactly as it did the first time."""
+        if forget.paradigm == "participant":
+            people = tuple(p for p in self.participants if p != forget.participant_id)
+            return dataclasses.replace(self, participants=people)
+        if forget.paradigm == "class":
+            classes = tuple(c for c in self.classes if c != forget.class_label)
+            return dataclasses.replace(self, classes=classes)
+        drop = set(forget.sample_ids)
+        samples = tuple(
+            HeldSamples(h.participant_id, tuple(i for i in h.sample_ids if i not in drop))
+            if h.participant_id == forget.participant_id
+            else h
+            for h in self.samples
+        )
+        return dataclasses.replace(self, samples=tuple(h for h in samples if h.sample_ids))
+
     def for_participant(self, participant_id: str) -> ForgetSet:
         """As sent to one participant: sample ids only of its own."""
         own = tuple(h for h in self.samples if h.participant_id == participant_id)

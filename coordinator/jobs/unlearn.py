@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from fused.common.domain.ledger import LedgerEntry, LedgerStatus
-from fused.common.domain.records import JobKind, Phase, VersionKind
+from fused.common.domain.records import JobKind, Phase
 from fused.common.domain.round_metrics import EvalSummary
 from fused.common.domain.specs import UnlearningSpec
 from fused.common.domain.tasks import ForgetSpec
@@ -43,6 +43,7 @@ class UnlearningJob(JobKindHandler):
     async def run(self, ctx: JobContext, spec_dict: dict[str, Any], resume: bool) -> JobResult:
         spec = UnlearningSpec.from_dict(spec_dict)
         ctx.policy = spec.policy
+        ctx.excluded = ctx.excluded.without(spec.forget)  # this request is the job's own
         started = ctx.clock()
         base = await resolve_base(ctx, spec)
         if resume:
@@ -108,10 +109,9 @@ async def resolve_base(ctx: JobContext, spec: UnlearningSpec) -> Base:
     )
     if version is None:
         raise JobFailed(f"no model version {spec.base_version or '(active)'} to unlearn from")
-    if version.kind != VersionKind.BASE:
-        raise JobFailed(
-            f"unlearn from a full model version; {version.version_id} is {version.kind}"
-        )
+    # An adapter version is a base too: its merged weights stay frozen under the next
+    # request's adapter (requests stack), so each version's parent is the one before it and
+    # switching back along the chain is a pointer switch, exact by construction.
     fed = await join_federation(
         ctx,
         spec.min_participants,

@@ -858,6 +858,25 @@ class ListLedgerRequest(_message.Message):
 Global___ListLedgerRequest: _TypeAlias = ListLedgerRequest  # noqa: Y015
 
 @_typing.final
+class LedgerEntryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
+    entry_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        entry_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_id", b"entry_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LedgerEntryRequest: _TypeAlias = LedgerEntryRequest  # noqa: Y015
+
+@_typing.final
 class LedgerEntryInfo(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

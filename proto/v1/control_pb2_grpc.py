@@ -106,6 +106,11 @@ class ControlServiceStub:
                 request_serializer=fused_dot_proto_dot_v1_dot_control__pb2.ListLedgerRequest.SerializeToString,
                 response_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.ListLedgerResponse.FromString,
                 _registered_method=True)
+        self.WithdrawRequest = channel.unary_unary(
+                '/fused.v1.ControlService/WithdrawRequest',
+                request_serializer=fused_dot_proto_dot_v1_dot_control__pb2.LedgerEntryRequest.SerializeToString,
+                response_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.LedgerEntryInfo.FromString,
+                _registered_method=True)
         self.UploadArtifact = channel.stream_unary(
                 '/fused.v1.ControlService/UploadArtifact',
                 request_serializer=fused_dot_proto_dot_v1_dot_common__pb2.BlobChunk.SerializeToString,
@@ -220,6 +225,14 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WithdrawRequest(self, request, context):
+        """Take a request back: later jobs no longer leave its data out. The versions that forgot
+        it stay as they are (serve an earlier one with Revert).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UploadArtifact(self, request_iterator, context):
         """Stores an artifact (a training job's initial weights); returns its sha256 digest.
         """
@@ -321,6 +334,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.ListLedger,
                     request_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.ListLedgerRequest.FromString,
                     response_serializer=fused_dot_proto_dot_v1_dot_control__pb2.ListLedgerResponse.SerializeToString,
+            ),
+            'WithdrawRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.WithdrawRequest,
+                    request_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.LedgerEntryRequest.FromString,
+                    response_serializer=fused_dot_proto_dot_v1_dot_control__pb2.LedgerEntryInfo.SerializeToString,
             ),
             'UploadArtifact': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadArtifact,
@@ -722,6 +740,33 @@ class ControlService:
             '/fused.v1.ControlService/ListLedger',
             fused_dot_proto_dot_v1_dot_control__pb2.ListLedgerRequest.SerializeToString,
             fused_dot_proto_dot_v1_dot_control__pb2.ListLedgerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WithdrawRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fused.v1.ControlService/WithdrawRequest',
+            fused_dot_proto_dot_v1_dot_control__pb2.LedgerEntryRequest.SerializeToString,
+            fused_dot_proto_dot_v1_dot_control__pb2.LedgerEntryInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,10 @@ class ControlServiceStub:
     ExportModel: _grpc.UnaryStreamMultiCallable[_control_pb2.ExportModelRequest, _common_pb2.BlobChunk]
     ListLedger: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListLedgerRequest, _control_pb2.ListLedgerResponse]
     """The forget ledger: every applied unlearning request, oldest first."""
+    WithdrawRequest: _grpc.UnaryUnaryMultiCallable[_control_pb2.LedgerEntryRequest, _control_pb2.LedgerEntryInfo]
+    """Take a request back: later jobs no longer leave its data out. The versions that forgot
+    it stay as they are (serve an earlier one with Revert).
+    """
     UploadArtifact: _grpc.StreamUnaryMultiCallable[_common_pb2.BlobChunk, _control_pb2.ArtifactInfo]
     """Stores an artifact (a training job's initial weights); returns its sha256 digest."""
     RemoveParticipant: _grpc.UnaryUnaryMultiCallable[_control_pb2.ParticipantRequest, _control_pb2.ParticipantInfo]
@@ -87,6 +91,10 @@ class ControlServiceAsyncStub(ControlServiceStub):
     ExportModel: _aio.UnaryStreamMultiCallable[_control_pb2.ExportModelRequest, _common_pb2.BlobChunk]  # type: ignore[assignment]
     ListLedger: _aio.UnaryUnaryMultiCallable[_control_pb2.ListLedgerRequest, _control_pb2.ListLedgerResponse]  # type: ignore[assignment]
     """The forget ledger: every applied unlearning request, oldest first."""
+    WithdrawRequest: _aio.UnaryUnaryMultiCallable[_control_pb2.LedgerEntryRequest, _control_pb2.LedgerEntryInfo]  # type: ignore[assignment]
+    """Take a request back: later jobs no longer leave its data out. The versions that forgot
+    it stay as they are (serve an earlier one with Revert).
+    """
     UploadArtifact: _aio.StreamUnaryMultiCallable[_common_pb2.BlobChunk, _control_pb2.ArtifactInfo]  # type: ignore[assignment]
     """Stores an artifact (a training job's initial weights); returns its sha256 digest."""
     RemoveParticipant: _aio.UnaryUnaryMultiCallable[_control_pb2.ParticipantRequest, _control_pb2.ParticipantInfo]  # type: ignore[assignment]
@@ -203,6 +211,16 @@ class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.ListLedgerResponse, _abc.Awaitable[_control_pb2.ListLedgerResponse]]:
         """The forget ledger: every applied unlearning request, oldest first."""
+
+    @_abc_1.abstractmethod
+    def WithdrawRequest(
+        self,
+        request: _control_pb2.LedgerEntryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.LedgerEntryInfo, _abc.Awaitable[_control_pb2.LedgerEntryInfo]]:
+        """Take a request back: later jobs no longer leave its data out. The versions that forgot
+        it stay as they are (serve an earlier one with Revert).
+        """
 
     @_abc_1.abstractmethod
     def UploadArtifact(

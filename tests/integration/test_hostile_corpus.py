@@ -129,6 +129,7 @@ def test_hostile_corpus_is_refused_and_changes_no_aggregate(hostile: Hostile) ->
     aggregates = {json.loads(r.metrics_json)["model"] for r in rounds(ref_train, "train")}
     honest_uploads = stored_artifacts(fed) - aggregates
     ref_unlearn = wait_job(control, start_unlearning(control, ref_version))
+    fed.withdraw_all()  # the attacked jobs apply the same request to a clean ledger
 
     # Mallory joins with a valid token and answers every task with attacks.
     ref_model = version_digest(control, ref_version)  # stored, but no task of hers names it

@@ -81,6 +81,7 @@ def test_the_operators_weights_start_training_and_retraining(
     retrained_meta = meta_of(federation, json.loads(retrained.result_json)["version_id"])
     assert retrained_meta["init_digest"] == meta["init_digest"]
     assert first["bytes"]["total"] > 0
+    federation.withdraw_all()  # the next tests train with every participant again
 
 
 def test_weights_of_another_model_fail_the_job_saying_how(

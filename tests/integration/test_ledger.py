@@ -6,6 +6,7 @@ stays at the unlearned level instead of climbing back."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import subprocess
 import sys
@@ -78,7 +79,9 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFedera
         yield fed
 
 
-def test_later_training_obeys_the_ledger(federation: LocalFederation) -> None:
+@pytest.fixture(scope="module")
+def unlearned(federation: LocalFederation) -> dict[str, Any]:
+    """A base trained with the label flipper p0, and p0 forgotten from it with FUSED."""
     fed = federation
     base = result(finished(fed, start_training(fed.control(), TRAINING)))["version_id"]
     spec = UnlearningSpec(
@@ -91,9 +94,14 @@ def test_later_training_obeys_the_ledger(federation: LocalFederation) -> None:
         evaluate_each_round=False,
     )
     request = control_pb2.StartUnlearningRequest(spec=unlearning_spec_to_proto(spec))
-    unlearned = result(finished(fed, fed.control().StartUnlearning(request)))
-    assert unlearned["fa_after"] < unlearned["fa_before"]
+    return result(finished(fed, fed.control().StartUnlearning(request)))
 
+
+def test_later_training_obeys_the_ledger(
+    federation: LocalFederation, unlearned: dict[str, Any]
+) -> None:
+    fed = federation
+    assert unlearned["fa_after"] < unlearned["fa_before"]
     ledger = fed.control().ListLedger(control_pb2.ListLedgerRequest()).entries
     assert [(e.status, e.forget.participant_id, e.version_id) for e in ledger] == [
         ("active", "p0", unlearned["version_id"])
@@ -114,6 +122,41 @@ def test_later_training_obeys_the_ledger(federation: LocalFederation) -> None:
     assert fa_after_training <= unlearned["fa_after"] + 0.05, (fa_after_training, unlearned)
 
 
+def test_a_second_request_stacks_on_the_adapter_version(
+    federation: LocalFederation, unlearned: dict[str, Any]
+) -> None:
+    fed, first = federation, unlearned["version_id"]
+    spec = UnlearningSpec(  # a class needs a larger budget than a label flipper
+        ForgetSpec("class", class_label=3),
+        FusedConfig(top_k=3, density=0.3),
+        base_version=first,
+        rounds=8,
+        train=dataclasses.replace(TRAIN, lr=0.1),
+        min_participants=2,
+        evaluate_each_round=False,
+    )
+    request = control_pb2.StartUnlearningRequest(spec=unlearning_spec_to_proto(spec))
+    second = result(finished(fed, fed.control().StartUnlearning(request)))
+    assert second["base_version"] == first
+    assert second["fa_after"] < second["fa_before"]
+    models = {
+        m.version_id: m for m in fed.control().ListModels(control_pb2.ListModelsRequest()).models
+    }
+    assert models[second["version_id"]].parent_id == first
+    fed.control().Revert(control_pb2.VersionRequest(version_id=second["version_id"]))
+    assert export_digest(fed) == models[first].digest  # back one request, exactly
+    entries = fed.control().ListLedger(control_pb2.ListLedgerRequest()).entries
+    assert [(e.status, e.forget.paradigm) for e in entries] == [
+        ("active", "participant"),
+        ("active", "class"),
+    ]
+
+
+def export_digest(fed: LocalFederation) -> str:
+    chunks = list(fed.control().ExportModel(control_pb2.ExportModelRequest()))
+    return hashlib.sha256(b"".join(c.data for c in chunks)).hexdigest()
+
+
 def test_fusedctl_shows_the_ledger(federation: LocalFederation) -> None:
     cmd = [sys.executable, "-m", "fused.cli.main", "--coordinator", federation.address]
     table = subprocess.run([*cmd, "ledger"], capture_output=True, text=True, check=True).stdout
@@ -121,5 +164,20 @@ def test_fusedctl_shows_the_ledger(federation: LocalFederation) -> None:
     as_json = subprocess.run(
         [*cmd, "--json", "ledger"], capture_output=True, text=True, check=True
     ).stdout
-    (entry,) = json.loads(as_json)
+    entry = json.loads(as_json)[0]
     assert entry["forget"]["participant_id"] == "p0" and entry["status"] == "active"
+
+
+def test_a_withdrawn_request_binds_no_later_job(federation: LocalFederation) -> None:
+    cmd = [sys.executable, "-m", "fused.cli.main", "--coordinator", federation.address]
+    entries = federation.control().ListLedger(control_pb2.ListLedgerRequest()).entries
+    p0 = next(e.entry_id for e in entries if e.forget.paradigm == "participant")
+    done = subprocess.run([*cmd, "ledger", "withdraw", p0], capture_output=True, text=True)
+    assert done.returncode == 0 and f"withdrew {p0} (participant p0)" in done.stdout
+    again = subprocess.run([*cmd, "ledger", "withdraw", p0], capture_output=True, text=True)
+    assert again.returncode != 0 and "already withdrawn" in again.stderr
+    unknown = subprocess.run([*cmd, "ledger", "withdraw", "f-nope"], capture_output=True, text=True)
+    assert unknown.returncode != 0 and "no ledger entry 'f-nope'" in unknown.stderr
+    trained = finished(federation, start_training(federation.control(), TRAINING))
+    rounds = [r for r in trained.rounds if r.phase == "train"]
+    assert all(sorted(r.participants) == ["p0", "p1", "p2"] for r in rounds)  # p0 is back

@@ -103,6 +103,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
         yield Trained(fed, root / "shards", base, export_sha(fed, base))
 
 
+@pytest.fixture(autouse=True)
+def independent_requests(trained: Trained) -> Iterator[None]:
+    """Each test's requests apply to the same base alone: the ledger is cleared after it."""
+    yield
+    trained.fed.withdraw_all()
+
+
 def check_forgetting(result: dict[str, Any], max_ra_drop: float = 0.05) -> None:
     fa_before, fa_after = float(result["fa_before"]), float(result["fa_after"])
     ra_before, ra_after = float(result["ra_before"]), float(result["ra_after"])

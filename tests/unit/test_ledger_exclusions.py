@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fused.common.domain.tasks import ForgetSet, HeldSamples, TaskKind, TaskSpec
+from fused.common.domain.tasks import ForgetSet, ForgetSpec, HeldSamples, TaskKind, TaskSpec
 from fused.common.domain.train_config import TrainConfig
 from fused.common.ml.data.partition import partition_to_directory
 from fused.common.ml.data.partition_config import PartitionConfig
@@ -66,3 +66,12 @@ def test_the_set_travels_in_the_task(sites: list[Site]) -> None:
     )
     assert task_from_proto(task_to_proto(task)).excluded == excluded
     assert excluded.for_participant("p2").samples == ()
+
+
+def test_a_job_takes_its_own_request_out_of_the_set() -> None:
+    excluded = ForgetSet(("p0", "p2"), (3,), (HeldSamples("p1", (4, 9)),))
+    assert excluded.without(ForgetSpec("participant", "p0")).participants == ("p2",)
+    assert excluded.without(ForgetSpec("class", class_label=3)).classes == ()
+    fewer = excluded.without(ForgetSpec("samples", participant_id="p1", sample_ids=(4,)))
+    assert fewer.samples == (HeldSamples("p1", (9,)),)
+    assert excluded.without(ForgetSpec("samples", "p1", sample_ids=(4, 9))).samples == ()
