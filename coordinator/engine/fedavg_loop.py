@@ -164,11 +164,30 @@ async def _one_round(
         payload.adapter(blob, for_training=True),
     )
     result = await run_round(ctx, round_plan, update_check(ctx, payload))
+    for pid in _gone_offline(ctx, plan.phase, r, chosen):  # so a lost quorum names them
+        result.failures.setdefault(pid, "offline since the previous round")
     await screen_updates(ctx, result, lambda: payload.reference(ctx, blob), plan.phase, r)
     check_quorum(result, plan.min_participants, plan.phase, r)
     aggregate = await _aggregate(ctx, payload, result, plan.phase, r)
     finish_round(ctx, plan.phase, r, started, result, RoundMetrics(aggregate=aggregate))
     return aggregate.blob, HistoryEntry(r, aggregate.train_loss, aggregate.num_examples)
+
+
+def _gone_offline(ctx: JobContext, phase: Phase, r: int, chosen: list[str]) -> list[str]:
+    """Participants of the previous round of this phase that are offline and not chosen now."""
+    previous = next(
+        (
+            rec
+            for rec in ctx.store.list_rounds(ctx.job_id)
+            if rec.phase == phase and rec.round == r - 1
+        ),
+        None,
+    )
+    if previous is None:
+        return []
+    return [
+        p for p in sorted(set(previous.participants) - set(chosen)) if not ctx.fleet.is_online(p)
+    ]
 
 
 async def _aggregate(
