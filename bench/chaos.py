@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.chaos_faults import (
+    coordinator_killed_mid_stacked_unlearning,
     coordinator_killed_mid_training,
     coordinator_killed_mid_unlearning,
     coordinator_stopped_gracefully_mid_training,
@@ -45,6 +46,7 @@ SCENARIOS: list[Callable[[Chaos], str]] = [
     coordinator_killed_mid_training,
     coordinator_stopped_gracefully_mid_training,
     coordinator_killed_mid_unlearning,
+    coordinator_killed_mid_stacked_unlearning,
     corrupted_artifact_refused,
     quorum_lost_fails_clearly,
     metadata_flood_charges_nothing,

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import grpc
@@ -23,7 +24,7 @@ from bench.chaos_federation import (
     result_version,
     shard_sizes,
 )
-from fused.proto.v1 import control_pb2
+from fused.proto.v1 import common_pb2, control_pb2
 from fused.tools.demo import export_sha256
 
 
@@ -160,6 +161,25 @@ def coordinator_killed_mid_unlearning(chaos: Chaos) -> str:
         f"coordinator SIGKILLed after adapter round {after} committed; the unlearning job "
         f"resumed (sensitivity ranking and adapter values kept) and its merged model equals "
         f"the uninterrupted run's (sha256 {sha[:16]})"
+    )
+
+
+def coordinator_killed_mid_stacked_unlearning(chaos: Chaos) -> str:
+    """A second request stacked on the first one's adapter version (p2 forgotten, then class
+    3), killed after adapter round 2: it resumes to the uninterrupted run's model, and the
+    ledger gets exactly one entry for the job."""
+    base = result_version(chaos.finished(chaos.train(rounds=2, min_participants=3, seed=3)))
+    first = chaos.finished(chaos.unlearn(base, "p2"))
+    check(first.status == "completed", f"first request {first.status}: {first.reason}")
+    class_3 = common_pb2.ForgetSpec(paradigm="class", class_label=3)
+    stacked = result_version(first)
+    sha, after = _killed_and_resumed(chaos, lambda: chaos.forget(stacked, class_3), "adapter", 2)
+    entries = chaos.control.ListLedger(control_pb2.ListLedgerRequest()).entries
+    per_job = Counter(e.job_id for e in entries)
+    check(all(n == 1 for n in per_job.values()), f"ledger entries per job: {dict(per_job)}")
+    return (
+        f"a class request stacked on an adapter version, SIGKILLed after adapter round {after}, "
+        f"resumed to the uninterrupted run's model (sha256 {sha[:16]}); one ledger entry per job"
     )
 
 

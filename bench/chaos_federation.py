@@ -100,9 +100,13 @@ class Chaos:
         return str(start_training(self.control, spec).job_id)
 
     def unlearn(self, base_version: str, forget_pid: str, seed: int = 5) -> str:
+        forget = common_pb2.ForgetSpec(paradigm="participant", participant_id=forget_pid)
+        return self.forget(base_version, forget, seed)
+
+    def forget(self, base_version: str, forget: common_pb2.ForgetSpec, seed: int = 5) -> str:
         spec = control_pb2.UnlearningSpec(
             base_version=base_version,
-            forget=common_pb2.ForgetSpec(paradigm="participant", participant_id=forget_pid),
+            forget=forget,
             method="fused",
             rounds=4,
             train=common_pb2.TrainConfig(local_epochs=1, lr=0.05, batch_size=32, seed=seed),
