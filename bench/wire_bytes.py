@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from bench.raw_participant import held_task
+from bench.raw_participant import chunks, held_task
 from bench.round_bytes import CASES, measure_model
 from fused.common.codecs.adapter_codec import decode_adapter, encode_adapter
 from fused.common.codecs.positions import encode_positions, entropy_bound_bytes
@@ -31,7 +31,7 @@ from fused.common.codecs.tensor_codec import decode_tensors, encode_tensors
 from fused.common.domain.specs import TrainingSpec
 from fused.common.ml.adapters import build_layout, mask_indices
 from fused.common.ml.models import init_model
-from fused.proto.v1 import common_pb2, participant_pb2, participant_pb2_grpc
+from fused.proto.v1 import participant_pb2, participant_pb2_grpc
 from fused.tools.launch import LocalFederation
 
 
@@ -135,21 +135,7 @@ def transfer(work: Path, size_mb: int) -> dict[str, float]:
         held = held_task(fed.address, fed.control(), "bench", spec)
         with held as (raw, job_id, round_number):
             stub, md = raw.stub, raw.md
-            step = 1 << 20
-            stub.UploadBlob(
-                (
-                    common_pb2.BlobChunk(
-                        blob_id=digest,
-                        offset=o,
-                        data=payload[o : o + step],
-                        total_size=len(payload),
-                        job_id=job_id,
-                        round=round_number,
-                    )
-                    for o in range(0, len(payload), step)
-                ),
-                metadata=md,
-            )
+            stub.UploadBlob(chunks(payload, job_id, round_number, size=1 << 20), metadata=md)
             runs = download_seconds(stub, md, digest, len(payload))
     sockets = [socket_copy_seconds(len(payload)) for _ in range(3)]
     rpc, sock = min(runs), min(sockets)

@@ -7,7 +7,6 @@ from collections.abc import Mapping
 
 import torch
 
-from fused.common.codecs.tensor_codec import TensorSchema, schema_of
 from fused.common.domain.tasks import AdapterRef, EvalOutcome, ForgetSet, ForgetSpec
 from fused.common.domain.train_config import TrainConfig
 from fused.common.ml.adapters import (
@@ -20,11 +19,6 @@ from fused.common.ml.workloads import Workload
 from fused.participant.forgetting import forgotten_set, remaining_test, remaining_train
 from fused.participant.site import Site
 from fused.participant.training import TrainStats, evaluate, train_local
-
-
-def model_schema(workload: Workload) -> TensorSchema:
-    """The exact tensors a model of this workload must arrive with."""
-    return schema_of(workload.make_model().state_dict())
 
 
 def load_model(workload: Workload, weights: Mapping[str, torch.Tensor]) -> torch.nn.Module:

@@ -30,7 +30,6 @@ from fused.participant.executor import (
     local_evaluate,
     local_sensitivity,
     local_update,
-    model_schema,
 )
 from fused.participant.site import Site
 from fused.participant.training import TrainStats
@@ -91,7 +90,7 @@ def run_task(task: TaskSpec, site: Site, transport: ArtifactTransport) -> TaskOu
     site.check_task(task.model_name, task.num_classes)
     weights, _ = decode_tensors(
         transport.fetch(task.model_blob_id),
-        schema=model_schema(site.workload),
+        schema=site.weights_schema,
         max_bytes=transport.max_download_bytes,
     )
     layout, values = _adapter(task, site, transport)

@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
 
+from fused.common.codecs.tensor_codec import TensorSchema, schema_of
 from fused.common.ml.data.shards import Shard, read_shard_meta
 from fused.common.ml.workloads import (
     LocalData,
@@ -34,6 +36,11 @@ class Site:
     participant_id: str
     workload: Workload
     data: LocalData
+
+    @cached_property
+    def weights_schema(self) -> TensorSchema:
+        """The exact tensors every task's model must arrive with (built once, not per task)."""
+        return schema_of(self.workload.make_model().state_dict())
 
     @property
     def buckets(self) -> int:
@@ -92,21 +99,35 @@ def open_site(participant_id: str, reference: str, data_dir: Path) -> Site:
 
 def offer_of(site: Site) -> Offer:
     """The offer of a working site; building its model here is the schema check."""
-    workload = site.workload
     try:
-        schema = canonical_json(workload.tensor_schema()).encode("ascii")
+        return _offer(
+            site.workload,
+            site.data.source,
+            site.data.num_classes or 0,
+            site.class_counts(),
+            len(site.data.test),
+        )
+    except WorkloadError:
+        raise
     except Exception as exc:  # the user's model code
-        raise WorkloadError(workload.name, f"building the model failed: {exc!r}") from exc
+        raise WorkloadError(site.workload.name, f"building the model failed: {exc!r}") from exc
+
+
+def _offer(
+    workload: Workload, source: str, num_classes: int, counts: Sequence[int], num_test: int
+) -> Offer:
+    """A workload's declaration: its schema's canonical JSON and digest, and the counts."""
+    schema = canonical_json(workload.tensor_schema()).encode("ascii")
     return Offer(
         workload=workload.name,
         version=workload.info.version,
-        source=site.data.source or workload.name,
-        num_classes=site.data.num_classes or 0,
+        source=source or workload.name,
+        num_classes=num_classes,
         schema_json=schema,
         schema_digest=hashlib.sha256(schema).hexdigest(),
-        class_counts=tuple(site.class_counts()),
-        num_train=len(site.data.train),
-        num_test=len(site.data.test),
+        class_counts=tuple(counts),
+        num_train=sum(counts),  # one count per class, or the one bucket without classes
+        num_test=num_test,
     )
 
 
@@ -155,16 +176,5 @@ def builtin_summary(
     """What an agent serving built-in `name` on data of these counts declares, without the
     data: for processes that speak the protocol themselves (load and fault benches, tests)."""
     workload = resolve_workload(name).with_classes(len(class_counts))
-    schema = canonical_json(workload.tensor_schema()).encode("ascii")
-    offer = Offer(
-        workload=workload.name,
-        version=workload.info.version,
-        source=source or workload.name,
-        num_classes=len(class_counts),
-        schema_json=schema,
-        schema_digest=hashlib.sha256(schema).hexdigest(),
-        class_counts=tuple(class_counts),
-        num_train=sum(class_counts),
-        num_test=num_test,
-    )
+    offer = _offer(workload, source, len(class_counts), class_counts, num_test)
     return offer_summary(offer)

@@ -192,19 +192,8 @@ def test_a_45_mb_artifact_moves_in_chunks(federation: LocalFederation) -> None:
     digest = hashlib.sha256(payload).hexdigest()
     with held_task(federation, "bulk") as (raw, job_id, round_number):
         stub, md = raw.stub, raw.md
-        step = 1 << 20
-        chunks = (
-            common_pb2.BlobChunk(
-                blob_id=digest,
-                offset=o,
-                data=payload[o : o + step],
-                total_size=len(payload),
-                job_id=job_id,
-                round=round_number,
-            )
-            for o in range(0, len(payload), step)
-        )
-        reply = stub.UploadBlob(chunks, metadata=md, timeout=120)
+        sent = raw_participant.chunks(payload, job_id, round_number, size=1 << 20)
+        reply = stub.UploadBlob(sent, metadata=md, timeout=120)
         assert reply.blob_id == digest and reply.size == len(payload)
         request = participant_pb2.DownloadBlobRequest(blob_id=digest)
         back = b"".join(c.data for c in stub.DownloadBlob(request, metadata=md, timeout=120))

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
-from fused.common.domain.ledger import LedgerEntry, LedgerStatus, forget_set
 from fused.common.domain.records import JobKind, Phase, VersionKind
 from fused.common.domain.round_metrics import (
     AggregateSummary,
@@ -17,33 +15,19 @@ from fused.common.domain.round_metrics import (
     PayloadKind,
     RoundMetrics,
 )
-from fused.common.domain.tasks import ForgetSet, ForgetSpec, HeldSamples
 from fused.common.domain.version_meta import AdapterMeta, UnlearnedMeta, VersionMeta
 from fused.coordinator.state import (
-    InMemoryStateStore,
     JobEvent,
     JobRecord,
     JobStatus,
     ModelVersion,
     ParticipantRecord,
     RoundRecord,
-    SqliteStateStore,
     StateStore,
     UnknownRecordError,
 )
 
 StoreFactory = Callable[[], StateStore]
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
-    s: StateStore
-    if request.param == "memory":
-        s = InMemoryStateStore()
-    else:
-        s = SqliteStateStore(tmp_path / "state.db")
-    yield s
-    s.close()
 
 
 def participant(pid: str, last_seen: float = 10.0) -> ParticipantRecord:
@@ -359,43 +343,3 @@ def test_concurrent_appends_get_unique_seqs(store: StateStore) -> None:
     for t in threads:
         t.join()
     assert [e.seq for e in store.list_events("j1")] == list(range(1, 81))
-
-
-# --------------------------------------------------------------------------- the forget ledger
-
-
-def ledger_entry(entry_id: str, forget: ForgetSpec, at: float) -> LedgerEntry:
-    return LedgerEntry(
-        entry_id, forget, "admin", at, f"job-{entry_id}", f"m-{entry_id}", LedgerStatus.ACTIVE, at
-    )
-
-
-def test_ledger_entries_are_appended_and_only_their_status_changes(store: StateStore) -> None:
-    samples = ForgetSpec("samples", participant_id="p1", sample_ids=(7, 3))
-    store.add_ledger_entry(ledger_entry("f2", samples, 20.0))
-    store.add_ledger_entry(ledger_entry("f1", ForgetSpec("participant", "p0"), 10.0))
-    with pytest.raises(ValueError, match="already exists"):
-        store.add_ledger_entry(ledger_entry("f1", ForgetSpec("class", class_label=2), 30.0))
-    entries = store.list_ledger()
-    assert [e.entry_id for e in entries] == ["f1", "f2"]  # oldest first
-    assert entries[1].forget == samples and entries[1].status is LedgerStatus.ACTIVE
-    changed = store.set_ledger_status("f1", LedgerStatus.WITHDRAWN, 40.0)
-    assert (changed.status, changed.changed_at, changed.requested_at) == ("withdrawn", 40.0, 10.0)
-    assert store.list_ledger()[0].status is LedgerStatus.WITHDRAWN
-    with pytest.raises(UnknownRecordError):
-        store.set_ledger_status("nope", LedgerStatus.WITHDRAWN, 1.0)
-
-
-def test_the_binding_entries_make_one_forget_set(store: StateStore) -> None:
-    store.add_ledger_entry(ledger_entry("f1", ForgetSpec("participant", "p0"), 1.0))
-    store.add_ledger_entry(ledger_entry("f2", ForgetSpec("class", class_label=3), 2.0))
-    store.add_ledger_entry(
-        ledger_entry("f3", ForgetSpec("samples", participant_id="p1", sample_ids=(9, 4)), 3.0)
-    )
-    store.add_ledger_entry(ledger_entry("f4", ForgetSpec("participant", "p2"), 4.0))
-    store.set_ledger_status("f4", LedgerStatus.WITHDRAWN, 5.0)
-    store.set_ledger_status("f2", LedgerStatus.CONSOLIDATED, 6.0)
-    excluded = forget_set(store.list_ledger())
-    assert excluded == ForgetSet(("p0",), (3,), (HeldSamples("p1", (4, 9)),))
-    assert excluded.for_participant("p2").samples == ()
-    assert ForgetSet.from_dict(excluded.to_dict()) == excluded

@@ -4,29 +4,16 @@ an id), on both implementations; and the SQLite migration that added the blocks.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from fused.coordinator.state import (
     SCHEMA_VERSION,
     BlockedParticipant,
-    InMemoryStateStore,
     ParticipantRecord,
     SqliteStateStore,
     StateStore,
 )
 from fused.coordinator.state.sqlite_rows import MIGRATIONS
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
-    s: StateStore = (
-        InMemoryStateStore() if request.param == "memory" else SqliteStateStore(tmp_path / "s.db")
-    )
-    yield s
-    s.close()
 
 
 def participant(pid: str) -> ParticipantRecord:

@@ -1,0 +1,46 @@
+"""The forget ledger in the state store, for every implementation (the `store` fixture)."""
+
+from __future__ import annotations
+
+import pytest
+
+from fused.common.domain.ledger import LedgerEntry, LedgerStatus, forget_set
+from fused.common.domain.tasks import ForgetSet, ForgetSpec, HeldSamples
+from fused.coordinator.state import StateStore, UnknownRecordError
+
+
+def ledger_entry(entry_id: str, forget: ForgetSpec, at: float) -> LedgerEntry:
+    return LedgerEntry(
+        entry_id, forget, "admin", at, f"job-{entry_id}", f"m-{entry_id}", LedgerStatus.ACTIVE, at
+    )
+
+
+def test_ledger_entries_are_appended_and_only_their_status_changes(store: StateStore) -> None:
+    samples = ForgetSpec("samples", participant_id="p1", sample_ids=(7, 3))
+    store.add_ledger_entry(ledger_entry("f2", samples, 20.0))
+    store.add_ledger_entry(ledger_entry("f1", ForgetSpec("participant", "p0"), 10.0))
+    with pytest.raises(ValueError, match="already exists"):
+        store.add_ledger_entry(ledger_entry("f1", ForgetSpec("class", class_label=2), 30.0))
+    entries = store.list_ledger()
+    assert [e.entry_id for e in entries] == ["f1", "f2"]  # oldest first
+    assert entries[1].forget == samples and entries[1].status is LedgerStatus.ACTIVE
+    changed = store.set_ledger_status("f1", LedgerStatus.WITHDRAWN, 40.0)
+    assert (changed.status, changed.changed_at, changed.requested_at) == ("withdrawn", 40.0, 10.0)
+    assert store.list_ledger()[0].status is LedgerStatus.WITHDRAWN
+    with pytest.raises(UnknownRecordError):
+        store.set_ledger_status("nope", LedgerStatus.WITHDRAWN, 1.0)
+
+
+def test_the_binding_entries_make_one_forget_set(store: StateStore) -> None:
+    store.add_ledger_entry(ledger_entry("f1", ForgetSpec("participant", "p0"), 1.0))
+    store.add_ledger_entry(ledger_entry("f2", ForgetSpec("class", class_label=3), 2.0))
+    store.add_ledger_entry(
+        ledger_entry("f3", ForgetSpec("samples", participant_id="p1", sample_ids=(9, 4)), 3.0)
+    )
+    store.add_ledger_entry(ledger_entry("f4", ForgetSpec("participant", "p2"), 4.0))
+    store.set_ledger_status("f4", LedgerStatus.WITHDRAWN, 5.0)
+    store.set_ledger_status("f2", LedgerStatus.CONSOLIDATED, 6.0)
+    excluded = forget_set(store.list_ledger())
+    assert excluded == ForgetSet(("p0",), (3,), (HeldSamples("p1", (4, 9)),))
+    assert excluded.for_participant("p2").samples == ()
+    assert ForgetSet.from_dict(excluded.to_dict()) == excluded
