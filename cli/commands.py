@@ -49,10 +49,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         evaluate_each_round=not args.no_eval_each_round,
         policy=policy_from_args(args),
     )
-    return _start(args, start_training(control_stub(args), spec, args.init_weights))
+    return start_job(args, start_training(control_stub(args), spec, args.init_weights))
 
 
-def _start(args: argparse.Namespace, job: control_pb2.JobInfo) -> int:
+def start_job(args: argparse.Namespace, job: control_pb2.JobInfo) -> int:
     if not args.wait:
         emit(args, as_dict(job), lambda: f"started job {job.job_id}")
         return 0
@@ -119,14 +119,14 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
         policy=policy_from_args(args),
     )
     request = control_pb2.StartUnlearningRequest(spec=unlearning_spec_to_proto(spec))
-    return _start(args, control_stub(args).StartUnlearning(request, timeout=30))
+    return start_job(args, control_stub(args).StartUnlearning(request, timeout=30))
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     request = control_pb2.StartEvaluationRequest(version_id=args.version)
     if args.participant or args.forget_class is not None or args.samples:
         request.forget.CopyFrom(forget_to_proto(forget_from_args(args)))
-    return _start(args, control_stub(args).StartEvaluation(request, timeout=30))
+    return start_job(args, control_stub(args).StartEvaluation(request, timeout=30))
 
 
 def cmd_layers(args: argparse.Namespace) -> int:

@@ -138,46 +138,6 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_ledger_commands(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="ledger_command", metavar="{withdraw}")
-    withdraw = sub.add_parser(
-        "withdraw",
-        help="take a request back: later jobs no longer leave its data out (its versions stay)",
-    )
-    withdraw.add_argument("entry")
-    withdraw.set_defaults(func=cmd_withdraw)
-
-
-def cmd_withdraw(args: argparse.Namespace) -> int:
-    request = control_pb2.LedgerEntryRequest(entry_id=args.entry)
-    entry = control_stub(args).WithdrawRequest(request, timeout=30)
-    emit(args, as_dict(entry), lambda: f"withdrew {entry.entry_id} ({forgotten(entry.forget)})")
-    return 0
-
-
-def cmd_ledger(args: argparse.Namespace) -> int:
-    """The forget ledger: every applied request, what later jobs leave out."""
-    reply = control_stub(args).ListLedger(control_pb2.ListLedgerRequest(), timeout=30)
-    rows = [
-        [
-            e.entry_id,
-            e.status,
-            forgotten(e.forget),
-            e.requested_by or "-",
-            when(e.requested_at),
-            e.job_id,
-            e.version_id,
-        ]
-        for e in reply.entries
-    ]
-    emit(
-        args,
-        as_dict(reply).get("entries", []),
-        lambda: table(["entry", "status", "forgets", "by", "requested", "job", "version"], rows),
-    )
-    return 0
-
-
 def forgotten(f: common_pb2.ForgetSpec) -> str:
     """A request in a few words: participant p0, class 3, 50 samples of p1."""
     if f.paradigm == "participant":

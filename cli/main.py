@@ -24,10 +24,9 @@ from fused.cli.commands import (
     cmd_unlearn,
     cmd_watch,
 )
+from fused.cli.ledger import add_ledger_parsers
 from fused.cli.listings import (
-    add_ledger_commands,
     cmd_jobs,
-    cmd_ledger,
     cmd_models,
     cmd_participants,
     cmd_status,
@@ -145,9 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     participants.set_defaults(func=cmd_participants)
     add_participant_commands(participants)
     sub.add_parser("models", help="list model versions").set_defaults(func=cmd_models)
-    ledger = sub.add_parser("ledger", help="the forget ledger: every applied unlearning request")
-    ledger.set_defaults(func=cmd_ledger)
-    add_ledger_commands(ledger)
+    add_ledger_parsers(sub)
 
     export = sub.add_parser("export", help="download a model version as safetensors")
     export.add_argument("version", nargs="?", default="", help="default: the active version")

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import grpc
 
-from fused.common.domain.ledger import LedgerStatus
 from fused.common.domain.records import (
     BlockedParticipant,
     JobKind,
@@ -20,6 +19,7 @@ from fused.common.domain.records import (
 )
 from fused.common.rpc.control_convert import (
     blocked_to_proto,
+    consolidation_spec_from_proto,
     event_to_proto,
     job_to_proto,
     ledger_to_proto,
@@ -40,6 +40,7 @@ from fused.coordinator.rpc_errors import Context, answers, caller_id
 from fused.coordinator.state import ParticipantRecord, StateStore
 from fused.coordinator.transfer import Downloads
 from fused.coordinator.versions import ACTIVE_VERSION_KEY, active_version, set_active
+from fused.coordinator.withdrawal import withdraw
 from fused.proto.v1 import common_pb2, control_pb2, control_pb2_grpc
 
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -281,17 +282,22 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
     @answers()
     async def WithdrawRequest(
-        self, request: control_pb2.LedgerEntryRequest, context: Context
-    ) -> control_pb2.LedgerEntryInfo:
-        entry = next((e for e in self.store.list_ledger() if e.entry_id == request.entry_id), None)
-        if entry is None:
-            raise RequestRefused(NOT_FOUND, f"no ledger entry {request.entry_id!r}")
-        if entry.status is LedgerStatus.WITHDRAWN:
-            raise RequestRefused(
-                grpc.StatusCode.FAILED_PRECONDITION, f"{entry.entry_id} is already withdrawn"
-            )
-        changed = self.store.set_ledger_status(entry.entry_id, LedgerStatus.WITHDRAWN, time.time())
-        return ledger_to_proto(changed)
+        self, request: control_pb2.WithdrawalRequest, context: Context
+    ) -> control_pb2.WithdrawalResponse:
+        done = withdraw(self.store, self.jobs, request.entry_id, request.keep_version, caller_id())
+        return control_pb2.WithdrawalResponse(
+            entry=ledger_to_proto(done.entry),
+            version_id=done.version_id,
+            job_id=done.job_id,
+            message=done.message,
+        )
+
+    @answers(rejected="invalid consolidation spec: ")
+    async def StartConsolidation(
+        self, request: control_pb2.StartConsolidationRequest, context: Context
+    ) -> control_pb2.JobInfo:
+        spec = consolidation_spec_from_proto(request.spec)
+        return job_to_proto(self.jobs.start(JobKind.CONSOLIDATE, spec, caller_id()))
 
     async def ListModels(
         self, request: control_pb2.ListModelsRequest, context: Context

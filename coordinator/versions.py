@@ -37,3 +37,14 @@ def active_version(store: StateStore) -> ModelVersion | None:
 
 def set_active(store: StateStore, version_id: str) -> None:
     store.set_setting(ACTIVE_VERSION_KEY, version_id)
+
+
+def lineage(store: StateStore, version: ModelVersion) -> list[ModelVersion]:
+    """`version` and its ancestors, newest first."""
+    chain = [version]
+    while chain[-1].parent_id is not None:
+        parent = store.get_model_version(chain[-1].parent_id)
+        if parent is None or parent in chain:
+            break
+        chain.append(parent)
+    return chain

@@ -129,8 +129,9 @@ class LocalFederation:
         return control_pb2_grpc.ControlServiceStub(channel)
 
     def withdraw_all(self) -> list[str]:
-        """Withdraw every active forget-ledger entry, so that the next job starts on a clean
-        slate (scenarios and tests that apply requests one at a time to the same base)."""
+        """Withdraw every active forget-ledger entry, keeping the served version, so that the
+        next job starts on a clean slate (scenarios and tests that apply requests one at a
+        time to the same base)."""
         stub = self.control()
         active = [
             e.entry_id
@@ -138,7 +139,8 @@ class LocalFederation:
             if e.status == "active"
         ]
         for entry_id in active:
-            stub.WithdrawRequest(control_pb2.LedgerEntryRequest(entry_id=entry_id), timeout=30)
+            request = control_pb2.WithdrawalRequest(entry_id=entry_id, keep_version=True)
+            stub.WithdrawRequest(request, timeout=30)
         return active
 
     def wait_online(self, count: int, timeout_s: float = 60) -> list[str]:

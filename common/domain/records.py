@@ -25,6 +25,7 @@ class JobKind(StrEnum):
     TRAIN = "train"
     UNLEARN = "unlearn"
     EVALUATE = "evaluate"
+    CONSOLIDATE = "consolidate"
 
 
 class Phase(StrEnum):
@@ -36,6 +37,7 @@ class Phase(StrEnum):
     ADAPTER = "adapter"  # FUSED: FedAvg of adapter values
     RETRAIN = "retrain"  # the retrain baseline: FedAvg from a fresh initialisation
     FINETUNE = "finetune"  # the finetune baseline: FedAvg from the base weights
+    AUDIT = "audit"  # a consolidation: the forget accuracy of each request, before and after
 
 
 class VersionKind(StrEnum):

@@ -151,6 +151,9 @@ class UnlearningSpec:
     seed: int = 0
     evaluate_each_round: bool = True
     policy: AggregationPolicy = field(default_factory=AggregationPolicy)
+    # A withdrawal's rebuild: the ledger entries this job applies again on `base_version`
+    # (`forget` is the last of them); it records no new entry. () = a new request.
+    replays: tuple[str, ...] = ()
 
     @property
     def method(self) -> str:
@@ -179,14 +182,60 @@ class UnlearningSpec:
         del common["config"]
         common.update(forget=dataclasses.asdict(self.forget), train=dataclasses.asdict(self.train))
         common["policy"] = self.policy.to_dict()
+        common["replays"] = list(self.replays)
         return {**common, "method": self.method, **self.config.to_fields()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> UnlearningSpec:
-        own = {f.name for f in dataclasses.fields(cls)} - {"forget", "config", "train", "policy"}
+        nested = {"forget", "config", "train", "policy", "replays"}
+        own = {f.name for f in dataclasses.fields(cls)} - nested
         return cls(
             forget=ForgetSpec.from_dict(data["forget"]),
             config=method_config(str(data.get("method", "fused")), data),
+            train=TrainConfig(**data.get("train", {})),
+            policy=AggregationPolicy.from_dict(data.get("policy")),
+            replays=tuple(str(e) for e in data.get("replays", ())),
+            **{k: v for k, v in data.items() if k in own},
+        )
+
+
+@dataclass(frozen=True)
+class ConsolidationSpec:
+    """A retrain from the stored initial weights on the data the ledger allows, replacing a
+    chain of unlearning versions (`fusedctl consolidate`)."""
+
+    base_version: str = ""  # the chain it replaces; "" = the active version
+    rounds: int = 0  # 0 = the budget (rounds, train, seed) of the training that began the chain
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+    min_participants: int = 1
+    round_deadline_s: float = 300.0
+    wait_for_participants_s: float = 60.0
+    policy: AggregationPolicy = field(default_factory=AggregationPolicy)
+
+    def validate(self) -> None:
+        if self.rounds:
+            try:
+                self.train.validate()
+            except ValueError as exc:
+                raise SpecError(f"train: {exc}") from exc
+        _check_policy(self.policy)
+        checks = [
+            (self.rounds >= 0, f"rounds must be >= 0, got {self.rounds}"),
+            (self.min_participants >= 1, "min_participants must be >= 1"),
+            (self.round_deadline_s > 0, "round_deadline_s must be > 0"),
+            (self.wait_for_participants_s >= 0, "wait_for_participants_s must be >= 0"),
+            (self.seed >= 0, "seed must be >= 0"),
+        ]
+        _check(checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "policy": self.policy.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ConsolidationSpec:
+        own = {f.name for f in dataclasses.fields(cls)} - {"train", "policy"}
+        return cls(
             train=TrainConfig(**data.get("train", {})),
             policy=AggregationPolicy.from_dict(data.get("policy")),
             **{k: v for k, v in data.items() if k in own},

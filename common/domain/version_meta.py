@@ -65,6 +65,8 @@ class VersionMeta:
     accuracy: float | None = None  # a trained version's test accuracy
     adapter: AdapterMeta | None = None  # an adapter version
     unlearned: UnlearnedMeta | None = None  # a version an unlearning job produced
+    # The forget-ledger entries whose data this model has not learnt or has unlearnt (sorted).
+    forgets: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"dataset": self.dataset, "num_classes": self.num_classes}
@@ -76,6 +78,8 @@ class VersionMeta:
         if self.unlearned is not None:
             u = self.unlearned
             out.update({"method": u.method, "ra": u.ra, "fa": u.fa})
+        if self.forgets:
+            out["forgets"] = list(self.forgets)
         return out
 
     @classmethod
@@ -93,6 +97,7 @@ class VersionMeta:
             accuracy=None if accuracy is None else float(accuracy),
             adapter=adapter,
             unlearned=unlearned,
+            forgets=tuple(str(e) for e in data.get("forgets", ())),
         )
 
     def _digests(self) -> dict[str, str]:

@@ -19,7 +19,12 @@ from fused.common.domain.records import (
     ParticipantRecord,
     RoundRecord,
 )
-from fused.common.domain.specs import TrainingSpec, UnlearningSpec, method_config
+from fused.common.domain.specs import (
+    ConsolidationSpec,
+    TrainingSpec,
+    UnlearningSpec,
+    method_config,
+)
 from fused.common.rpc.task_convert import (
     copy_fields,
     forget_from_proto,
@@ -80,6 +85,32 @@ def training_spec_from_proto(msg: control_pb2.TrainingSpec) -> TrainingSpec:
         train=train_config_from_proto(msg.train),
         policy=policy_from_proto(msg.policy),
         **copy_fields(msg, _TRAINING_FIELDS),
+    )
+
+
+_CONSOLIDATION_FIELDS = (
+    "base_version",
+    "rounds",
+    "seed",
+    "min_participants",
+    "round_deadline_s",
+    "wait_for_participants_s",
+)
+
+
+def consolidation_spec_to_proto(spec: ConsolidationSpec) -> control_pb2.ConsolidationSpec:
+    return control_pb2.ConsolidationSpec(
+        train=train_config_to_proto(spec.train),
+        policy=policy_to_proto(spec.policy),
+        **copy_fields(spec, _CONSOLIDATION_FIELDS),
+    )
+
+
+def consolidation_spec_from_proto(msg: control_pb2.ConsolidationSpec) -> ConsolidationSpec:
+    return ConsolidationSpec(
+        train=train_config_from_proto(msg.train),
+        policy=policy_from_proto(msg.policy),
+        **copy_fields(msg, _CONSOLIDATION_FIELDS),
     )
 
 

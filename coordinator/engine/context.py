@@ -78,6 +78,7 @@ class JobContext:
     policy: AggregationPolicy = field(default_factory=AggregationPolicy)
     left_out: set[str] = field(default_factory=set)  # participants reported as left out
     excluded: ForgetSet = field(default_factory=ForgetSet)  # the forget ledger's, at creation
+    excluded_entries: tuple[str, ...] = ()  # the ids of the ledger entries `excluded` unites
     requested_by: str = ""  # the caller that started the job
 
     def progress(self, phase: Phase, round_number: int) -> None:

@@ -131,12 +131,13 @@ async def evaluate_model(
     deadline_s: float,
     forget: ForgetSpec | None = None,
     adapter: AdapterRef | None = None,
+    phase: Phase = Phase.EVALUATE,
 ) -> EvalSummary:
     """Federated evaluation by every online participant: RA and, with a forget spec, FA."""
     started = ctx.clock()
-    ctx.progress(Phase.EVALUATE, r)
+    ctx.progress(phase, r)
     plan = RoundPlan(
-        Phase.EVALUATE,
+        phase,
         r,
         TaskKind.EVALUATE,
         members(ctx),
@@ -149,10 +150,10 @@ async def evaluate_model(
         adapter,
     )
     result = await run_round(ctx, plan, eval_check(ctx, model.num_classes))
-    check_quorum(result, 1, Phase.EVALUATE, r)
+    check_quorum(result, 1, phase, r)
     summary = merge_eval(result, model.num_classes, ctx.policy.max_weight_share)
     ctx.metrics.job_accuracy.labels(ctx.job_id).set(summary.accuracy)
     if summary.fa is not None:
         ctx.metrics.job_forget_accuracy.labels(ctx.job_id).set(summary.fa)
-    finish_round(ctx, Phase.EVALUATE, r, started, result, RoundMetrics(evaluation=summary))
+    finish_round(ctx, phase, r, started, result, RoundMetrics(evaluation=summary))
     return summary

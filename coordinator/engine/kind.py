@@ -64,8 +64,14 @@ class NewVersion:
     num_params: int  # trainable parameters (engine.schemas.num_parameters)
 
 
-def publish_version(ctx: JobContext, new: NewVersion) -> ModelVersion:
-    """Store `new` as a version of this job and make it the active (served) one."""
+def publish_version(ctx: JobContext, new: NewVersion, activate: bool = True) -> ModelVersion:
+    """Store `new` as this job's version and (`activate`) make it the active (served) one. A
+    job publishes one version: resumed after publishing, it gets the stored one back."""
+    stored = next((v for v in ctx.store.list_model_versions() if v.job_id == ctx.job_id), None)
+    if stored is not None:
+        if activate:
+            set_active(ctx.store, stored.version_id)
+        return stored
     version = ModelVersion(
         version_id=new_id("m"),
         job_id=ctx.job_id,
@@ -78,5 +84,6 @@ def publish_version(ctx: JobContext, new: NewVersion) -> ModelVersion:
         meta=new.meta,
     )
     ctx.store.add_model_version(version)
-    set_active(ctx.store, version.version_id)
+    if activate:
+        set_active(ctx.store, version.version_id)
     return version

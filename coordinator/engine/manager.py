@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 # Keys the manager adds to every stored job spec (the kinds' own specs never see them).
 EXCLUDED_KEY = "excluded"  # the forget ledger's ForgetSet when the job was created
+EXCLUDED_ENTRIES_KEY = "excluded_entries"  # the ids of the ledger entries it unites
 REQUESTED_BY_KEY = "requested_by"  # the caller that started it
 
 TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED})
@@ -81,10 +82,11 @@ class JobManager:
         invalid. The forget ledger's binding entries as of now are stored with the job, so a
         resumed job leaves out exactly what it left out before."""
         handler = self._kinds[kind]
-        excluded = forget_set(self._store.list_ledger())
+        binding = [e for e in self._store.list_ledger() if e.binding]
         spec = {
             **handler.prepare(self._store, request),
-            EXCLUDED_KEY: excluded.to_dict(),
+            EXCLUDED_KEY: forget_set(binding).to_dict(),
+            EXCLUDED_ENTRIES_KEY: sorted(e.entry_id for e in binding),
             REQUESTED_BY_KEY: requested_by,
         }
         now = self._clock()
@@ -116,6 +118,7 @@ class JobManager:
         )
         spec = dict(record.spec)
         ctx.excluded = ForgetSet.from_dict(spec.pop(EXCLUDED_KEY, None))
+        ctx.excluded_entries = tuple(spec.pop(EXCLUDED_ENTRIES_KEY, ()))
         ctx.requested_by = str(spec.pop(REQUESTED_BY_KEY, ""))
         run = handler.run(ctx, spec, resume)
         self._running[record.job_id] = asyncio.create_task(self._run(ctx, handler, run))

@@ -7,12 +7,13 @@ control RPC that starts it).
 from __future__ import annotations
 
 from fused.coordinator.engine.kind import JobKindHandler
+from fused.coordinator.jobs.consolidate import ConsolidationJob
 from fused.coordinator.jobs.evaluate import EvaluationJob, EvaluationRequest
 from fused.coordinator.jobs.train import TrainingJob
 from fused.coordinator.jobs.unlearn import UnlearningJob
 
 JOB_KINDS: dict[str, JobKindHandler] = {
-    k.kind.value: k for k in (TrainingJob(), UnlearningJob(), EvaluationJob())
+    k.kind.value: k for k in (TrainingJob(), UnlearningJob(), EvaluationJob(), ConsolidationJob())
 }
 
 __all__ = ["JOB_KINDS", "EvaluationRequest", "JobKindHandler"]

@@ -73,8 +73,16 @@ class TrainingJob(JobKindHandler):
         evaluation = history[-1].evaluation
         assert evaluation is not None  # the last round is always evaluated
         init_digest = spec.init_weights or (init.meta.init_digest if init else "")
+        # Continued training keeps what its start forgets; from initial weights, the model
+        # never saw the data the ledger left out.
+        forgotten = init.meta.forgets if init else tuple(sorted(ctx.excluded_entries))
         meta = VersionMeta(
-            dataset, num_classes, fed.schema_digest, init_digest, accuracy=evaluation.accuracy
+            dataset,
+            num_classes,
+            fed.schema_digest,
+            init_digest,
+            accuracy=evaluation.accuracy,
+            forgets=forgotten,
         )
         parent = spec.init_version or None
         new = NewVersion(VersionKind.BASE, blob, model, parent, meta, num_parameters(schema))

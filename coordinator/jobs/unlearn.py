@@ -52,11 +52,16 @@ class UnlearningJob(JobKindHandler):
         unlearned = await METHODS[spec.method].run(ctx, spec, base)
         after = unlearned.history[-1].evaluation
         assert after is not None  # the last round is always evaluated
-        version = publish_version(ctx, _new_version(spec, base, unlearned, after))
-        entry = record_request(ctx, spec.forget, version.version_id)
+        applied = spec.replays or (request_entry_id(ctx.job_id),)
+        new = _new_version(spec, base, unlearned, after, forgets(ctx, base, applied))
+        version = publish_version(ctx, new)
+        if spec.replays:
+            _announce_replay(ctx, spec.replays, version.version_id)
+        else:
+            record_request(ctx, spec.forget, version.version_id)
         details = {
             "version_id": version.version_id,
-            "ledger_entry": entry.entry_id,
+            "ledger_entries": list(applied),
             "base_version": base.version.version_id,
             "method": spec.method,
             "ra_before": before.accuracy,
@@ -77,10 +82,27 @@ class UnlearningJob(JobKindHandler):
         return JobResult(summary, details)
 
 
+def request_entry_id(job_id: str) -> str:
+    """The ledger entry of the request a job applies (one per job, named after it)."""
+    return "f-" + job_id.removeprefix("job-")
+
+
+def forgets(ctx: JobContext, base: Base, applied: tuple[str, ...]) -> tuple[str, ...]:
+    """The ledger entries the new version forgets: those its base forgets, those the job's
+    data left out (the ledger's when it was created), and the ones it applies."""
+    return tuple(sorted({*base.version.meta.forgets, *ctx.excluded_entries, *applied}))
+
+
+def _announce_replay(ctx: JobContext, entries: tuple[str, ...], version_id: str) -> None:
+    listed = ", ".join(entries)
+    message = f"forget ledger: {listed} applied again by {version_id} after a withdrawal"
+    ctx.emit("ledger_reapplied", "", 0, message, {"entries": list(entries)})
+
+
 def record_request(ctx: JobContext, forget: ForgetSpec, version_id: str) -> LedgerEntry:
     """The request in the forget ledger, active: every later job leaves its data out. One
     entry per job (its id derives from the job's), so a resumed job never adds a second."""
-    entry_id = "f-" + ctx.job_id.removeprefix("job-")
+    entry_id = request_entry_id(ctx.job_id)
     existing = next((e for e in ctx.store.list_ledger() if e.entry_id == entry_id), None)
     if existing is not None:
         return existing
@@ -140,7 +162,11 @@ async def _evaluate_base(ctx: JobContext, spec: UnlearningSpec, base: Base) -> E
 
 
 def _new_version(
-    spec: UnlearningSpec, base: Base, unlearned: Unlearned, after: EvalSummary
+    spec: UnlearningSpec,
+    base: Base,
+    unlearned: Unlearned,
+    after: EvalSummary,
+    forgotten: tuple[str, ...],
 ) -> NewVersion:
     meta = VersionMeta(
         dataset=base.model.dataset,
@@ -149,6 +175,7 @@ def _new_version(
         init_digest=base.version.meta.init_digest,
         adapter=unlearned.adapter,
         unlearned=UnlearnedMeta(spec.method, after.accuracy, after.fa),
+        forgets=forgotten,
     )
     parent = base.version.version_id
     params = num_parameters(base.schema)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fused.common.domain.ledger import LedgerEntry, LedgerStatus
@@ -72,8 +72,11 @@ class StateStore(abc.ABC):
         """Oldest first (requested_at, then entry_id)."""
 
     @abc.abstractmethod
-    def set_ledger_status(self, entry_id: str, status: LedgerStatus, when: float) -> LedgerEntry:
-        """Change an entry's status; raises UnknownRecordError for an unknown id."""
+    def set_ledger_status(
+        self, entry_ids: Sequence[str], status: LedgerStatus, when: float
+    ) -> list[LedgerEntry]:
+        """Change the entries' status all at once (one transaction: all or none); raises
+        UnknownRecordError, changing nothing, if any id is unknown."""
 
     # jobs
     @abc.abstractmethod

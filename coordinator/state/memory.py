@@ -10,7 +10,7 @@ import copy
 import dataclasses
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fused.common.domain.ledger import LedgerEntry, LedgerStatus
@@ -109,13 +109,17 @@ class InMemoryStateStore(StateStore):
             entries = sorted(self._ledger.values(), key=lambda e: (e.requested_at, e.entry_id))
             return [copy.deepcopy(e) for e in entries]
 
-    def set_ledger_status(self, entry_id: str, status: LedgerStatus, when: float) -> LedgerEntry:
+    def set_ledger_status(
+        self, entry_ids: Sequence[str], status: LedgerStatus, when: float
+    ) -> list[LedgerEntry]:
         with self._lock:
-            entry = self._ledger.get(entry_id)
-            if entry is None:
-                raise UnknownRecordError(entry_id)
-            entry.status, entry.changed_at = LedgerStatus(status), float(when)
-            return copy.deepcopy(entry)
+            unknown = [e for e in entry_ids if e not in self._ledger]
+            if unknown:
+                raise UnknownRecordError(unknown[0])
+            for entry_id in entry_ids:
+                entry = self._ledger[entry_id]
+                entry.status, entry.changed_at = LedgerStatus(status), float(when)
+            return [copy.deepcopy(self._ledger[e]) for e in entry_ids]
 
     # jobs
     def create_job(self, record: JobRecord) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -183,18 +183,24 @@ class SqliteStateStore(StateStore):
         rows = self._query(f"SELECT {LEDGER_COLS} FROM ledger ORDER BY requested_at, entry_id")
         return [from_row(LedgerEntry, r) for r in rows]
 
-    def set_ledger_status(self, entry_id: str, status: LedgerStatus, when: float) -> LedgerEntry:
-        with self._write() as conn:
-            cursor = conn.execute(
-                "UPDATE ledger SET status = ?, changed_at = ? WHERE entry_id = ?",
-                (LedgerStatus(status).value, float(when), entry_id),
-            )
-            if cursor.rowcount == 0:
-                raise UnknownRecordError(entry_id)
-            row = conn.execute(
-                f"SELECT {LEDGER_COLS} FROM ledger WHERE entry_id = ?", (entry_id,)
-            ).fetchone()
-        return from_row(LedgerEntry, row)
+    def set_ledger_status(
+        self, entry_ids: Sequence[str], status: LedgerStatus, when: float
+    ) -> list[LedgerEntry]:
+        rows = []
+        with self._write() as conn:  # one transaction: an unknown id rolls back every change
+            for entry_id in entry_ids:
+                cursor = conn.execute(
+                    "UPDATE ledger SET status = ?, changed_at = ? WHERE entry_id = ?",
+                    (LedgerStatus(status).value, float(when), entry_id),
+                )
+                if cursor.rowcount == 0:
+                    raise UnknownRecordError(entry_id)
+                rows.append(
+                    conn.execute(
+                        f"SELECT {LEDGER_COLS} FROM ledger WHERE entry_id = ?", (entry_id,)
+                    ).fetchone()
+                )
+        return [from_row(LedgerEntry, r) for r in rows]
 
     # jobs
     def create_job(self, record: JobRecord) -> None:

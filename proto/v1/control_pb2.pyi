@@ -858,23 +858,123 @@ class ListLedgerRequest(_message.Message):
 Global___ListLedgerRequest: _TypeAlias = ListLedgerRequest  # noqa: Y015
 
 @_typing.final
-class LedgerEntryRequest(_message.Message):
+class WithdrawalRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ENTRY_ID_FIELD_NUMBER: _builtins.int
+    KEEP_VERSION_FIELD_NUMBER: _builtins.int
     entry_id: _builtins.str
+    keep_version: _builtins.bool
+    """only mark the entry withdrawn; the served version stays"""
     def __init__(
         self,
         *,
         entry_id: _builtins.str = ...,
+        keep_version: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_id", b"entry_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_id", b"entry_id", "keep_version", b"keep_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___LedgerEntryRequest: _TypeAlias = LedgerEntryRequest  # noqa: Y015
+Global___WithdrawalRequest: _TypeAlias = WithdrawalRequest  # noqa: Y015
+
+@_typing.final
+class WithdrawalResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_FIELD_NUMBER: _builtins.int
+    VERSION_ID_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    version_id: _builtins.str
+    """the version served now, if the withdrawal switched it"""
+    job_id: _builtins.str
+    """the unlearning job applying the remaining requests again"""
+    message: _builtins.str
+    """what happened"""
+    @_builtins.property
+    def entry(self) -> Global___LedgerEntryInfo: ...
+    def __init__(
+        self,
+        *,
+        entry: Global___LedgerEntryInfo | None = ...,
+        version_id: _builtins.str = ...,
+        job_id: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "job_id", b"job_id", "message", b"message", "version_id", b"version_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WithdrawalResponse: _TypeAlias = WithdrawalResponse  # noqa: Y015
+
+@_typing.final
+class ConsolidationSpec(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BASE_VERSION_FIELD_NUMBER: _builtins.int
+    ROUNDS_FIELD_NUMBER: _builtins.int
+    TRAIN_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    MIN_PARTICIPANTS_FIELD_NUMBER: _builtins.int
+    ROUND_DEADLINE_S_FIELD_NUMBER: _builtins.int
+    WAIT_FOR_PARTICIPANTS_S_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    base_version: _builtins.str
+    """the chain it replaces; "" = the active version"""
+    rounds: _builtins.int
+    """0 = the budget (rounds, train config, seed) of the training that began the chain"""
+    seed: _builtins.int
+    min_participants: _builtins.int
+    round_deadline_s: _builtins.float
+    wait_for_participants_s: _builtins.float
+    @_builtins.property
+    def train(self) -> _common_pb2.TrainConfig: ...
+    @_builtins.property
+    def policy(self) -> Global___AggregationPolicy: ...
+    def __init__(
+        self,
+        *,
+        base_version: _builtins.str = ...,
+        rounds: _builtins.int = ...,
+        train: _common_pb2.TrainConfig | None = ...,
+        seed: _builtins.int = ...,
+        min_participants: _builtins.int = ...,
+        round_deadline_s: _builtins.float = ...,
+        wait_for_participants_s: _builtins.float = ...,
+        policy: Global___AggregationPolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy", "train", b"train"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_version", b"base_version", "min_participants", b"min_participants", "policy", b"policy", "round_deadline_s", b"round_deadline_s", "rounds", b"rounds", "seed", b"seed", "train", b"train", "wait_for_participants_s", b"wait_for_participants_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsolidationSpec: _TypeAlias = ConsolidationSpec  # noqa: Y015
+
+@_typing.final
+class StartConsolidationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPEC_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def spec(self) -> Global___ConsolidationSpec: ...
+    def __init__(
+        self,
+        *,
+        spec: Global___ConsolidationSpec | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartConsolidationRequest: _TypeAlias = StartConsolidationRequest  # noqa: Y015
 
 @_typing.final
 class LedgerEntryInfo(_message.Message):

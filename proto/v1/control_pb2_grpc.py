@@ -108,8 +108,13 @@ class ControlServiceStub:
                 _registered_method=True)
         self.WithdrawRequest = channel.unary_unary(
                 '/fused.v1.ControlService/WithdrawRequest',
-                request_serializer=fused_dot_proto_dot_v1_dot_control__pb2.LedgerEntryRequest.SerializeToString,
-                response_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.LedgerEntryInfo.FromString,
+                request_serializer=fused_dot_proto_dot_v1_dot_control__pb2.WithdrawalRequest.SerializeToString,
+                response_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.WithdrawalResponse.FromString,
+                _registered_method=True)
+        self.StartConsolidation = channel.unary_unary(
+                '/fused.v1.ControlService/StartConsolidation',
+                request_serializer=fused_dot_proto_dot_v1_dot_control__pb2.StartConsolidationRequest.SerializeToString,
+                response_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.JobInfo.FromString,
                 _registered_method=True)
         self.UploadArtifact = channel.stream_unary(
                 '/fused.v1.ControlService/UploadArtifact',
@@ -226,8 +231,17 @@ class ControlServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WithdrawRequest(self, request, context):
-        """Take a request back: later jobs no longer leave its data out. The versions that forgot
-        it stay as they are (serve an earlier one with Revert).
+        """Take a request back: later jobs no longer leave its data out, and (unless keep_version)
+        the served model comes to forget exactly the remaining requests: by switching to an
+        earlier version of its lineage, or by a job that applies the later requests again there.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartConsolidation(self, request, context):
+        """Retrain from the stored initial weights on the data the ledger allows, in the background;
+        the result becomes the served base and its requests are marked consolidated.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -337,8 +351,13 @@ def add_ControlServiceServicer_to_server(servicer, server):
             ),
             'WithdrawRequest': grpc.unary_unary_rpc_method_handler(
                     servicer.WithdrawRequest,
-                    request_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.LedgerEntryRequest.FromString,
-                    response_serializer=fused_dot_proto_dot_v1_dot_control__pb2.LedgerEntryInfo.SerializeToString,
+                    request_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.WithdrawalRequest.FromString,
+                    response_serializer=fused_dot_proto_dot_v1_dot_control__pb2.WithdrawalResponse.SerializeToString,
+            ),
+            'StartConsolidation': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartConsolidation,
+                    request_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.StartConsolidationRequest.FromString,
+                    response_serializer=fused_dot_proto_dot_v1_dot_control__pb2.JobInfo.SerializeToString,
             ),
             'UploadArtifact': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadArtifact,
@@ -765,8 +784,35 @@ class ControlService:
             request,
             target,
             '/fused.v1.ControlService/WithdrawRequest',
-            fused_dot_proto_dot_v1_dot_control__pb2.LedgerEntryRequest.SerializeToString,
-            fused_dot_proto_dot_v1_dot_control__pb2.LedgerEntryInfo.FromString,
+            fused_dot_proto_dot_v1_dot_control__pb2.WithdrawalRequest.SerializeToString,
+            fused_dot_proto_dot_v1_dot_control__pb2.WithdrawalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartConsolidation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fused.v1.ControlService/StartConsolidation',
+            fused_dot_proto_dot_v1_dot_control__pb2.StartConsolidationRequest.SerializeToString,
+            fused_dot_proto_dot_v1_dot_control__pb2.JobInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,9 +52,14 @@ class ControlServiceStub:
     ExportModel: _grpc.UnaryStreamMultiCallable[_control_pb2.ExportModelRequest, _common_pb2.BlobChunk]
     ListLedger: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListLedgerRequest, _control_pb2.ListLedgerResponse]
     """The forget ledger: every applied unlearning request, oldest first."""
-    WithdrawRequest: _grpc.UnaryUnaryMultiCallable[_control_pb2.LedgerEntryRequest, _control_pb2.LedgerEntryInfo]
-    """Take a request back: later jobs no longer leave its data out. The versions that forgot
-    it stay as they are (serve an earlier one with Revert).
+    WithdrawRequest: _grpc.UnaryUnaryMultiCallable[_control_pb2.WithdrawalRequest, _control_pb2.WithdrawalResponse]
+    """Take a request back: later jobs no longer leave its data out, and (unless keep_version)
+    the served model comes to forget exactly the remaining requests: by switching to an
+    earlier version of its lineage, or by a job that applies the later requests again there.
+    """
+    StartConsolidation: _grpc.UnaryUnaryMultiCallable[_control_pb2.StartConsolidationRequest, _control_pb2.JobInfo]
+    """Retrain from the stored initial weights on the data the ledger allows, in the background;
+    the result becomes the served base and its requests are marked consolidated.
     """
     UploadArtifact: _grpc.StreamUnaryMultiCallable[_common_pb2.BlobChunk, _control_pb2.ArtifactInfo]
     """Stores an artifact (a training job's initial weights); returns its sha256 digest."""
@@ -91,9 +96,14 @@ class ControlServiceAsyncStub(ControlServiceStub):
     ExportModel: _aio.UnaryStreamMultiCallable[_control_pb2.ExportModelRequest, _common_pb2.BlobChunk]  # type: ignore[assignment]
     ListLedger: _aio.UnaryUnaryMultiCallable[_control_pb2.ListLedgerRequest, _control_pb2.ListLedgerResponse]  # type: ignore[assignment]
     """The forget ledger: every applied unlearning request, oldest first."""
-    WithdrawRequest: _aio.UnaryUnaryMultiCallable[_control_pb2.LedgerEntryRequest, _control_pb2.LedgerEntryInfo]  # type: ignore[assignment]
-    """Take a request back: later jobs no longer leave its data out. The versions that forgot
-    it stay as they are (serve an earlier one with Revert).
+    WithdrawRequest: _aio.UnaryUnaryMultiCallable[_control_pb2.WithdrawalRequest, _control_pb2.WithdrawalResponse]  # type: ignore[assignment]
+    """Take a request back: later jobs no longer leave its data out, and (unless keep_version)
+    the served model comes to forget exactly the remaining requests: by switching to an
+    earlier version of its lineage, or by a job that applies the later requests again there.
+    """
+    StartConsolidation: _aio.UnaryUnaryMultiCallable[_control_pb2.StartConsolidationRequest, _control_pb2.JobInfo]  # type: ignore[assignment]
+    """Retrain from the stored initial weights on the data the ledger allows, in the background;
+    the result becomes the served base and its requests are marked consolidated.
     """
     UploadArtifact: _aio.StreamUnaryMultiCallable[_common_pb2.BlobChunk, _control_pb2.ArtifactInfo]  # type: ignore[assignment]
     """Stores an artifact (a training job's initial weights); returns its sha256 digest."""
@@ -215,11 +225,22 @@ class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def WithdrawRequest(
         self,
-        request: _control_pb2.LedgerEntryRequest,
+        request: _control_pb2.WithdrawalRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_control_pb2.LedgerEntryInfo, _abc.Awaitable[_control_pb2.LedgerEntryInfo]]:
-        """Take a request back: later jobs no longer leave its data out. The versions that forgot
-        it stay as they are (serve an earlier one with Revert).
+    ) -> _typing.Union[_control_pb2.WithdrawalResponse, _abc.Awaitable[_control_pb2.WithdrawalResponse]]:
+        """Take a request back: later jobs no longer leave its data out, and (unless keep_version)
+        the served model comes to forget exactly the remaining requests: by switching to an
+        earlier version of its lineage, or by a job that applies the later requests again there.
+        """
+
+    @_abc_1.abstractmethod
+    def StartConsolidation(
+        self,
+        request: _control_pb2.StartConsolidationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.JobInfo, _abc.Awaitable[_control_pb2.JobInfo]]:
+        """Retrain from the stored initial weights on the data the ledger allows, in the background;
+        the result becomes the served base and its requests are marked consolidated.
         """
 
     @_abc_1.abstractmethod

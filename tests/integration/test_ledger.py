@@ -106,7 +106,7 @@ def test_later_training_obeys_the_ledger(
     assert [(e.status, e.forget.participant_id, e.version_id) for e in ledger] == [
         ("active", "p0", unlearned["version_id"])
     ]
-    assert ledger[0].entry_id == unlearned["ledger_entry"]
+    assert unlearned["ledger_entries"] == [ledger[0].entry_id]
 
     # p0 registers again under its identity: it stays out of every training task
     fed.stop_participant("p0")

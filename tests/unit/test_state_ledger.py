@@ -24,11 +24,22 @@ def test_ledger_entries_are_appended_and_only_their_status_changes(store: StateS
     entries = store.list_ledger()
     assert [e.entry_id for e in entries] == ["f1", "f2"]  # oldest first
     assert entries[1].forget == samples and entries[1].status is LedgerStatus.ACTIVE
-    changed = store.set_ledger_status("f1", LedgerStatus.WITHDRAWN, 40.0)
+    [changed] = store.set_ledger_status(["f1"], LedgerStatus.WITHDRAWN, 40.0)
     assert (changed.status, changed.changed_at, changed.requested_at) == ("withdrawn", 40.0, 10.0)
     assert store.list_ledger()[0].status is LedgerStatus.WITHDRAWN
     with pytest.raises(UnknownRecordError):
-        store.set_ledger_status("nope", LedgerStatus.WITHDRAWN, 1.0)
+        store.set_ledger_status(["nope"], LedgerStatus.WITHDRAWN, 1.0)
+
+
+def test_several_entries_change_together_or_not_at_all(store: StateStore) -> None:
+    for i in (1, 2):
+        store.add_ledger_entry(ledger_entry(f"f{i}", ForgetSpec("class", class_label=i), i))
+    with pytest.raises(UnknownRecordError):
+        store.set_ledger_status(["f1", "nope", "f2"], LedgerStatus.CONSOLIDATED, 9.0)
+    assert {e.status for e in store.list_ledger()} == {LedgerStatus.ACTIVE}  # nothing changed
+    changed = store.set_ledger_status(["f2", "f1"], LedgerStatus.CONSOLIDATED, 9.0)
+    assert [e.entry_id for e in changed] == ["f2", "f1"]
+    assert [(e.status, e.changed_at) for e in store.list_ledger()] == [("consolidated", 9.0)] * 2
 
 
 def test_the_binding_entries_make_one_forget_set(store: StateStore) -> None:
@@ -38,8 +49,8 @@ def test_the_binding_entries_make_one_forget_set(store: StateStore) -> None:
         ledger_entry("f3", ForgetSpec("samples", participant_id="p1", sample_ids=(9, 4)), 3.0)
     )
     store.add_ledger_entry(ledger_entry("f4", ForgetSpec("participant", "p2"), 4.0))
-    store.set_ledger_status("f4", LedgerStatus.WITHDRAWN, 5.0)
-    store.set_ledger_status("f2", LedgerStatus.CONSOLIDATED, 6.0)
+    store.set_ledger_status(["f4"], LedgerStatus.WITHDRAWN, 5.0)
+    store.set_ledger_status(["f2"], LedgerStatus.CONSOLIDATED, 6.0)
     excluded = forget_set(store.list_ledger())
     assert excluded == ForgetSet(("p0",), (3,), (HeldSamples("p1", (4, 9)),))
     assert excluded.for_participant("p2").samples == ()

@@ -131,6 +131,10 @@ VERSIONS = [
         VersionMeta("digits", 10, unlearned=UnlearnedMeta("retrain", 0.91, None)),
         {"dataset": "digits", "num_classes": 10, "method": "retrain", "ra": 0.91, "fa": None},
     ),
+    (
+        VersionMeta("digits", 10, forgets=("f-1", "f-2")),
+        {"dataset": "digits", "num_classes": 10, "forgets": ["f-1", "f-2"]},
+    ),
 ]
 
 

@@ -1,0 +1,110 @@
+"""The forget ledger's commands: list it, withdraw a request, consolidate the requests into a
+retrained base."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from fused.cli.client import as_dict, control_stub, emit
+from fused.cli.commands import start_job, train_config
+from fused.cli.listings import forgotten
+from fused.cli.policy import add_policy_options, policy_from_args
+from fused.cli.tables import table, when
+from fused.common.domain.specs import ConsolidationSpec
+from fused.common.domain.train_config import TrainConfig
+from fused.common.rpc.control_convert import consolidation_spec_to_proto
+from fused.proto.v1 import control_pb2
+
+
+def add_ledger_parsers(sub: Any) -> None:
+    """`fusedctl ledger [withdraw ENTRY]` and `fusedctl consolidate` on the top-level parsers."""
+    ledger = sub.add_parser("ledger", help="the forget ledger: every applied unlearning request")
+    ledger.set_defaults(func=cmd_ledger)
+    commands = ledger.add_subparsers(dest="ledger_command", metavar="{withdraw}")
+    withdraw = commands.add_parser(
+        "withdraw",
+        help="take a request back: later jobs use its data again, and the served model comes "
+        "to forget exactly the remaining requests",
+    )
+    withdraw.add_argument("entry")
+    withdraw.add_argument(
+        "--keep-version", action="store_true", help="only mark it; keep serving what is served"
+    )
+    withdraw.set_defaults(func=cmd_withdraw)
+    _add_consolidate(sub)
+
+
+def _add_consolidate(sub: Any) -> None:
+    defaults = TrainConfig()
+    parser = sub.add_parser(
+        "consolidate",
+        help="retrain from the initial weights without the ledger's data (in the background); "
+        "the result replaces the FUSED chain",
+    )
+    parser.add_argument("--base", default="", help="the chain's top; default: the active version")
+    parser.add_argument(
+        "--rounds", type=int, default=0, help="0 = the rounds, config and seed of the training"
+    )
+    parser.add_argument("--local-epochs", type=int, default=defaults.local_epochs)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--momentum", type=float, default=defaults.momentum)
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-participants", type=int, default=1)
+    parser.add_argument("--round-deadline", type=float, default=300.0, help="seconds")
+    parser.add_argument("--wait-participants", type=float, default=60.0, help="seconds")
+    parser.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    add_policy_options(parser)
+    parser.set_defaults(func=cmd_consolidate)
+
+
+def cmd_ledger(args: argparse.Namespace) -> int:
+    """The forget ledger: every applied request, what later jobs leave out."""
+    reply = control_stub(args).ListLedger(control_pb2.ListLedgerRequest(), timeout=30)
+    rows = [
+        [
+            e.entry_id,
+            e.status,
+            forgotten(e.forget),
+            e.requested_by or "-",
+            when(e.requested_at),
+            e.job_id,
+            e.version_id,
+        ]
+        for e in reply.entries
+    ]
+    emit(
+        args,
+        as_dict(reply).get("entries", []),
+        lambda: table(["entry", "status", "forgets", "by", "requested", "job", "version"], rows),
+    )
+    return 0
+
+
+def cmd_withdraw(args: argparse.Namespace) -> int:
+    request = control_pb2.WithdrawalRequest(entry_id=args.entry, keep_version=args.keep_version)
+    reply = control_stub(args).WithdrawRequest(request, timeout=30)
+    entry = reply.entry
+    emit(
+        args,
+        as_dict(reply),
+        lambda: f"withdrew {entry.entry_id} ({forgotten(entry.forget)}): {reply.message}",
+    )
+    return 0
+
+
+def cmd_consolidate(args: argparse.Namespace) -> int:
+    spec = ConsolidationSpec(
+        base_version=args.base,
+        rounds=args.rounds,
+        train=train_config(args),
+        seed=args.seed,
+        min_participants=args.min_participants,
+        round_deadline_s=args.round_deadline,
+        wait_for_participants_s=args.wait_participants,
+        policy=policy_from_args(args),
+    )
+    request = control_pb2.StartConsolidationRequest(spec=consolidation_spec_to_proto(spec))
+    return start_job(args, control_stub(args).StartConsolidation(request, timeout=30))

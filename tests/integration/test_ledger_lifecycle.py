@@ -1,0 +1,176 @@
+"""A request's life after it is applied, through real processes: three stacked requests,
+withdrawal of the middle one (a job applies the later one again on the first one's version),
+withdrawal of the top one (an exact pointer switch), and a consolidation that retrains without
+the remaining request and replaces the chain while switching back to it stays exact."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from fused.cli.initial_weights import start_training
+from fused.common.domain.specs import FusedConfig, TrainingSpec, UnlearningSpec
+from fused.common.domain.tasks import ForgetSpec
+from fused.common.domain.train_config import TrainConfig
+from fused.common.ml.data.partition import partition_to_directory
+from fused.common.ml.data.partition_config import PartitionConfig
+from fused.common.rpc.control_convert import unlearning_spec_to_proto
+from fused.proto.v1 import control_pb2
+from fused.tools.launch import LocalFederation
+
+PARTICIPANTS = 3
+TRAIN = TrainConfig(local_epochs=2, lr=0.05, batch_size=32)
+TRAINING = TrainingSpec(
+    rounds=6, train=TRAIN, min_participants=PARTICIPANTS, evaluate_each_round=False
+)
+REQUESTS = (  # the order they are applied in
+    ForgetSpec("class", class_label=3),
+    ForgetSpec("class", class_label=5),
+    ForgetSpec("participant", participant_id="p0"),
+)
+
+
+def finished(fed: LocalFederation, job_id: str) -> dict[str, Any]:
+    stub = fed.control()
+    for _ in stub.WatchJob(control_pb2.WatchJobRequest(job_id=job_id), timeout=300):
+        pass
+    info = stub.GetJob(control_pb2.GetJobRequest(job_id=job_id))
+    assert info.status == "completed", info.reason
+    out: dict[str, Any] = json.loads(info.result_json)
+    return out
+
+
+@dataclass
+class Chain:
+    fed: LocalFederation
+    base: str
+    versions: list[str]  # one per request, each stacked on the one before
+    entries: list[str]  # their ledger entries
+
+
+def versions(fed: LocalFederation) -> dict[str, control_pb2.ModelVersionInfo]:
+    return {
+        m.version_id: m for m in fed.control().ListModels(control_pb2.ListModelsRequest()).models
+    }
+
+
+def forgets(fed: LocalFederation, version_id: str) -> list[str]:
+    meta = json.loads(versions(fed)[version_id].meta_json)
+    return list(meta.get("forgets", []))
+
+
+def served(fed: LocalFederation) -> str:
+    return next(v for v, m in versions(fed).items() if m.active)
+
+
+def export_digest(fed: LocalFederation) -> str:
+    chunks = fed.control().ExportModel(control_pb2.ExportModelRequest())
+    return hashlib.sha256(b"".join(c.data for c in chunks)).hexdigest()
+
+
+def statuses(fed: LocalFederation) -> dict[str, str]:
+    entries = fed.control().ListLedger(control_pb2.ListLedgerRequest()).entries
+    return {e.entry_id: e.status for e in entries}
+
+
+def fusedctl(fed: LocalFederation, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "fused.cli.main", "--coordinator", fed.address, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
+    root = tmp_path_factory.mktemp("lifecycle")
+    partition_to_directory("digits", None, root / "shards", PartitionConfig(PARTICIPANTS))
+    with LocalFederation(root / "processes") as fed:
+        fed.start_coordinator()
+        for i in range(PARTICIPANTS):
+            fed.start_participant(root / "shards" / f"p{i}")
+        fed.wait_online(PARTICIPANTS)
+        base = finished(fed, start_training(fed.control(), TRAINING).job_id)["version_id"]
+        made: list[str] = []
+        entries: list[str] = []
+        for forget in REQUESTS:
+            spec = UnlearningSpec(
+                forget,
+                FusedConfig(top_k=3, density=0.3),
+                rounds=3,
+                train=TRAIN,
+                min_participants=2,
+                evaluate_each_round=False,
+            )
+            request = control_pb2.StartUnlearningRequest(spec=unlearning_spec_to_proto(spec))
+            done = finished(fed, fed.control().StartUnlearning(request).job_id)
+            made.append(done["version_id"])
+            entries.extend(done["ledger_entries"])
+        yield Chain(fed, base, made, entries)
+
+
+def test_each_version_forgets_its_request_and_those_below(chain: Chain) -> None:
+    fed = chain.fed
+    assert [forgets(fed, v) for v in chain.versions] == [
+        sorted(chain.entries[: i + 1]) for i in range(3)
+    ]
+    assert forgets(fed, chain.base) == []
+    assert served(fed) == chain.versions[-1]
+
+
+def test_withdrawing_a_middle_request_applies_the_later_one_again(chain: Chain) -> None:
+    fed, (r1, r2, r3) = chain.fed, chain.entries
+    request = control_pb2.WithdrawalRequest(entry_id=r2)
+    reply = fed.control().WithdrawRequest(request)
+    assert reply.entry.status == "withdrawn" and reply.job_id and not reply.version_id
+    assert chain.versions[0] in reply.message and r3 in reply.message
+    assert served(fed) == chain.versions[-1]  # forgets more than asked until the job is done
+    rebuilt = finished(fed, reply.job_id)
+    assert rebuilt["base_version"] == chain.versions[0]
+    assert rebuilt["ledger_entries"] == [r3]
+    assert served(fed) == rebuilt["version_id"]
+    assert forgets(fed, rebuilt["version_id"]) == sorted([r1, r3])
+    assert statuses(fed) == {r1: "active", r2: "withdrawn", r3: "active"}  # no new entry
+    chain.versions.append(rebuilt["version_id"])
+
+
+def test_withdrawing_the_top_request_is_a_pointer_switch(chain: Chain) -> None:
+    fed, (r1, _, r3) = chain.fed, chain.entries
+    done = fusedctl(fed, "--json", "ledger", "withdraw", r3)
+    assert done.returncode == 0, done.stderr
+    reply = json.loads(done.stdout)
+    first = chain.versions[0]
+    assert reply["version_id"] == first and not reply.get("job_id")
+    assert served(fed) == first and export_digest(fed) == versions(fed)[first].digest
+    assert forgets(fed, first) == [r1]
+    again = fusedctl(fed, "ledger", "withdraw", r3)
+    assert again.returncode != 0 and "already withdrawn" in again.stderr
+
+
+def test_consolidation_retrains_without_the_remaining_request(chain: Chain) -> None:
+    fed, r1 = chain.fed, chain.entries[0]
+    first = chain.versions[0]
+    done = fusedctl(fed, "--json", "consolidate")
+    assert done.returncode == 0, done.stderr
+    job_id = json.loads(done.stdout)["job_id"]
+    result = finished(fed, job_id)
+    assert result["base_version"] == first and result["served"] is True
+    assert result["consolidated"] == [r1] and result["rounds"] == TRAINING.rounds
+    [audit] = result["requests"]
+    assert audit["entry_id"] == r1
+    assert audit["fa_consolidated"] <= 0.05  # retrained without class 3: it never learnt it
+    consolidated = result["version_id"]
+    assert served(fed) == consolidated and versions(fed)[consolidated].parent_id == first
+    assert forgets(fed, consolidated) == [r1]
+    assert statuses(fed)[r1] == "consolidated"
+    job = fed.control().GetJob(control_pb2.GetJobRequest(job_id=job_id))
+    phases = {(r.phase, r.round) for r in job.rounds}
+    assert {("audit", 1), ("audit", 2), ("retrain", TRAINING.rounds)} <= phases
+    fed.control().Revert(control_pb2.VersionRequest(version_id=consolidated))
+    assert export_digest(fed) == versions(fed)[first].digest  # the old chain, exactly
+    again = fusedctl(fed, "consolidate")
+    assert again.returncode != 0 and "no active request to consolidate" in again.stderr
