@@ -39,6 +39,10 @@ from bench.chaos_floods import (
     upload_quota_flood,
 )
 from bench.chaos_inputs import huge_id_log_flood_is_bounded, metadata_flood_charges_nothing
+from bench.chaos_ledger import (
+    coordinator_killed_mid_consolidation,
+    coordinator_killed_mid_withdrawal,
+)
 
 SCENARIOS: list[Callable[[Chaos], str]] = [
     participant_killed_mid_round,
@@ -47,6 +51,8 @@ SCENARIOS: list[Callable[[Chaos], str]] = [
     coordinator_stopped_gracefully_mid_training,
     coordinator_killed_mid_unlearning,
     coordinator_killed_mid_stacked_unlearning,
+    coordinator_killed_mid_withdrawal,
+    coordinator_killed_mid_consolidation,
     corrupted_artifact_refused,
     quorum_lost_fails_clearly,
     metadata_flood_charges_nothing,

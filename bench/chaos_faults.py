@@ -96,7 +96,7 @@ def silent_participant_marked_offline(chaos: Chaos) -> str:
     )
 
 
-def _killed_and_resumed(
+def killed_and_resumed(
     chaos: Chaos,
     start: Callable[[], str],
     phase: str,
@@ -129,7 +129,7 @@ def _killed_and_resumed(
 def coordinator_killed_mid_training(chaos: Chaos) -> str:
     """SIGKILL the coordinator after training round 2 commits; the restarted one resumes and
     ends with the same model, bit for bit, as an uninterrupted run with the same seeds."""
-    sha, after = _killed_and_resumed(
+    sha, after = killed_and_resumed(
         chaos, lambda: chaos.train(rounds=4, min_participants=3, seed=11), "train", 2
     )
     return (
@@ -140,7 +140,7 @@ def coordinator_killed_mid_training(chaos: Chaos) -> str:
 
 def coordinator_stopped_gracefully_mid_training(chaos: Chaos) -> str:
     """SIGTERM (an upgrade) mid-job: the job is left to resume, not failed."""
-    sha, after = _killed_and_resumed(
+    sha, after = killed_and_resumed(
         chaos,
         lambda: chaos.train(rounds=4, min_participants=3, seed=13),
         "train",
@@ -156,7 +156,7 @@ def coordinator_stopped_gracefully_mid_training(chaos: Chaos) -> str:
 def coordinator_killed_mid_unlearning(chaos: Chaos) -> str:
     """The same for a FUSED unlearning job, killed after adapter round 2."""
     base = result_version(chaos.finished(chaos.train(rounds=2, min_participants=3, seed=3)))
-    sha, after = _killed_and_resumed(chaos, lambda: chaos.unlearn(base, "p2"), "adapter", 2)
+    sha, after = killed_and_resumed(chaos, lambda: chaos.unlearn(base, "p2"), "adapter", 2)
     return (
         f"coordinator SIGKILLed after adapter round {after} committed; the unlearning job "
         f"resumed (sensitivity ranking and adapter values kept) and its merged model equals "
@@ -173,7 +173,7 @@ def coordinator_killed_mid_stacked_unlearning(chaos: Chaos) -> str:
     check(first.status == "completed", f"first request {first.status}: {first.reason}")
     class_3 = common_pb2.ForgetSpec(paradigm="class", class_label=3)
     stacked = result_version(first)
-    sha, after = _killed_and_resumed(chaos, lambda: chaos.forget(stacked, class_3), "adapter", 2)
+    sha, after = killed_and_resumed(chaos, lambda: chaos.forget(stacked, class_3), "adapter", 2)
     entries = chaos.control.ListLedger(control_pb2.ListLedgerRequest()).entries
     per_job = Counter(e.job_id for e in entries)
     check(all(n == 1 for n in per_job.values()), f"ledger entries per job: {dict(per_job)}")

@@ -129,14 +129,14 @@ class LocalFederation:
         return control_pb2_grpc.ControlServiceStub(channel)
 
     def withdraw_all(self) -> list[str]:
-        """Withdraw every active forget-ledger entry, keeping the served version, so that the
+        """Withdraw every binding forget-ledger entry, keeping the served version, so that the
         next job starts on a clean slate (scenarios and tests that apply requests one at a
         time to the same base)."""
         stub = self.control()
         active = [
             e.entry_id
             for e in stub.ListLedger(control_pb2.ListLedgerRequest(), timeout=30).entries
-            if e.status == "active"
+            if e.status != "withdrawn"  # active or consolidated: both bind later jobs
         ]
         for entry_id in active:
             request = control_pb2.WithdrawalRequest(entry_id=entry_id, keep_version=True)

@@ -56,6 +56,8 @@ class ConsolidationJob(JobKindHandler):
         spec = ConsolidationSpec.from_dict(spec_dict)
         ctx.policy = spec.policy
         started = ctx.clock()
+        if resume:
+            ctx.emit("job_resumed", "", 0, "resuming after the last committed round")
         top = ctx.store.get_model_version(spec.base_version)
         if top is None:
             raise JobFailed(f"no model version {spec.base_version} to consolidate")
