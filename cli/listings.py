@@ -4,6 +4,7 @@ participants and model versions, as tables (or JSON with --json)."""
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -113,6 +114,24 @@ def version_tree(models: Sequence[control_pb2.ModelVersionInfo]) -> list[tuple[s
     return out
 
 
+def add_model_commands(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="models_command", metavar="{drop}")
+    drop = sub.add_parser(
+        "drop",
+        help="delete versions (e.g. a chain a consolidation replaced): their weights are "
+        "collected once no kept version names them; never the served one",
+    )
+    drop.add_argument("versions", nargs="+")
+    drop.set_defaults(func=cmd_drop)
+
+
+def cmd_drop(args: argparse.Namespace) -> int:
+    request = control_pb2.DropVersionsRequest(version_ids=args.versions)
+    reply = control_stub(args).DropVersions(request, timeout=30)
+    emit(args, list(reply.dropped), lambda: f"dropped {', '.join(reply.dropped)}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     reply = control_stub(args).ListModels(control_pb2.ListModelsRequest(), timeout=30)
     rows = [
@@ -123,18 +142,13 @@ def cmd_models(args: argparse.Namespace) -> int:
             m.job_id or "-",
             m.num_params,
             m.digest[:12],
+            ",".join(json.loads(m.meta_json or "{}").get("forgets", [])) or "-",
             when(m.created_at),
         ]
         for name, m in version_tree(reply.models)
     ]
-    emit(
-        args,
-        as_dict(reply).get("models", []),
-        lambda: table(
-            ["version (* active)", "kind", "model", "job", "params", "sha256", "created"],
-            rows,
-        ),
-    )
+    header = ["version (* active)", "kind", "model", "job", "params", "sha256", "forgets"]
+    emit(args, as_dict(reply).get("models", []), lambda: table([*header, "created"], rows))
     return 0
 
 

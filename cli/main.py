@@ -26,6 +26,7 @@ from fused.cli.commands import (
 )
 from fused.cli.ledger import add_ledger_parsers
 from fused.cli.listings import (
+    add_model_commands,
     cmd_jobs,
     cmd_models,
     cmd_participants,
@@ -143,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     participants.set_defaults(func=cmd_participants)
     add_participant_commands(participants)
-    sub.add_parser("models", help="list model versions").set_defaults(func=cmd_models)
+    models = sub.add_parser("models", help="list model versions; drop some")
+    models.set_defaults(func=cmd_models)
+    add_model_commands(models)
     add_ledger_parsers(sub)
 
     export = sub.add_parser("export", help="download a model version as safetensors")

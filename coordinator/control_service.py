@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -36,6 +36,7 @@ from fused.coordinator.engine.manager import JobManager
 from fused.coordinator.fleet import Fleet, TaskHeldError
 from fused.coordinator.jobs import EvaluationRequest
 from fused.coordinator.participant_service import PARTICIPANT_ID
+from fused.coordinator.retention import drop_versions
 from fused.coordinator.rpc_errors import Context, answers, caller_id
 from fused.coordinator.state import ParticipantRecord, StateStore
 from fused.coordinator.transfer import Downloads
@@ -76,6 +77,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     downloads: Downloads
     pinned: Pinned  # operator uploads kept until the job naming them starts
     max_artifact_bytes: int = 512 << 20  # the participants' upload limit
+    collect: Callable[[], object] | None = None  # garbage collection (None: artifacts kept)
 
     def _job(self, job_id: str) -> JobRecord:
         job = self.store.get_job(job_id)
@@ -279,6 +281,15 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     ) -> control_pb2.ListLedgerResponse:
         entries = self.store.list_ledger()
         return control_pb2.ListLedgerResponse(entries=[ledger_to_proto(e) for e in entries])
+
+    @answers()
+    async def DropVersions(
+        self, request: control_pb2.DropVersionsRequest, context: Context
+    ) -> control_pb2.DropVersionsResponse:
+        dropped = drop_versions(self.store, list(request.version_ids))
+        if self.collect is not None and not self.jobs.busy():
+            self.collect()  # else the last job to end collects
+        return control_pb2.DropVersionsResponse(dropped=dropped)
 
     @answers()
     async def WithdrawRequest(

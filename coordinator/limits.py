@@ -111,6 +111,7 @@ FIELDS: Mapping[str, Limit] = {
     "TrainingSpec.init_version": ID,
     "TrainingSpec.init_weights": ID,
     "WithdrawalRequest.entry_id": ID,
+    "DropVersionsRequest.version_ids": Limit(chars=ID_CHARS, items=1000),
     "ConsolidationSpec.base_version": ID,
     "ConsolidationSpec.seed": SEED,
     "UnlearningSpec.base_version": ID,

@@ -165,7 +165,7 @@ class Coordinator:
             ParticipantServicer(fleet, uploads, downloads, terms, self.metrics), self._server
         )
         control_pb2_grpc.add_ControlServiceServicer_to_server(
-            ControlServicer(store, fleet, jobs, downloads, pinned, terms.max_upload_bytes),
+            ControlServicer(store, fleet, jobs, downloads, pinned, terms.max_upload_bytes, on_idle),
             self._server,
         )
         # The standard health and reflection services, so probes and grpcurl-style tools work.

@@ -212,6 +212,10 @@ class JobManager:
                 seq = event.seq
                 yield event
 
+    def busy(self) -> bool:
+        """Whether a job runs in this process."""
+        return bool(self._running)
+
     def record_bytes(self, key: ByteKey, direction: str, n: int) -> None:
         """Wire hook: add a task call's bytes to its job round. The key is the caller's
         identity and its open task (coordinator/accounting.py), never metadata; a round

@@ -103,7 +103,8 @@ class ConsolidationJob(JobKindHandler):
 def _top(store: StateStore, version_id: str) -> ModelVersion:
     top = store.get_model_version(version_id) if version_id else active_version(store)
     if top is None:
-        raise SpecError(f"no model version {version_id or '(active)'} to consolidate")
+        named = repr(version_id) if version_id else "(none is served)"
+        raise SpecError(f"no model version {named} to consolidate")
     return top
 
 

@@ -115,6 +115,12 @@ class StateStore(abc.ABC):
     def list_model_versions(self) -> list[ModelVersion]:
         """Oldest first (created_at, then version_id)."""
 
+    @abc.abstractmethod
+    def drop_model_versions(self, version_ids: Sequence[str]) -> None:
+        """Delete the versions, all at once (one transaction: all or none); a kept version
+        whose parent is dropped becomes a root (parent_id None). Raises UnknownRecordError,
+        changing nothing, if any id is unknown."""
+
     # job events (the watch stream replays these)
     def append_event(
         self,

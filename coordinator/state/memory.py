@@ -180,6 +180,17 @@ class InMemoryStateStore(StateStore):
             versions = sorted(self._versions.values(), key=lambda v: (v.created_at, v.version_id))
             return copy.deepcopy(versions)
 
+    def drop_model_versions(self, version_ids: Sequence[str]) -> None:
+        with self._lock:
+            unknown = [v for v in version_ids if v not in self._versions]
+            if unknown:
+                raise UnknownRecordError(unknown[0])
+            for version_id in version_ids:
+                del self._versions[version_id]
+            for kept in self._versions.values():
+                if kept.parent_id in version_ids:
+                    kept.parent_id = None
+
     # job events
     def _append_event(self, job_id: str, event: Callable[[int], JobEvent]) -> JobEvent:
         with self._lock:

@@ -284,6 +284,18 @@ class SqliteStateStore(StateStore):
         )
         return [from_row(ModelVersion, r) for r in rows]
 
+    def drop_model_versions(self, version_ids: Sequence[str]) -> None:
+        with self._write() as conn:  # one transaction: an unknown id rolls back every change
+            for version_id in version_ids:
+                if not self._exists(conn, "model_versions", "version_id", version_id):
+                    raise UnknownRecordError(version_id)
+                conn.execute(
+                    "UPDATE model_versions SET parent_id = NULL WHERE parent_id = ?", (version_id,)
+                )
+            conn.executemany(
+                "DELETE FROM model_versions WHERE version_id = ?", [(v,) for v in version_ids]
+            )
+
     # job events
     def _append_event(self, job_id: str, event: Callable[[int], JobEvent]) -> JobEvent:
         with self._write() as conn:

@@ -101,6 +101,11 @@ class ControlServiceStub:
                 request_serializer=fused_dot_proto_dot_v1_dot_control__pb2.ExportModelRequest.SerializeToString,
                 response_deserializer=fused_dot_proto_dot_v1_dot_common__pb2.BlobChunk.FromString,
                 _registered_method=True)
+        self.DropVersions = channel.unary_unary(
+                '/fused.v1.ControlService/DropVersions',
+                request_serializer=fused_dot_proto_dot_v1_dot_control__pb2.DropVersionsRequest.SerializeToString,
+                response_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.DropVersionsResponse.FromString,
+                _registered_method=True)
         self.ListLedger = channel.unary_unary(
                 '/fused.v1.ControlService/ListLedger',
                 request_serializer=fused_dot_proto_dot_v1_dot_control__pb2.ListLedgerRequest.SerializeToString,
@@ -219,6 +224,15 @@ class ControlServiceServicer:
 
     def ExportModel(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropVersions(self, request, context):
+        """Delete model versions (all or none): never the served one or one an unfinished job reads.
+        A kept version whose parent is dropped becomes a root; artifacts no kept version names
+        are collected once no job runs.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -343,6 +357,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.ExportModel,
                     request_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.ExportModelRequest.FromString,
                     response_serializer=fused_dot_proto_dot_v1_dot_common__pb2.BlobChunk.SerializeToString,
+            ),
+            'DropVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropVersions,
+                    request_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.DropVersionsRequest.FromString,
+                    response_serializer=fused_dot_proto_dot_v1_dot_control__pb2.DropVersionsResponse.SerializeToString,
             ),
             'ListLedger': grpc.unary_unary_rpc_method_handler(
                     servicer.ListLedger,
@@ -732,6 +751,33 @@ class ControlService:
             '/fused.v1.ControlService/ExportModel',
             fused_dot_proto_dot_v1_dot_control__pb2.ExportModelRequest.SerializeToString,
             fused_dot_proto_dot_v1_dot_common__pb2.BlobChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fused.v1.ControlService/DropVersions',
+            fused_dot_proto_dot_v1_dot_control__pb2.DropVersionsRequest.SerializeToString,
+            fused_dot_proto_dot_v1_dot_control__pb2.DropVersionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,6 +50,11 @@ class ControlServiceStub:
     ListParticipants: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListParticipantsRequest, _control_pb2.ListParticipantsResponse]
     ListModels: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListModelsRequest, _control_pb2.ListModelsResponse]
     ExportModel: _grpc.UnaryStreamMultiCallable[_control_pb2.ExportModelRequest, _common_pb2.BlobChunk]
+    DropVersions: _grpc.UnaryUnaryMultiCallable[_control_pb2.DropVersionsRequest, _control_pb2.DropVersionsResponse]
+    """Delete model versions (all or none): never the served one or one an unfinished job reads.
+    A kept version whose parent is dropped becomes a root; artifacts no kept version names
+    are collected once no job runs.
+    """
     ListLedger: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListLedgerRequest, _control_pb2.ListLedgerResponse]
     """The forget ledger: every applied unlearning request, oldest first."""
     WithdrawRequest: _grpc.UnaryUnaryMultiCallable[_control_pb2.WithdrawalRequest, _control_pb2.WithdrawalResponse]
@@ -94,6 +99,11 @@ class ControlServiceAsyncStub(ControlServiceStub):
     ListParticipants: _aio.UnaryUnaryMultiCallable[_control_pb2.ListParticipantsRequest, _control_pb2.ListParticipantsResponse]  # type: ignore[assignment]
     ListModels: _aio.UnaryUnaryMultiCallable[_control_pb2.ListModelsRequest, _control_pb2.ListModelsResponse]  # type: ignore[assignment]
     ExportModel: _aio.UnaryStreamMultiCallable[_control_pb2.ExportModelRequest, _common_pb2.BlobChunk]  # type: ignore[assignment]
+    DropVersions: _aio.UnaryUnaryMultiCallable[_control_pb2.DropVersionsRequest, _control_pb2.DropVersionsResponse]  # type: ignore[assignment]
+    """Delete model versions (all or none): never the served one or one an unfinished job reads.
+    A kept version whose parent is dropped becomes a root; artifacts no kept version names
+    are collected once no job runs.
+    """
     ListLedger: _aio.UnaryUnaryMultiCallable[_control_pb2.ListLedgerRequest, _control_pb2.ListLedgerResponse]  # type: ignore[assignment]
     """The forget ledger: every applied unlearning request, oldest first."""
     WithdrawRequest: _aio.UnaryUnaryMultiCallable[_control_pb2.WithdrawalRequest, _control_pb2.WithdrawalResponse]  # type: ignore[assignment]
@@ -213,6 +223,17 @@ class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _control_pb2.ExportModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_common_pb2.BlobChunk], _abc.AsyncIterator[_common_pb2.BlobChunk]]: ...
+
+    @_abc_1.abstractmethod
+    def DropVersions(
+        self,
+        request: _control_pb2.DropVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.DropVersionsResponse, _abc.Awaitable[_control_pb2.DropVersionsResponse]]:
+        """Delete model versions (all or none): never the served one or one an unfinished job reads.
+        A kept version whose parent is dropped becomes a root; artifacts no kept version names
+        are collected once no job runs.
+        """
 
     @_abc_1.abstractmethod
     def ListLedger(

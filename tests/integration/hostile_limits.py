@@ -173,6 +173,66 @@ def id_cases(m: Client, operator: control_pb2_grpc.ControlServiceStub) -> list[E
     ]
 
 
+def ledger_cases(operator: control_pb2_grpc.ControlServiceStub) -> list[Exact]:
+    """Withdrawal, consolidation and dropping versions: each bad request answered exactly,
+    nothing changed."""
+
+    def withdraw(entry_id: str) -> str:
+        request = control_pb2.WithdrawalRequest(entry_id=entry_id)
+        return str(operator.WithdrawRequest(request, timeout=30))
+
+    def drop(*ids: str) -> str:
+        request = control_pb2.DropVersionsRequest(version_ids=ids)
+        return str(operator.DropVersions(request, timeout=30))
+
+    def consolidate(base: str) -> str:
+        spec = control_pb2.ConsolidationSpec(
+            base_version=base, min_participants=1, round_deadline_s=60
+        )
+        request = control_pb2.StartConsolidationRequest(spec=spec)
+        return str(operator.StartConsolidation(request, timeout=30))
+
+    return [
+        Exact(
+            "withdrawing a 1 MB ledger entry",
+            lambda: withdraw("f" * MB),
+            INVALID,
+            long("", "WithdrawalRequest.entry_id", MB, "f"),
+        ),
+        Exact(
+            "withdrawing an unknown ledger entry",
+            lambda: withdraw("f-ghost"),
+            grpc.StatusCode.NOT_FOUND,
+            "no ledger entry 'f-ghost'",
+        ),
+        Exact("dropping no version", drop, INVALID, "name at least one version"),
+        Exact(
+            "dropping 2,000 versions",
+            lambda: drop(*(f"m-{i}" for i in range(2000))),
+            INVALID,
+            "DropVersionsRequest.version_ids has 2000 entries; the limit is 1000",
+        ),
+        Exact(
+            "dropping an unknown version",
+            lambda: drop("m-ghost"),
+            grpc.StatusCode.NOT_FOUND,
+            "no model version 'm-ghost'",
+        ),
+        Exact(
+            "consolidating an unknown version",
+            lambda: consolidate("m-ghost"),
+            INVALID,
+            "invalid consolidation spec: no model version 'm-ghost' to consolidate",
+        ),
+        Exact(
+            "consolidating a 1 MB version id",
+            lambda: consolidate("m" * MB),
+            INVALID,
+            long("invalid consolidation spec: ", "ConsolidationSpec.base_version", MB, "m"),
+        ),
+    ]
+
+
 def metadata_cases(m: Client) -> list[Exact]:
     def pull(md: Metadata) -> str:
         return described(m.pull(0.0, md=(*m.md, *md)))

@@ -26,7 +26,12 @@ from fused.proto.v1 import control_pb2, control_pb2_grpc, participant_pb2
 from fused.tools.launch import LocalFederation, scrape
 from tests.integration.hostile import Client, Metadata, attempt, described
 from tests.integration.hostile_attack import Hostile
-from tests.integration.hostile_limits import id_cases, metadata_cases, register_cases
+from tests.integration.hostile_limits import (
+    id_cases,
+    ledger_cases,
+    metadata_cases,
+    register_cases,
+)
 from tests.integration.hostile_names import EVE, HONEST, MALLORY, SUMMARY, TRAINING
 
 FLOOD = 300  # forged-metadata calls of each kind
@@ -77,6 +82,7 @@ def test_oversized_inputs_get_exact_short_answers(hostile: Hostile, mallory: Cli
     cases = [
         *register_cases(mallory),
         *id_cases(mallory, operator(hostile)),
+        *ledger_cases(operator(hostile)),
         *metadata_cases(mallory),
     ]
     got = {case.name: attempt(case.call) for case in cases}

@@ -174,3 +174,28 @@ def test_consolidation_retrains_without_the_remaining_request(chain: Chain) -> N
     assert export_digest(fed) == versions(fed)[first].digest  # the old chain, exactly
     again = fusedctl(fed, "consolidate")
     assert again.returncode != 0 and "no active request to consolidate" in again.stderr
+
+
+def test_the_replaced_chain_can_be_dropped(chain: Chain) -> None:
+    fed = chain.fed
+    consolidated = next(
+        v
+        for v, m in versions(fed).items()
+        if json.loads(m.meta_json).get("accuracy") and m.parent_id == chain.versions[0]
+    )
+    old = [chain.base, *chain.versions]
+    served_refused = fusedctl(fed, "models", "drop", *old)  # the first version is served
+    assert served_refused.returncode != 0 and "is the served version" in served_refused.stderr
+    fed.control().Reapply(control_pb2.VersionRequest(version_id=consolidated))
+    gone = versions(fed)[chain.versions[1]].digest  # an adapter version's merged weights
+    artifacts = fed.work_dir / "state" / "artifacts"
+    assert any(artifacts.rglob(gone + "*"))
+    done = fusedctl(fed, "--json", "models", "drop", *old)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == old
+    left = versions(fed)
+    assert list(left) == [consolidated] and left[consolidated].parent_id == ""  # now a root
+    assert not any(artifacts.rglob(gone + "*"))  # collected: no job runs
+    assert export_digest(fed) == left[consolidated].digest
+    unknown = fusedctl(fed, "models", "drop", chain.base)
+    assert unknown.returncode != 0 and f"no model version '{chain.base}'" in unknown.stderr

@@ -239,7 +239,18 @@ def test_model_version_errors(store: StateStore) -> None:
     assert [v.version_id for v in store.list_model_versions()] == ["v1"]
 
 
-# --------------------------------------------------------------------- events
+def test_dropped_versions_go_together_and_their_kept_children_become_roots(
+    store: StateStore,
+) -> None:
+    store.add_model_version(version("v1", created_at=1.0))
+    store.add_model_version(version("v2", created_at=2.0, parent="v1"))
+    store.add_model_version(version("v3", created_at=3.0, parent="v2"))
+    store.add_model_version(version("v4", created_at=4.0, parent="v3"))
+    with pytest.raises(UnknownRecordError):
+        store.drop_model_versions(["v1", "ghost"])
+    assert len(store.list_model_versions()) == 4  # nothing changed
+    store.drop_model_versions(["v2", "v1", "v3"])
+    assert store.list_model_versions() == [version("v4", created_at=4.0)]  # now a root
 
 
 def test_events_numbered_per_job(store: StateStore) -> None:
