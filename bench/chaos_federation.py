@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 
-from fused.cli.initial_weights import start_training
+from fused.client.initial_weights import start_training
 from fused.common.domain.specs import TrainingSpec
 from fused.common.domain.train_config import TrainConfig
 from fused.common.ml.data.partition import partition_to_directory

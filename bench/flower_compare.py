@@ -150,7 +150,7 @@ def _follow(fed: LocalFederation, job_id: str, timeout_s: float) -> Any:
 
 
 def run_fused(job: Job) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    from fused.cli.initial_weights import start_training
+    from fused.client.initial_weights import start_training
     from fused.common.codecs.tensor_codec import decode_tensors
     from fused.common.domain.specs import TrainingSpec
     from fused.proto.v1 import control_pb2, participant_pb2

@@ -68,7 +68,7 @@ from bench.load_process import (
     tail,
 )
 from fused.cli.pki import new_token, write_auth_file
-from fused.cli.upload import artifact_chunks
+from fused.client.upload import artifact_chunks
 from fused.common.rpc.identity import AuthFile, hash_token
 from fused.proto.v1 import (
     common_pb2,

@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from fused.cli.initial_weights import start_training
+from fused.client.initial_weights import start_training
 from fused.common.domain.specs import TrainingSpec
 from fused.common.rpc.metering import MD_PARTICIPANT
 from fused.participant.site import builtin_summary

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from fused.cli.initial_weights import start_training
+from fused.client.initial_weights import start_training
 from fused.common.codecs.adapter_codec import decode_adapter
 from fused.common.codecs.tensor_codec import encode_tensors
 from fused.common.domain.specs import FusedConfig, TrainingSpec, UnlearningSpec

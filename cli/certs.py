@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from fused.cli.pki import init_pki
 
@@ -13,7 +14,7 @@ def _names(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     certs = subparsers.add_parser("certs", help="development PKI and bearer tokens")
     sub = certs.add_subparsers(dest="certs_command", required=True)
     init = sub.add_parser(

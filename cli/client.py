@@ -1,5 +1,5 @@
-"""What every fusedctl command shares: the control service's stub from the common flags,
-output as JSON or text, and the user-facing error."""
+"""What every fusedctl command shares: the client library's `Coordinator` from the common
+flags, output as JSON or text, and the user-facing error."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
-
-from fused.common.rpc.channels import TlsFiles, create_channel
+from fused.client import Coordinator, LocalError
+from fused.client.records import as_json
+from fused.common.rpc.channels import TlsFiles
 from fused.common.rpc.identity import read_token_file
-from fused.proto.v1 import control_pb2_grpc
 
 DEFAULT_COORDINATOR = "127.0.0.1:50051"
 
@@ -21,18 +20,18 @@ class CliError(Exception):
     """A user-facing failure; printed without a traceback."""
 
 
-def control_stub(args: argparse.Namespace) -> control_pb2_grpc.ControlServiceStub:
+def coordinator(args: argparse.Namespace) -> Coordinator:
     tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_ca else None
     try:
         token = read_token_file(args.token_file) if args.token_file else None
     except (OSError, ValueError) as exc:
-        raise CliError(f"cannot read the token: {exc}") from exc
-    return control_pb2_grpc.ControlServiceStub(create_channel(args.coordinator, tls, token))
+        raise LocalError(f"cannot read the token: {exc}") from exc
+    return Coordinator(args.coordinator, tls=tls, token=token)
 
 
 def emit(args: argparse.Namespace, payload: Any, text: Callable[[], str]) -> None:
-    print(json.dumps(payload, indent=2, sort_keys=True) if args.json else text())
-
-
-def as_dict(message: Any) -> dict[str, Any]:
-    return MessageToDict(message, preserving_proto_field_name=True)
+    """`payload` (records, or plain JSON values) as JSON with --json, else `text()`."""
+    if args.json:
+        print(json.dumps(as_json(payload), indent=2, sort_keys=True))
+    else:
+        print(text())

@@ -3,30 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
 from pathlib import Path
 
 from fused.cli import report
-from fused.cli.client import CliError, as_dict, control_stub, emit
-from fused.cli.initial_weights import start_training
+from fused.cli.client import CliError, coordinator, emit
 from fused.cli.policy import policy_from_args
 from fused.cli.tables import human_bytes, table
-from fused.cli.watch import LiveView, render
-from fused.cli.watch import event_line as event_line  # re-exported for tools.demo
+from fused.cli.watch import LiveView, event_line, render
+from fused.client import Job
+from fused.client.records import as_json
+from fused.common.domain.records import JobEvent, JobStatus
 from fused.common.domain.specs import TrainingSpec, UnlearningSpec, method_config
 from fused.common.domain.tasks import ForgetSpec
 from fused.common.domain.train_config import TrainConfig
-from fused.common.rpc.control_convert import (
-    job_from_proto,
-    unlearning_spec_to_proto,
-)
-from fused.common.rpc.task_convert import forget_to_proto
-from fused.proto.v1 import control_pb2
-
-TERMINAL = {"completed", "failed"}
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
@@ -49,12 +41,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         evaluate_each_round=not args.no_eval_each_round,
         policy=policy_from_args(args),
     )
-    return start_job(args, start_training(control_stub(args), spec, args.init_weights))
+    return start_job(args, coordinator(args).train(spec, args.init_weights))
 
 
-def start_job(args: argparse.Namespace, job: control_pb2.JobInfo) -> int:
+def start_job(args: argparse.Namespace, job: Job) -> int:
     if not args.wait:
-        emit(args, as_dict(job), lambda: f"started job {job.job_id}")
+        emit(args, job, lambda: f"started job {job.job_id}")
         return 0
     if not args.json:
         print(f"started job {job.job_id}")
@@ -118,19 +110,17 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
         evaluate_each_round=not args.no_eval_each_round,
         policy=policy_from_args(args),
     )
-    request = control_pb2.StartUnlearningRequest(spec=unlearning_spec_to_proto(spec))
-    return start_job(args, control_stub(args).StartUnlearning(request, timeout=30))
+    return start_job(args, coordinator(args).unlearn(spec))
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    request = control_pb2.StartEvaluationRequest(version_id=args.version)
-    if args.participant or args.forget_class is not None or args.samples:
-        request.forget.CopyFrom(forget_to_proto(forget_from_args(args)))
-    return start_job(args, control_stub(args).StartEvaluation(request, timeout=30))
+    asked = args.participant or args.forget_class is not None or args.samples
+    forget = forget_from_args(args) if asked else None
+    return start_job(args, coordinator(args).evaluate(args.version, forget))
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    reply = control_stub(args).GetLayers(control_pb2.GetJobRequest(job_id=args.job), timeout=30)
+    layers = coordinator(args).layers(args.job)
     rows = [
         [
             i + 1,
@@ -138,50 +128,44 @@ def cmd_layers(args: argparse.Namespace) -> int:
             f"{entry.distance:.6g}",
             entry.numel,
         ]
-        for i, entry in enumerate(reply.layers)
+        for i, entry in enumerate(layers)
     ]
-    emit(
-        args,
-        as_dict(reply).get("layers", []),
-        lambda: table(["rank", "tensor (* adapted)", "L1 distance", "numel"], rows),
-    )
+    header = ["rank", "tensor (* adapted)", "L1 distance", "numel"]
+    emit(args, layers, lambda: table(header, rows))
     return 0
 
 
 def cmd_switch(args: argparse.Namespace) -> int:
-    stub = control_stub(args)
-    call = stub.Revert if args.command == "revert" else stub.Reapply
-    active = call(control_pb2.VersionRequest(version_id=args.version), timeout=30)
-    emit(
-        args,
-        as_dict(active),
-        lambda: f"now serving {active.version_id} ({active.kind}, sha256 {active.digest})",
-    )
+    client = coordinator(args)
+    switch = client.revert if args.command == "revert" else client.reapply
+    active = switch(args.version)
+    record = active.record
+    text = f"now serving {record.version_id} ({record.kind.value}, sha256 {record.digest})"
+    emit(args, active, lambda: text)
     return 0
 
 
 def _follow(args: argparse.Namespace, job_id: str) -> int:
     """Follow a job to its end: JSON lines, a live view on a terminal, or a line per event
     and a closing summary. Exit status 0 only if the job completed."""
-    stub = control_stub(args)
-    info = stub.GetJob(control_pb2.GetJobRequest(job_id=job_id), timeout=30)
-    spec = json.loads(info.spec_json or "{}")
+    client = coordinator(args)
+    job = client.job(job_id)
+    kind, spec = job.record.kind.value, job.record.spec
     live = None
     if not args.json and sys.stdout.isatty():
         live = LiveView(sys.stdout, shutil.get_terminal_size().columns)
-    events: list[control_pb2.JobEvent] = []
-    for event in stub.WatchJob(control_pb2.WatchJobRequest(job_id=job_id)):
+    events: list[JobEvent] = []
+    for event in client.events(job_id):
         events.append(event)
         if args.json:
-            print(json.dumps(as_dict(event), sort_keys=True), flush=True)
+            print(json.dumps(as_json(event), sort_keys=True), flush=True)
         elif live is not None:
-            live.draw(render(job_id, info.kind, spec, events))
+            live.draw(render(job_id, kind, spec, events))
         else:
             print(event_line(event), flush=True)
     if live is None and not args.json:
-        print("\n".join(["", *render(job_id, info.kind, spec, events, recent=0)]), flush=True)
-    final = stub.GetJob(control_pb2.GetJobRequest(job_id=job_id), timeout=30)
-    return 0 if final.status == "completed" else 1
+        print("\n".join(["", *render(job_id, kind, spec, events, recent=0)]), flush=True)
+    return 0 if client.job(job_id).status is JobStatus.COMPLETED else 1
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -193,39 +177,25 @@ def cmd_report(args: argparse.Namespace) -> int:
         plt = report.pyplot()
     except report.MissingPlotting as exc:
         raise CliError(str(exc)) from exc
-    info = control_stub(args).GetJob(control_pb2.GetJobRequest(job_id=args.job), timeout=30)
-    job, rounds = job_from_proto(info)
-    written = report.write_report(plt, job, rounds, args.out)
+    job = coordinator(args).job(args.job)
+    written = report.write_report(plt, job.record, list(job.rounds), args.out)
     payload = {"report": str(written[0]), "plots": [str(p) for p in written[1:]]}
     emit(args, payload, lambda: "wrote " + ", ".join(str(p) for p in written))
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    info = control_stub(args).CancelJob(control_pb2.CancelJobRequest(job_id=args.job), timeout=30)
-    emit(args, as_dict(info), lambda: f"job {info.job_id}: {info.status} ({info.reason})")
+    job = coordinator(args).cancel(args.job)
+    record = job.record
+    emit(args, job, lambda: f"job {record.job_id}: {record.status.value} ({record.reason})")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    stream = control_stub(args).ExportModel(control_pb2.ExportModelRequest(version_id=args.version))
-    out: Path = args.out
-    tmp = out.with_name(out.name + ".part")
-    digest, size, hasher = "", 0, hashlib.sha256()
-    try:
-        with tmp.open("wb") as f:
-            for chunk in stream:
-                digest = digest or chunk.blob_id
-                f.write(chunk.data)
-                hasher.update(chunk.data)
-                size += len(chunk.data)
-        if hasher.hexdigest() != digest:  # the model is content-addressed: check what came
-            raise CliError(f"export is damaged: sha256 {hasher.hexdigest()}, expected {digest}")
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)  # a failed export leaves nothing behind
-    payload = {"path": str(out), "sha256": digest, "bytes": size}
-    emit(args, payload, lambda: f"wrote {out} ({human_bytes(size)}, sha256 {digest})")
+    done = coordinator(args).export(args.out, args.version)
+    payload = {"path": str(done.path), "sha256": done.sha256, "bytes": done.size}
+    text = f"wrote {done.path} ({human_bytes(done.size)}, sha256 {done.sha256})"
+    emit(args, payload, lambda: text)
     return 0
 
 

@@ -6,15 +6,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from fused.cli.client import as_dict, control_stub, emit
+from fused.cli.client import coordinator, emit
 from fused.cli.commands import start_job, train_config
 from fused.cli.listings import forgotten
 from fused.cli.policy import add_policy_options, policy_from_args
 from fused.cli.tables import table, when
 from fused.common.domain.specs import ConsolidationSpec
 from fused.common.domain.train_config import TrainConfig
-from fused.common.rpc.control_convert import consolidation_spec_to_proto
-from fused.proto.v1 import control_pb2
 
 
 def add_ledger_parsers(sub: Any) -> None:
@@ -62,35 +60,29 @@ def _add_consolidate(sub: Any) -> None:
 
 def cmd_ledger(args: argparse.Namespace) -> int:
     """The forget ledger: every applied request, what later jobs leave out."""
-    reply = control_stub(args).ListLedger(control_pb2.ListLedgerRequest(), timeout=30)
+    entries = coordinator(args).ledger()
     rows = [
         [
             e.entry_id,
-            e.status,
+            e.status.value,
             forgotten(e.forget),
             e.requested_by or "-",
             when(e.requested_at),
             e.job_id,
             e.version_id,
         ]
-        for e in reply.entries
+        for e in entries
     ]
-    emit(
-        args,
-        as_dict(reply).get("entries", []),
-        lambda: table(["entry", "status", "forgets", "by", "requested", "job", "version"], rows),
-    )
+    header = ["entry", "status", "forgets", "by", "requested", "job", "version"]
+    emit(args, entries, lambda: table(header, rows))
     return 0
 
 
 def cmd_withdraw(args: argparse.Namespace) -> int:
-    request = control_pb2.WithdrawalRequest(entry_id=args.entry, keep_version=args.keep_version)
-    reply = control_stub(args).WithdrawRequest(request, timeout=30)
-    entry = reply.entry
+    done = coordinator(args).withdraw(args.entry, args.keep_version)
+    entry = done.entry
     emit(
-        args,
-        as_dict(reply),
-        lambda: f"withdrew {entry.entry_id} ({forgotten(entry.forget)}): {reply.message}",
+        args, done, lambda: f"withdrew {entry.entry_id} ({forgotten(entry.forget)}): {done.message}"
     )
     return 0
 
@@ -106,5 +98,4 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
         wait_for_participants_s=args.wait_participants,
         policy=policy_from_args(args),
     )
-    request = control_pb2.StartConsolidationRequest(spec=consolidation_spec_to_proto(spec))
-    return start_job(args, control_stub(args).StartConsolidation(request, timeout=30))
+    return start_job(args, coordinator(args).consolidate(spec))

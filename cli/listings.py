@@ -4,31 +4,30 @@ participants and model versions, as tables (or JSON with --json)."""
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from typing import Any
 
-from fused.cli.client import as_dict, control_stub, emit
+from fused.cli.client import coordinator, emit
 from fused.cli.tables import human_bytes, table, when
+from fused.client.records import Participant, Version
 from fused.common.domain.records import RoundRecord
-from fused.common.rpc.control_convert import job_from_proto
-from fused.proto.v1 import common_pb2, control_pb2
+from fused.common.domain.tasks import ForgetSpec
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    info = control_stub(args).GetJob(control_pb2.GetJobRequest(job_id=args.job), timeout=30)
-    job, rounds = job_from_proto(info)
+    job = coordinator(args).job(args.job)
+    record = job.record
 
     def text() -> str:
         head = (
-            f"job {job.job_id} ({job.kind}): {job.status.value}"
-            f"{', ' + job.phase + ' round ' + str(job.round) if job.phase else ''}\n"
-            f"{job.reason}\n"
+            f"job {record.job_id} ({record.kind}): {record.status.value}"
+            f"{', ' + record.phase + ' round ' + str(record.round) if record.phase else ''}\n"
+            f"{record.reason}\n"
         )
-        rows = [_round_row(r) for r in rounds]
+        rows = [_round_row(r) for r in job.rounds]
         return head + table(["phase", "round", "parts", "accuracy", "loss", "bytes", "s"], rows)
 
-    emit(args, as_dict(info), text)
+    emit(args, job, text)
     return 0
 
 
@@ -46,69 +45,64 @@ def _round_row(r: RoundRecord) -> list[Any]:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    reply = control_stub(args).ListJobs(control_pb2.ListJobsRequest(), timeout=30)
+    jobs = coordinator(args).jobs()
     rows = [
         [
             j.job_id,
-            j.kind,
-            j.status,
-            f"{j.phase} {j.round}".strip(),
-            when(j.created_at),
-            j.reason[:60],
+            j.record.kind,
+            j.status.value,
+            f"{j.record.phase} {j.record.round}".strip(),
+            when(j.record.created_at),
+            j.record.reason[:60],
         ]
-        for j in reply.jobs
+        for j in jobs
     ]
-    emit(
-        args,
-        as_dict(reply).get("jobs", []),
-        lambda: table(["job", "kind", "status", "at", "created", "reason"], rows),
-    )
+    emit(args, jobs, lambda: table(["job", "kind", "status", "at", "created", "reason"], rows))
     return 0
 
 
 def cmd_participants(args: argparse.Namespace) -> int:
-    reply = control_stub(args).ListParticipants(control_pb2.ListParticipantsRequest(), timeout=30)
+    participants = coordinator(args).participants()
     rows = [
         [
             p.participant_id,
             "blocked" if p.blocked else ("online" if p.online else "offline"),
             _workload(p),
-            p.dataset,
-            p.num_train,
-            p.num_test,
-            when(p.last_seen),
+            p.record.offer("dataset"),
+            p.record.num_train,
+            p.record.num_test,
+            when(p.record.last_seen),
         ]
-        for p in reply.participants
+        for p in participants
     ]
-    emit(
-        args,
-        as_dict(reply).get("participants", []),
-        lambda: table(
-            ["participant", "state", "workload", "dataset", "train", "test", "last seen"], rows
-        ),
-    )
+    header = ["participant", "state", "workload", "dataset", "train", "test", "last seen"]
+    emit(args, participants, lambda: table(header, rows))
     return 0
 
 
-def _workload(p: control_pb2.ParticipantInfo) -> str:
+def _workload(p: Participant) -> str:
     """The workload and its schema digest's first digits, or that it cannot run there."""
-    if p.workload_error:
-        return f"{p.workload} (cannot run: see --json)"
-    return f"{p.workload} {p.workload_version} ({p.schema_digest[:8]})" if p.workload else "-"
+    offer = p.record.offer
+    if offer("workload_error"):
+        return f"{offer('workload')} (cannot run: see --json)"
+    if not offer("workload"):
+        return "-"
+    return f"{offer('workload')} {offer('workload_version')} ({offer('schema_digest')[:8]})"
 
 
-def version_tree(models: Sequence[control_pb2.ModelVersionInfo]) -> list[tuple[str, Any]]:
+def version_tree(versions: Sequence[Version]) -> list[tuple[str, Version]]:
     """Versions depth first under their parents: (indented name, version)."""
-    ids = {m.version_id for m in models}
-    children: dict[str, list[control_pb2.ModelVersionInfo]] = {}
-    for m in models:
-        children.setdefault(m.parent_id if m.parent_id in ids else "", []).append(m)
-    out: list[tuple[str, Any]] = []
+    ids = {v.version_id for v in versions}
+    children: dict[str, list[Version]] = {}
+    for v in versions:
+        parent = v.record.parent_id
+        children.setdefault(parent if parent in ids else "", []).append(v)
+    out: list[tuple[str, Version]] = []
 
     def walk(parent: str, depth: int) -> None:
-        for m in children.get(parent, []):
-            out.append(("  " * depth + ("└ " if depth else "") + m.version_id, m))
-            walk(m.version_id, depth + 1)
+        for v in children.get(parent, []):
+            out.append(("  " * depth + ("└ " if depth else "") + v.version_id, v))
+            walk(v.version_id, depth + 1)
 
     walk("", 0)
     return out
@@ -126,33 +120,32 @@ def add_model_commands(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_drop(args: argparse.Namespace) -> int:
-    request = control_pb2.DropVersionsRequest(version_ids=args.versions)
-    reply = control_stub(args).DropVersions(request, timeout=30)
-    emit(args, list(reply.dropped), lambda: f"dropped {', '.join(reply.dropped)}")
+    dropped = coordinator(args).drop_versions(args.versions)
+    emit(args, dropped, lambda: f"dropped {', '.join(dropped)}")
     return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    reply = control_stub(args).ListModels(control_pb2.ListModelsRequest(), timeout=30)
+    versions = coordinator(args).versions()
     rows = [
         [
-            ("* " if m.active else "  ") + name,
-            m.kind,
-            m.model,
-            m.job_id or "-",
-            m.num_params,
-            m.digest[:12],
-            ",".join(json.loads(m.meta_json or "{}").get("forgets", [])) or "-",
-            when(m.created_at),
+            ("* " if v.active else "  ") + name,
+            v.record.kind.value,
+            v.record.model,
+            v.record.job_id or "-",
+            v.record.num_params,
+            v.record.digest[:12],
+            ",".join(v.record.meta.forgets) or "-",
+            when(v.record.created_at),
         ]
-        for name, m in version_tree(reply.models)
+        for name, v in version_tree(versions)
     ]
     header = ["version (* active)", "kind", "model", "job", "params", "sha256", "forgets"]
-    emit(args, as_dict(reply).get("models", []), lambda: table([*header, "created"], rows))
+    emit(args, versions, lambda: table([*header, "created"], rows))
     return 0
 
 
-def forgotten(f: common_pb2.ForgetSpec) -> str:
+def forgotten(f: ForgetSpec) -> str:
     """A request in a few words: participant p0, class 3, 50 samples of p1."""
     if f.paradigm == "participant":
         return f"participant {f.participant_id}"

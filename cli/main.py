@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -34,19 +35,53 @@ from fused.cli.listings import (
 )
 from fused.cli.participants import add_participant_commands
 from fused.cli.policy import add_policy_options
+from fused.client import CoordinatorError, LocalError
 from fused.common.domain.specs import METHOD_CONFIGS, UPLOAD_DTYPES
 from fused.common.domain.train_config import TrainConfig
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fusedctl", description="Operate a FUSED federation.")
+class _Parser(argparse.ArgumentParser):
+    """Every command's parser takes the global flags too, so they may come before or after
+    the command (`fusedctl models --json`). Below the top the default is SUPPRESS: a value
+    given before the command is kept, not reset."""
+
+    def __init__(self, *args: Any, top: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _global_flags(self, top)
+
+
+def _global_flags(parser: argparse.ArgumentParser, top: bool) -> None:
+    def default(value: object) -> object:
+        return value if top else argparse.SUPPRESS
+
     parser.add_argument(
         "--coordinator",
-        default=os.environ.get("FUSED_COORDINATOR", DEFAULT_COORDINATOR),
+        default=default(os.environ.get("FUSED_COORDINATOR", DEFAULT_COORDINATOR)),
         help="coordinator address host:port (env FUSED_COORDINATOR)",
     )
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    _credential_flags(parser)
+    parser.add_argument(
+        "--json", action="store_true", default=default(False), help="machine-readable output"
+    )
+    for flag, help_text in (
+        ("--tls-ca", "CA that signed the coordinator's certificate: turns TLS on"),
+        ("--tls-cert", "operator client certificate (mutual TLS)"),
+        ("--tls-key", "its private key"),
+        ("--token-file", "file holding the operator's bearer token"),
+    ):
+        # FUSEDCTL_*, not FUSED_*: the agent's own variables must not make fusedctl present
+        # a participant's credentials on a participant host.
+        env = "FUSEDCTL_" + flag[2:].upper().replace("-", "_")
+        value = os.environ.get(env)
+        parser.add_argument(
+            flag,
+            type=Path,
+            default=default(Path(value) if value else None),
+            help=f"{help_text} (env {env})",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fusedctl", description="Operate a FUSED federation.", top=True)
     sub = parser.add_subparsers(dest="command", required=True)
     certs.add_parser(sub)
 
@@ -191,23 +226,6 @@ def _forget_options(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--trigger-target", type=int, default=0, help="--samples: its label")
 
 
-def _credential_flags(parser: argparse.ArgumentParser) -> None:
-    """TLS files and the operator token; each also from a FUSEDCTL_* environment variable."""
-    for flag, help_text in (
-        ("--tls-ca", "CA that signed the coordinator's certificate: turns TLS on"),
-        ("--tls-cert", "operator client certificate (mutual TLS)"),
-        ("--tls-key", "its private key"),
-        ("--token-file", "file holding the operator's bearer token"),
-    ):
-        # FUSEDCTL_*, not FUSED_*: the agent's own variables must not make fusedctl present
-        # a participant's credentials on a participant host.
-        env = "FUSEDCTL_" + flag[2:].upper().replace("-", "_")
-        value = os.environ.get(env)
-        parser.add_argument(
-            flag, type=Path, default=Path(value) if value else None, help=f"{help_text} (env {env})"
-        )
-
-
 _HINTS = {
     grpc.StatusCode.UNAVAILABLE: "is fused-coordinator running there? (--coordinator or "
     "FUSED_COORDINATOR)",
@@ -231,12 +249,10 @@ _TLS_HINT = (
 _JOB_COMMANDS = {"status", "watch", "report", "layers", "cancel"}
 
 
-def rpc_error_message(exc: grpc.RpcError, command: str, coordinator: str) -> str:
+def rpc_error_message(exc: CoordinatorError, command: str, coordinator: str) -> str:
     """One line naming the failure, then a hint line when there is something to do."""
-    code = exc.code() if hasattr(exc, "code") else None
-    details = exc.details() if hasattr(exc, "details") else str(exc)
-    details = " ".join(str(details or "").split())  # grpc's details may span lines
-    hint = _HINTS.get(code, "") if code is not None else ""
+    code, details = exc.code, exc.message
+    hint = _HINTS.get(code, "")
     if code is grpc.StatusCode.NOT_FOUND and command in _JOB_COMMANDS:
         hint = "list the jobs with `fusedctl jobs`"
     if code is grpc.StatusCode.NOT_FOUND and command == "participants":
@@ -244,18 +260,17 @@ def rpc_error_message(exc: grpc.RpcError, command: str, coordinator: str) -> str
     if code is grpc.StatusCode.UNAVAILABLE and any(w in details.lower() for w in _TLS_TROUBLE):
         hint = _TLS_HINT
     where = f" at {coordinator}" if code is grpc.StatusCode.UNAVAILABLE else ""
-    name = code.name if code is not None else "error"
-    return f"fusedctl: {name}{where}: {details}" + (f"\n  hint: {hint}" if hint else "")
+    return f"fusedctl: {code.name}{where}: {details}" + (f"\n  hint: {hint}" if hint else "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except CliError as exc:
-        print(f"fusedctl: {exc}", file=sys.stderr)
-    except grpc.RpcError as exc:
+    except CoordinatorError as exc:
         print(rpc_error_message(exc, args.command, args.coordinator), file=sys.stderr)
+    except (CliError, LocalError) as exc:
+        print(f"fusedctl: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         return 130
     return 1

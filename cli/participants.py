@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from fused.cli.client import as_dict, control_stub, emit
-from fused.proto.v1 import control_pb2
+from fused.cli.client import coordinator, emit
 
 
 def add_participant_commands(parser: argparse.ArgumentParser) -> None:
@@ -32,23 +31,18 @@ def add_participant_commands(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    request = control_pb2.ParticipantRequest(participant_id=args.participant)
-    info = control_stub(args).RemoveParticipant(request, timeout=30)
-    emit(args, as_dict(info), lambda: f"removed participant {info.participant_id}")
+    removed = coordinator(args).remove_participant(args.participant)
+    emit(args, removed, lambda: f"removed participant {removed.participant_id}")
     return 0
 
 
 def cmd_block(args: argparse.Namespace) -> int:
-    request = control_pb2.BlockParticipantRequest(
-        participant_id=args.participant, reason=args.reason
-    )
-    info = control_stub(args).BlockParticipant(request, timeout=30)
-    emit(args, as_dict(info), lambda: f"blocked participant {info.participant_id}")
+    blocked = coordinator(args).block_participant(args.participant, args.reason)
+    emit(args, blocked, lambda: f"blocked participant {blocked.participant_id}")
     return 0
 
 
 def cmd_unblock(args: argparse.Namespace) -> int:
-    request = control_pb2.ParticipantRequest(participant_id=args.participant)
-    info = control_stub(args).UnblockParticipant(request, timeout=30)
-    emit(args, as_dict(info), lambda: f"unblocked participant {info.participant_id}")
+    unblocked = coordinator(args).unblock_participant(args.participant)
+    emit(args, unblocked, lambda: f"unblocked participant {unblocked.participant_id}")
     return 0

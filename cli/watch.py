@@ -11,21 +11,20 @@ the view shows who reported once the round ends.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from fused.cli.tables import human_bytes, when
-from fused.proto.v1 import control_pb2
+from fused.common.domain.records import JobEvent
 
 BAR_WIDTH = 24
 MAX_NAMES = 6  # participants named on the "last round" line; the rest are counted
 _SELECTED = re.compile(r"(\d+) participants?")
 
 
-def event_line(event: control_pb2.JobEvent) -> str:
+def event_line(event: JobEvent) -> str:
     """One event as one line of text (the non-terminal output and `--wait`)."""
     data = _data(event)
     where = f"{event.phase} {event.round}" if event.phase else ""
@@ -42,12 +41,8 @@ def event_line(event: control_pb2.JobEvent) -> str:
     return f"{when(event.time)}  {event.kind:<16} {where:<12} {event.message}{tail}"
 
 
-def _data(event: control_pb2.JobEvent) -> dict[str, Any]:
-    try:
-        data = json.loads(event.data_json or "{}")
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
+def _data(event: JobEvent) -> dict[str, Any]:
+    return event.data if isinstance(event.data, dict) else {}
 
 
 def phase_plan(kind: str, spec: Mapping[str, Any]) -> list[tuple[str, int]]:
@@ -92,14 +87,14 @@ class Progress:
     metrics: dict[str, float] = field(default_factory=dict)  # latest RA, FA, loss
 
 
-def fold(events: Sequence[control_pb2.JobEvent]) -> Progress:
+def fold(events: Sequence[JobEvent]) -> Progress:
     progress = Progress()
     for event in events:
         _apply(progress, event, _data(event))
     return progress
 
 
-def _apply(p: Progress, event: control_pb2.JobEvent, data: dict[str, Any]) -> None:
+def _apply(p: Progress, event: JobEvent, data: dict[str, Any]) -> None:
     if event.kind in ("job_started", "job_resumed"):
         p.status = "running"
         if event.kind == "job_resumed":  # the rounds up to here were done by an earlier run
@@ -117,7 +112,7 @@ def _apply(p: Progress, event: control_pb2.JobEvent, data: dict[str, Any]) -> No
         _take_metrics(p, data, ra=("ra_after", "ra", "accuracy"), fa=("fa_after", "fa"))
 
 
-def _round_completed(p: Progress, event: control_pb2.JobEvent, data: dict[str, Any]) -> None:
+def _round_completed(p: Progress, event: JobEvent, data: dict[str, Any]) -> None:
     p.done.setdefault(event.phase, set()).add(event.round)
     wire = _dict(data.get("bytes"))
     up, down = _sum(wire.get("up")), _sum(wire.get("down"))
@@ -174,7 +169,7 @@ def render(
     job_id: str,
     kind: str,
     spec: Mapping[str, Any],
-    events: Sequence[control_pb2.JobEvent],
+    events: Sequence[JobEvent],
     recent: int = 3,
 ) -> list[str]:
     """The view of a job after `events`: a bar per phase, the round in progress, the last

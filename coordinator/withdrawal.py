@@ -11,25 +11,17 @@ on it, and the served version stays until that job publishes (it forgets more, n
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import grpc
 
-from fused.common.domain.ledger import LedgerEntry, LedgerStatus
+from fused.common.domain.ledger import LedgerEntry, LedgerStatus, Withdrawal
 from fused.common.domain.records import JobKind, ModelVersion
 from fused.common.domain.specs import UnlearningSpec
 from fused.coordinator.auth import RequestRefused
 from fused.coordinator.engine.manager import TERMINAL, JobManager
 from fused.coordinator.state import StateStore
 from fused.coordinator.versions import active_version, lineage, set_active
-
-
-@dataclass(frozen=True)
-class Withdrawal:
-    entry: LedgerEntry  # as it is now
-    version_id: str  # the version served now, if the withdrawal switched it ("" unchanged)
-    job_id: str  # the job that applies the remaining requests again ("" none)
-    message: str  # what happened, for the operator
 
 
 def withdraw(

@@ -30,7 +30,7 @@ import torch
 
 from experiments.central import EvalSets, build_sets, evaluate_weights
 from experiments.plots import plot_bytes, plot_curves
-from fused.cli.initial_weights import start_training
+from fused.client.initial_weights import start_training
 from fused.common.codecs.tensor_codec import decode_tensors
 from fused.common.domain.specs import (
     FinetuneConfig,

@@ -20,14 +20,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fused.cli.commands import event_line
-from fused.cli.initial_weights import start_training
+from fused.cli.watch import event_line
+from fused.client.initial_weights import start_training
 from fused.common.domain.specs import FusedConfig, TrainingSpec, UnlearningSpec
 from fused.common.domain.tasks import ForgetSpec
 from fused.common.domain.train_config import TrainConfig
 from fused.common.ml.data.partition import partition_to_directory
 from fused.common.ml.data.partition_config import PartitionConfig
-from fused.common.rpc.control_convert import unlearning_spec_to_proto
+from fused.common.rpc.control_convert import event_from_proto, unlearning_spec_to_proto
 from fused.proto.v1 import control_pb2
 from fused.tools.launch import LocalFederation, scrape
 
@@ -64,7 +64,7 @@ def bytes_by_phase(metrics_port: int) -> dict[str, dict[str, float]]:
 def follow(fed: LocalFederation, job: control_pb2.JobInfo) -> control_pb2.JobInfo:
     stub = fed.control()
     for event in stub.WatchJob(control_pb2.WatchJobRequest(job_id=job.job_id)):
-        print(event_line(event), flush=True)
+        print(event_line(event_from_proto(event)), flush=True)
     final: control_pb2.JobInfo = stub.GetJob(control_pb2.GetJobRequest(job_id=job.job_id))
     if final.status != "completed":
         raise RuntimeError(f"{final.kind} job {final.job_id} {final.status}: {final.reason}")

@@ -38,6 +38,16 @@ class LedgerEntry:
         return self.status is not LedgerStatus.WITHDRAWN
 
 
+@dataclass(frozen=True)
+class Withdrawal:
+    """What withdrawing an entry did."""
+
+    entry: LedgerEntry  # as it is now
+    version_id: str  # the version served now, if the withdrawal switched it ("" unchanged)
+    job_id: str  # the job that applies the remaining requests again ("" none)
+    message: str  # what happened, for the operator
+
+
 def forget_set(entries: Iterable[LedgerEntry]) -> ForgetSet:
     """The union of the binding entries' requests (sorted, so it has one spelling)."""
     people: set[str] = set()

@@ -109,7 +109,7 @@ def test_finished_jobs_leave_only_what_versions_need(federation: LocalFederation
     models = as_json(federation, "models")
     needed = set()
     for m in models:
-        meta = json.loads(m.get("meta_json", "{}"))
+        meta = m.get("meta", {})
         kept = ("adapter_digest", "base_digest", "schema_digest", "init_digest")
         needed |= {m["digest"], *(meta.get(key) for key in kept)} - {None}
     objects = federation.work_dir / "state" / "artifacts" / "sha256"

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from fused.cli.initial_weights import start_training
 from fused.cli.pki import init_pki
+from fused.client.initial_weights import start_training
 from fused.common.domain.specs import TrainingSpec
 from fused.common.domain.train_config import TrainConfig
 from fused.proto.v1 import control_pb2

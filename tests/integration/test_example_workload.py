@@ -73,7 +73,7 @@ def federation(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 def result(info: dict[str, Any]) -> dict[str, Any]:
     assert info["status"] == "completed", info.get("reason")
-    out: dict[str, Any] = json.loads(info["result_json"])
+    out: dict[str, Any] = info["result"]
     return out
 
 
@@ -95,7 +95,7 @@ def test_train_forget_revert_reapply(
     federation: LocalFederation, data: Path, tmp_path: Path
 ) -> None:
     listed = fusedctl(federation, "participants")
-    assert {p["workload"] for p in listed} == {"wordlang"}
+    assert {p["info"]["workload"] for p in listed} == {"wordlang"}
     train = ("train", "--model", "wordlang", "--rounds", "3", "--lr", "0.05")
     trained = result(fusedctl(federation, *train, "--min-participants", "3", "--wait"))
     assert trained["accuracy"] > 0.5  # five languages: chance is 0.2

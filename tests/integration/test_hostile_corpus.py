@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from fused.cli import initial_weights
 from fused.cli.pki import init_pki
+from fused.client import initial_weights
 from fused.common.rpc.control_convert import unlearning_spec_to_proto
 from fused.common.rpc.identity import read_token_file
 from fused.proto.v1 import control_pb2, control_pb2_grpc

@@ -18,8 +18,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from fused.cli import initial_weights
 from fused.cli.pki import init_pki
+from fused.client import initial_weights
 from fused.common.rpc.identity import read_token_file
 from fused.common.rpc.metering import KNOWN_PHASES, MD_JOB, MD_PARTICIPANT, MD_PHASE, MD_ROUND
 from fused.proto.v1 import control_pb2, control_pb2_grpc, participant_pb2

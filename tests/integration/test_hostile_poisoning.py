@@ -22,8 +22,8 @@ from typing import Any
 import grpc
 import pytest
 
-from fused.cli.initial_weights import start_training
 from fused.cli.pki import init_pki
+from fused.client.initial_weights import start_training
 from fused.common.domain.specs import TrainingSpec
 from fused.common.domain.train_config import TrainConfig
 from fused.common.rpc.identity import read_token_file

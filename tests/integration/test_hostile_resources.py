@@ -30,7 +30,7 @@ from bench.raw_participant import (
     sha256,
     trickle,
 )
-from fused.cli import initial_weights
+from fused.client import initial_weights
 from fused.common.domain.specs import TrainingSpec
 from fused.common.domain.train_config import TrainConfig
 from fused.participant.site import builtin_summary

@@ -13,9 +13,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from fused.cli.client import CliError
-from fused.cli.initial_weights import start_training
-from fused.cli.upload import upload_artifact
+from fused.client import LocalError
+from fused.client.initial_weights import start_training
+from fused.client.upload import upload_artifact
 from fused.common.codecs.tensor_codec import encode_tensors
 from fused.common.domain.specs import RetrainConfig, TrainingSpec, UnlearningSpec
 from fused.common.domain.tasks import ForgetSpec
@@ -103,7 +103,7 @@ def test_a_local_workload_of_another_schema_is_refused_before_anything_starts(
     monkeypatch.syspath_prepend(str(tmp_path))
     jobs_before = len(federation.control().ListJobs(control_pb2.ListJobsRequest()).jobs)
     spec = dataclasses.replace(SPEC, model="widemlp:WIDE")
-    with pytest.raises(CliError, match="install the same version of the workload here"):
+    with pytest.raises(LocalError, match="install the same version of the workload here"):
         start_training(federation.control(), spec)
     assert len(federation.control().ListJobs(control_pb2.ListJobsRequest()).jobs) == jobs_before
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from fused.cli.initial_weights import start_training
+from fused.client.initial_weights import start_training
 from fused.common.domain.specs import FusedConfig, TrainingSpec, UnlearningSpec
 from fused.common.domain.tasks import ForgetSpec
 from fused.common.domain.train_config import TrainConfig

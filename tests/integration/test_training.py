@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from fused.cli.initial_weights import start_training
+from fused.client.initial_weights import start_training
 from fused.common.codecs.tensor_codec import decode_tensors
 from fused.common.domain.specs import TrainingSpec
 from fused.common.domain.train_config import TrainConfig, task_seed

@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
-from fused.cli.initial_weights import start_training
+from fused.client.initial_weights import start_training
 from fused.common.domain.specs import (
     METHOD_CONFIGS,
     FusedConfig,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fused.cli.initial_weights import start_training
+from fused.client.initial_weights import start_training
 from fused.common.domain.specs import TrainingSpec
 from fused.common.domain.train_config import TrainConfig
 from fused.proto.v1 import control_pb2

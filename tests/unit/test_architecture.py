@@ -13,18 +13,25 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-LINKED = ("common", "coordinator", "participant", "proto", "cli", "tools")  # fused/<name>
+LINKED = ("common", "coordinator", "participant", "proto", "client", "cli", "tools")  # fused/<x>
 REPO_PACKAGES = ("bench", "experiments", "tests")  # run from the repository, never installed
 
 # package -> packages it must never import (prefixes of fused.* module names)
 _REPO_ONLY = ("bench", "experiments", "tests")  # installed code must not need them
 FORBIDDEN = {
     "fused": _REPO_ONLY,
-    "fused.common": ("fused.coordinator", "fused.participant", "fused.cli", "fused.tools"),
+    "fused.common": (
+        "fused.coordinator",
+        "fused.participant",
+        "fused.client",
+        "fused.cli",
+        "fused.tools",
+    ),
     "fused.proto": (
         "fused.common",
         "fused.coordinator",
         "fused.participant",
+        "fused.client",
         "fused.cli",
         "fused.tools",
     ),
@@ -37,16 +44,19 @@ FORBIDDEN = {
     ),
     "fused.common.ml": ("fused.common.codecs", "fused.common.rpc", "fused.common.runtime"),
     "fused.common.codecs": ("fused.common.rpc", "fused.common.runtime"),
-    "fused.participant": ("fused.coordinator", "fused.cli", "fused.tools"),
+    "fused.participant": ("fused.coordinator", "fused.client", "fused.cli", "fused.tools"),
     # the coordinator never runs workload code: it works from tensor schemas and given weights
     "fused.coordinator": (
         "fused.participant",
+        "fused.client",
         "fused.cli",
         "fused.tools",
         "fused.common.ml.workloads",
         "fused.common.ml.models",
         "fused.common.ml.data",
     ),
+    # the client library is what other systems embed: it talks to the coordinator over gRPC
+    "fused.client": ("fused.coordinator", "fused.participant", "fused.cli", "fused.tools"),
     "fused.cli": ("fused.coordinator", "fused.participant", "fused.tools"),
     # the job engine is the bottom of the coordinator's job stack: methods and job kinds
     # build on it, and the manager gets the kinds injected by the server

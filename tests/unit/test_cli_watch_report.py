@@ -19,10 +19,9 @@ from fused.cli.report import (
     write_report,
 )
 from fused.cli.watch import LiveView, bar, event_line, phase_plan, render
-from fused.common.domain.records import JobKind, Phase
+from fused.common.domain.records import JobEvent, JobKind, Phase
 from fused.common.domain.round_metrics import RoundMetrics
 from fused.coordinator.state import JobRecord, JobStatus, RoundRecord
-from fused.proto.v1 import control_pb2
 
 REPO = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -35,8 +34,8 @@ def wire(up: dict[str, int], down: dict[str, int]) -> dict[str, Any]:
 
 def ev(
     seq: int, kind: str, phase: str = "", r: int = 0, msg: str = "", data: Any = None
-) -> control_pb2.JobEvent:
-    return control_pb2.JobEvent(
+) -> JobEvent:
+    return JobEvent(
         job_id="job-1",
         seq=seq,
         time=1.7e9 + seq,
@@ -44,11 +43,11 @@ def ev(
         phase=phase,
         round=r,
         message=msg,
-        data_json=json.dumps(data or {}),
+        data=json.loads(json.dumps(data or {})),
     )
 
 
-def unlearn_events() -> list[control_pb2.JobEvent]:
+def unlearn_events() -> list[JobEvent]:
     """A FUSED job in adapter round 2; p2 missed adapter round 1's deadline."""
     three = {"p0": 100, "p1": 100, "p2": 100}
     return [

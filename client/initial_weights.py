@@ -1,7 +1,7 @@
 """A training job's initial weights, made on the operator's side: the coordinator never runs
-workload code, so `fusedctl train` builds the workload's model from the seed here (sized to the
-participants' data, checked against the schema they declared) or reads the operator's file,
-uploads it, and names the artifact in the job."""
+workload code, so the client (`Coordinator.train`, `fusedctl train`) builds the workload's
+model from the seed here (sized to the participants' data, checked against the schema they
+declared) or reads the operator's file, uploads it, and names the artifact in the job."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import dataclasses
 from collections import Counter
 from pathlib import Path
 
-from fused.cli.client import CliError
-from fused.cli.upload import upload_artifact
+from fused.client.errors import LocalError
+from fused.client.upload import upload_artifact
 from fused.common.codecs.tensor_codec import decode_tensors, encode_tensors
 from fused.common.domain.specs import TrainingSpec
 from fused.common.ml.workloads import Workload, WorkloadError, resolve_workload
@@ -25,7 +25,7 @@ def start_training(
     stub: Stub, spec: TrainingSpec, init_file: Path | None = None, timeout: float = 60.0
 ) -> control_pb2.JobInfo:
     """Start `spec`; unless it continues a stored version, first upload its initial weights
-    (`init_file`, or the workload's model built from `spec.seed`). Raises CliError or
+    (`init_file`, or the workload's model built from `spec.seed`). Raises LocalError or
     grpc.RpcError."""
     if not spec.init_version and not spec.init_weights:
         if init_file is not None:  # the job's workload: as named, else the file's own
@@ -46,7 +46,7 @@ def _file_weights(path: Path) -> tuple[str, bytes]:
         data = path.read_bytes()
         _, meta = decode_tensors(data, max_bytes=MAX_INIT_BYTES)
     except (OSError, ValueError) as exc:
-        raise CliError(f"--init-weights {path}: {exc}") from exc
+        raise LocalError(f"--init-weights {path}: {exc}") from exc
     return meta.get("model", ""), data
 
 
@@ -61,13 +61,13 @@ def _built_weights(stub: Stub, spec: TrainingSpec) -> tuple[str, bytes]:
         digest = workload.schema_digest()
         state = workload.build_model(spec.seed).state_dict()
     except WorkloadError as exc:
-        raise CliError(f"{exc} (or pass --init-weights FILE)") from exc
+        raise LocalError(f"{exc} (or pass --init-weights FILE)") from exc
     except Exception as exc:  # the user's model code
-        raise CliError(f"workload {reference!r}: building the model failed: {exc!r}") from exc
+        raise LocalError(f"workload {reference!r}: building the model failed: {exc!r}") from exc
     declared = Counter(o.schema_digest for o in served)
     if declared and digest not in declared:
         common = declared.most_common(1)[0][0]
-        raise CliError(
+        raise LocalError(
             f"workload {workload.name!r} here builds tensor schema {digest[:12]}, the online "
             f"participants serving it declared {common[:12]}: install the same version of the "
             "workload here, or pass --init-weights FILE"
@@ -82,7 +82,7 @@ def _online_offers(stub: Stub) -> list[control_pb2.ParticipantInfo]:
 
 def _most_served(offers: list[control_pb2.ParticipantInfo]) -> str:
     if not offers:
-        raise CliError(
+        raise LocalError(
             "no online participant serves a workload yet: name one with --model, or start "
             "the participants first"
         )
