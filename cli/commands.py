@@ -192,9 +192,26 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    done = coordinator(args).export(args.out, args.version)
+    if args.adapter and args.version:
+        raise CliError("give the version once: either VERSION or --adapter VERSION")
+    client = coordinator(args)
+    if args.adapter:
+        done = client.export_adapter(args.out, args.adapter)
+    else:
+        done = client.export(args.out, args.version)
     payload = {"path": str(done.path), "sha256": done.sha256, "bytes": done.size}
     text = f"wrote {done.path} ({human_bytes(done.size)}, sha256 {done.sha256})"
+    emit(args, payload, lambda: text)
+    return 0
+
+
+def cmd_apply_adapter(args: argparse.Namespace) -> int:
+    # Imported here: torch loads slowly and only this command needs it.
+    from fused.client.adapters import apply_adapter
+
+    done = apply_adapter(args.base, args.adapter, args.out)
+    payload = {"path": str(done.path), "sha256": done.sha256, "changed": done.changed}
+    text = f"wrote {done.path} ({done.changed} positions changed, sha256 {done.sha256})"
     emit(args, payload, lambda: text)
     return 0
 

@@ -14,6 +14,7 @@ import grpc
 from fused.cli import certs
 from fused.cli.client import DEFAULT_COORDINATOR, CliError
 from fused.cli.commands import (
+    cmd_apply_adapter,
     cmd_cancel,
     cmd_eval,
     cmd_export,
@@ -184,10 +185,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_commands(models)
     add_ledger_parsers(sub)
 
-    export = sub.add_parser("export", help="download a model version as safetensors")
+    export = sub.add_parser(
+        "export", help="download a model version, or an adapter version's adapter file"
+    )
     export.add_argument("version", nargs="?", default="", help="default: the active version")
+    export.add_argument(
+        "--adapter",
+        default="",
+        metavar="VERSION",
+        help="write VERSION's portable adapter file instead (docs/ADAPTER_FILE.md)",
+    )
     export.add_argument("--out", type=Path, required=True)
     export.set_defaults(func=cmd_export)
+    apply = sub.add_parser(
+        "apply-adapter",
+        help="apply an adapter file to its base model file (checks both sha256 it names)",
+    )
+    apply.add_argument("base", type=Path)
+    apply.add_argument("adapter", type=Path)
+    apply.add_argument("--out", type=Path, required=True)
+    apply.set_defaults(func=cmd_apply_adapter)
 
     data = sub.add_parser("data", help="data set tools").add_subparsers(dest="data", required=True)
     part = data.add_parser("partition", help="split a data set into participant shards")

@@ -212,6 +212,12 @@ class Coordinator:
         request = pb.ExportModelRequest(version_id=version_id)
         return self._call(lambda: _download(self._stub.ExportModel(request), out), retry=True)
 
+    def export_adapter(self, out: Path, version_id: str) -> Exported:
+        """Write an adapter version's unlearning as a portable adapter file to `out`
+        (docs/ADAPTER_FILE.md; apply it with `fused.client.adapters.apply_adapter`)."""
+        request = pb.VersionRequest(version_id=version_id)
+        return self._call(lambda: _download(self._stub.ExportAdapter(request), out), retry=True)
+
     # ------------------------------------------------------------------ ledger
 
     def ledger(self) -> list[LedgerEntry]:
@@ -274,7 +280,7 @@ def _download(chunks: Iterable[Any], out: Path) -> Exported:
                 f.write(chunk.data)
                 hasher.update(chunk.data)
                 size += len(chunk.data)
-        if hasher.hexdigest() != digest:  # the model is content-addressed: check what came
+        if hasher.hexdigest() != digest:  # each stream names its content's sha256
             raise LocalError(f"export is damaged: sha256 {hasher.hexdigest()}, expected {digest}")
         tmp.replace(out)
     except OSError as exc:

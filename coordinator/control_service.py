@@ -29,6 +29,7 @@ from fused.common.rpc.control_convert import (
     unlearning_spec_from_proto,
 )
 from fused.common.rpc.task_convert import forget_from_proto
+from fused.coordinator.adapter_export import adapter_file, file_chunks
 from fused.coordinator.artifact_gc import Pinned
 from fused.coordinator.artifacts import CorruptArtifactError, MissingArtifactError
 from fused.coordinator.auth import RequestRefused
@@ -332,6 +333,14 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
                 raise RequestRefused(NOT_FOUND, "no model version active version")
             version = active
         for chunk in await self._model_chunks(version):
+            yield chunk
+
+    @answers()
+    async def ExportAdapter(  # type: ignore[override]
+        self, request: control_pb2.VersionRequest, context: Context
+    ) -> AsyncIterator[bytes]:  # pre-serialized BlobChunks (PreSerializedResponses)
+        data = await adapter_file(self.downloads.artifacts, self._version(request.version_id))
+        for chunk in file_chunks(data, self.downloads.chunk_bytes):
             yield chunk
 
     async def _model_chunks(self, version: ModelVersion) -> Iterator[bytes]:

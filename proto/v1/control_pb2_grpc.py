@@ -101,6 +101,11 @@ class ControlServiceStub:
                 request_serializer=fused_dot_proto_dot_v1_dot_control__pb2.ExportModelRequest.SerializeToString,
                 response_deserializer=fused_dot_proto_dot_v1_dot_common__pb2.BlobChunk.FromString,
                 _registered_method=True)
+        self.ExportAdapter = channel.unary_stream(
+                '/fused.v1.ControlService/ExportAdapter',
+                request_serializer=fused_dot_proto_dot_v1_dot_control__pb2.VersionRequest.SerializeToString,
+                response_deserializer=fused_dot_proto_dot_v1_dot_common__pb2.BlobChunk.FromString,
+                _registered_method=True)
         self.DropVersions = channel.unary_unary(
                 '/fused.v1.ControlService/DropVersions',
                 request_serializer=fused_dot_proto_dot_v1_dot_control__pb2.DropVersionsRequest.SerializeToString,
@@ -224,6 +229,14 @@ class ControlServiceServicer:
 
     def ExportModel(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportAdapter(self, request, context):
+        """An adapter version's unlearning as a portable adapter file (docs/ADAPTER_FILE.md): the
+        positions it changed and their values, naming the SHA-256 of its base and result.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -356,6 +369,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
             'ExportModel': grpc.unary_stream_rpc_method_handler(
                     servicer.ExportModel,
                     request_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.ExportModelRequest.FromString,
+                    response_serializer=fused_dot_proto_dot_v1_dot_common__pb2.BlobChunk.SerializeToString,
+            ),
+            'ExportAdapter': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportAdapter,
+                    request_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.VersionRequest.FromString,
                     response_serializer=fused_dot_proto_dot_v1_dot_common__pb2.BlobChunk.SerializeToString,
             ),
             'DropVersions': grpc.unary_unary_rpc_method_handler(
@@ -750,6 +768,33 @@ class ControlService:
             target,
             '/fused.v1.ControlService/ExportModel',
             fused_dot_proto_dot_v1_dot_control__pb2.ExportModelRequest.SerializeToString,
+            fused_dot_proto_dot_v1_dot_common__pb2.BlobChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fused.v1.ControlService/ExportAdapter',
+            fused_dot_proto_dot_v1_dot_control__pb2.VersionRequest.SerializeToString,
             fused_dot_proto_dot_v1_dot_common__pb2.BlobChunk.FromString,
             options,
             channel_credentials,

@@ -50,6 +50,10 @@ class ControlServiceStub:
     ListParticipants: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListParticipantsRequest, _control_pb2.ListParticipantsResponse]
     ListModels: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListModelsRequest, _control_pb2.ListModelsResponse]
     ExportModel: _grpc.UnaryStreamMultiCallable[_control_pb2.ExportModelRequest, _common_pb2.BlobChunk]
+    ExportAdapter: _grpc.UnaryStreamMultiCallable[_control_pb2.VersionRequest, _common_pb2.BlobChunk]
+    """An adapter version's unlearning as a portable adapter file (docs/ADAPTER_FILE.md): the
+    positions it changed and their values, naming the SHA-256 of its base and result.
+    """
     DropVersions: _grpc.UnaryUnaryMultiCallable[_control_pb2.DropVersionsRequest, _control_pb2.DropVersionsResponse]
     """Delete model versions (all or none): never the served one or one an unfinished job reads.
     A kept version whose parent is dropped becomes a root; artifacts no kept version names
@@ -99,6 +103,10 @@ class ControlServiceAsyncStub(ControlServiceStub):
     ListParticipants: _aio.UnaryUnaryMultiCallable[_control_pb2.ListParticipantsRequest, _control_pb2.ListParticipantsResponse]  # type: ignore[assignment]
     ListModels: _aio.UnaryUnaryMultiCallable[_control_pb2.ListModelsRequest, _control_pb2.ListModelsResponse]  # type: ignore[assignment]
     ExportModel: _aio.UnaryStreamMultiCallable[_control_pb2.ExportModelRequest, _common_pb2.BlobChunk]  # type: ignore[assignment]
+    ExportAdapter: _aio.UnaryStreamMultiCallable[_control_pb2.VersionRequest, _common_pb2.BlobChunk]  # type: ignore[assignment]
+    """An adapter version's unlearning as a portable adapter file (docs/ADAPTER_FILE.md): the
+    positions it changed and their values, naming the SHA-256 of its base and result.
+    """
     DropVersions: _aio.UnaryUnaryMultiCallable[_control_pb2.DropVersionsRequest, _control_pb2.DropVersionsResponse]  # type: ignore[assignment]
     """Delete model versions (all or none): never the served one or one an unfinished job reads.
     A kept version whose parent is dropped becomes a root; artifacts no kept version names
@@ -223,6 +231,16 @@ class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _control_pb2.ExportModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_common_pb2.BlobChunk], _abc.AsyncIterator[_common_pb2.BlobChunk]]: ...
+
+    @_abc_1.abstractmethod
+    def ExportAdapter(
+        self,
+        request: _control_pb2.VersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_common_pb2.BlobChunk], _abc.AsyncIterator[_common_pb2.BlobChunk]]:
+        """An adapter version's unlearning as a portable adapter file (docs/ADAPTER_FILE.md): the
+        positions it changed and their values, naming the SHA-256 of its base and result.
+        """
 
     @_abc_1.abstractmethod
     def DropVersions(

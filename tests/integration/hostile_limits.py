@@ -192,7 +192,17 @@ def ledger_cases(operator: control_pb2_grpc.ControlServiceStub) -> list[Exact]:
         request = control_pb2.StartConsolidationRequest(spec=spec)
         return str(operator.StartConsolidation(request, timeout=30))
 
+    def adapter(version_id: str) -> str:
+        request = control_pb2.VersionRequest(version_id=version_id)
+        return str(list(operator.ExportAdapter(request, timeout=30)))
+
     return [
+        Exact(
+            "the adapter file of an unknown version",
+            lambda: adapter("m-ghost"),
+            grpc.StatusCode.NOT_FOUND,
+            "no model version 'm-ghost'",
+        ),
         Exact(
             "withdrawing a 1 MB ledger entry",
             lambda: withdraw("f" * MB),

@@ -11,11 +11,15 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fused.client.initial_weights import start_training
+from fused.common.codecs.adapter_file import decode_adapter_file
+from fused.common.codecs.adapter_file_apply import merge_into, unmerge
+from fused.common.codecs.tensor_codec import decode_tensors, state_dict_digest
 from fused.common.domain.specs import FusedConfig, TrainingSpec, UnlearningSpec
 from fused.common.domain.tasks import ForgetSpec
 from fused.common.domain.train_config import TrainConfig
@@ -120,6 +124,49 @@ def test_each_version_forgets_its_request_and_those_below(chain: Chain) -> None:
     ]
     assert forgets(fed, chain.base) == []
     assert served(fed) == chain.versions[-1]
+
+
+def test_an_adapter_file_applies_to_its_base_exactly(chain: Chain, tmp_path: Path) -> None:
+    """The second request's adapter (stacked on the first one's version) as a portable file:
+    applied to the exported base it gives the exported unlearned model, byte for byte; the
+    wrong base, a damaged file and a version without an adapter are refused."""
+    fed, first, second = chain.fed, chain.versions[0], chain.versions[1]
+    paths = {name: tmp_path / f"{name}.safetensors" for name in ("a", "base", "m", "out")}
+    assert fusedctl(fed, "export", "--adapter", second, "--out", str(paths["a"])).returncode == 0
+    assert fusedctl(fed, "export", first, "--out", str(paths["base"])).returncode == 0
+    assert fusedctl(fed, "export", second, "--out", str(paths["m"])).returncode == 0
+    f = decode_adapter_file(paths["a"].read_bytes())
+    assert f.base_sha256 == sha256(paths["base"]) and f.model_sha256 == sha256(paths["m"])
+    assert f.extra["version_id"] == second and f.extra["base_version"] == first
+    assert paths["a"].stat().st_size < paths["m"].stat().st_size / 2  # density 0.3 here
+    applied = fusedctl(
+        fed,
+        "--json",
+        "apply-adapter",
+        *map(str, (paths["base"], paths["a"])),
+        "--out",
+        str(paths["out"]),
+    )
+    assert applied.returncode == 0, applied.stderr
+    assert paths["out"].read_bytes() == paths["m"].read_bytes()
+    state, _ = decode_tensors(paths["base"].read_bytes())
+    before = state_dict_digest(state)
+    saved = merge_into(state, f)
+    assert state_dict_digest(state) == state_dict_digest(decode_tensors(paths["m"].read_bytes())[0])
+    unmerge(state, saved)
+    assert state_dict_digest(state) == before  # off again, exactly
+    foreign = fusedctl(fed, "apply-adapter", str(paths["m"]), str(paths["a"]), "--out", "x")
+    assert foreign.returncode != 0 and "applies to the base model with sha256" in foreign.stderr
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(paths["a"].read_bytes()[:-7])
+    bad = fusedctl(fed, "apply-adapter", str(paths["base"]), str(damaged), "--out", "x")
+    assert bad.returncode != 0 and "is not a valid adapter file" in bad.stderr
+    none = fusedctl(fed, "export", "--adapter", chain.base, "--out", str(tmp_path / "n"))
+    assert none.returncode != 0 and "without an adapter" in none.stderr
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_withdrawing_a_middle_request_applies_the_later_one_again(chain: Chain) -> None:
