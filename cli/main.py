@@ -36,6 +36,7 @@ from fused.cli.listings import (
 )
 from fused.cli.participants import add_participant_commands
 from fused.cli.policy import add_policy_options
+from fused.cli.receipts import add_receipt_parsers
 from fused.client import CoordinatorError, LocalError
 from fused.common.domain.specs import METHOD_CONFIGS, UPLOAD_DTYPES
 from fused.common.domain.train_config import TrainConfig
@@ -205,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("adapter", type=Path)
     apply.add_argument("--out", type=Path, required=True)
     apply.set_defaults(func=cmd_apply_adapter)
+
+    add_receipt_parsers(sub)
 
     data = sub.add_parser("data", help="data set tools").add_subparsers(dest="data", required=True)
     part = data.add_parser("partition", help="split a data set into participant shards")

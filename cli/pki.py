@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fused.common.codecs.receipts import new_signing_key
 from fused.common.rpc.identity import (
     NAME_PATTERN,
     OPERATOR,
@@ -80,7 +81,8 @@ def init_pki(
     days: int = 365,
     force: bool = False,
 ) -> list[Path]:
-    """Make a CA, a coordinator server cert, client certs and tokens for everyone, in `out`."""
+    """Make a CA, a coordinator server cert, client certs and tokens for everyone, and the
+    coordinator's receipt-signing key, in `out`."""
     identities = _identities(participants, operators)
     sans = _host_sans(hosts)
     if days < 1:
@@ -102,6 +104,8 @@ def init_pki(
         written += _write_pair(out / _stem(ident), cert, key)
         tokens[ident] = new_token()
     written.append(_write_auth(out / "auth.toml", tokens))
+    receipt_key = out / "receipt.key"  # the coordinator signs unlearning receipts with it
+    written += [receipt_key, new_signing_key(receipt_key)]
     return written + _write_tokens(out, tokens)
 
 

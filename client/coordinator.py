@@ -218,6 +218,17 @@ class Coordinator:
         request = pb.VersionRequest(version_id=version_id)
         return self._call(lambda: _download(self._stub.ExportAdapter(request), out), retry=True)
 
+    def receipt(self, version_id: str) -> bytes:
+        """The signed receipt of the unlearning job that made `version_id` (its file's bytes;
+        check it with `fused.client.receipts.verify_receipt_file`)."""
+        request = pb.VersionRequest(version_id=version_id)
+        return bytes(self._read(self._stub.GetReceipt, request).receipt)
+
+    def receipt_key(self) -> tuple[bytes, str]:
+        """The coordinator's receipt-signing public key: (PEM, key id)."""
+        reply = self._read(self._stub.GetReceiptKey, pb.ReceiptKeyRequest())
+        return bytes(reply.public_key_pem), reply.key_id
+
     # ------------------------------------------------------------------ ledger
 
     def ledger(self) -> list[LedgerEntry]:

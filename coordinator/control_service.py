@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fused.common.codecs.receipts import key_id, public_pem
 from fused.common.domain.records import (
     BlockedParticipant,
     JobKind,
@@ -37,6 +39,7 @@ from fused.coordinator.engine.manager import JobManager
 from fused.coordinator.fleet import Fleet, TaskHeldError
 from fused.coordinator.jobs import EvaluationRequest
 from fused.coordinator.participant_service import PARTICIPANT_ID
+from fused.coordinator.receipts import receipt
 from fused.coordinator.retention import drop_versions
 from fused.coordinator.rpc_errors import Context, answers, caller_id
 from fused.coordinator.state import ParticipantRecord, StateStore
@@ -79,6 +82,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     pinned: Pinned  # operator uploads kept until the job naming them starts
     max_artifact_bytes: int = 512 << 20  # the participants' upload limit
     collect: Callable[[], object] | None = None  # garbage collection (None: artifacts kept)
+    receipt_key: Ed25519PrivateKey | None = None  # signs unlearning receipts (None: none)
 
     def _job(self, job_id: str) -> JobRecord:
         job = self.store.get_job(job_id)
@@ -342,6 +346,27 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         data = await adapter_file(self.downloads.artifacts, self._version(request.version_id))
         for chunk in file_chunks(data, self.downloads.chunk_bytes):
             yield chunk
+
+    @answers()
+    async def GetReceipt(
+        self, request: control_pb2.VersionRequest, context: Context
+    ) -> control_pb2.ReceiptResponse:
+        version = self._version(request.version_id)
+        return control_pb2.ReceiptResponse(receipt=receipt(self.store, version, self._signer()))
+
+    @answers()
+    async def GetReceiptKey(
+        self, request: control_pb2.ReceiptKeyRequest, context: Context
+    ) -> control_pb2.ReceiptKeyResponse:
+        public = self._signer().public_key()
+        return control_pb2.ReceiptKeyResponse(
+            public_key_pem=public_pem(public), key_id=key_id(public)
+        )
+
+    def _signer(self) -> Ed25519PrivateKey:
+        if self.receipt_key is None:
+            raise RequestRefused(FAILED_PRECONDITION, "this coordinator signs no receipts")
+        return self.receipt_key
 
     async def _model_chunks(self, version: ModelVersion) -> Iterator[bytes]:
         """A model version's artifact is state the coordinator must hold: missing or corrupt,

@@ -38,6 +38,7 @@ from fused.coordinator.jobs import JOB_KINDS
 from fused.coordinator.limits_config import LimitsConfig
 from fused.coordinator.metrics import CoordinatorMetrics
 from fused.coordinator.participant_service import ParticipantServicer, RegisterTerms
+from fused.coordinator.receipts import signing_key
 from fused.coordinator.state import StateStore, open_store
 from fused.coordinator.transfer import Downloads, Uploads, UploadSpool
 from fused.proto.v1 import control_pb2, control_pb2_grpc, participant_pb2, participant_pb2_grpc
@@ -94,6 +95,13 @@ class CoordinatorConfig(LimitsConfig):  # connection and upload limits: limits_c
     auth_file: Path | None = dataclasses.field(
         default=None,
         metadata={"help": "TOML of participant and operator token hashes (fusedctl certs init)"},
+    )
+    receipt_key: Path | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "Ed25519 key signing unlearning receipts (fusedctl certs init makes one); "
+            "default: receipt.key in the state directory, made on first start"
+        },
     )
     log_level: str = "info"
     log_json: bool = False
@@ -165,7 +173,16 @@ class Coordinator:
             ParticipantServicer(fleet, uploads, downloads, terms, self.metrics), self._server
         )
         control_pb2_grpc.add_ControlServiceServicer_to_server(
-            ControlServicer(store, fleet, jobs, downloads, pinned, terms.max_upload_bytes, on_idle),
+            ControlServicer(
+                store,
+                fleet,
+                jobs,
+                downloads,
+                pinned,
+                terms.max_upload_bytes,
+                collect=on_idle,
+                receipt_key=signing_key(cfg.receipt_key or cfg.state_dir / "receipt.key"),
+            ),
             self._server,
         )
         # The standard health and reflection services, so probes and grpcurl-style tools work.

@@ -63,6 +63,7 @@ class UnlearningJob(JobKindHandler):
             "version_id": version.version_id,
             "ledger_entries": list(applied),
             "base_version": base.version.version_id,
+            "base_sha256": base.version.digest,
             "method": spec.method,
             "ra_before": before.accuracy,
             "fa_before": before.fa,

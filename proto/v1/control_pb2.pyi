@@ -858,6 +858,64 @@ class ListLedgerRequest(_message.Message):
 Global___ListLedgerRequest: _TypeAlias = ListLedgerRequest  # noqa: Y015
 
 @_typing.final
+class ReceiptResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECEIPT_FIELD_NUMBER: _builtins.int
+    receipt: _builtins.bytes
+    """the receipt file, as `fusedctl receipt` writes it"""
+    def __init__(
+        self,
+        *,
+        receipt: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["receipt", b"receipt"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReceiptResponse: _TypeAlias = ReceiptResponse  # noqa: Y015
+
+@_typing.final
+class ReceiptKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReceiptKeyRequest: _TypeAlias = ReceiptKeyRequest  # noqa: Y015
+
+@_typing.final
+class ReceiptKeyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PUBLIC_KEY_PEM_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    public_key_pem: _builtins.bytes
+    key_id: _builtins.str
+    """sha256 of the raw public key, as receipts name it"""
+    def __init__(
+        self,
+        *,
+        public_key_pem: _builtins.bytes = ...,
+        key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "public_key_pem", b"public_key_pem"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReceiptKeyResponse: _TypeAlias = ReceiptKeyResponse  # noqa: Y015
+
+@_typing.final
 class DropVersionsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -106,6 +106,16 @@ class ControlServiceStub:
                 request_serializer=fused_dot_proto_dot_v1_dot_control__pb2.VersionRequest.SerializeToString,
                 response_deserializer=fused_dot_proto_dot_v1_dot_common__pb2.BlobChunk.FromString,
                 _registered_method=True)
+        self.GetReceipt = channel.unary_unary(
+                '/fused.v1.ControlService/GetReceipt',
+                request_serializer=fused_dot_proto_dot_v1_dot_control__pb2.VersionRequest.SerializeToString,
+                response_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.ReceiptResponse.FromString,
+                _registered_method=True)
+        self.GetReceiptKey = channel.unary_unary(
+                '/fused.v1.ControlService/GetReceiptKey',
+                request_serializer=fused_dot_proto_dot_v1_dot_control__pb2.ReceiptKeyRequest.SerializeToString,
+                response_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.ReceiptKeyResponse.FromString,
+                _registered_method=True)
         self.DropVersions = channel.unary_unary(
                 '/fused.v1.ControlService/DropVersions',
                 request_serializer=fused_dot_proto_dot_v1_dot_control__pb2.DropVersionsRequest.SerializeToString,
@@ -237,6 +247,20 @@ class ControlServiceServicer:
         """An adapter version's unlearning as a portable adapter file (docs/ADAPTER_FILE.md): the
         positions it changed and their values, naming the SHA-256 of its base and result.
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetReceipt(self, request, context):
+        """The signed receipt of the unlearning job that made a version (fused-receipt-v1), and the
+        public key that verifies receipts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetReceiptKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -375,6 +399,16 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.ExportAdapter,
                     request_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.VersionRequest.FromString,
                     response_serializer=fused_dot_proto_dot_v1_dot_common__pb2.BlobChunk.SerializeToString,
+            ),
+            'GetReceipt': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReceipt,
+                    request_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.VersionRequest.FromString,
+                    response_serializer=fused_dot_proto_dot_v1_dot_control__pb2.ReceiptResponse.SerializeToString,
+            ),
+            'GetReceiptKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReceiptKey,
+                    request_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.ReceiptKeyRequest.FromString,
+                    response_serializer=fused_dot_proto_dot_v1_dot_control__pb2.ReceiptKeyResponse.SerializeToString,
             ),
             'DropVersions': grpc.unary_unary_rpc_method_handler(
                     servicer.DropVersions,
@@ -796,6 +830,60 @@ class ControlService:
             '/fused.v1.ControlService/ExportAdapter',
             fused_dot_proto_dot_v1_dot_control__pb2.VersionRequest.SerializeToString,
             fused_dot_proto_dot_v1_dot_common__pb2.BlobChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReceipt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fused.v1.ControlService/GetReceipt',
+            fused_dot_proto_dot_v1_dot_control__pb2.VersionRequest.SerializeToString,
+            fused_dot_proto_dot_v1_dot_control__pb2.ReceiptResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReceiptKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fused.v1.ControlService/GetReceiptKey',
+            fused_dot_proto_dot_v1_dot_control__pb2.ReceiptKeyRequest.SerializeToString,
+            fused_dot_proto_dot_v1_dot_control__pb2.ReceiptKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,11 @@ class ControlServiceStub:
     """An adapter version's unlearning as a portable adapter file (docs/ADAPTER_FILE.md): the
     positions it changed and their values, naming the SHA-256 of its base and result.
     """
+    GetReceipt: _grpc.UnaryUnaryMultiCallable[_control_pb2.VersionRequest, _control_pb2.ReceiptResponse]
+    """The signed receipt of the unlearning job that made a version (fused-receipt-v1), and the
+    public key that verifies receipts.
+    """
+    GetReceiptKey: _grpc.UnaryUnaryMultiCallable[_control_pb2.ReceiptKeyRequest, _control_pb2.ReceiptKeyResponse]
     DropVersions: _grpc.UnaryUnaryMultiCallable[_control_pb2.DropVersionsRequest, _control_pb2.DropVersionsResponse]
     """Delete model versions (all or none): never the served one or one an unfinished job reads.
     A kept version whose parent is dropped becomes a root; artifacts no kept version names
@@ -107,6 +112,11 @@ class ControlServiceAsyncStub(ControlServiceStub):
     """An adapter version's unlearning as a portable adapter file (docs/ADAPTER_FILE.md): the
     positions it changed and their values, naming the SHA-256 of its base and result.
     """
+    GetReceipt: _aio.UnaryUnaryMultiCallable[_control_pb2.VersionRequest, _control_pb2.ReceiptResponse]  # type: ignore[assignment]
+    """The signed receipt of the unlearning job that made a version (fused-receipt-v1), and the
+    public key that verifies receipts.
+    """
+    GetReceiptKey: _aio.UnaryUnaryMultiCallable[_control_pb2.ReceiptKeyRequest, _control_pb2.ReceiptKeyResponse]  # type: ignore[assignment]
     DropVersions: _aio.UnaryUnaryMultiCallable[_control_pb2.DropVersionsRequest, _control_pb2.DropVersionsResponse]  # type: ignore[assignment]
     """Delete model versions (all or none): never the served one or one an unfinished job reads.
     A kept version whose parent is dropped becomes a root; artifacts no kept version names
@@ -241,6 +251,23 @@ class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
         """An adapter version's unlearning as a portable adapter file (docs/ADAPTER_FILE.md): the
         positions it changed and their values, naming the SHA-256 of its base and result.
         """
+
+    @_abc_1.abstractmethod
+    def GetReceipt(
+        self,
+        request: _control_pb2.VersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ReceiptResponse, _abc.Awaitable[_control_pb2.ReceiptResponse]]:
+        """The signed receipt of the unlearning job that made a version (fused-receipt-v1), and the
+        public key that verifies receipts.
+        """
+
+    @_abc_1.abstractmethod
+    def GetReceiptKey(
+        self,
+        request: _control_pb2.ReceiptKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ReceiptKeyResponse, _abc.Awaitable[_control_pb2.ReceiptKeyResponse]]: ...
 
     @_abc_1.abstractmethod
     def DropVersions(

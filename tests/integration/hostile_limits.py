@@ -196,7 +196,16 @@ def ledger_cases(operator: control_pb2_grpc.ControlServiceStub) -> list[Exact]:
         request = control_pb2.VersionRequest(version_id=version_id)
         return str(list(operator.ExportAdapter(request, timeout=30)))
 
+    def receipt(version_id: str) -> str:
+        return str(operator.GetReceipt(control_pb2.VersionRequest(version_id=version_id)))
+
     return [
+        Exact(
+            "the receipt of an unknown version",
+            lambda: receipt("m-ghost"),
+            grpc.StatusCode.NOT_FOUND,
+            "no model version 'm-ghost'",
+        ),
         Exact(
             "the adapter file of an unknown version",
             lambda: adapter("m-ghost"),

@@ -165,6 +165,38 @@ def test_an_adapter_file_applies_to_its_base_exactly(chain: Chain, tmp_path: Pat
     assert none.returncode != 0 and "without an adapter" in none.stderr
 
 
+def test_a_receipt_proves_what_a_request_did(chain: Chain, tmp_path: Path) -> None:
+    fed, first = chain.fed, chain.versions[0]
+    r, key, model = tmp_path / "r.json", tmp_path / "k.pub", tmp_path / "m.safetensors"
+    for argv in (
+        ("receipt", first, "--out", str(r)),
+        ("receipt-key", "--out", str(key)),
+        ("export", first, "--out", str(model)),
+    ):
+        assert fusedctl(fed, *argv).returncode == 0
+    done = fusedctl(
+        fed, "--json", "verify-receipt", str(r), "--public-key", str(key), "--model", str(model)
+    )
+    assert done.returncode == 0, done.stderr
+    content = json.loads(done.stdout)
+    assert content["version_id"] == first and content["request"]["class_label"] == 3
+    assert content["model_sha256"] == sha256(model) == versions(fed)[first].digest
+    assert content["base_sha256"] == versions(fed)[chain.base].digest
+    assert [e["entry_id"] for e in content["ledger_entries"]] == [chain.entries[0]]
+    assert content["bytes"] > 0 and content["fa_after"] < content["fa_before"]
+    other = tmp_path / "base.safetensors"
+    assert fusedctl(fed, "export", chain.base, "--out", str(other)).returncode == 0
+    wrong = fusedctl(fed, "verify-receipt", str(r), "--public-key", str(key), "--model", str(other))
+    assert wrong.returncode != 0 and "the model file has sha256" in wrong.stderr
+    envelope = json.loads(r.read_text())
+    envelope["receipt"]["fa_after"] = 0.0
+    r.write_text(json.dumps(envelope))
+    forged = fusedctl(fed, "verify-receipt", str(r), "--public-key", str(key))
+    assert forged.returncode != 0 and "does not match the receipt" in forged.stderr
+    none = fusedctl(fed, "receipt", chain.base, "--out", str(tmp_path / "x"))
+    assert none.returncode != 0 and "only unlearning versions have receipts" in none.stderr
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

@@ -75,6 +75,7 @@ def _self_signed(sans: list[x509.GeneralName]) -> bytes:
 def test_init_writes_every_file(pki: Path) -> None:
     names = {p.name for p in pki.iterdir()}
     expected = {"ca.pem", "ca.key", "coordinator.pem", "coordinator.key", "auth.toml"}
+    expected |= {"receipt.key", "receipt.pub"}
     for stem in ("participant-alice", "participant-bob.eu-1", "operator-admin"):
         expected |= {f"{stem}.pem", f"{stem}.key", f"{stem}.token"}
     assert names == expected  # and no temp files left behind
@@ -254,7 +255,7 @@ def test_read_auth_file_errors(tmp_path: Path, body: str, message: str) -> None:
 
 def test_secrets_are_owner_only(pki: Path) -> None:
     secret = [p for p in pki.iterdir() if p.suffix in {".key", ".token"}]
-    assert len(secret) == 8  # CA, coordinator, 3 clients; 3 tokens
+    assert len(secret) == 9  # CA, coordinator, 3 clients, receipts; 3 tokens
     for path in secret:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
 
