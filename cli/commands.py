@@ -19,6 +19,7 @@ from fused.common.domain.records import JobEvent, JobStatus
 from fused.common.domain.specs import TrainingSpec, UnlearningSpec, method_config
 from fused.common.domain.tasks import ForgetSpec
 from fused.common.domain.train_config import TrainConfig
+from fused.common.runtime.sample_ids import read_sample_ids
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
@@ -53,21 +54,11 @@ def start_job(args: argparse.Namespace, job: Job) -> int:
     return _follow(args, job.job_id)
 
 
-def read_sample_ids(path: Path) -> tuple[int, ...]:
-    """Sample ids, one or more per line (commas or spaces), `#` starts a comment."""
+def _sample_ids(path: Path) -> tuple[int, ...]:
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise CliError(f"cannot read sample ids from {path}: {exc.strerror}") from exc
-    ids = []
-    for number, line in enumerate(text.splitlines(), 1):
-        for token in line.split("#", 1)[0].replace(",", " ").split():
-            if not token.isdigit():
-                raise CliError(f"{path}:{number}: {token!r} is not a sample id")
-            ids.append(int(token))
-    if not ids:
-        raise CliError(f"{path} lists no sample ids")
-    return tuple(sorted(set(ids)))
+        return read_sample_ids(path)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
 
 
 def forget_from_args(args: argparse.Namespace) -> ForgetSpec:
@@ -81,7 +72,7 @@ def forget_from_args(args: argparse.Namespace) -> ForgetSpec:
     return ForgetSpec(
         "samples",
         participant_id=holder,
-        sample_ids=read_sample_ids(Path(file)),
+        sample_ids=_sample_ids(Path(file)),
         trigger_size=args.trigger_size,
         trigger_target=args.trigger_target,
         relabel=args.relabel,

@@ -30,7 +30,24 @@ def add_ledger_parsers(sub: Any) -> None:
         "--keep-version", action="store_true", help="only mark it; keep serving what is served"
     )
     withdraw.set_defaults(func=cmd_withdraw)
+    _add_requests(sub)
     _add_consolidate(sub)
+
+
+def _add_requests(sub: Any) -> None:
+    requests = sub.add_parser(
+        "requests", help="participants' own forgetting requests; approve or reject one"
+    )
+    requests.set_defaults(func=cmd_requests)
+    decide = requests.add_subparsers(dest="requests_command", metavar="{approve,reject}")
+    approve = decide.add_parser("approve", help="start the request's unlearning job")
+    approve.add_argument("request")
+    approve.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    approve.set_defaults(func=cmd_approve)
+    reject = decide.add_parser("reject", help="refuse the request, saying why")
+    reject.add_argument("request")
+    reject.add_argument("--reason", default="", help="shown to whoever lists the requests")
+    reject.set_defaults(func=cmd_reject)
 
 
 def _add_consolidate(sub: Any) -> None:
@@ -75,6 +92,39 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     ]
     header = ["entry", "status", "forgets", "by", "requested", "job", "version"]
     emit(args, entries, lambda: table(header, rows))
+    return 0
+
+
+def cmd_requests(args: argparse.Namespace) -> int:
+    found = coordinator(args).forget_requests()
+    rows = [
+        [
+            r.request_id,
+            r.status.value,
+            forgotten(r.forget),
+            when(r.requested_at),
+            r.decided_by or "-",
+            r.job_id or r.reason or "-",
+        ]
+        for r in found
+    ]
+    header = ["request", "status", "forget", "asked", "decided by", "job / reason"]
+    emit(args, found, lambda: table(header, rows))
+    return 0
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    client = coordinator(args)
+    decided = client.approve(args.request)
+    if args.wait:
+        return start_job(args, client.job(decided.job_id))
+    emit(args, decided, lambda: f"approved {decided.request_id}: started job {decided.job_id}")
+    return 0
+
+
+def cmd_reject(args: argparse.Namespace) -> int:
+    decided = coordinator(args).reject(args.request, args.reason)
+    emit(args, decided, lambda: f"rejected {decided.request_id}")
     return 0
 
 

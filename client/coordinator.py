@@ -23,7 +23,7 @@ import grpc
 from fused.client.errors import LocalError, Timeout, Unavailable, coordinator_error
 from fused.client.records import Job, LayerScore, Participant, Version
 from fused.client.upload import upload_artifact
-from fused.common.domain.ledger import LedgerEntry, Withdrawal
+from fused.common.domain.ledger import ForgetRequest, LedgerEntry, Withdrawal
 from fused.common.domain.records import JobEvent
 from fused.common.domain.specs import ConsolidationSpec, TrainingSpec, UnlearningSpec
 from fused.common.domain.tasks import ForgetSpec
@@ -31,6 +31,7 @@ from fused.common.rpc.channels import TlsFiles, create_channel
 from fused.common.rpc.control_convert import (
     consolidation_spec_to_proto,
     event_from_proto,
+    forget_request_from_proto,
     job_from_proto,
     ledger_from_proto,
     model_from_proto,
@@ -242,6 +243,20 @@ class Coordinator:
         reply = self._write(self._stub.WithdrawRequest, request)
         entry = ledger_from_proto(reply.entry)
         return Withdrawal(entry, reply.version_id, reply.job_id, reply.message)
+
+    def forget_requests(self) -> list[ForgetRequest]:
+        """Participants' own forgetting requests, oldest first."""
+        reply = self._read(self._stub.ListForgetRequests, pb.ListForgetRequestsRequest())
+        return [forget_request_from_proto(r) for r in reply.requests]
+
+    def approve(self, request_id: str) -> ForgetRequest:
+        """Approve a pending request: its unlearning job starts (`ForgetRequest.job_id`)."""
+        decision = pb.ForgetDecision(request_id=request_id, approve=True)
+        return forget_request_from_proto(self._write(self._stub.DecideForgetRequest, decision))
+
+    def reject(self, request_id: str, reason: str = "") -> ForgetRequest:
+        decision = pb.ForgetDecision(request_id=request_id, approve=False, reason=reason)
+        return forget_request_from_proto(self._write(self._stub.DecideForgetRequest, decision))
 
     # ------------------------------------------------------------------ participants
 

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fused.common.codecs.receipts import key_id, public_pem
 from fused.common.domain.records import (
     BlockedParticipant,
     JobKind,
@@ -21,10 +20,8 @@ from fused.common.domain.records import (
 )
 from fused.common.rpc.control_convert import (
     blocked_to_proto,
-    consolidation_spec_from_proto,
     event_to_proto,
     job_to_proto,
-    ledger_to_proto,
     model_to_proto,
     participant_to_proto,
     training_spec_from_proto,
@@ -35,17 +32,17 @@ from fused.coordinator.adapter_export import adapter_file, file_chunks
 from fused.coordinator.artifact_gc import Pinned
 from fused.coordinator.artifacts import CorruptArtifactError, MissingArtifactError
 from fused.coordinator.auth import RequestRefused
+from fused.coordinator.control_ledger import LedgerCalls
 from fused.coordinator.engine.manager import JobManager
 from fused.coordinator.fleet import Fleet, TaskHeldError
+from fused.coordinator.forget_requests import ForgetRequests
 from fused.coordinator.jobs import EvaluationRequest
 from fused.coordinator.participant_service import PARTICIPANT_ID
-from fused.coordinator.receipts import receipt
 from fused.coordinator.retention import drop_versions
 from fused.coordinator.rpc_errors import Context, answers, caller_id
 from fused.coordinator.state import ParticipantRecord, StateStore
 from fused.coordinator.transfer import Downloads
 from fused.coordinator.versions import ACTIVE_VERSION_KEY, active_version, set_active
-from fused.coordinator.withdrawal import withdraw
 from fused.proto.v1 import common_pb2, control_pb2, control_pb2_grpc
 
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -72,7 +69,7 @@ def _block_reason(reason: str) -> str:
 
 
 @dataclass(frozen=True, eq=False)
-class ControlServicer(control_pb2_grpc.ControlServiceServicer):
+class ControlServicer(LedgerCalls, control_pb2_grpc.ControlServiceServicer):
     """Each method parses, and calls the job manager, the store or the downloads."""
 
     store: StateStore
@@ -83,6 +80,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     max_artifact_bytes: int = 512 << 20  # the participants' upload limit
     collect: Callable[[], object] | None = None  # garbage collection (None: artifacts kept)
     receipt_key: Ed25519PrivateKey | None = None  # signs unlearning receipts (None: none)
+    requests: ForgetRequests | None = None  # participants' own forgetting requests
 
     def _job(self, job_id: str) -> JobRecord:
         job = self.store.get_job(job_id)
@@ -281,12 +279,6 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             return control_pb2.ParticipantInfo(participant_id=pid)
         return participant_to_proto(record, self.fleet.is_online(pid))
 
-    async def ListLedger(
-        self, request: control_pb2.ListLedgerRequest, context: Context
-    ) -> control_pb2.ListLedgerResponse:
-        entries = self.store.list_ledger()
-        return control_pb2.ListLedgerResponse(entries=[ledger_to_proto(e) for e in entries])
-
     @answers()
     async def DropVersions(
         self, request: control_pb2.DropVersionsRequest, context: Context
@@ -295,25 +287,6 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         if self.collect is not None and not self.jobs.busy():
             self.collect()  # else the last job to end collects
         return control_pb2.DropVersionsResponse(dropped=dropped)
-
-    @answers()
-    async def WithdrawRequest(
-        self, request: control_pb2.WithdrawalRequest, context: Context
-    ) -> control_pb2.WithdrawalResponse:
-        done = withdraw(self.store, self.jobs, request.entry_id, request.keep_version, caller_id())
-        return control_pb2.WithdrawalResponse(
-            entry=ledger_to_proto(done.entry),
-            version_id=done.version_id,
-            job_id=done.job_id,
-            message=done.message,
-        )
-
-    @answers(rejected="invalid consolidation spec: ")
-    async def StartConsolidation(
-        self, request: control_pb2.StartConsolidationRequest, context: Context
-    ) -> control_pb2.JobInfo:
-        spec = consolidation_spec_from_proto(request.spec)
-        return job_to_proto(self.jobs.start(JobKind.CONSOLIDATE, spec, caller_id()))
 
     async def ListModels(
         self, request: control_pb2.ListModelsRequest, context: Context
@@ -346,27 +319,6 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         data = await adapter_file(self.downloads.artifacts, self._version(request.version_id))
         for chunk in file_chunks(data, self.downloads.chunk_bytes):
             yield chunk
-
-    @answers()
-    async def GetReceipt(
-        self, request: control_pb2.VersionRequest, context: Context
-    ) -> control_pb2.ReceiptResponse:
-        version = self._version(request.version_id)
-        return control_pb2.ReceiptResponse(receipt=receipt(self.store, version, self._signer()))
-
-    @answers()
-    async def GetReceiptKey(
-        self, request: control_pb2.ReceiptKeyRequest, context: Context
-    ) -> control_pb2.ReceiptKeyResponse:
-        public = self._signer().public_key()
-        return control_pb2.ReceiptKeyResponse(
-            public_key_pem=public_pem(public), key_id=key_id(public)
-        )
-
-    def _signer(self) -> Ed25519PrivateKey:
-        if self.receipt_key is None:
-            raise RequestRefused(FAILED_PRECONDITION, "this coordinator signs no receipts")
-        return self.receipt_key
 
     async def _model_chunks(self, version: ModelVersion) -> Iterator[bytes]:
         """A model version's artifact is state the coordinator must hold: missing or corrupt,

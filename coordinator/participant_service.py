@@ -17,6 +17,7 @@ from fused.common.ml.schema import parse_schema
 from fused.common.rpc.task_convert import outcome_from_proto, task_to_proto
 from fused.coordinator.auth import RequestRefused
 from fused.coordinator.fleet import Fleet, TaskClosedError
+from fused.coordinator.forget_requests import ForgetRequests
 from fused.coordinator.metrics import CoordinatorMetrics
 from fused.coordinator.rpc_errors import Context, answers, bound_participant, caller_id
 from fused.coordinator.state import ParticipantRecord
@@ -97,6 +98,7 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
     downloads: Downloads
     terms: RegisterTerms
     metrics: CoordinatorMetrics
+    requests: ForgetRequests | None = None  # participants' own forgetting requests
 
     def count_rejected(self, reason: str) -> None:
         self.metrics.rejected_results.labels(reason).inc()
@@ -195,3 +197,18 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
         pid = self._registered_caller("register before uploading")
         blob = await self.uploads.receive(pid, request_iterator)
         return participant_pb2.UploadBlobResponse(blob_id=blob.blob_id, size=blob.size)
+
+    @answers()
+    async def RequestForgetting(
+        self, request: participant_pb2.ForgettingRequest, context: Context
+    ) -> participant_pb2.ForgettingReply:
+        pid = bound_participant(request.participant_id)  # only its own data, ever
+        if not PARTICIPANT_ID.match(pid):
+            raise RequestRefused(grpc.StatusCode.INVALID_ARGUMENT, f"bad participant id {pid!r}")
+        if self.requests is None:
+            raise RequestRefused(grpc.StatusCode.UNIMPLEMENTED, "no request handling here")
+        made = self.requests.submit(pid, list(request.sample_ids))
+        log.info("participant %s asked to be forgotten: %s", pid, made.request_id)
+        return participant_pb2.ForgettingReply(
+            request_id=made.request_id, status=made.status.value, job_id=made.job_id
+        )

@@ -33,6 +33,7 @@ from fused.coordinator.control_service import ControlServicer
 from fused.coordinator.early_auth import EarlyAuthInterceptor
 from fused.coordinator.engine.manager import JobManager
 from fused.coordinator.fleet import Fleet
+from fused.coordinator.forget_requests import ForgetRequests
 from fused.coordinator.internal_errors import InternalErrors
 from fused.coordinator.jobs import JOB_KINDS
 from fused.coordinator.limits_config import LimitsConfig
@@ -95,6 +96,13 @@ class CoordinatorConfig(LimitsConfig):  # connection and upload limits: limits_c
     auth_file: Path | None = dataclasses.field(
         default=None,
         metadata={"help": "TOML of participant and operator token hashes (fusedctl certs init)"},
+    )
+    auto_approve_forget_requests: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "start the unlearning job of a participant's own forgetting request at "
+            "once, instead of waiting for an operator (fusedctl requests approve)"
+        },
     )
     receipt_key: Path | None = dataclasses.field(
         default=None,
@@ -169,8 +177,10 @@ class Coordinator:
             cfg.server_limits(MAX_MESSAGE_BYTES),
         )
         downloads = Downloads(artifacts, terms.chunk_bytes)
+        requests = ForgetRequests(store, jobs, cfg.auto_approve_forget_requests)
         participant_pb2_grpc.add_ParticipantServiceServicer_to_server(
-            ParticipantServicer(fleet, uploads, downloads, terms, self.metrics), self._server
+            ParticipantServicer(fleet, uploads, downloads, terms, self.metrics, requests),
+            self._server,
         )
         control_pb2_grpc.add_ControlServiceServicer_to_server(
             ControlServicer(
@@ -182,6 +192,7 @@ class Coordinator:
                 terms.max_upload_bytes,
                 collect=on_idle,
                 receipt_key=signing_key(cfg.receipt_key or cfg.state_dir / "receipt.key"),
+                requests=requests,
             ),
             self._server,
         )

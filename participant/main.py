@@ -20,7 +20,9 @@ from fused.common.rpc.identity import read_token_file
 from fused.common.rpc.metering import disable_created_series
 from fused.common.runtime.config import ConfigError, load_config
 from fused.common.runtime.logs import setup_logging
+from fused.common.runtime.sample_ids import read_sample_ids
 from fused.participant.agent import Agent, AgentSettings, ParticipantMetrics
+from fused.participant.forgetting_request import request_forgetting
 from fused.participant.retry import RegistrationRefused
 from fused.participant.site import Offer, Site, broken_offer, default_reference, offer_of, open_site
 from fused.participant.training import resolve_hardware, use_hardware
@@ -73,6 +75,14 @@ class ParticipantConfig:
     token_file: Path | None = dataclasses.field(
         default=None, metadata={"help": "file holding this participant's bearer token"}
     )
+    forget_me: bool = dataclasses.field(
+        default=False,
+        metadata={"help": "ask the coordinator to forget this participant, then exit"},
+    )
+    forget_samples: Path | None = dataclasses.field(
+        default=None,
+        metadata={"help": "ask it to forget these of this participant's sample ids, then exit"},
+    )
     log_level: str = "info"
     log_json: bool = False
 
@@ -94,9 +104,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         token = read_token_file(cfg.token_file) if cfg.token_file is not None else None
         if (cfg.tls_cert or cfg.tls_key) and not cfg.tls_ca:
             raise ConfigError("tls_cert/tls_key need tls_ca (the CA that signed the coordinator)")
+        if cfg.forget_me and cfg.forget_samples is not None:
+            raise ConfigError("ask for one: --forget-me or --forget-samples")
+        samples = read_sample_ids(cfg.forget_samples) if cfg.forget_samples else ()
     except (ConfigError, ValueError, OSError) as exc:
         print(f"fused-participant: {exc}", file=sys.stderr)
         return 2
+    if cfg.forget_me or samples:
+        tls = TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.tls_ca) if cfg.tls_ca else None
+        return request_forgetting(cfg.coordinator, participant_id, samples, tls, token)
     setup_logging(cfg.log_level, cfg.log_json, "participant")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)

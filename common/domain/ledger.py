@@ -38,6 +38,30 @@ class LedgerEntry:
         return self.status is not LedgerStatus.WITHDRAWN
 
 
+class RequestStatus(StrEnum):
+    PENDING = "pending"  # waiting for an operator
+    APPROVED = "approved"  # an unlearning job was started for it
+    REJECTED = "rejected"
+
+
+@dataclass
+class ForgetRequest:
+    """A participant's own request to be forgotten, or to have some of its samples forgotten
+    (`fused-participant --forget-me`, `--forget-samples FILE`). An operator approves or
+    rejects it (`fusedctl requests`), or the coordinator approves it by configuration; an
+    approval starts the unlearning job whose completion writes the ledger entry."""
+
+    request_id: str
+    participant_id: str  # who asked: always the holder of the data named
+    forget: ForgetSpec  # that participant, or sample ids it holds
+    requested_at: float
+    status: RequestStatus
+    decided_by: str  # the operator, or "auto" ("" while pending)
+    decided_at: float  # 0 while pending
+    reason: str  # a rejection's reason
+    job_id: str  # the unlearning job an approval started
+
+
 @dataclass(frozen=True)
 class Withdrawal:
     """What withdrawing an entry did."""

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 
 from fused.common.domain.aggregation_policy import AggregationPolicy
-from fused.common.domain.ledger import LedgerEntry, LedgerStatus
+from fused.common.domain.ledger import ForgetRequest, LedgerEntry, LedgerStatus, RequestStatus
 from fused.common.domain.record_codec import field_codecs, from_json, to_json
 from fused.common.domain.records import (
     OFFER_KEYS,
@@ -255,4 +255,32 @@ def ledger_from_proto(msg: control_pb2.LedgerEntryInfo) -> LedgerEntry:
         msg.version_id,
         LedgerStatus(msg.status),
         msg.changed_at,
+    )
+
+
+def forget_request_to_proto(r: ForgetRequest) -> control_pb2.ForgetRequestInfo:
+    return control_pb2.ForgetRequestInfo(
+        request_id=r.request_id,
+        participant_id=r.participant_id,
+        forget=forget_to_proto(r.forget),
+        requested_at=r.requested_at,
+        status=r.status.value,
+        decided_by=r.decided_by,
+        decided_at=r.decided_at,
+        reason=r.reason,
+        job_id=r.job_id,
+    )
+
+
+def forget_request_from_proto(msg: control_pb2.ForgetRequestInfo) -> ForgetRequest:
+    return ForgetRequest(
+        msg.request_id,
+        msg.participant_id,
+        forget_from_proto(msg.forget),
+        msg.requested_at,
+        RequestStatus(msg.status),
+        msg.decided_by,
+        msg.decided_at,
+        msg.reason,
+        msg.job_id,
     )

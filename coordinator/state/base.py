@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fused.common.domain.ledger import LedgerEntry, LedgerStatus
+from fused.common.domain.ledger import ForgetRequest, LedgerEntry, LedgerStatus, RequestStatus
 from fused.common.domain.records import (
     BlockedParticipant,
     JobEvent,
@@ -77,6 +77,22 @@ class StateStore(abc.ABC):
     ) -> list[LedgerEntry]:
         """Change the entries' status all at once (one transaction: all or none); raises
         UnknownRecordError, changing nothing, if any id is unknown."""
+
+    # participants' forgetting requests
+    @abc.abstractmethod
+    def add_forget_request(self, request: ForgetRequest) -> None:
+        """Raises ValueError if the id exists."""
+
+    @abc.abstractmethod
+    def list_forget_requests(self) -> list[ForgetRequest]:
+        """Oldest first (requested_at, then request_id)."""
+
+    @abc.abstractmethod
+    def decide_forget_request(
+        self, request_id: str, status: RequestStatus, by: str, reason: str, job_id: str, when: float
+    ) -> ForgetRequest:
+        """Decide a pending request (one transaction: checked and changed together). Raises
+        UnknownRecordError for an unknown id, ValueError if it is already decided."""
 
     # jobs
     @abc.abstractmethod

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fused.common.domain.ledger import LedgerEntry, LedgerStatus
+from fused.common.domain.ledger import ForgetRequest, LedgerEntry, LedgerStatus, RequestStatus
 from fused.common.domain.record_codec import normalized
 from fused.common.domain.records import (
     BlockedParticipant,
@@ -56,6 +56,7 @@ class InMemoryStateStore(StateStore):
         self._settings: dict[str, str] = {}
         self._blocked: dict[str, BlockedParticipant] = {}
         self._ledger: dict[str, LedgerEntry] = {}
+        self._requests: dict[str, ForgetRequest] = {}
 
     # participants
     def upsert_participant(self, record: ParticipantRecord) -> None:
@@ -120,6 +121,32 @@ class InMemoryStateStore(StateStore):
                 entry = self._ledger[entry_id]
                 entry.status, entry.changed_at = LedgerStatus(status), float(when)
             return [copy.deepcopy(self._ledger[e]) for e in entry_ids]
+
+    # participants' forgetting requests
+    def add_forget_request(self, request: ForgetRequest) -> None:
+        stored = normalized(request)
+        with self._lock:
+            if stored.request_id in self._requests:
+                raise ValueError(f"forget request {stored.request_id!r} already exists")
+            self._requests[stored.request_id] = stored
+
+    def list_forget_requests(self) -> list[ForgetRequest]:
+        with self._lock:
+            found = sorted(self._requests.values(), key=lambda r: (r.requested_at, r.request_id))
+            return [copy.deepcopy(r) for r in found]
+
+    def decide_forget_request(
+        self, request_id: str, status: RequestStatus, by: str, reason: str, job_id: str, when: float
+    ) -> ForgetRequest:
+        with self._lock:
+            request = self._requests.get(request_id)
+            if request is None:
+                raise UnknownRecordError(request_id)
+            if request.status is not RequestStatus.PENDING:
+                raise ValueError(f"request {request_id} is already {request.status.value}")
+            request.status, request.decided_by = RequestStatus(status), by
+            request.reason, request.job_id, request.decided_at = reason, job_id, float(when)
+            return copy.deepcopy(request)
 
     # jobs
     def create_job(self, record: JobRecord) -> None:

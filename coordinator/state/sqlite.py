@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from fused.common.domain.ledger import LedgerEntry, LedgerStatus
+from fused.common.domain.ledger import ForgetRequest, LedgerEntry, LedgerStatus, RequestStatus
 from fused.common.domain.records import (
     BlockedParticipant,
     JobEvent,
@@ -32,6 +32,7 @@ from fused.coordinator.state.sqlite_rows import (
     LEDGER_COLS,
     MIGRATIONS,
     PARTICIPANT_COLS,
+    REQUEST_COLS,
     ROUND_COLS,
     SCHEMA_VERSION,
     VERSION_COLS,
@@ -201,6 +202,41 @@ class SqliteStateStore(StateStore):
                     ).fetchone()
                 )
         return [from_row(LedgerEntry, r) for r in rows]
+
+    # participants' forgetting requests
+    def add_forget_request(self, request: ForgetRequest) -> None:
+        with self._write() as conn:
+            if self._exists(conn, "forget_requests", "request_id", request.request_id):
+                raise ValueError(f"forget request {request.request_id!r} already exists")
+            conn.execute(
+                f"INSERT INTO forget_requests ({REQUEST_COLS}) "
+                f"VALUES ({placeholders(REQUEST_COLS)})",
+                to_row(request),
+            )
+
+    def list_forget_requests(self) -> list[ForgetRequest]:
+        rows = self._query(
+            f"SELECT {REQUEST_COLS} FROM forget_requests ORDER BY requested_at, request_id"
+        )
+        return [from_row(ForgetRequest, r) for r in rows]
+
+    def decide_forget_request(
+        self, request_id: str, status: RequestStatus, by: str, reason: str, job_id: str, when: float
+    ) -> ForgetRequest:
+        select = f"SELECT {REQUEST_COLS} FROM forget_requests WHERE request_id = ?"
+        with self._write() as conn:  # checked and changed in one transaction
+            row = conn.execute(select, (request_id,)).fetchone()
+            if row is None:
+                raise UnknownRecordError(request_id)
+            if from_row(ForgetRequest, row).status is not RequestStatus.PENDING:
+                raise ValueError(f"request {request_id} is already {row['status']}")
+            conn.execute(
+                "UPDATE forget_requests SET status = ?, decided_by = ?, reason = ?, job_id = ?, "
+                "decided_at = ? WHERE request_id = ?",
+                (RequestStatus(status).value, by, reason, job_id, float(when), request_id),
+            )
+            row = conn.execute(select, (request_id,)).fetchone()
+        return from_row(ForgetRequest, row)
 
     # jobs
     def create_job(self, record: JobRecord) -> None:

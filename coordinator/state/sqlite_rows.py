@@ -10,7 +10,7 @@ import json
 import sqlite3
 from typing import Any, TypeVar
 
-from fused.common.domain.ledger import LedgerEntry
+from fused.common.domain.ledger import ForgetRequest, LedgerEntry
 from fused.common.domain.record_codec import field_codecs, from_json, is_structured, to_json
 from fused.common.domain.records import (
     BlockedParticipant,
@@ -23,7 +23,7 @@ from fused.common.domain.records import (
 
 R = TypeVar("R")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Index i holds the statements that take a database from version i to version i + 1.
 MIGRATIONS: list[list[str]] = [
@@ -124,6 +124,21 @@ MIGRATIONS: list[list[str]] = [
         )
         """,
     ],
+    [  # 4: participants' own forgetting requests, pending until an operator decides
+        """
+        CREATE TABLE forget_requests (
+            request_id     TEXT PRIMARY KEY,
+            participant_id TEXT NOT NULL,
+            forget         TEXT NOT NULL,   -- JSON ForgetSpec
+            requested_at   REAL NOT NULL,
+            status         TEXT NOT NULL,
+            decided_by     TEXT NOT NULL,
+            decided_at     REAL NOT NULL,
+            reason         TEXT NOT NULL,
+            job_id         TEXT NOT NULL
+        )
+        """,
+    ],
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -140,6 +155,7 @@ VERSION_COLS = columns(ModelVersion)
 EVENT_COLS = columns(JobEvent)
 BLOCKED_COLS = columns(BlockedParticipant)
 LEDGER_COLS = columns(LedgerEntry)
+REQUEST_COLS = columns(ForgetRequest)
 
 
 class SchemaVersionError(RuntimeError):

@@ -858,6 +858,117 @@ class ListLedgerRequest(_message.Message):
 Global___ListLedgerRequest: _TypeAlias = ListLedgerRequest  # noqa: Y015
 
 @_typing.final
+class ForgetRequestInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    FORGET_FIELD_NUMBER: _builtins.int
+    REQUESTED_AT_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    DECIDED_BY_FIELD_NUMBER: _builtins.int
+    DECIDED_AT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    participant_id: _builtins.str
+    """who asked: always the holder of the data named"""
+    requested_at: _builtins.float
+    status: _builtins.str
+    """pending, approved or rejected"""
+    decided_by: _builtins.str
+    """the operator, or "auto" """
+    decided_at: _builtins.float
+    reason: _builtins.str
+    """a rejection's reason"""
+    job_id: _builtins.str
+    """the unlearning job an approval started"""
+    @_builtins.property
+    def forget(self) -> _common_pb2.ForgetSpec: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        participant_id: _builtins.str = ...,
+        forget: _common_pb2.ForgetSpec | None = ...,
+        requested_at: _builtins.float = ...,
+        status: _builtins.str = ...,
+        decided_by: _builtins.str = ...,
+        decided_at: _builtins.float = ...,
+        reason: _builtins.str = ...,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["forget", b"forget"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at", "decided_by", b"decided_by", "forget", b"forget", "job_id", b"job_id", "participant_id", b"participant_id", "reason", b"reason", "request_id", b"request_id", "requested_at", b"requested_at", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForgetRequestInfo: _TypeAlias = ForgetRequestInfo  # noqa: Y015
+
+@_typing.final
+class ListForgetRequestsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListForgetRequestsRequest: _TypeAlias = ListForgetRequestsRequest  # noqa: Y015
+
+@_typing.final
+class ListForgetRequestsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___ForgetRequestInfo]: ...
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___ForgetRequestInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListForgetRequestsResponse: _TypeAlias = ListForgetRequestsResponse  # noqa: Y015
+
+@_typing.final
+class ForgetDecision(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    APPROVE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    approve: _builtins.bool
+    """else reject"""
+    reason: _builtins.str
+    """a rejection's reason (at most 200 characters)"""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        approve: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approve", b"approve", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForgetDecision: _TypeAlias = ForgetDecision  # noqa: Y015
+
+@_typing.final
 class ReceiptResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -131,6 +131,16 @@ class ControlServiceStub:
                 request_serializer=fused_dot_proto_dot_v1_dot_control__pb2.WithdrawalRequest.SerializeToString,
                 response_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.WithdrawalResponse.FromString,
                 _registered_method=True)
+        self.ListForgetRequests = channel.unary_unary(
+                '/fused.v1.ControlService/ListForgetRequests',
+                request_serializer=fused_dot_proto_dot_v1_dot_control__pb2.ListForgetRequestsRequest.SerializeToString,
+                response_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.ListForgetRequestsResponse.FromString,
+                _registered_method=True)
+        self.DecideForgetRequest = channel.unary_unary(
+                '/fused.v1.ControlService/DecideForgetRequest',
+                request_serializer=fused_dot_proto_dot_v1_dot_control__pb2.ForgetDecision.SerializeToString,
+                response_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.ForgetRequestInfo.FromString,
+                _registered_method=True)
         self.StartConsolidation = channel.unary_unary(
                 '/fused.v1.ControlService/StartConsolidation',
                 request_serializer=fused_dot_proto_dot_v1_dot_control__pb2.StartConsolidationRequest.SerializeToString,
@@ -290,6 +300,20 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListForgetRequests(self, request, context):
+        """Participants' own forgetting requests (participant service RequestForgetting), oldest
+        first; an approval starts the unlearning job, a rejection records its reason.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DecideForgetRequest(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def StartConsolidation(self, request, context):
         """Retrain from the stored initial weights on the data the ledger allows, in the background;
         the result becomes the served base and its requests are marked consolidated.
@@ -424,6 +448,16 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.WithdrawRequest,
                     request_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.WithdrawalRequest.FromString,
                     response_serializer=fused_dot_proto_dot_v1_dot_control__pb2.WithdrawalResponse.SerializeToString,
+            ),
+            'ListForgetRequests': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListForgetRequests,
+                    request_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.ListForgetRequestsRequest.FromString,
+                    response_serializer=fused_dot_proto_dot_v1_dot_control__pb2.ListForgetRequestsResponse.SerializeToString,
+            ),
+            'DecideForgetRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.DecideForgetRequest,
+                    request_deserializer=fused_dot_proto_dot_v1_dot_control__pb2.ForgetDecision.FromString,
+                    response_serializer=fused_dot_proto_dot_v1_dot_control__pb2.ForgetRequestInfo.SerializeToString,
             ),
             'StartConsolidation': grpc.unary_unary_rpc_method_handler(
                     servicer.StartConsolidation,
@@ -965,6 +999,60 @@ class ControlService:
             '/fused.v1.ControlService/WithdrawRequest',
             fused_dot_proto_dot_v1_dot_control__pb2.WithdrawalRequest.SerializeToString,
             fused_dot_proto_dot_v1_dot_control__pb2.WithdrawalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListForgetRequests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fused.v1.ControlService/ListForgetRequests',
+            fused_dot_proto_dot_v1_dot_control__pb2.ListForgetRequestsRequest.SerializeToString,
+            fused_dot_proto_dot_v1_dot_control__pb2.ListForgetRequestsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecideForgetRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fused.v1.ControlService/DecideForgetRequest',
+            fused_dot_proto_dot_v1_dot_control__pb2.ForgetDecision.SerializeToString,
+            fused_dot_proto_dot_v1_dot_control__pb2.ForgetRequestInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -71,6 +71,11 @@ class ControlServiceStub:
     the served model comes to forget exactly the remaining requests: by switching to an
     earlier version of its lineage, or by a job that applies the later requests again there.
     """
+    ListForgetRequests: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListForgetRequestsRequest, _control_pb2.ListForgetRequestsResponse]
+    """Participants' own forgetting requests (participant service RequestForgetting), oldest
+    first; an approval starts the unlearning job, a rejection records its reason.
+    """
+    DecideForgetRequest: _grpc.UnaryUnaryMultiCallable[_control_pb2.ForgetDecision, _control_pb2.ForgetRequestInfo]
     StartConsolidation: _grpc.UnaryUnaryMultiCallable[_control_pb2.StartConsolidationRequest, _control_pb2.JobInfo]
     """Retrain from the stored initial weights on the data the ledger allows, in the background;
     the result becomes the served base and its requests are marked consolidated.
@@ -129,6 +134,11 @@ class ControlServiceAsyncStub(ControlServiceStub):
     the served model comes to forget exactly the remaining requests: by switching to an
     earlier version of its lineage, or by a job that applies the later requests again there.
     """
+    ListForgetRequests: _aio.UnaryUnaryMultiCallable[_control_pb2.ListForgetRequestsRequest, _control_pb2.ListForgetRequestsResponse]  # type: ignore[assignment]
+    """Participants' own forgetting requests (participant service RequestForgetting), oldest
+    first; an approval starts the unlearning job, a rejection records its reason.
+    """
+    DecideForgetRequest: _aio.UnaryUnaryMultiCallable[_control_pb2.ForgetDecision, _control_pb2.ForgetRequestInfo]  # type: ignore[assignment]
     StartConsolidation: _aio.UnaryUnaryMultiCallable[_control_pb2.StartConsolidationRequest, _control_pb2.JobInfo]  # type: ignore[assignment]
     """Retrain from the stored initial weights on the data the ledger allows, in the background;
     the result becomes the served base and its requests are marked consolidated.
@@ -298,6 +308,23 @@ class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
         the served model comes to forget exactly the remaining requests: by switching to an
         earlier version of its lineage, or by a job that applies the later requests again there.
         """
+
+    @_abc_1.abstractmethod
+    def ListForgetRequests(
+        self,
+        request: _control_pb2.ListForgetRequestsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ListForgetRequestsResponse, _abc.Awaitable[_control_pb2.ListForgetRequestsResponse]]:
+        """Participants' own forgetting requests (participant service RequestForgetting), oldest
+        first; an approval starts the unlearning job, a rejection records its reason.
+        """
+
+    @_abc_1.abstractmethod
+    def DecideForgetRequest(
+        self,
+        request: _control_pb2.ForgetDecision,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ForgetRequestInfo, _abc.Awaitable[_control_pb2.ForgetRequestInfo]]: ...
 
     @_abc_1.abstractmethod
     def StartConsolidation(

@@ -50,6 +50,59 @@ TASK_KIND_ADAPTER_TRAIN: TaskKind.ValueType  # 4
 Global___TaskKind: _TypeAlias = TaskKind  # noqa: Y015
 
 @_typing.final
+class ForgettingRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    SAMPLE_IDS_FIELD_NUMBER: _builtins.int
+    participant_id: _builtins.str
+    """the caller itself: a participant names only its own data"""
+    @_builtins.property
+    def sample_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """its samples to forget; none: forget this participant"""
+
+    def __init__(
+        self,
+        *,
+        participant_id: _builtins.str = ...,
+        sample_ids: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["participant_id", b"participant_id", "sample_ids", b"sample_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForgettingRequest: _TypeAlias = ForgettingRequest  # noqa: Y015
+
+@_typing.final
+class ForgettingReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    status: _builtins.str
+    """pending, or approved when the coordinator approves automatically"""
+    job_id: _builtins.str
+    """the unlearning job an automatic approval started"""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        status: _builtins.str = ...,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "request_id", b"request_id", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForgettingReply: _TypeAlias = ForgettingReply  # noqa: Y015
+
+@_typing.final
 class DataSummary(_message.Message):
     """What a participant serves and holds, in counts only: raw data never leaves it."""
 

@@ -47,6 +47,10 @@ class ParticipantServiceStub:
     broken stream the next upload continues at the offset GetUploadStatus reports.
     """
     GetUploadStatus: _grpc.UnaryUnaryMultiCallable[_participant_pb2.UploadStatusRequest, _participant_pb2.UploadStatusResponse]
+    RequestForgetting: _grpc.UnaryUnaryMultiCallable[_participant_pb2.ForgettingRequest, _participant_pb2.ForgettingReply]
+    """Ask to be forgotten, or to have some of one's own samples forgotten. It lands pending
+    until an operator decides (or the coordinator approves such requests by configuration).
+    """
 
 @_typing.type_check_only
 class ParticipantServiceAsyncStub(ParticipantServiceStub):
@@ -66,6 +70,10 @@ class ParticipantServiceAsyncStub(ParticipantServiceStub):
     broken stream the next upload continues at the offset GetUploadStatus reports.
     """
     GetUploadStatus: _aio.UnaryUnaryMultiCallable[_participant_pb2.UploadStatusRequest, _participant_pb2.UploadStatusResponse]  # type: ignore[assignment]
+    RequestForgetting: _aio.UnaryUnaryMultiCallable[_participant_pb2.ForgettingRequest, _participant_pb2.ForgettingReply]  # type: ignore[assignment]
+    """Ask to be forgotten, or to have some of one's own samples forgotten. It lands pending
+    until an operator decides (or the coordinator approves such requests by configuration).
+    """
 
 class ParticipantServiceServicer(metaclass=_abc_1.ABCMeta):
     """The service participants call. Participants connect out to the coordinator: tasks are
@@ -124,5 +132,15 @@ class ParticipantServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _participant_pb2.UploadStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_participant_pb2.UploadStatusResponse, _abc.Awaitable[_participant_pb2.UploadStatusResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RequestForgetting(
+        self,
+        request: _participant_pb2.ForgettingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_participant_pb2.ForgettingReply, _abc.Awaitable[_participant_pb2.ForgettingReply]]:
+        """Ask to be forgotten, or to have some of one's own samples forgotten. It lands pending
+        until an operator decides (or the coordinator approves such requests by configuration).
+        """
 
 def add_ParticipantServiceServicer_to_server(servicer: ParticipantServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -109,12 +109,36 @@ def id_cases(m: Client, operator: control_pb2_grpc.ControlServiceStub) -> list[E
         request = participant_pb2.HeartbeatRequest(participant_id=MALLORY, task_id=task_id)
         return described(m.stub.Heartbeat(request, metadata=m.md, timeout=30))
 
+    def ask(participant_id: str, sample_ids: list[int]) -> str:
+        request = participant_pb2.ForgettingRequest(
+            participant_id=participant_id, sample_ids=sample_ids
+        )
+        return described(m.stub.RequestForgetting(request, metadata=m.md, timeout=30))
+
     huge_chunk = common_pb2.BlobChunk(blob_id=sha256(b"x"), data=b"x", total_size=1)
     huge_chunk.job_id = "j" * MB
     layers = control_pb2.UnlearningSpec(layers=[f"layer{i}" for i in range(20_000)])
     init = control_pb2.TrainingSpec(rounds=1, init_version="v" * MB)
     watch = control_pb2.WatchJobRequest(job_id="job-x", after_seq=2**64 - 1)
     return [
+        Exact(
+            "mallory asks to forget another participant",
+            lambda: ask("p0", []),
+            DENIED,
+            "authenticated as 'mallory'; the request names participant 'p0'",
+        ),
+        Exact(
+            "mallory asks to forget another participant's samples",
+            lambda: ask("p1", [1, 2, 3]),
+            DENIED,
+            "authenticated as 'mallory'; the request names participant 'p1'",
+        ),
+        Exact(
+            "a forgetting request of 60,000 sample ids",
+            lambda: ask(MALLORY, list(range(60_000))),
+            INVALID,
+            "ForgettingRequest.sample_ids has 60000 entries; the limit is 50000",
+        ),
         Exact(
             "result for a 1 MB task id",
             lambda: push("t" * MB),

@@ -94,6 +94,11 @@ class EchoServicer(participant_pb2_grpc.ParticipantServiceServicer):
     ) -> participant_pb2.UploadStatusResponse:
         return participant_pb2.UploadStatusResponse(offset=0)
 
+    async def RequestForgetting(
+        self, request: participant_pb2.ForgettingRequest, context: Context
+    ) -> participant_pb2.ForgettingReply:
+        return participant_pb2.ForgettingReply(request_id="r-1", status="pending")
+
 
 def blob_chunks(blob_id: str) -> list[common_pb2.BlobChunk]:
     total = sum(CHUNK_SIZES)

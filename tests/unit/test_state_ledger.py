@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from fused.common.domain.ledger import LedgerEntry, LedgerStatus, forget_set
+from fused.common.domain.ledger import (
+    ForgetRequest,
+    LedgerEntry,
+    LedgerStatus,
+    RequestStatus,
+    forget_set,
+)
 from fused.common.domain.tasks import ForgetSet, ForgetSpec, HeldSamples
 from fused.coordinator.state import StateStore, UnknownRecordError
 
@@ -55,3 +61,31 @@ def test_the_binding_entries_make_one_forget_set(store: StateStore) -> None:
     assert excluded == ForgetSet(("p0",), (3,), (HeldSamples("p1", (4, 9)),))
     assert excluded.for_participant("p2").samples == ()
     assert ForgetSet.from_dict(excluded.to_dict()) == excluded
+
+
+def forget_request(rid: str, pid: str, when: float) -> ForgetRequest:
+    return ForgetRequest(
+        rid, pid, ForgetSpec("participant", pid), when, RequestStatus.PENDING, "", 0.0, "", ""
+    )
+
+
+def test_forget_requests_are_decided_once(store: StateStore) -> None:
+    store.add_forget_request(forget_request("r2", "p2", 2.0))
+    store.add_forget_request(forget_request("r1", "p1", 1.0))
+    with pytest.raises(ValueError, match="already exists"):
+        store.add_forget_request(forget_request("r1", "p9", 3.0))
+    assert [r.request_id for r in store.list_forget_requests()] == ["r1", "r2"]
+    done = store.decide_forget_request("r1", RequestStatus.APPROVED, "admin", "", "job-7", 5.0)
+    assert (done.status, done.decided_by, done.job_id, done.decided_at) == (
+        "approved",
+        "admin",
+        "job-7",
+        5.0,
+    )
+    with pytest.raises(ValueError, match="already approved"):
+        store.decide_forget_request("r1", RequestStatus.REJECTED, "admin", "no", "", 6.0)
+    with pytest.raises(UnknownRecordError):
+        store.decide_forget_request("nope", RequestStatus.REJECTED, "admin", "", "", 6.0)
+    rejected = store.decide_forget_request("r2", RequestStatus.REJECTED, "admin", "dup", "", 7.0)
+    assert (rejected.status, rejected.reason) == ("rejected", "dup")
+    assert [r.status for r in store.list_forget_requests()] == ["approved", "rejected"]
