@@ -223,7 +223,23 @@ def ledger_cases(operator: control_pb2_grpc.ControlServiceStub) -> list[Exact]:
     def receipt(version_id: str) -> str:
         return str(operator.GetReceipt(control_pb2.VersionRequest(version_id=version_id)))
 
+    def decide(request_id: str, approve: bool) -> str:
+        decision = control_pb2.ForgetDecision(request_id=request_id, approve=approve)
+        return str(operator.DecideForgetRequest(decision, timeout=30))
+
     return [
+        Exact(
+            "approving an unknown forget request",
+            lambda: decide("r-ghost", True),
+            grpc.StatusCode.NOT_FOUND,
+            "no forget request 'r-ghost'",
+        ),
+        Exact(
+            "rejecting a 1 MB request id",
+            lambda: decide("r" * MB, False),
+            INVALID,
+            long("cannot decide: ", "ForgetDecision.request_id", MB, "r"),
+        ),
         Exact(
             "the receipt of an unknown version",
             lambda: receipt("m-ghost"),
