@@ -86,6 +86,8 @@ FIELDS: Mapping[str, Limit] = {
     "EvalResult.total": PER_CLASS,
     "EvalResult.forget_correct": COUNT,
     "EvalResult.forget_total": COUNT,
+    "EvalResult.test_losses": Limit(items=64, high=MAX_COUNT),
+    "EvalResult.forget_losses": Limit(items=64, high=MAX_COUNT),
     "SensitivityResult.distances": TENSOR_NAMES,
     "SensitivityResult.num_examples": COUNT,
     "TaskError.message": Limit(chars=MAX_REASON_CHARS, text=False),  # free text, escaped later

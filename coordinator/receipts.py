@@ -2,9 +2,9 @@
 
 A receipt is derived from records that never change once the job completed (the job's spec
 and result, the version, the ledger entries' request fields) and signed deterministically
-(Ed25519), so every fetch returns the same bytes. The coordinator holds no data, so the
-figures are the federated ones the job measured: RA and FA before and after; membership
-inference is measured offline (experiments), not here.
+(Ed25519), so every fetch returns the same bytes. The figures are the federated ones the job
+measured before and after: RA, FA and the membership-inference AUC on the forgotten set
+(common.ml.membership; None where the forgotten set or the loss histograms are missing).
 """
 
 from __future__ import annotations
@@ -28,7 +28,16 @@ from fused.common.domain.specs import UnlearningSpec
 from fused.coordinator.auth import RequestRefused
 from fused.coordinator.state import StateStore
 
-_MEASURED = ("method", "ra_before", "fa_before", "ra_after", "fa_after", "seconds")
+_MEASURED = (
+    "method",
+    "ra_before",
+    "fa_before",
+    "mia_before",
+    "ra_after",
+    "fa_after",
+    "mia_after",
+    "seconds",
+)
 
 
 def signing_key(path: Path) -> Ed25519PrivateKey:

@@ -18,7 +18,7 @@ from fused.common.ml.adapters import (
 from fused.common.ml.workloads import Workload
 from fused.participant.forgetting import forgotten_set, remaining_test, remaining_train
 from fused.participant.site import Site
-from fused.participant.training import TrainStats, evaluate, train_local
+from fused.participant.training import TrainStats, score, train_local
 
 
 def load_model(workload: Workload, weights: Mapping[str, torch.Tensor]) -> torch.nn.Module:
@@ -118,13 +118,16 @@ def local_evaluate(
     """Counts on the remaining test data and on this participant's part of the forgotten set."""
     model = load_model(site.workload, weights)
     n, objective = site.buckets, site.workload
-    kept = evaluate(model, remaining_test(site, forget, excluded), n, objective=objective)
+    test = remaining_test(site, forget, excluded)
+    kept = score(model, test, n, objective=objective, losses=True)
     forgotten, labels = forgotten_set(site, forget)
-    hit = evaluate(model, forgotten, n, labels=labels, objective=objective)
+    hit = score(model, forgotten, n, labels=labels, objective=objective, losses=True)
     return EvalOutcome(
-        correct=tuple(kept.correct),
-        total=tuple(kept.total),
-        loss_sum=kept.loss_sum,
-        forget_correct=sum(hit.correct),
-        forget_total=hit.num_examples,
+        correct=tuple(kept.counts.correct),
+        total=tuple(kept.counts.total),
+        loss_sum=kept.counts.loss_sum,
+        forget_correct=sum(hit.counts.correct),
+        forget_total=hit.counts.num_examples,
+        test_losses=tuple(kept.loss_histogram),
+        forget_losses=tuple(hit.loss_histogram),
     )

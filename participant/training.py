@@ -15,6 +15,7 @@ from torch import nn
 from fused.common.domain.train_config import TrainConfig
 from fused.common.ml.adapters import frozen_norm_stats
 from fused.common.ml.data.tensors import TensorData
+from fused.common.ml.membership import BINS, loss_histogram
 from fused.common.ml.workloads.base import EvalCounts, classification_counts
 
 __all__ = [
@@ -23,11 +24,13 @@ __all__ = [
     "EvalCounts",
     "Hardware",
     "Objective",
+    "Scores",
     "TrainConfig",
     "TrainStats",
     "current_hardware",
     "evaluate",
     "resolve_hardware",
+    "score",
     "train_local",
     "use_hardware",
 ]
@@ -49,6 +52,8 @@ class Objective(Protocol):
 
     def evaluate(self, outputs: torch.Tensor, targets: torch.Tensor) -> EvalCounts: ...
 
+    def sample_losses(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+
 
 @dataclass(frozen=True)
 class Classification:
@@ -64,6 +69,9 @@ class Classification:
 
     def evaluate(self, outputs: torch.Tensor, targets: torch.Tensor) -> EvalCounts:
         return classification_counts(outputs, targets, self.num_classes)
+
+    def sample_losses(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(outputs, targets, reduction="none")
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -274,6 +282,26 @@ def evaluate(
     Runs under no_grad in eval mode on `hardware` (default: the process's) and restores the
     model's previous mode and device.
     """
+    return score(model, data, num_classes, batch_size, labels, hardware, objective).counts
+
+
+@dataclass(frozen=True)
+class Scores:
+    counts: EvalCounts
+    loss_histogram: list[int]  # per-example losses in membership.BINS bins (if asked)
+
+
+def score(
+    model: nn.Module,
+    data: TensorData,
+    num_classes: int,
+    batch_size: int = 256,
+    labels: torch.Tensor | None = None,
+    hardware: Hardware | None = None,
+    objective: Objective | None = None,
+    losses: bool = False,
+) -> Scores:
+    """`evaluate`'s counts and, with `losses`, the histogram of per-example losses."""
     target = data.y if labels is None else labels
     n = len(data)
     if target.shape != (n,):
@@ -285,6 +313,7 @@ def evaluate(
     device = hw.device
     home = _device_of(model)
     counts = EvalCounts([0] * num_classes, [0] * num_classes, 0.0)
+    histogram = [0] * BINS
     was_training = model.training
     model.eval()
     try:
@@ -297,7 +326,10 @@ def evaluate(
                 with _autocast(hw):
                     outputs = model(objective.transform(xb))  # (B, num_classes) for classes
                 counts = counts + objective.evaluate(outputs.float(), yb)
+                if losses:
+                    found = loss_histogram(objective.sample_losses(outputs.float(), yb))
+                    histogram = [a + b for a, b in zip(histogram, found, strict=True)]
     finally:
         model.train(was_training)
         model.to(home)
-    return counts
+    return Scores(counts, histogram if losses else [])

@@ -59,6 +59,9 @@ class EvalSummary:
     correct: list[int]
     total: list[int]
     per_participant: dict[str, float]
+    # membership-inference AUC on the forgotten set against the test data (common.ml.membership);
+    # None without a forgotten set or loss histograms
+    mia_auc: float | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,8 @@ class RoundMetrics:
 def _eval_dict(e: EvalSummary) -> dict[str, Any]:
     out = {key: getattr(e, key) for key in _EVAL_KEYS}
     out["per_participant"] = dict(e.per_participant)
+    if e.mia_auc is not None:
+        out["mia_auc"] = e.mia_auc
     return out
 
 
@@ -143,4 +148,5 @@ def _evaluation(data: dict[str, Any]) -> EvalSummary | None:
         correct=list(data.get("correct", [])),
         total=list(data.get("total", [])),
         per_participant=dict(data.get("per_participant", {})),
+        mia_auc=None if data.get("mia_auc") is None else float(data["mia_auc"]),
     )

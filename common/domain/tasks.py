@@ -182,6 +182,10 @@ class EvalOutcome:
     loss_sum: float
     forget_correct: int = 0  # on this participant's part of the forgotten set
     forget_total: int = 0
+    # per-example loss histograms (common.ml.membership) on the remaining test data and on
+    # the forgotten set: the membership-inference attack's inputs; () when not measured
+    test_losses: tuple[int, ...] = ()
+    forget_losses: tuple[int, ...] = ()
 
     @property
     def num_examples(self) -> int:

@@ -154,7 +154,13 @@ def outcome_from_proto(msg: participant_pb2.PushResultRequest) -> TaskOutcome:
         if len(e.correct) != len(e.total):
             raise ValueError("eval result: correct and total must have one entry per class")
         ev = EvalOutcome(
-            tuple(e.correct), tuple(e.total), e.loss_sum, e.forget_correct, e.forget_total
+            tuple(e.correct),
+            tuple(e.total),
+            e.loss_sum,
+            e.forget_correct,
+            e.forget_total,
+            tuple(e.test_losses),
+            tuple(e.forget_losses),
         )
         return TaskOutcome(msg.participant_id, msg.task_id, eval=ev)
     if which == "sensitivity":

@@ -11,6 +11,7 @@ from fused.common.domain.records import Phase
 from fused.common.domain.round_metrics import EvalSummary, RoundMetrics
 from fused.common.domain.tasks import AdapterRef, EvalOutcome, ForgetSpec, TaskKind, TaskOutcome
 from fused.common.domain.train_config import TrainConfig
+from fused.common.ml.membership import BINS, attack_auc
 from fused.common.ml.plausibility import capped_weights
 from fused.coordinator.engine.context import JobContext
 from fused.coordinator.engine.participants import members, registered_samples, registered_test
@@ -50,6 +51,7 @@ def eval_check(ctx: JobContext, num_classes: int) -> ResultCheck[EvalOutcome]:
             raise ValueError("evaluation counts: correct exceeds total for some class")
         if ev.forget_correct > ev.forget_total:
             raise ValueError("evaluation counts: forget_correct exceeds forget_total")
+        _check_histograms(ev)
         if not (math.isfinite(ev.loss_sum) and ev.loss_sum >= 0):
             raise ValueError(f"loss_sum {ev.loss_sum} is not a finite, non-negative number")
         registered = registered_test(ctx, outcome.participant_id)
@@ -68,6 +70,17 @@ def eval_check(ctx: JobContext, num_classes: int) -> ResultCheck[EvalOutcome]:
     return check
 
 
+def _check_histograms(ev: EvalOutcome) -> None:
+    """Loss histograms, when sent, have membership.BINS bins and count the examples the
+    counts do (a report cannot skew the attack with samples it did not evaluate)."""
+    for name, hist, n in (
+        ("test_losses", ev.test_losses, sum(ev.total)),
+        ("forget_losses", ev.forget_losses, ev.forget_total),
+    ):
+        if hist and (len(hist) != BINS or sum(hist) != n):
+            raise ValueError(f"{name}: want {BINS} bins counting {n} examples")
+
+
 def scaled(ev: EvalOutcome, weight: int) -> EvalOutcome:
     """A report's test counts scaled to `weight` test samples (rounded down): what is left of
     it when its share of the round is capped."""
@@ -79,6 +92,7 @@ def scaled(ev: EvalOutcome, weight: int) -> EvalOutcome:
         correct=tuple(c * weight // n for c in ev.correct),
         total=tuple(t * weight // n for t in ev.total),
         loss_sum=ev.loss_sum * weight / n,
+        test_losses=tuple(h * weight // n for h in ev.test_losses),
     )
 
 
@@ -98,6 +112,7 @@ def merge_eval(
     total = [0] * num_classes
     forget_correct = forget_total = 0
     loss_sum = 0.0
+    test_losses, forget_losses = [0] * BINS, [0] * BINS
     per_participant: dict[str, float] = {}
     capped = capped_reports(result, max_share)
     for accepted, ev in zip(result.in_order(), capped, strict=True):
@@ -107,6 +122,9 @@ def merge_eval(
         loss_sum += ev.loss_sum
         forget_correct += ev.forget_correct
         forget_total += ev.forget_total
+        for summed, hist in ((test_losses, ev.test_losses), (forget_losses, ev.forget_losses)):
+            for b, count in enumerate(hist):
+                summed[b] += count
         own = accepted.payload  # its own accuracy, from its report as sent
         n = own.num_examples
         per_participant[accepted.outcome.participant_id] = sum(own.correct) / n if n else 0.0
@@ -120,6 +138,7 @@ def merge_eval(
         correct=correct,
         total=total,
         per_participant=per_participant,
+        mia_auc=attack_auc(forget_losses, test_losses),
     )
 
 

@@ -89,7 +89,13 @@ class ConsolidationJob(JobKindHandler):
             "ra_chain": chain[0].accuracy if chain else None,
             "ra_consolidated": ra,
             "requests": [
-                {"entry_id": e.entry_id, "fa_chain": c.fa, "fa_consolidated": r.fa}
+                {
+                    "entry_id": e.entry_id,
+                    "fa_chain": c.fa,
+                    "fa_consolidated": r.fa,
+                    "mia_chain": c.mia_auc,
+                    "mia_consolidated": r.mia_auc,
+                }
                 for e, c, r in zip(entries, chain, retrained, strict=True)
             ],
             "seconds": ctx.clock() - started,

@@ -69,6 +69,8 @@ class UnlearningJob(JobKindHandler):
             "fa_before": before.fa,
             "ra_after": after.accuracy,
             "fa_after": after.fa,
+            "mia_before": before.mia_auc,
+            "mia_after": after.mia_auc,
             "model_params": version.num_params,
             "seconds": ctx.clock() - started,
             **unlearned.details,

@@ -452,6 +452,8 @@ class EvalResult(_message.Message):
     LOSS_SUM_FIELD_NUMBER: _builtins.int
     FORGET_CORRECT_FIELD_NUMBER: _builtins.int
     FORGET_TOTAL_FIELD_NUMBER: _builtins.int
+    TEST_LOSSES_FIELD_NUMBER: _builtins.int
+    FORGET_LOSSES_FIELD_NUMBER: _builtins.int
     loss_sum: _builtins.float
     forget_correct: _builtins.int
     """on this participant's part of the forgotten set"""
@@ -464,6 +466,14 @@ class EvalResult(_message.Message):
     def total(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """per class, on the remaining test data"""
 
+    @_builtins.property
+    def test_losses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Per-example loss histograms (64 log-spaced bins) on the remaining test data and on the
+        forgotten set: the coordinator's membership-inference AUC. Empty: not measured.
+        """
+
+    @_builtins.property
+    def forget_losses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
         self,
         *,
@@ -472,10 +482,12 @@ class EvalResult(_message.Message):
         loss_sum: _builtins.float = ...,
         forget_correct: _builtins.int = ...,
         forget_total: _builtins.int = ...,
+        test_losses: _abc.Iterable[_builtins.int] | None = ...,
+        forget_losses: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["correct", b"correct", "forget_correct", b"forget_correct", "forget_total", b"forget_total", "loss_sum", b"loss_sum", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correct", b"correct", "forget_correct", b"forget_correct", "forget_losses", b"forget_losses", "forget_total", b"forget_total", "loss_sum", b"loss_sum", "test_losses", b"test_losses", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

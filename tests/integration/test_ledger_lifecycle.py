@@ -184,6 +184,7 @@ def test_a_receipt_proves_what_a_request_did(chain: Chain, tmp_path: Path) -> No
     assert content["base_sha256"] == versions(fed)[chain.base].digest
     assert [e["entry_id"] for e in content["ledger_entries"]] == [chain.entries[0]]
     assert content["bytes"] > 0 and content["fa_after"] < content["fa_before"]
+    assert 0 <= content["mia_after"] <= 1 and 0 <= content["mia_before"] <= 1
     other = tmp_path / "base.safetensors"
     assert fusedctl(fed, "export", chain.base, "--out", str(other)).returncode == 0
     wrong = fusedctl(fed, "verify-receipt", str(r), "--public-key", str(key), "--model", str(other))

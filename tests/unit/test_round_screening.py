@@ -195,8 +195,10 @@ def test_weights_are_capped_to_half_the_round(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- evaluation
 
 
-def report(pid: str, correct: list[int], total: list[int], **kw: int) -> Accepted[EvalOutcome]:
-    ev = EvalOutcome(tuple(correct), tuple(total), 1.0, **kw)
+def report(
+    pid: str, correct: list[int], total: list[int], forget_correct: int = 0, forget_total: int = 0
+) -> Accepted[EvalOutcome]:
+    ev = EvalOutcome(tuple(correct), tuple(total), 1.0, forget_correct, forget_total)
     return Accepted(TaskOutcome(pid, f"t-{pid}", eval=ev), ev)
 
 

@@ -75,8 +75,8 @@ def test_blocks_survive_reopening(tmp_path: Path) -> None:
 
 def test_a_version_1_database_is_migrated(tmp_path: Path) -> None:
     """A state directory written before blocks existed opens, keeps its rows, gains the
-    tables of every later version (blocks, the forget ledger)."""
-    assert SCHEMA_VERSION == 3
+    tables of every later version (blocks, the forget ledger, participants' requests)."""
+    assert SCHEMA_VERSION == 4
     path = tmp_path / "state.db"
     conn = sqlite3.connect(path)
     with conn:
@@ -90,9 +90,10 @@ def test_a_version_1_database_is_migrated(tmp_path: Path) -> None:
     conn.close()
     store = SqliteStateStore(path)
     try:
-        assert store.schema_version == 3
+        assert store.schema_version == 4
         assert store.get_participant("p0") == participant("p0")
         assert store.list_blocked() == [] and store.list_ledger() == []
+        assert store.list_forget_requests() == []
         store.block_participant(BlockedParticipant("p0", 1.0))
         assert [b.participant_id for b in store.list_blocked()] == ["p0"]
     finally:

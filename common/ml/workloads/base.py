@@ -139,6 +139,14 @@ class Workload(ABC):
         """The mean training loss of a batch: cross-entropy on logits."""
         return F.cross_entropy(outputs, targets)
 
+    def sample_losses(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Each example's loss, shape (B,), for membership inference: cross-entropy per
+        example, or a custom `loss` applied example by example (override to vectorise it)."""
+        if type(self).loss is Workload.loss:
+            return F.cross_entropy(outputs, targets, reduction="none")
+        each = [self.loss(outputs[i : i + 1], targets[i : i + 1]) for i in range(len(targets))]
+        return torch.stack(each)
+
     def evaluate(self, outputs: torch.Tensor, targets: torch.Tensor) -> EvalCounts:
         """Per-class correct/total counts and summed loss of one batch (accuracy is their
         ratio). Needs classes; a workload without them overrides this (one bucket)."""
