@@ -5,6 +5,7 @@ a round is in, weights and evaluation counts capped to a share of the round."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable
 from pathlib import Path
@@ -18,6 +19,7 @@ from fused.common.domain.aggregation_policy import AggregationPolicy
 from fused.common.domain.records import JobEvent, JobKind, JobStatus, Phase
 from fused.common.domain.tasks import EvalOutcome, TaskOutcome, TrainOutcome
 from fused.common.ml.adapters import build_layout
+from fused.common.ml.membership import BINS
 from fused.coordinator.artifacts import ArtifactStore
 from fused.coordinator.engine.context import Federation, JobContext, JobFailed, RoundBytes
 from fused.coordinator.engine.evaluation import eval_check, merge_eval
@@ -229,6 +231,23 @@ def test_evaluation_counts_are_bounded_by_registration(tmp_path: Path) -> None:
     ):
         with pytest.raises(ValueError, match=message):
             run(check(ev.outcome))
+
+
+def test_loss_histograms_count_exactly_the_evaluated_examples(tmp_path: Path) -> None:
+    ctx = context(tmp_path, ("p0", offer("mlp"), 2))
+    check = eval_check(ctx, 2)
+    twenty = (20,) + (0,) * (BINS - 1)
+    honest = EvalOutcome((1, 2), (10, 10), 1.0, 3, 5, twenty, (5,) + (0,) * (BINS - 1))
+    assert run(check(TaskOutcome("p0", "t", eval=honest))) == honest
+    for bad, message in (
+        (dataclasses.replace(honest, test_losses=(20,)), "test_losses: want 64 bins counting 20"),
+        (
+            dataclasses.replace(honest, forget_losses=twenty),
+            "forget_losses: want 64 bins counting 5",
+        ),
+    ):
+        with pytest.raises(ValueError, match=message):
+            run(check(TaskOutcome("p0", "t", eval=bad)))
 
 
 # --------------------------------------------------------------------------- references
