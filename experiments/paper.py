@@ -1,14 +1,16 @@
 """Reproduce the FUSED paper's experiments through the real system.
 
     python -m experiments.paper --dataset fashionmnist --paradigm client|class|sample \
-        [--participants 10] [--quick]
+        [--participants 10] [--seeds 3] [--quick]
 
 Partitions the data (Dirichlet alpha=1.0), starts a coordinator and one process per
 participant on loopback, trains the original model by FedAvg, then runs every method from
 that model: fused, fused_random (same adapter budget on random layers), finetune and
 retrain. Evaluates the exported versions centrally (official test set, forgotten data),
 reads bytes from the coordinator's Prometheus counters and writes
-results/<dataset>-<paradigm>.json with two PNG plots.
+results/<dataset>-<paradigm>.json with two PNG plots. Each seed (partition, initialisation,
+masks) is a run of its own; the JSON holds every figure's mean and standard deviation over
+them (experiments.seeds), and the plots show the first seed.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 
 from experiments.central import EvalSets, build_sets, evaluate_weights
 from experiments.plots import plot_bytes, plot_curves
+from experiments.seeds import combine
 from fused.client.initial_weights import start_training
 from fused.common.codecs.tensor_codec import decode_tensors
 from fused.common.domain.specs import (
@@ -295,7 +298,7 @@ def run(exp: Experiment) -> dict[str, Any]:
     return {"methods": methods, "original": original, "config": config}
 
 
-def parse(argv: Sequence[str] | None) -> Experiment:
+def parse(argv: Sequence[str] | None) -> tuple[Experiment, int]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
@@ -314,7 +317,10 @@ def parse(argv: Sequence[str] | None) -> Experiment:
     )
     parser.add_argument("--trigger-size", type=int, default=3)
     parser.add_argument("--backdoor-count", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the first seed")
+    parser.add_argument(
+        "--seeds", type=int, default=3, help="seeds run (partition, initialisation, masks)"
+    )
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--work", type=Path, default=None, help="default: runs/paper-<...>")
     args = parser.parse_args(argv)
@@ -322,7 +328,9 @@ def parse(argv: Sequence[str] | None) -> Experiment:
     budget = QUICK if args.quick else FULL
     if args.unlearn_rounds is not None:
         budget = dataclasses.replace(budget, unlearn_rounds=args.unlearn_rounds)
-    return Experiment(
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
+    exp = Experiment(
         dataset=args.dataset,
         paradigm=args.paradigm,
         participants=args.participants,
@@ -339,11 +347,18 @@ def parse(argv: Sequence[str] | None) -> Experiment:
         work=args.work or Path("runs") / f"paper-{name}",
         out=args.out,
     )
+    return exp, args.seeds
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    exp = parse(argv)
-    results = run(exp)
+    first, seeds = parse(argv)
+    runs = []
+    for seed in range(first.seed, first.seed + seeds):
+        exp = dataclasses.replace(first, seed=seed, work=first.work / f"seed-{seed}")
+        print(f"=== seed {seed} ({seed - first.seed + 1} of {seeds})", flush=True)
+        runs.append(run(exp))
+    results = combine(runs)
+    exp = first
     exp.out.mkdir(parents=True, exist_ok=True)
     stem = exp.out / f"{exp.dataset}-{exp.paradigm}"
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")

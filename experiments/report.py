@@ -1,4 +1,5 @@
-"""Markdown tables and goal checks from results/<dataset>-<paradigm>.json.
+"""Markdown tables and goal checks from results/<dataset>-<paradigm>.json: figures are means
+over the seeds run, with the standard deviation beside them; goals are judged on the means.
 
 python -m experiments.report results/fashionmnist-*.json
 """
@@ -35,13 +36,19 @@ def table(results: dict[str, Any]) -> str:
     paradigm = results["config"]["paradigm"]
     fa_name = "FA (attack success)" if paradigm == "sample" else "FA"
     lines = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    spread = results.get("spread", {})
     for label, key, fmt in ROWS:
         label = fa_name if key == "fa" else label
-        cells = [fmt.format(methods[n][key]) for n in names]
+        cells = [_cell(fmt, methods[n][key], spread.get(n, {}).get(key)) for n in names]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     layers = {n: ", ".join(methods[n]["critical_layers"]) for n in names if "fused" in n}
     lines.append("| adapted tensors | " + " | ".join(layers.get(n, "-") for n in names) + " |")
     return "\n".join(lines)
+
+
+def _cell(fmt: str, value: Any, std: float | None) -> str:
+    """A figure, with its standard deviation over seeds when there were several."""
+    return fmt.format(value) + (f" ± {fmt.format(std)}" if std is not None else "")
 
 
 def paper_table(paradigm: str) -> str:
@@ -96,10 +103,14 @@ def render(paths: Sequence[Path]) -> str:
         results = json.loads(path.read_text())
         cfg = results["config"]
         parts.append(f"### {cfg['dataset']} / {cfg['paradigm']}\n")
-        orig = results["original"]
+        orig, sd = results["original"], results.get("spread", {}).get("original", {})
+        seeds = cfg.get("seeds", [cfg["seed"]])
         parts.append(
-            f"Original model (FedAvg, {cfg['budget']['train_rounds']} rounds): RA "
-            f"{orig['ra']:.4f}, FA {orig['fa']:.4f}, MIA AUC {orig['mia_auc']:.3f}, "
+            f"Original model (FedAvg, {cfg['budget']['train_rounds']} rounds; seeds "
+            f"{', '.join(map(str, seeds))}; mean ± standard deviation): "
+            f"RA {_cell('{:.4f}', orig['ra'], sd.get('ra'))}, "
+            f"FA {_cell('{:.4f}', orig['fa'], sd.get('fa'))}, "
+            f"MIA AUC {_cell('{:.3f}', orig['mia_auc'], sd.get('mia_auc'))}, "
             f"{orig['seconds']:.0f} s.\n"
         )
         parts.append(table(results) + "\n")

@@ -30,9 +30,11 @@ def check(out: Path, name: str) -> None:
         assert (out / f"{name}-{plot}.png").read_bytes().startswith(b"\x89PNG")
 
 
-@pytest.mark.parametrize("paradigm", ["client", "class", "sample"])
-def test_quick_run_on_digits(tmp_path: Path, paradigm: str) -> None:
+@pytest.mark.parametrize(("paradigm", "seeds"), [("client", 2), ("class", 1), ("sample", 1)])
+def test_quick_run_on_digits(tmp_path: Path, paradigm: str, seeds: int) -> None:
     args = [
+        "--seeds",
+        str(seeds),
         "--dataset",
         "digits",
         "--paradigm",
@@ -51,6 +53,12 @@ def test_quick_run_on_digits(tmp_path: Path, paradigm: str) -> None:
     ]
     assert main(args) == 0
     check(tmp_path / "results", f"digits-{paradigm}")
+    results = json.loads((tmp_path / "results" / f"digits-{paradigm}.json").read_text())
+    if seeds > 1:  # means over the seeds' runs, with the standard deviation beside them
+        assert [r["config"]["seed"] for r in results["seeds"]] == [0, 1]
+        ras = [r["methods"]["fused"]["ra"] for r in results["seeds"]]
+        assert results["methods"]["fused"]["ra"] == pytest.approx(sum(ras) / 2)
+        assert results["spread"]["fused"]["ra"] == pytest.approx(abs(ras[0] - ras[1]) / 2**0.5)
 
 
 @pytest.mark.skipif(
@@ -59,6 +67,8 @@ def test_quick_run_on_digits(tmp_path: Path, paradigm: str) -> None:
 )
 def test_quick_run_on_fashionmnist(tmp_path: Path) -> None:
     args = [
+        "--seeds",
+        "1",
         "--dataset",
         "fashionmnist",
         "--paradigm",
