@@ -41,6 +41,7 @@ from bench.chaos_floods import (
 from bench.chaos_inputs import huge_id_log_flood_is_bounded, metadata_flood_charges_nothing
 from bench.chaos_ledger import (
     coordinator_killed_mid_consolidation,
+    coordinator_killed_mid_consolidation_audit,
     coordinator_killed_mid_withdrawal,
 )
 
@@ -53,6 +54,7 @@ SCENARIOS: list[Callable[[Chaos], str]] = [
     coordinator_killed_mid_stacked_unlearning,
     coordinator_killed_mid_withdrawal,
     coordinator_killed_mid_consolidation,
+    coordinator_killed_mid_consolidation_audit,
     corrupted_artifact_refused,
     quorum_lost_fails_clearly,
     metadata_flood_charges_nothing,

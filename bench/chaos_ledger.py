@@ -60,6 +60,23 @@ def coordinator_killed_mid_withdrawal(chaos: Chaos) -> str:
 def coordinator_killed_mid_consolidation(chaos: Chaos) -> str:
     """A consolidation of one request (p2), killed after retrain round 2: it resumes to the
     uninterrupted consolidation's model, and marks the request consolidated once."""
+    sha, after = _consolidation_killed(chaos, "retrain", 2)
+    return (
+        f"a consolidation SIGKILLed after retrain round {after} resumed to the uninterrupted "
+        f"run's model (sha256 {sha[:16]}); its request marked consolidated once"
+    )
+
+
+def coordinator_killed_mid_consolidation_audit(chaos: Chaos) -> str:
+    """The same, killed after the chain's audit round, before the retrain starts."""
+    sha, after = _consolidation_killed(chaos, "audit", 1)
+    return (
+        f"a consolidation SIGKILLed after audit round {after} (before retraining) resumed to the "
+        f"uninterrupted run's model (sha256 {sha[:16]}); its request marked consolidated once"
+    )
+
+
+def _consolidation_killed(chaos: Chaos, phase: str, after_round: int) -> tuple[str, int]:
     base = _base(chaos)
     entries: list[str] = []
     jobs: list[str] = []
@@ -80,14 +97,11 @@ def coordinator_killed_mid_consolidation(chaos: Chaos) -> str:
         jobs.append(chaos.control.StartConsolidation(request).job_id)
         return jobs[-1]
 
-    sha, after = killed_and_resumed(chaos, consolidate, "retrain", 2)
+    sha, after = killed_and_resumed(chaos, consolidate, phase, after_round)
     listed = chaos.control.ListLedger(control_pb2.ListLedgerRequest()).entries
     status = {e.entry_id: e.status for e in listed}
     check(status[entries[-1]] == "consolidated", f"{entries[-1]} is {status[entries[-1]]}")
     events = list(chaos.control.WatchJob(control_pb2.WatchJobRequest(job_id=jobs[-1])))
     marks = sum(e.kind == "ledger_consolidated" for e in events)
     check(marks == 1, f"the consolidation marked the ledger {marks} times")
-    return (
-        f"a consolidation SIGKILLed after retrain round {after} resumed to the uninterrupted "
-        f"run's model (sha256 {sha[:16]}); its request marked consolidated once"
-    )
+    return sha, after
