@@ -54,7 +54,7 @@ class UnlearningJob(JobKindHandler):
         assert after is not None  # the last round is always evaluated
         applied = spec.replays or (request_entry_id(ctx.job_id),)
         new = _new_version(spec, base, unlearned, after, forgets(ctx, base, applied))
-        version = publish_version(ctx, new)
+        version = publish_version(ctx, new, activate=_serve(ctx, spec, new.meta.forgets))
         if spec.replays:
             _announce_replay(ctx, spec.replays, version.version_id)
         else:
@@ -94,6 +94,18 @@ def forgets(ctx: JobContext, base: Base, applied: tuple[str, ...]) -> tuple[str,
     """The ledger entries the new version forgets: those its base forgets, those the job's
     data left out (the ledger's when it was created), and the ones it applies."""
     return tuple(sorted({*base.version.meta.forgets, *ctx.excluded_entries, *applied}))
+
+
+def _serve(ctx: JobContext, spec: UnlearningSpec, forgotten: tuple[str, ...]) -> bool:
+    """A new request's version is served. A withdrawal's rebuild is served only if it
+    forgets nothing withdrawn since it started: after a second withdrawal, the second
+    rebuild's version is the one to serve, whichever finishes first."""
+    return not spec.replays or rebuild_current(forgotten, ctx.store.list_ledger())
+
+
+def rebuild_current(forgotten: tuple[str, ...], ledger: list[LedgerEntry]) -> bool:
+    binding = {e.entry_id for e in ledger if e.binding}
+    return set(forgotten) <= binding
 
 
 def _announce_replay(ctx: JobContext, entries: tuple[str, ...], version_id: str) -> None:

@@ -26,6 +26,7 @@ from fused.coordinator.auth import RequestRefused
 from fused.coordinator.engine.manager import JobManager
 from fused.coordinator.fleet import Fleet
 from fused.coordinator.jobs import JOB_KINDS
+from fused.coordinator.jobs.unlearn import rebuild_current
 from fused.coordinator.metrics import CoordinatorMetrics
 from fused.coordinator.state import InMemoryStateStore, StateStore
 from fused.coordinator.versions import active_version, set_active
@@ -124,3 +125,11 @@ def test_withdrawing_twice_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RequestRefused) as unknown:
         run(store, tmp_path, "f9")
     assert unknown.value.code is grpc.StatusCode.NOT_FOUND
+
+
+def test_a_rebuild_outdated_by_a_later_withdrawal_is_not_served() -> None:
+    store = chain()
+    assert rebuild_current(("f1", "f3"), store.list_ledger())
+    store.set_ledger_status(["f1"], LedgerStatus.WITHDRAWN, 9.0)  # a second withdrawal
+    assert not rebuild_current(("f1", "f3"), store.list_ledger())
+    assert rebuild_current(("f3",), store.list_ledger())
