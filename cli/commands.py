@@ -22,6 +22,21 @@ from fused.common.domain.train_config import TrainConfig
 from fused.common.runtime.sample_ids import read_sample_ids
 
 
+def add_schedule_options(parser: argparse.ArgumentParser) -> None:
+    """The local training and round schedule flags of every job that trains (`train_config`
+    reads the first ones back)."""
+    defaults = TrainConfig()
+    parser.add_argument("--local-epochs", type=int, default=defaults.local_epochs)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--momentum", type=float, default=defaults.momentum)
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-participants", type=int, default=1)
+    parser.add_argument("--round-deadline", type=float, default=300.0, help="seconds")
+    parser.add_argument("--wait-participants", type=float, default=60.0, help="seconds")
+
+
 def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         args.local_epochs, args.lr, args.momentum, args.weight_decay, args.batch_size, args.seed

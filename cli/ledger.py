@@ -7,12 +7,11 @@ import argparse
 from typing import Any
 
 from fused.cli.client import coordinator, emit
-from fused.cli.commands import start_job, train_config
+from fused.cli.commands import add_schedule_options, start_job, train_config
 from fused.cli.listings import forgotten
 from fused.cli.policy import add_policy_options, policy_from_args
 from fused.cli.tables import table, when
 from fused.common.domain.specs import ConsolidationSpec
-from fused.common.domain.train_config import TrainConfig
 
 
 def add_ledger_parsers(sub: Any) -> None:
@@ -51,7 +50,6 @@ def _add_requests(sub: Any) -> None:
 
 
 def _add_consolidate(sub: Any) -> None:
-    defaults = TrainConfig()
     parser = sub.add_parser(
         "consolidate",
         help="retrain from the initial weights without the ledger's data (in the background); "
@@ -61,15 +59,7 @@ def _add_consolidate(sub: Any) -> None:
     parser.add_argument(
         "--rounds", type=int, default=0, help="0 = the rounds, config and seed of the training"
     )
-    parser.add_argument("--local-epochs", type=int, default=defaults.local_epochs)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--momentum", type=float, default=defaults.momentum)
-    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--min-participants", type=int, default=1)
-    parser.add_argument("--round-deadline", type=float, default=300.0, help="seconds")
-    parser.add_argument("--wait-participants", type=float, default=60.0, help="seconds")
+    add_schedule_options(parser)
     parser.add_argument("--wait", action="store_true", help="follow the job until it ends")
     add_policy_options(parser)
     parser.set_defaults(func=cmd_consolidate)

@@ -14,6 +14,7 @@ import grpc
 from fused.cli import certs
 from fused.cli.client import DEFAULT_COORDINATOR, CliError
 from fused.cli.commands import (
+    add_schedule_options,
     cmd_apply_adapter,
     cmd_cancel,
     cmd_eval,
@@ -39,7 +40,6 @@ from fused.cli.policy import add_policy_options
 from fused.cli.receipts import add_receipt_parsers
 from fused.client import CoordinatorError, LocalError
 from fused.common.domain.specs import METHOD_CONFIGS, UPLOAD_DTYPES
-from fused.common.domain.train_config import TrainConfig
 
 
 class _Parser(argparse.ArgumentParser):
@@ -88,7 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_parser(sub)
 
     train = sub.add_parser("train", help="start a federated training job")
-    defaults = TrainConfig()
     train.add_argument(
         "--model",
         default="",
@@ -96,16 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
         "is built here from --seed; default: the one most online participants serve",
     )
     train.add_argument("--rounds", type=int, default=10)
-    train.add_argument("--local-epochs", type=int, default=defaults.local_epochs)
-    train.add_argument("--lr", type=float, default=defaults.lr)
-    train.add_argument("--momentum", type=float, default=defaults.momentum)
-    train.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    add_schedule_options(train)
     train.add_argument("--participants-per-round", type=int, default=0, help="0 = all online")
-    train.add_argument("--min-participants", type=int, default=1)
-    train.add_argument("--round-deadline", type=float, default=300.0, help="seconds")
-    train.add_argument("--wait-participants", type=float, default=60.0, help="seconds")
-    train.add_argument("--seed", type=int, default=0)
     train.add_argument("--init-version", default="", help="start from this model version")
     train.add_argument(
         "--init-weights",
@@ -123,11 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     unlearn.add_argument("--method", choices=list(METHOD_CONFIGS), default="fused")
     unlearn.add_argument("--base", default="", help="version to unlearn from; default: active")
     unlearn.add_argument("--rounds", type=int, default=5)
-    unlearn.add_argument("--local-epochs", type=int, default=defaults.local_epochs)
-    unlearn.add_argument("--lr", type=float, default=defaults.lr)
-    unlearn.add_argument("--momentum", type=float, default=defaults.momentum)
-    unlearn.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    unlearn.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    add_schedule_options(unlearn)
     unlearn.add_argument("--top-k", type=int, default=2, help="fused: tensors to adapt")
     unlearn.add_argument("--layers", default="", help="fused: comma-separated tensor names")
     unlearn.add_argument("--density", type=float, default=0.1, help="fused: mask density rho")
@@ -137,10 +124,6 @@ def build_parser() -> argparse.ArgumentParser:
         default="float32",
         help="fused: precision of adapter uploads",
     )
-    unlearn.add_argument("--min-participants", type=int, default=1)
-    unlearn.add_argument("--round-deadline", type=float, default=300.0, help="seconds")
-    unlearn.add_argument("--wait-participants", type=float, default=60.0, help="seconds")
-    unlearn.add_argument("--seed", type=int, default=0)
     unlearn.add_argument("--no-eval-each-round", action="store_true")
     unlearn.add_argument("--wait", action="store_true", help="follow the job until it ends")
     add_policy_options(unlearn)

@@ -22,7 +22,6 @@ import dataclasses
 import hashlib
 import json
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -40,6 +39,7 @@ from experiments.ledger_sequence import parse as sequence_parse
 from experiments.ledger_sequence_jobs import Produced, sha256_of
 from experiments.ledger_sequence_summary import VERSIONS, stats
 from experiments.paper import bytes_per_round
+from experiments.seeds import git_commit
 from fused.client import ConsolidationSpec, Coordinator, Job, JobEvent, JobStatus, LedgerStatus
 from fused.common.domain.records import Phase
 from fused.common.ml.data.partition import partition_to_directory
@@ -306,9 +306,7 @@ def run(setup: Setup) -> dict[str, Any]:
         "defaults: the training job's rounds, train config and seed",
         "seconds": "created to last update of each job (the chain: its three unlearning jobs)",
         "unlearning_bytes_per_round": "mean of the three unlearning jobs' bytes per round",
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-        ).stdout.strip(),
+        "commit": git_commit(),
     }
     return {
         "config": config,

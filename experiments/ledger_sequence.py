@@ -26,7 +26,6 @@ import argparse
 import dataclasses
 import json
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -50,6 +49,7 @@ from experiments.ledger_sequence_jobs import (
 )
 from experiments.ledger_sequence_summary import VERSIONS, render, summarize
 from experiments.paper import run_job
+from experiments.seeds import git_commit
 from fused.client.initial_weights import start_training
 from fused.common.domain.specs import FusedConfig, TrainingSpec, UnlearningSpec
 from fused.common.domain.tasks import ForgetSpec
@@ -288,9 +288,7 @@ def run(setup: Setup) -> dict[str, Any]:
         "union_cold_caches": "every participant process is restarted before the union "
         "strategy, so no artifact the stack's jobs cached makes its bytes smaller",
         "torch": torch.__version__,
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-        ).stdout.strip(),
+        "commit": git_commit(),
     }
     return {
         "config": config,

@@ -20,7 +20,6 @@ import dataclasses
 import hashlib
 import json
 import random
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -32,7 +31,7 @@ import torch
 
 from experiments.central import EvalSets, build_sets, evaluate_weights
 from experiments.plots import plot_bytes, plot_curves
-from experiments.seeds import combine
+from experiments.seeds import combine, git_commit
 from fused.client.initial_weights import start_training
 from fused.common.codecs.tensor_codec import decode_tensors
 from fused.common.domain.specs import (
@@ -290,9 +289,7 @@ def run(exp: Experiment) -> dict[str, Any]:
         "alpha": 1.0,
         "participant_sizes": {p["id"]: p["train_size"] for p in summary["participants"]},
         "torch": torch.__version__,
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-        ).stdout.strip(),
+        "commit": git_commit(),
         "wall_seconds": time.monotonic() - started,
     }
     return {"methods": methods, "original": original, "config": config}

@@ -1,5 +1,6 @@
-"""Several seeds of one experiment as one result: every figure the mean over seeds, with the
-standard deviation beside it.
+"""What every experiment records about its runs: the commit it ran at, and several seeds of
+one experiment as one result (every figure the mean over seeds, with the standard deviation
+beside it).
 
 `combine` keeps the single-run layout (`methods`, `original`: numbers are means, a flag holds
 only if it held on every seed, anything else is the first seed's) so tables and checks read a
@@ -10,6 +11,7 @@ runs themselves).
 from __future__ import annotations
 
 import statistics
+import subprocess
 from typing import Any
 
 
@@ -52,3 +54,11 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "spread": spread,
         "seeds": runs,
     }
+
+
+def git_commit() -> str:
+    """The checkout's short commit id ("" outside a git checkout)."""
+    done = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    )
+    return done.stdout.strip()

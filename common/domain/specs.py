@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from fused.common.domain.aggregation_policy import AggregationPolicy
 from fused.common.domain.tasks import ForgetSpec
@@ -57,9 +57,7 @@ class TrainingSpec:
                 or self.participants_per_round >= self.min_participants,
                 "participants_per_round must be 0 (all) or >= min_participants",
             ),
-            (self.round_deadline_s > 0, "round_deadline_s must be > 0"),
-            (self.wait_for_participants_s >= 0, "wait_for_participants_s must be >= 0"),
-            (self.seed >= 0, "seed must be >= 0"),
+            *_schedule_checks(self),
         ]
         _check(checks)
 
@@ -170,9 +168,7 @@ class UnlearningSpec:
         checks = [
             (self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}"),
             (self.min_participants >= 1, "min_participants must be >= 1"),
-            (self.round_deadline_s > 0, "round_deadline_s must be > 0"),
-            (self.wait_for_participants_s >= 0, "wait_for_participants_s must be >= 0"),
-            (self.seed >= 0, "seed must be >= 0"),
+            *_schedule_checks(self),
         ]
         _check(checks)
 
@@ -223,9 +219,7 @@ class ConsolidationSpec:
         checks = [
             (self.rounds >= 0, f"rounds must be >= 0, got {self.rounds}"),
             (self.min_participants >= 1, "min_participants must be >= 1"),
-            (self.round_deadline_s > 0, "round_deadline_s must be > 0"),
-            (self.wait_for_participants_s >= 0, "wait_for_participants_s must be >= 0"),
-            (self.seed >= 0, "seed must be >= 0"),
+            *_schedule_checks(self),
         ]
         _check(checks)
 
@@ -240,6 +234,24 @@ class ConsolidationSpec:
             policy=AggregationPolicy.from_dict(data.get("policy")),
             **{k: v for k, v in data.items() if k in own},
         )
+
+
+class _Scheduled(Protocol):
+    @property
+    def round_deadline_s(self) -> float: ...
+    @property
+    def wait_for_participants_s(self) -> float: ...
+    @property
+    def seed(self) -> int: ...
+
+
+def _schedule_checks(spec: _Scheduled) -> list[tuple[bool, str]]:
+    """What every job spec's round schedule must satisfy."""
+    return [
+        (spec.round_deadline_s > 0, "round_deadline_s must be > 0"),
+        (spec.wait_for_participants_s >= 0, "wait_for_participants_s must be >= 0"),
+        (spec.seed >= 0, "seed must be >= 0"),
+    ]
 
 
 def _check_policy(policy: AggregationPolicy) -> None:

@@ -1,6 +1,6 @@
-"""The client library against real processes: docs/CLIENT.md's script runs as written, each
-failure class arrives as its own exception with the coordinator's words, and `wait` follows a
-job across a coordinator restart."""
+"""The client library against real processes (conftest's digits federation): docs/CLIENT.md's
+script runs as written, each failure class arrives as its own exception with the coordinator's
+words, and `wait` follows a job across a coordinator restart."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,30 +28,16 @@ from fused.client import (
     Unavailable,
     UnlearningSpec,
 )
-from fused.common.ml.data.partition import partition_to_directory
-from fused.common.ml.data.partition_config import PartitionConfig
 from fused.tools.launch import LocalFederation
+from tests.integration.conftest import NUM_PARTICIPANTS
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "CLIENT.md"
-PARTICIPANTS = 3
 TRAINING = TrainingSpec(
     rounds=4,
     train=TrainConfig(local_epochs=1, lr=0.05, batch_size=32),
-    min_participants=PARTICIPANTS,
+    min_participants=NUM_PARTICIPANTS,
     evaluate_each_round=False,
 )
-
-
-@pytest.fixture(scope="module")
-def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
-    root = tmp_path_factory.mktemp("client")
-    partition_to_directory("digits", None, root / "shards", PartitionConfig(PARTICIPANTS))
-    with LocalFederation(root / "processes") as fed:
-        fed.start_coordinator()
-        for i in range(PARTICIPANTS):
-            fed.start_participant(root / "shards" / f"p{i}")
-        fed.wait_online(PARTICIPANTS)
-        yield fed
 
 
 def test_the_documented_script_runs_as_written(federation: LocalFederation) -> None:

@@ -8,39 +8,30 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fused.client import Coordinator, JobStatus, TrainConfig, TrainingSpec
-from fused.common.ml.data.partition import partition_to_directory
-from fused.common.ml.data.partition_config import PartitionConfig
 from fused.tools.launch import LocalFederation
+from tests.integration.conftest import NUM_PARTICIPANTS
 
-PARTICIPANTS = 3
 TRAINING = TrainingSpec(
     rounds=3,
     train=TrainConfig(local_epochs=1, lr=0.05, batch_size=32),
-    min_participants=PARTICIPANTS,
+    min_participants=NUM_PARTICIPANTS,
     evaluate_each_round=False,
 )
 
 
 @pytest.fixture(scope="module")
-def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
-    root = tmp_path_factory.mktemp("requests")
-    partition_to_directory("digits", None, root / "shards", PartitionConfig(PARTICIPANTS))
-    with LocalFederation(root / "processes") as fed:
-        fed.start_coordinator()
-        for i in range(PARTICIPANTS):
-            fed.start_participant(root / "shards" / f"p{i}")
-        fed.wait_online(PARTICIPANTS)
-        with Coordinator(fed.address) as coordinator:
-            trained = coordinator.wait(coordinator.train(TRAINING).job_id)
-            assert trained.status is JobStatus.COMPLETED, trained.record.reason
-        yield fed
+def trained(federation: LocalFederation) -> LocalFederation:
+    """The shared digits federation (conftest), with a trained model to forget from."""
+    with Coordinator(federation.address) as coordinator:
+        done = coordinator.wait(coordinator.train(TRAINING).job_id)
+        assert done.status is JobStatus.COMPLETED, done.record.reason
+    return federation
 
 
 def ask(fed: LocalFederation, *argv: str) -> subprocess.CompletedProcess[str]:
@@ -60,10 +51,9 @@ def listed(fed: LocalFederation) -> dict[str, Any]:
 
 
 def test_a_request_waits_for_an_operator_then_runs(
-    federation: LocalFederation, tmp_path: Path
+    trained: LocalFederation, digits_shards: Path, tmp_path: Path
 ) -> None:
-    fed = federation
-    shards = fed.work_dir.parent / "shards"
+    fed, shards = trained, digits_shards
     me = ask(fed, "--data-dir", str(shards / "p2"), "--forget-me")
     assert me.returncode == 0 and "to forget this participant: pending" in me.stdout, me.stderr
     ids = tmp_path / "ids.txt"
@@ -94,10 +84,10 @@ def test_a_request_waits_for_an_operator_then_runs(
     assert entry.job_id == job.job_id
 
 
-def test_only_registered_participants_may_ask(federation: LocalFederation) -> None:
+def test_only_registered_participants_may_ask(trained: LocalFederation) -> None:
     stranger = ask(
-        federation, "--participant-id", "p9", "--workload", "mlp", "--data-dir", "x", "--forget-me"
+        trained, "--participant-id", "p9", "--workload", "mlp", "--data-dir", "x", "--forget-me"
     )
     assert stranger.returncode == 1
     assert "participant 'p9' is not registered: register before asking" in stranger.stderr
-    assert "p9" not in listed(federation)
+    assert "p9" not in listed(trained)

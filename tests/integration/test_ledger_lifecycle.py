@@ -9,7 +9,6 @@ import hashlib
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,16 +22,14 @@ from fused.common.codecs.tensor_codec import decode_tensors, state_dict_digest
 from fused.common.domain.specs import FusedConfig, TrainingSpec, UnlearningSpec
 from fused.common.domain.tasks import ForgetSpec
 from fused.common.domain.train_config import TrainConfig
-from fused.common.ml.data.partition import partition_to_directory
-from fused.common.ml.data.partition_config import PartitionConfig
 from fused.common.rpc.control_convert import unlearning_spec_to_proto
 from fused.proto.v1 import control_pb2
 from fused.tools.launch import LocalFederation
+from tests.integration.conftest import NUM_PARTICIPANTS
 
-PARTICIPANTS = 3
 TRAIN = TrainConfig(local_epochs=2, lr=0.05, batch_size=32)
 TRAINING = TrainingSpec(
-    rounds=6, train=TRAIN, min_participants=PARTICIPANTS, evaluate_each_round=False
+    rounds=6, train=TRAIN, min_participants=NUM_PARTICIPANTS, evaluate_each_round=False
 )
 REQUESTS = (  # the order they are applied in
     ForgetSpec("class", class_label=3),
@@ -90,31 +87,26 @@ def fusedctl(fed: LocalFederation, *args: str) -> subprocess.CompletedProcess[st
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
-    root = tmp_path_factory.mktemp("lifecycle")
-    partition_to_directory("digits", None, root / "shards", PartitionConfig(PARTICIPANTS))
-    with LocalFederation(root / "processes") as fed:
-        fed.start_coordinator()
-        for i in range(PARTICIPANTS):
-            fed.start_participant(root / "shards" / f"p{i}")
-        fed.wait_online(PARTICIPANTS)
-        base = finished(fed, start_training(fed.control(), TRAINING).job_id)["version_id"]
-        made: list[str] = []
-        entries: list[str] = []
-        for forget in REQUESTS:
-            spec = UnlearningSpec(
-                forget,
-                FusedConfig(top_k=3, density=0.3),
-                rounds=3,
-                train=TRAIN,
-                min_participants=2,
-                evaluate_each_round=False,
-            )
-            request = control_pb2.StartUnlearningRequest(spec=unlearning_spec_to_proto(spec))
-            done = finished(fed, fed.control().StartUnlearning(request).job_id)
-            made.append(done["version_id"])
-            entries.extend(done["ledger_entries"])
-        yield Chain(fed, base, made, entries)
+def chain(federation: LocalFederation) -> Chain:
+    """The shared digits federation (conftest): a trained base and three stacked requests."""
+    fed = federation
+    base = finished(fed, start_training(fed.control(), TRAINING).job_id)["version_id"]
+    made: list[str] = []
+    entries: list[str] = []
+    for forget in REQUESTS:
+        spec = UnlearningSpec(
+            forget,
+            FusedConfig(top_k=3, density=0.3),
+            rounds=3,
+            train=TRAIN,
+            min_participants=2,
+            evaluate_each_round=False,
+        )
+        request = control_pb2.StartUnlearningRequest(spec=unlearning_spec_to_proto(spec))
+        done = finished(fed, fed.control().StartUnlearning(request).job_id)
+        made.append(done["version_id"])
+        entries.extend(done["ledger_entries"])
+    return Chain(fed, base, made, entries)
 
 
 def test_each_version_forgets_its_request_and_those_below(chain: Chain) -> None:
