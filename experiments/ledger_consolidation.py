@@ -21,7 +21,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -31,8 +30,9 @@ from typing import Any
 from experiments.ledger_sequence import (
     Setup,
     data_dir_used,
-    requests_of,
+    fedavg_record,
     run_stack,
+    seed_federation,
     train_base,
 )
 from experiments.ledger_sequence import parse as sequence_parse
@@ -42,7 +42,6 @@ from experiments.paper import bytes_per_round
 from experiments.seeds import git_commit
 from fused.client import ConsolidationSpec, Coordinator, Job, JobEvent, JobStatus, LedgerStatus
 from fused.common.domain.records import Phase
-from fused.common.ml.data.partition import partition_to_directory
 from fused.common.ml.models import default_model_for
 from fused.proto.v1 import control_pb2
 from fused.tools.launch import LocalFederation
@@ -165,30 +164,16 @@ def consolidate(
 
 def run_seed(setup: Setup, seed: int) -> dict[str, Any]:
     started = time.monotonic()
-    work = setup.work / f"seed{seed}"
-    shutil.rmtree(work, ignore_errors=True)  # a fresh coordinator state for every run
-    summary = partition_to_directory(
-        setup.dataset, setup.data_dir, work / "shards", setup.partition(seed)
-    )
-    requests = requests_of(work / "shards", setup)
-    with LocalFederation(work / "processes") as fed:
-        fed.start_coordinator()
-        for pid in summary["participant_ids"]:
-            fed.start_participant(work / "shards" / pid)
-        fed.wait_online(setup.participants, timeout_s=600)
+    with seed_federation(setup, seed) as run:
+        fed = run.fed
         base = train_base(fed, setup, seed)
-        chain = run_stack(fed, setup, seed, base.version_id, requests)
+        chain = run_stack(fed, setup, seed, base.version_id, run.requests)
         with Coordinator(fed.address, tls=fed.tls, token=fed.operator_token) as coordinator:
             print(f"[seed {seed}] consolidation", flush=True)
-            measured = consolidate(fed, coordinator, setup, chain, work)
+            measured = consolidate(fed, coordinator, setup, chain, run.shards.parent)
     return {
         "seed": seed,
-        "fedavg": {
-            "version_id": base.version_id,
-            "sha256": base.sha256,
-            "seconds": base.seconds,
-            "bytes_per_round": base.bytes_per_round,
-        },
+        "fedavg": fedavg_record(base),
         "chain": {name: p.to_dict() for name, p in chain.items()},
         "chain_seconds": sum(p.seconds for p in chain.values()),
         **measured,

@@ -28,7 +28,8 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,19 +202,45 @@ def evaluated(
     }
 
 
-def run_seed(setup: Setup, seed: int) -> dict[str, Any]:
-    started = time.monotonic()
+@dataclass
+class SeedRun:
+    """One seed's federation: its shards, the partition's summary and the three requests."""
+
+    fed: LocalFederation
+    shards: Path
+    partition: dict[str, Any]
+    requests: dict[str, ForgetSpec]
+
+
+@contextmanager
+def seed_federation(setup: Setup, seed: int) -> Iterator[SeedRun]:
+    """A fresh coordinator state and participants on this seed's partition."""
     work = setup.work / f"seed{seed}"
-    shutil.rmtree(work, ignore_errors=True)  # a fresh coordinator state for every run
+    shutil.rmtree(work, ignore_errors=True)
     summary = partition_to_directory(
         setup.dataset, setup.data_dir, work / "shards", setup.partition(seed)
     )
-    requests = requests_of(work / "shards", setup)
     with LocalFederation(work / "processes") as fed:
         fed.start_coordinator()
         for pid in summary["participant_ids"]:
             fed.start_participant(work / "shards" / pid)
         fed.wait_online(setup.participants, timeout_s=600)
+        yield SeedRun(fed, work / "shards", summary, requests_of(work / "shards", setup))
+
+
+def fedavg_record(base: Produced) -> dict[str, Any]:
+    return {
+        "version_id": base.version_id,
+        "sha256": base.sha256,
+        "seconds": base.seconds,
+        "bytes_per_round": base.bytes_per_round,
+    }
+
+
+def run_seed(setup: Setup, seed: int) -> dict[str, Any]:
+    started = time.monotonic()
+    with seed_federation(setup, seed) as run:
+        fed, requests, summary = run.fed, run.requests, run.partition
         base = train_base(fed, setup, seed)
         stack = run_stack(fed, setup, seed, base.version_id, requests)
         exactness = check_exactness(fed, base, stack)
@@ -226,7 +253,7 @@ def run_seed(setup: Setup, seed: int) -> dict[str, Any]:
         exactness["base_served_for_union"] = served == base.version_id and (
             sha256_of(fed) == base.sha256
         )
-        restart_participants(fed, work / "shards")  # no artifact cached by the stack's jobs
+        restart_participants(fed, run.shards)  # no artifact cached by the stack's jobs
         union = run_union(fed, setup, seed, base.version_id, requests)
         union_figures = evaluated(fed, union, requests)
         ledger_after_union = ledger(fed)
@@ -236,12 +263,7 @@ def run_seed(setup: Setup, seed: int) -> dict[str, Any]:
         "seed": seed,
         "participant_sizes": {p["id"]: p["train_size"] for p in summary["participants"]},
         "backdoor_samples": len(requests["R3"].sample_ids),
-        "fedavg": {
-            "version_id": base.version_id,
-            "sha256": base.sha256,
-            "seconds": base.seconds,
-            "bytes_per_round": base.bytes_per_round,
-        },
+        "fedavg": fedavg_record(base),
         "base": base_figures,
         "strategies": {"stack": stack_figures, "union": union_figures},
         "exactness": exactness,
