@@ -21,16 +21,22 @@ from fused.common.domain.tasks import ForgetSpec
 from fused.common.domain.train_config import TrainConfig
 from fused.common.runtime.sample_ids import read_sample_ids
 
+_OPTIMISER_FLAGS = ("local_epochs", "lr", "momentum", "weight_decay", "batch_size")
 
-def add_schedule_options(parser: argparse.ArgumentParser) -> None:
+
+def add_schedule_options(parser: argparse.ArgumentParser, inherit: bool = False) -> None:
     """The local training and round schedule flags of every job that trains (`train_config`
-    reads the first ones back)."""
+    reads the first ones back). With `inherit`, the optimiser flags default to the settings
+    of the training that began the model's chain (`inherited_train_config`)."""
     defaults = TrainConfig()
-    parser.add_argument("--local-epochs", type=int, default=defaults.local_epochs)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--momentum", type=float, default=defaults.momentum)
-    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    for name in _OPTIMISER_FLAGS:
+        value = getattr(defaults, name)
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            type=type(value),
+            default=None if inherit else value,
+            help=f"default: the model's training's ({value} without one)" if inherit else None,
+        )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-participants", type=int, default=1)
     parser.add_argument("--round-deadline", type=float, default=300.0, help="seconds")
@@ -41,6 +47,13 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         args.local_epochs, args.lr, args.momentum, args.weight_decay, args.batch_size, args.seed
     )
+
+
+def inherited_train_config(args: argparse.Namespace) -> TrainConfig | None:
+    """None (the coordinator takes the training's settings) unless a flag is given; then the
+    given flags over the defaults."""
+    given = {n: getattr(args, n) for n in _OPTIMISER_FLAGS if getattr(args, n) is not None}
+    return TrainConfig(**given, seed=args.seed) if given else None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -105,15 +118,18 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
                 "layers": tuple(n for n in args.layers.split(",") if n),
                 "density": args.density,
                 "upload_dtype": args.upload_dtype,
+                "selection": args.selection,
             },
         ),
         rounds=args.rounds,
-        train=train_config(args),
+        train=inherited_train_config(args),
         min_participants=args.min_participants,
         round_deadline_s=args.round_deadline,
         wait_for_participants_s=args.wait_participants,
         seed=args.seed,
         evaluate_each_round=not args.no_eval_each_round,
+        stop_patience=args.stop_patience,
+        stop_min_delta=args.stop_min_delta,
         policy=policy_from_args(args),
     )
     return start_job(args, coordinator(args).unlearn(spec))
@@ -126,18 +142,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    layers = coordinator(args).layers(args.job)
+    ranking = coordinator(args).layers(args.job)
     rows = [
         [
             i + 1,
             ("* " if entry.selected else "  ") + entry.name,
+            f"{entry.score:.6g}",
             f"{entry.distance:.6g}",
+            "-" if entry.forget_distance is None else f"{entry.forget_distance:.6g}",
             entry.numel,
         ]
-        for i, entry in enumerate(layers)
+        for i, entry in enumerate(ranking.layers)
     ]
-    header = ["rank", "tensor (* adapted)", "L1 distance", "numel"]
-    emit(args, layers, lambda: table(header, rows))
+    header = ["rank", "tensor (* adapted)", "score", "CLI distance", "forget distance", "numel"]
+    title = f"selection: {ranking.rule}" + (f" ({ranking.note})" if ranking.note else "")
+    emit(args, ranking, lambda: title + "\n" + table(header, rows))
     return 0
 
 

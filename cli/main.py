@@ -39,7 +39,14 @@ from fused.cli.participants import add_participant_commands
 from fused.cli.policy import add_policy_options
 from fused.cli.receipts import add_receipt_parsers
 from fused.client import CoordinatorError, LocalError
-from fused.common.domain.specs import METHOD_CONFIGS, UPLOAD_DTYPES
+from fused.common.domain.specs import (
+    DEFAULT_STOP_MIN_DELTA,
+    DEFAULT_STOP_PATIENCE,
+    DEFAULT_UNLEARNING_ROUNDS,
+    METHOD_CONFIGS,
+    UPLOAD_DTYPES,
+    FusedConfig,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -113,11 +120,37 @@ def build_parser() -> argparse.ArgumentParser:
     _forget_options(unlearn, required=True)
     unlearn.add_argument("--method", choices=list(METHOD_CONFIGS), default="fused")
     unlearn.add_argument("--base", default="", help="version to unlearn from; default: active")
-    unlearn.add_argument("--rounds", type=int, default=5)
-    add_schedule_options(unlearn)
-    unlearn.add_argument("--top-k", type=int, default=2, help="fused: tensors to adapt")
+    fused = FusedConfig()
+    unlearn.add_argument(
+        "--rounds",
+        type=int,
+        default=DEFAULT_UNLEARNING_ROUNDS,
+        help="at most (see --stop-patience)",
+    )
+    unlearn.add_argument(
+        "--stop-patience",
+        type=int,
+        default=DEFAULT_STOP_PATIENCE,
+        help="stop once FA has not fallen for this many rounds; 0 = run every round",
+    )
+    unlearn.add_argument(
+        "--stop-min-delta",
+        type=float,
+        default=DEFAULT_STOP_MIN_DELTA,
+        help="a fall by less than this fraction of the lowest FA so far does not count",
+    )
+    add_schedule_options(unlearn, inherit=True)
+    unlearn.add_argument("--top-k", type=int, default=fused.top_k, help="fused: tensors to adapt")
     unlearn.add_argument("--layers", default="", help="fused: comma-separated tensor names")
-    unlearn.add_argument("--density", type=float, default=0.1, help="fused: mask density rho")
+    unlearn.add_argument(
+        "--density", type=float, default=fused.density, help="fused: mask density rho"
+    )
+    unlearn.add_argument(
+        "--selection",
+        default=fused.selection,
+        help="fused: how tensors are chosen: cli (the paper's: where training moves most), "
+        "forget (where the forgotten data moves them most, against the rest), combined",
+    )
     unlearn.add_argument(
         "--upload-dtype",
         choices=UPLOAD_DTYPES,

@@ -24,7 +24,7 @@ from fused.client.errors import (
     Unauthenticated,
     Unavailable,
 )
-from fused.client.records import Job, LayerScore, Participant, Version
+from fused.client.records import Job, LayerScore, Participant, Ranking, Version
 from fused.common.domain.ledger import LedgerEntry, LedgerStatus, Withdrawal
 from fused.common.domain.records import JobEvent, JobStatus
 from fused.common.domain.specs import (
@@ -60,6 +60,7 @@ __all__ = [
     "NotFound",
     "Participant",
     "PermissionDenied",
+    "Ranking",
     "ResourceExhausted",
     "RetrainConfig",
     "ServerError",

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import grpc
 
 from fused.client.errors import LocalError, Timeout, Unavailable, coordinator_error
-from fused.client.records import Job, LayerScore, Participant, Version
+from fused.client.records import Job, LayerScore, Participant, Ranking, Version
 from fused.client.upload import upload_artifact
 from fused.common.domain.ledger import ForgetRequest, LedgerEntry, Withdrawal
 from fused.common.domain.records import JobEvent
@@ -143,9 +143,21 @@ class Coordinator:
     def cancel(self, job_id: str) -> Job:
         return _job(self._write(self._stub.CancelJob, pb.CancelJobRequest(job_id=job_id)))
 
-    def layers(self, job_id: str) -> list[LayerScore]:
+    def layers(self, job_id: str) -> Ranking:
+        """The job's layer selection: its rule, and every tensor's scores."""
         reply = self._read(self._stub.GetLayers, pb.GetJobRequest(job_id=job_id))
-        return [LayerScore(s.name, s.distance, s.numel, s.selected) for s in reply.layers]
+        layers = [
+            LayerScore(
+                s.name,
+                s.distance,
+                s.numel,
+                s.selected,
+                s.forget_distance if s.HasField("forget_distance") else None,
+                s.score,
+            )
+            for s in reply.layers
+        ]
+        return Ranking(reply.selection, layers, reply.note)
 
     def events(
         self, job_id: str, after_seq: int = 0, timeout_s: float | None = None

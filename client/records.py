@@ -17,6 +17,7 @@ from fused.common.domain.records import (
     ParticipantRecord,
     RoundRecord,
 )
+from fused.common.domain.round_metrics import LayerScore, Ranking
 
 __all__ = [
     "Job",
@@ -24,6 +25,7 @@ __all__ = [
     "LayerScore",
     "LedgerEntry",
     "Participant",
+    "Ranking",
     "Version",
     "Withdrawal",
     "as_json",
@@ -89,16 +91,6 @@ class Participant:
         }
 
 
-@dataclass(frozen=True)
-class LayerScore:
-    """One tensor of a FUSED job's sensitivity ranking."""
-
-    name: str
-    distance: float  # sample-weighted mean L1 distance
-    numel: int
-    selected: bool  # adapted
-
-
 def as_json(value: Any) -> Any:
     """A record (or a list of them) as the JSON `fusedctl --json` prints."""
     if isinstance(value, list):
@@ -110,8 +102,6 @@ def as_json(value: Any) -> Any:
             **{k: getattr(value, k) for k in ("version_id", "job_id", "message")},
             "entry": to_json(value.entry),
         }
-    if isinstance(value, LayerScore):
-        return {k: getattr(value, k) for k in ("name", "distance", "numel", "selected")}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return to_json(value)
     return value  # plain JSON already

@@ -160,8 +160,9 @@ class ControlServicer(LedgerCalls, control_pb2_grpc.ControlServiceServicer):
         for record in self.store.list_rounds(request.job_id):
             ranking = record.metrics.ranking
             if record.phase == Phase.SENSITIVITY and ranking is not None:
+                layers = [control_pb2.LayerScore(**vars(score)) for score in ranking.layers]
                 return control_pb2.LayersResponse(
-                    layers=[control_pb2.LayerScore(**vars(score)) for score in ranking]
+                    layers=layers, selection=ranking.rule, note=ranking.note
                 )
         raise RequestRefused(
             FAILED_PRECONDITION,

@@ -90,6 +90,8 @@ FIELDS: Mapping[str, Limit] = {
     "EvalResult.forget_losses": Limit(items=64, high=MAX_COUNT),
     "SensitivityResult.distances": TENSOR_NAMES,
     "SensitivityResult.num_examples": COUNT,
+    "SensitivityResult.forget_distances": TENSOR_NAMES,
+    "SensitivityResult.forget_examples": COUNT,
     "TaskError.message": Limit(chars=MAX_REASON_CHARS, text=False),  # free text, escaped later
     "DownloadBlobRequest.blob_id": ID,
     "DownloadBlobRequest.offset": OFFSET,
@@ -125,6 +127,7 @@ FIELDS: Mapping[str, Limit] = {
     "UnlearningSpec.layers": TENSOR_NAMES,
     "UnlearningSpec.seed": SEED,
     "UnlearningSpec.upload_dtype": NAME,
+    "UnlearningSpec.selection": NAME,
     "TrainConfig.seed": SEED,
     "ForgetSpec.paradigm": NAME,
     "ForgetSpec.participant_id": ID,

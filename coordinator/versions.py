@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Mapping
 
 import torch
 
 from fused.common.codecs.tensor_codec import TensorSchema, decode_tensors, encode_tensors
+from fused.common.domain.records import JobKind
+from fused.common.domain.specs import TrainingSpec
 from fused.coordinator.artifacts import ArtifactStore
 from fused.coordinator.state import ModelVersion, StateStore
 
@@ -48,3 +51,18 @@ def lineage(store: StateStore, version: ModelVersion) -> list[ModelVersion]:
             break
         chain.append(parent)
     return chain
+
+
+def original_training(store: StateStore, version: ModelVersion) -> TrainingSpec | None:
+    """The spec of the training that began `version`'s chain (its oldest version a training
+    job produced); None when no training job made one (weights imported some other way)."""
+    for ancestor in reversed(lineage(store, version)):
+        job = store.get_job(ancestor.job_id) if ancestor.job_id else None
+        if job is not None and job.kind == JobKind.TRAIN:
+            return TrainingSpec.from_dict(
+                {k: v for k, v in job.spec.items() if k in _TRAINING_KEYS}
+            )
+    return None
+
+
+_TRAINING_KEYS = {f.name for f in dataclasses.fields(TrainingSpec)}

@@ -7,7 +7,13 @@ from collections.abc import Mapping
 
 import torch
 
-from fused.common.domain.tasks import AdapterRef, EvalOutcome, ForgetSet, ForgetSpec
+from fused.common.domain.tasks import (
+    AdapterRef,
+    EvalOutcome,
+    ForgetSet,
+    ForgetSpec,
+    SensitivityOutcome,
+)
 from fused.common.domain.train_config import TrainConfig
 from fused.common.ml.adapters import (
     AdapterLayout,
@@ -15,8 +21,14 @@ from fused.common.ml.adapters import (
     attach_adapter,
     build_layout,
 )
+from fused.common.ml.data.tensors import TensorData
 from fused.common.ml.workloads import Workload
-from fused.participant.forgetting import forgotten_set, remaining_test, remaining_train
+from fused.participant.forgetting import (
+    forgotten_set,
+    forgotten_train,
+    remaining_test,
+    remaining_train,
+)
 from fused.participant.site import Site
 from fused.participant.training import TrainStats, score, train_local
 
@@ -47,16 +59,31 @@ def local_sensitivity(
     weights: Mapping[str, torch.Tensor],
     cfg: TrainConfig,
     excluded: ForgetSet | None = None,
-) -> tuple[dict[str, float], int]:
+    forget: ForgetSpec | None = None,
+) -> SensitivityOutcome:
     """Critical layer identification: train one round, report sum |p_after - p_before| per
-    adaptable parameter tensor (plain L1, no size normalisation), never the model itself."""
+    adaptable parameter tensor (plain L1, no size normalisation), never the model itself.
+    With `forget` (a forget-aware selection rule asks), the same again from the same weights
+    on this participant's forgotten training data alone, if it holds any."""
+    data = remaining_train(site, None, cfg.seed, excluded)
+    distances, n = _moved(site, weights, data, cfg)
+    held = forgotten_train(site, forget) if forget is not None else None
+    if held is None or len(held) == 0:
+        return SensitivityOutcome(distances, n)
+    forget_distances, n_forget = _moved(site, weights, held, cfg)
+    return SensitivityOutcome(distances, n, forget_distances, n_forget)
+
+
+def _moved(
+    site: Site, weights: Mapping[str, torch.Tensor], data: TensorData, cfg: TrainConfig
+) -> tuple[dict[str, float], int]:
+    """Per adaptable tensor, sum |after - before| after one local round on `data`."""
     model = load_model(site.workload, weights)
     before = {
         name: p.detach().clone()
         for name, p in model.named_parameters()
         if site.workload.adaptable(name)
     }
-    data = remaining_train(site, None, cfg.seed, excluded)
     stats = train_local(model, data, cfg, objective=site.workload)
     distances = {
         name: float((p.detach() - before[name]).abs().sum(dtype=torch.float64))

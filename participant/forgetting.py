@@ -63,18 +63,56 @@ def remaining_train(
     if forget.paradigm == "participant":
         return _empty(data) if forget.participant_id == me else data
     if forget.paradigm == "samples":
-        if forget.participant_id != me:
-            return data
-        hit = _holds(data, forget.sample_ids)
+        hit = _holds(data, forget.sample_ids) if forget.participant_id == me else None
     else:
         _num_classes(site)
         hit = data.y == forget.class_label
-    if not forget.relabel:
-        return data.subset(~hit)
-    n = _num_classes(site)
-    gen = torch.Generator().manual_seed(seed)
-    shift = torch.randint(1, n, (len(data),), generator=gen)
-    return dataclasses.replace(data, y=torch.where(hit, (data.y + shift) % n, data.y))
+    if hit is not None and not forget.relabel:
+        data, hit = data.subset(~hit), None
+    elif hit is not None:
+        n = _num_classes(site)
+        gen = torch.Generator().manual_seed(seed)
+        shift = torch.randint(1, n, (len(data),), generator=gen)
+        data = dataclasses.replace(data, y=torch.where(hit, (data.y + shift) % n, data.y))
+    if forget.paradigm == "samples" and forget.trigger_size > 0:
+        data = counter_trigger(site, data, forget.trigger_size, seed, hit)
+    return data
+
+
+COUNTER_TRIGGER_SHARE = 0.2
+
+
+def counter_trigger(
+    site: Site, data: TensorData, size: int, seed: int, skip: torch.Tensor | None
+) -> TensorData:
+    """A request that names its backdoor's trigger is unlearnt by every participant, not only
+    the holder: a seeded share of the remaining samples gets the trigger stamped in and keeps
+    its true label, so the federation's updates teach the model to ignore the trigger
+    (`skip`: the holder's forgotten samples, which carry it already)."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    pick = torch.rand(len(data), generator=gen) < COUNTER_TRIGGER_SHARE
+    if skip is not None:
+        pick &= ~skip
+    if not bool(pick.any()):
+        return data
+    x = data.x.clone()
+    x[pick] = site.workload.trigger(data.x[pick], size)
+    return dataclasses.replace(data, x=x)
+
+
+def forgotten_train(site: Site, forget: ForgetSpec) -> TensorData:
+    """The training samples of this participant the request forgets, with the labels it
+    trained on (a backdoor's target, a flipper's flipped labels): what a forget-aware selection
+    rule measures. Empty when it holds none."""
+    train = site.data.train
+    if forget.paradigm == "participant":
+        return train if forget.participant_id == site.participant_id else _empty(train)
+    if forget.paradigm == "class":
+        _num_classes(site)
+        return train.subset(train.y == forget.class_label)
+    if forget.participant_id != site.participant_id:
+        return _empty(train)
+    return train.subset(_holds(train, forget.sample_ids))
 
 
 def remaining_test(

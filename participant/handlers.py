@@ -17,7 +17,6 @@ import torch
 from fused.common.codecs.adapter_codec import decode_adapter, encode_adapter
 from fused.common.codecs.tensor_codec import decode_tensors, encode_tensors
 from fused.common.domain.tasks import (
-    SensitivityOutcome,
     TaskKind,
     TaskOutcome,
     TaskSpec,
@@ -149,11 +148,12 @@ def evaluate(task: TaskSpec, ctx: TaskContext, transport: ArtifactTransport) -> 
 
 
 def sensitivity(task: TaskSpec, ctx: TaskContext, transport: ArtifactTransport) -> TaskOutcome:
-    """Per-tensor L1 distances after one round of training; the model stays here."""
-    distances, n = local_sensitivity(ctx.site, ctx.weights, task.train, task.excluded)
-    if not all(math.isfinite(d) for d in distances.values()):
+    """Per-tensor L1 distances after one round of training (and on the forgotten data, when
+    the task carries the request); the model stays here."""
+    outcome = local_sensitivity(ctx.site, ctx.weights, task.train, task.excluded, task.forget)
+    moved = [*outcome.distances.values(), *outcome.forget_distances.values()]
+    if not all(math.isfinite(d) for d in moved):
         raise NonFiniteResult("local training diverged: non-finite layer distances")
-    outcome = SensitivityOutcome(distances, n)
     return TaskOutcome(ctx.site.participant_id, task.task_id, sensitivity=outcome)
 
 

@@ -66,12 +66,24 @@ class EvalSummary:
 
 @dataclass(frozen=True)
 class LayerScore:
-    """One parameter tensor in the critical-layer ranking."""
+    """One parameter tensor in the sensitivity ranking."""
 
     name: str
-    distance: float  # sample-weighted mean L1 distance
+    distance: float  # sample-weighted mean L1 distance on the participants' data (CLI)
     numel: int
     selected: bool
+    # the same on the forgotten data alone; None when the rule did not ask or no holder reported
+    forget_distance: float | None = None
+    score: float = 0.0  # what the selection rule ranked by (the CLI rule: distance)
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """A FUSED job's layer selection: the rule, why it chose as it did, the ranked tensors."""
+
+    rule: str
+    layers: list[LayerScore]
+    note: str = ""  # e.g. a forget-aware rule that fell back to CLI, and why
 
 
 _EVAL_KEYS = ("accuracy", "fa", "forget_total", "loss", "num_examples", "correct", "total")
@@ -86,7 +98,7 @@ class RoundMetrics:
     bytes: ByteSummary | None = None
     aggregate: AggregateSummary | None = None
     evaluation: EvalSummary | None = None
-    ranking: list[LayerScore] | None = None
+    ranking: Ranking | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"seconds": self.seconds, "failures": dict(self.failures)}
@@ -100,7 +112,8 @@ class RoundMetrics:
         if self.evaluation is not None:
             out.update(_eval_dict(self.evaluation))
         if self.ranking is not None:
-            out["ranking"] = [_score_dict(s) for s in self.ranking]
+            out["ranking"] = [_score_dict(s) for s in self.ranking.layers]
+            out["selection"] = {"rule": self.ranking.rule, "note": self.ranking.note}
         return out
 
     @classmethod
@@ -112,7 +125,7 @@ class RoundMetrics:
             bytes=ByteSummary.from_dict(raw_bytes) if isinstance(raw_bytes, dict) else None,
             aggregate=_aggregate(data),
             evaluation=_evaluation(data),
-            ranking=[LayerScore(**s) for s in data["ranking"]] if "ranking" in data else None,
+            ranking=_ranking(data),
         )
 
 
@@ -125,7 +138,20 @@ def _eval_dict(e: EvalSummary) -> dict[str, Any]:
 
 
 def _score_dict(s: LayerScore) -> dict[str, Any]:
-    return {"name": s.name, "distance": s.distance, "numel": s.numel, "selected": s.selected}
+    out = {"name": s.name, "distance": s.distance, "numel": s.numel, "selected": s.selected}
+    if s.forget_distance is not None:
+        out["forget_distance"] = s.forget_distance
+    out["score"] = s.score
+    return out
+
+
+def _ranking(data: dict[str, Any]) -> Ranking | None:
+    """Records written before selection rules existed ranked by CLI distance."""
+    if "ranking" not in data:
+        return None
+    layers = [LayerScore(**{"score": s["distance"], **s}) for s in data["ranking"]]
+    selection = data.get("selection", {"rule": "cli", "note": ""})
+    return Ranking(selection["rule"], layers, selection["note"])
 
 
 def _aggregate(data: dict[str, Any]) -> AggregateSummary | None:

@@ -73,6 +73,10 @@ class TrainingSpec:
 
 
 UPLOAD_DTYPES = ("float32", "float16", "bfloat16")
+DEFAULT_SELECTION = "cli"
+DEFAULT_STOP_PATIENCE = 3
+DEFAULT_UNLEARNING_ROUNDS = 20
+DEFAULT_STOP_MIN_DELTA = 0.1
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,9 @@ class FusedConfig(MethodConfig):
     layers: tuple[str, ...] = ()  # ... or exactly these
     density: float = 0.1  # adapter mask density rho
     upload_dtype: str = "float32"  # float32, float16 or bfloat16 adapter uploads
+    # how the K tensors are chosen: a rule of fused.coordinator.methods.selection (the
+    # coordinator checks the name when the job starts)
+    selection: str = DEFAULT_SELECTION
 
     def validate(self) -> None:
         checks = [
@@ -141,8 +148,10 @@ class UnlearningSpec:
     forget: ForgetSpec
     config: MethodConfig = field(default_factory=FusedConfig)  # the method and its knobs
     base_version: str = ""  # "" = the active version
-    rounds: int = 5
-    train: TrainConfig = field(default_factory=TrainConfig)
+    rounds: int = DEFAULT_UNLEARNING_ROUNDS  # the cap, when a stopping rule is on
+    # None = the local optimiser settings of the training that began the base's chain: a
+    # federation's own learning rate and epochs (resolved when the job starts)
+    train: TrainConfig | None = None
     min_participants: int = 1
     round_deadline_s: float = 300.0
     wait_for_participants_s: float = 60.0
@@ -152,6 +161,11 @@ class UnlearningSpec:
     # A withdrawal's rebuild: the ledger entries this job applies again on `base_version`
     # (`forget` is the last of them); it records no new entry. () = a new request.
     replays: tuple[str, ...] = ()
+    # Stop by measurement: once the forgotten set's federated FA has not fallen below
+    # (1 - stop_min_delta) x its lowest so far for `stop_patience` rounds, or is 0; `rounds`
+    # is then the cap. 0 = run every round.
+    stop_patience: int = DEFAULT_STOP_PATIENCE
+    stop_min_delta: float = DEFAULT_STOP_MIN_DELTA
 
     @property
     def method(self) -> str:
@@ -159,7 +173,8 @@ class UnlearningSpec:
 
     def validate(self) -> None:
         try:
-            self.train.validate()
+            if self.train is not None:
+                self.train.validate()
             self.forget.validate()
         except ValueError as exc:
             raise SpecError(str(exc)) from exc
@@ -168,6 +183,15 @@ class UnlearningSpec:
         checks = [
             (self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}"),
             (self.min_participants >= 1, "min_participants must be >= 1"),
+            (self.stop_patience >= 0, f"stop_patience must be >= 0, got {self.stop_patience}"),
+            (
+                0 <= self.stop_min_delta < 1,  # a fraction of the lowest FA
+                f"stop_min_delta must be in [0, 1), got {self.stop_min_delta}",
+            ),
+            (
+                self.stop_patience == 0 or self.evaluate_each_round,
+                "stop_patience needs evaluate_each_round (it stops on the measured FA)",
+            ),
             *_schedule_checks(self),
         ]
         _check(checks)
@@ -176,19 +200,22 @@ class UnlearningSpec:
         """The stored form: flat, the method's own fields beside the common ones."""
         common = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         del common["config"]
-        common.update(forget=dataclasses.asdict(self.forget), train=dataclasses.asdict(self.train))
+        train = dataclasses.asdict(self.train) if self.train is not None else None
+        common.update(forget=dataclasses.asdict(self.forget), train=train)
         common["policy"] = self.policy.to_dict()
         common["replays"] = list(self.replays)
         return {**common, "method": self.method, **self.config.to_fields()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> UnlearningSpec:
+        # a spec stored before these fields existed ran every round and ranked by CLI
+        data = {"stop_patience": 0, "selection": "cli", **data}
         nested = {"forget", "config", "train", "policy", "replays"}
         own = {f.name for f in dataclasses.fields(cls)} - nested
         return cls(
             forget=ForgetSpec.from_dict(data["forget"]),
             config=method_config(str(data.get("method", "fused")), data),
-            train=TrainConfig(**data.get("train", {})),
+            train=TrainConfig(**data["train"]) if data.get("train") is not None else None,
             policy=AggregationPolicy.from_dict(data.get("policy")),
             replays=tuple(str(e) for e in data.get("replays", ())),
             **{k: v for k, v in data.items() if k in own},

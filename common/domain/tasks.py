@@ -196,6 +196,10 @@ class EvalOutcome:
 class SensitivityOutcome:
     distances: dict[str, float]  # parameter tensor -> sum |after - before|
     num_examples: int
+    # the same after training on this participant's forgotten data alone (asked by a
+    # forget-aware selection rule); {} and 0 when not asked or it holds none
+    forget_distances: dict[str, float] = field(default_factory=dict)
+    forget_examples: int = 0
 
 
 @dataclass(frozen=True)

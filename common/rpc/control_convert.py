@@ -20,6 +20,7 @@ from fused.common.domain.records import (
     RoundRecord,
 )
 from fused.common.domain.specs import (
+    DEFAULT_SELECTION,
     ConsolidationSpec,
     TrainingSpec,
     UnlearningSpec,
@@ -46,6 +47,7 @@ _SCHEDULE_FIELDS = (
     "seed",
     "evaluate_each_round",
 )
+_STOP_FIELDS = ("stop_patience", "stop_min_delta")
 _TRAINING_FIELDS = (
     *_SCHEDULE_FIELDS,
     "model",
@@ -119,9 +121,10 @@ def unlearning_spec_to_proto(spec: UnlearningSpec) -> control_pb2.UnlearningSpec
         base_version=spec.base_version,
         forget=forget_to_proto(spec.forget),
         method=spec.method,
-        train=train_config_to_proto(spec.train),
+        train=train_config_to_proto(spec.train) if spec.train is not None else None,
         policy=policy_to_proto(spec.policy),
         **copy_fields(spec, _SCHEDULE_FIELDS),
+        **copy_fields(spec, _STOP_FIELDS),
         **spec.config.to_fields(),  # the method's own knobs are fields of the message
     )
 
@@ -132,14 +135,16 @@ def unlearning_spec_from_proto(msg: control_pb2.UnlearningSpec) -> UnlearningSpe
         "layers": tuple(msg.layers),
         "density": msg.density,
         "upload_dtype": msg.upload_dtype or "float32",
+        "selection": msg.selection or DEFAULT_SELECTION,
     }
     return UnlearningSpec(
         base_version=msg.base_version,
         forget=forget_from_proto(msg.forget),
         config=method_config(msg.method, knobs),  # SpecError for an unknown method
-        train=train_config_from_proto(msg.train),
+        train=train_config_from_proto(msg.train) if msg.HasField("train") else None,
         policy=policy_from_proto(msg.policy),
         **copy_fields(msg, _SCHEDULE_FIELDS),
+        **copy_fields(msg, _STOP_FIELDS),
     )
 
 

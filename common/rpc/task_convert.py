@@ -164,7 +164,10 @@ def outcome_from_proto(msg: participant_pb2.PushResultRequest) -> TaskOutcome:
         )
         return TaskOutcome(msg.participant_id, msg.task_id, eval=ev)
     if which == "sensitivity":
-        sens = SensitivityOutcome(dict(msg.sensitivity.distances), msg.sensitivity.num_examples)
+        s = msg.sensitivity
+        sens = SensitivityOutcome(
+            dict(s.distances), s.num_examples, dict(s.forget_distances), s.forget_examples
+        )
         return TaskOutcome(msg.participant_id, msg.task_id, sensitivity=sens)
     if which == "error":
         return TaskOutcome(msg.participant_id, msg.task_id, error=msg.error.message)

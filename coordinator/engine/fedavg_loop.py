@@ -34,6 +34,7 @@ from fused.coordinator.engine.rounds import (
     seeded,
 )
 from fused.coordinator.engine.screening import round_weights, screen_updates
+from fused.coordinator.engine.stopping import Plateau
 from fused.coordinator.fleet import ResultCheck
 
 Tensors = dict[str, torch.Tensor]
@@ -83,6 +84,7 @@ class FedAvgPlan:
     deadline_s: float
     evaluate_each_round: bool
     forget: ForgetSpec | None = None
+    stop: Plateau | None = None  # stop once the forgotten set's FA stops falling
 
 
 def update_check(ctx: JobContext, payload: Payload) -> ResultCheck[Tensors]:
@@ -118,13 +120,19 @@ async def fedavg_rounds(
     last committed round; returns the final aggregate's blob and the per-round history."""
     start = last_checkpoint(ctx, plan.phase, payload.kind)
     blob, history, first = _starting_point(start, first_blob)
+    if history and history[-1].evaluation is None and plan.evaluate_each_round:
+        # resumed between a round's aggregate and its evaluation: the stop rule needs it
+        history[-1].evaluation = await _evaluate(ctx, model, plan, payload, first - 1, blob)
     for r in range(first, plan.rounds + 1):
+        if plan.stop is not None and plan.stop.reason(history) is not None:
+            break  # also where a resumed job had stopped
         blob, entry = await _one_round(ctx, model, plan, payload, blob, r)
         history.append(entry)
         if plan.evaluate_each_round or r == plan.rounds:
             entry.evaluation = await _evaluate(ctx, model, plan, payload, r, blob)
     if history and history[-1].evaluation is None:  # resumed after the last aggregate
-        history[-1].evaluation = await _evaluate(ctx, model, plan, payload, plan.rounds, blob)
+        last = history[-1].round
+        history[-1].evaluation = await _evaluate(ctx, model, plan, payload, last, blob)
     return blob, history
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from fused.common.domain.ledger import LedgerEntry, LedgerStatus
 from fused.common.domain.records import JobKind, ModelVersion, Phase, VersionKind
 from fused.common.domain.round_metrics import EvalSummary
-from fused.common.domain.specs import ConsolidationSpec, SpecError, TrainingSpec
+from fused.common.domain.specs import ConsolidationSpec, SpecError
 from fused.common.domain.version_meta import VersionMeta
 from fused.coordinator.engine.checkpoints import committed_round
 from fused.coordinator.engine.context import JobContext, JobFailed
@@ -29,7 +29,12 @@ from fused.coordinator.engine.participants import join_federation, version_feder
 from fused.coordinator.engine.schemas import load_schema, num_parameters
 from fused.coordinator.engine.weights import WeightsPayload
 from fused.coordinator.state import StateStore
-from fused.coordinator.versions import active_version, lineage, load_weights, save_weights
+from fused.coordinator.versions import (
+    active_version,
+    load_weights,
+    original_training,
+    save_weights,
+)
 
 CONSOLIDATES_KEY = "consolidates"  # the active ledger entries when the job was created
 
@@ -118,20 +123,13 @@ def _training_budget(
     store: StateStore, top: ModelVersion, request: ConsolidationSpec
 ) -> ConsolidationSpec:
     """The request with the rounds, train config and seed of the training that began the
-    chain (its oldest version a training job produced): the retrain it is measured against."""
-    for version in reversed(lineage(store, top)):
-        job = store.get_job(version.job_id) if version.job_id else None
-        if job is not None and job.kind == JobKind.TRAIN:
-            trained = TrainingSpec.from_dict(
-                {k: v for k, v in job.spec.items() if k in _TRAINING_KEYS}
-            )
-            return dataclasses.replace(
-                request, rounds=trained.rounds, train=trained.train, seed=trained.seed
-            )
-    raise SpecError(f"no training job in the lineage of {top.version_id}: give the rounds")
-
-
-_TRAINING_KEYS = {f.name for f in dataclasses.fields(TrainingSpec)}
+    chain: the retrain it is measured against."""
+    trained = original_training(store, top)
+    if trained is None:
+        raise SpecError(f"no training job in the lineage of {top.version_id}: give the rounds")
+    return dataclasses.replace(
+        request, rounds=trained.rounds, train=trained.train, seed=trained.seed
+    )
 
 
 def _entries(ctx: JobContext, entry_ids: tuple[str, ...]) -> list[LedgerEntry]:

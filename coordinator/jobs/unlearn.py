@@ -3,13 +3,15 @@ method on the remaining data, store the result as a new version whose parent is 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from fused.common.domain.ledger import LedgerEntry, LedgerStatus
 from fused.common.domain.records import JobKind, Phase
 from fused.common.domain.round_metrics import EvalSummary
-from fused.common.domain.specs import UnlearningSpec
+from fused.common.domain.specs import FusedConfig, SpecError, UnlearningSpec
 from fused.common.domain.tasks import ForgetSpec
+from fused.common.domain.train_config import TrainConfig
 from fused.common.domain.version_meta import UnlearnedMeta, VersionMeta
 from fused.coordinator.engine.checkpoints import committed_round
 from fused.coordinator.engine.context import JobContext, JobFailed
@@ -23,10 +25,25 @@ from fused.coordinator.engine.kind import (
 )
 from fused.coordinator.engine.participants import join_federation, version_federation
 from fused.coordinator.engine.schemas import load_schema, num_parameters
+from fused.coordinator.engine.stopping import stop_note
 from fused.coordinator.methods import METHODS
-from fused.coordinator.methods.base import Base, Unlearned
+from fused.coordinator.methods.base import Base, Unlearned, stop_rule
+from fused.coordinator.methods.selection import SELECTION_RULES
 from fused.coordinator.state import StateStore
-from fused.coordinator.versions import active_version, load_weights
+from fused.coordinator.versions import active_version, load_weights, original_training
+
+
+def _inherited_training(store: StateStore, version_id: str) -> TrainConfig:
+    """The local optimiser settings of the training that began the base's chain."""
+    base = store.get_model_version(version_id) if version_id else active_version(store)
+    trained = original_training(store, base) if base is not None else None
+    if trained is None:
+        named = version_id or "the served version"
+        raise SpecError(
+            f"no training job made {named} or its ancestors: give the local training "
+            "settings (lr, local epochs, batch size)"
+        )
+    return trained.train
 
 
 class UnlearningJob(JobKindHandler):
@@ -38,7 +55,14 @@ class UnlearningJob(JobKindHandler):
 
     def prepare(self, store: StateStore, request: Any) -> dict[str, Any]:
         assert isinstance(request, UnlearningSpec)
-        return checked_spec(store, request, "base_version")
+        config = request.config
+        if isinstance(config, FusedConfig) and config.selection not in SELECTION_RULES:
+            rules = ", ".join(SELECTION_RULES)
+            raise SpecError(f"selection must be one of {rules}, got {config.selection!r}")
+        spec = checked_spec(store, request, "base_version")
+        if request.train is None:  # stored explicitly, so a resumed job trains alike
+            spec["train"] = dataclasses.asdict(_inherited_training(store, request.base_version))
+        return spec
 
     async def run(self, ctx: JobContext, spec_dict: dict[str, Any], resume: bool) -> JobResult:
         spec = UnlearningSpec.from_dict(spec_dict)
@@ -73,6 +97,8 @@ class UnlearningJob(JobKindHandler):
             "mia_after": after.mia_auc,
             "model_params": version.num_params,
             "seconds": ctx.clock() - started,
+            "rounds_run": unlearned.history[-1].round,
+            "stopped": stop_note(stop_rule(spec), unlearned.history, spec.rounds),
             **unlearned.details,
             "history": [entry.to_dict() for entry in unlearned.history],
         }

@@ -11,12 +11,14 @@ import torch
 
 from fused.common.domain.records import ModelVersion, Phase, VersionKind
 from fused.common.domain.specs import UnlearningSpec
+from fused.common.domain.train_config import TrainConfig
 from fused.common.domain.version_meta import AdapterMeta
 from fused.coordinator.engine.checkpoints import HistoryEntry
-from fused.coordinator.engine.context import JobContext
+from fused.coordinator.engine.context import JobContext, JobFailed
 from fused.coordinator.engine.evaluation import ModelInfo
 from fused.coordinator.engine.fedavg_loop import FedAvgPlan
 from fused.coordinator.engine.schemas import Schema
+from fused.coordinator.engine.stopping import Plateau
 
 
 @dataclass(frozen=True)
@@ -55,11 +57,23 @@ def fedavg_plan(spec: UnlearningSpec, phase: Phase) -> FedAvgPlan:
     return FedAvgPlan(
         phase,
         spec.rounds,
-        spec.train,
+        local_training(spec),
         spec.seed,
         0,  # every participant holding remaining data
         spec.min_participants,
         spec.round_deadline_s,
         spec.evaluate_each_round,
         spec.forget,
+        stop_rule(spec),
     )
+
+
+def local_training(spec: UnlearningSpec) -> TrainConfig:
+    """The job's optimiser settings: the start resolved an inherited one (jobs.unlearn)."""
+    if spec.train is None:
+        raise JobFailed("the job's spec names no local training settings")
+    return spec.train
+
+
+def stop_rule(spec: UnlearningSpec) -> Plateau | None:
+    return Plateau(spec.stop_patience, spec.stop_min_delta) if spec.stop_patience else None

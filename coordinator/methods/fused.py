@@ -77,7 +77,7 @@ class Fused(UnlearningMethod):
         config = spec.config
         assert isinstance(config, FusedConfig)  # the registry pairs the name with the config
         ranking = await critical_layers(ctx, spec, config, base)
-        selected = [score.name for score in ranking if score.selected]
+        selected = [score.name for score in ranking.layers if score.selected]
         mask_seed = task_seed(spec.seed, 0, "mask")
         shapes = {n: tuple(base.weights[n].shape) for n in selected}
         layout = build_layout(shapes, config.density, mask_seed)
@@ -97,5 +97,9 @@ class Fused(UnlearningMethod):
             mask_digest=layout.digest,
             adapter_params=layout.num_values,
         )
-        details = {"critical_layers": selected, "ranking": [asdict(s) for s in ranking]}
+        details = {
+            "critical_layers": selected,
+            "selection": ranking.rule,
+            "ranking": [asdict(s) for s in ranking.layers],
+        }
         return Unlearned(VersionKind.ADAPTER, digest, history, meta, details)

@@ -1,12 +1,15 @@
-"""Critical-layer identification (CLI), FUSED's first phase: every online participant trains
-one local round from the base and reports, per parameter tensor, the L1 distance it moved;
-tensors are ranked by the sample-weighted mean distance. Only those scalars leave a
-participant."""
+"""FUSED's first phase: every online participant trains one local round from the base and
+reports, per parameter tensor, the L1 distance it moved (critical-layer identification, CLI);
+a forget-aware rule also asks the holders of the forgotten data for the same on that data
+alone. The selection rule (methods.selection) ranks the tensors from these sample-weighted
+means. Only those scalars leave a participant."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from fused.common.domain.records import Phase
-from fused.common.domain.round_metrics import LayerScore, RoundMetrics
+from fused.common.domain.round_metrics import LayerScore, Ranking, RoundMetrics
 from fused.common.domain.specs import FusedConfig, UnlearningSpec
 from fused.common.domain.tasks import SensitivityOutcome, TaskKind, TaskOutcome
 from fused.common.ml.plausibility import capped_weights
@@ -23,7 +26,8 @@ from fused.coordinator.engine.rounds import (
 )
 from fused.coordinator.engine.schemas import adaptable_sizes
 from fused.coordinator.fleet import ResultCheck
-from fused.coordinator.methods.base import Base
+from fused.coordinator.methods.base import Base, local_training
+from fused.coordinator.methods.selection import Sensitivity, selection_rule
 
 
 def sensitivity_check(ctx: JobContext, shapes: dict[str, int]) -> ResultCheck[SensitivityOutcome]:
@@ -32,25 +36,34 @@ def sensitivity_check(ctx: JobContext, shapes: dict[str, int]) -> ResultCheck[Se
         if sens is None:
             raise ValueError("expected a sensitivity result for a sensitivity task")
         check_examples(ctx, outcome, sens.num_examples)
-        if set(sens.distances) != set(shapes):
-            raise ValueError("sensitivity distances must name exactly the adaptable parameters")
-        if not all(v >= 0 and v != float("inf") for v in sens.distances.values()):
-            raise ValueError("sensitivity distances must be finite and non-negative")
+        _check_distances(sens.distances, shapes, "sensitivity distances")
+        if sens.forget_distances or sens.forget_examples:
+            check_examples(ctx, outcome, sens.forget_examples)
+            _check_distances(sens.forget_distances, shapes, "forget distances")
         return sens
 
     return check
 
 
+def _check_distances(distances: dict[str, float], shapes: dict[str, int], what: str) -> None:
+    if set(distances) != set(shapes):
+        raise ValueError(f"{what} must name exactly the adaptable parameters")
+    if not all(v >= 0 and v != float("inf") for v in distances.values()):
+        raise ValueError(f"{what} must be finite and non-negative")
+
+
 async def critical_layers(
     ctx: JobContext, spec: UnlearningSpec, config: FusedConfig, base: Base
-) -> list[LayerScore]:
-    """The ranking, with the tensors to adapt selected (top K, or the layers named)."""
+) -> Ranking:
+    """The ranking by the config's selection rule, with the tensors to adapt selected (top K,
+    or the layers named)."""
     done = committed_round(ctx, Phase.SENSITIVITY, 1)
     if done is not None and done.ranking is not None:  # a resumed job keeps its ranking
         return done.ranking
     started = ctx.clock()
     ctx.progress(Phase.SENSITIVITY, 1)
     shapes = adaptable_sizes(base.schema)
+    rule = selection_rule(config.selection)
     plan = RoundPlan(
         Phase.SENSITIVITY,
         1,
@@ -60,7 +73,8 @@ async def critical_layers(
         base.model.name,
         base.model.num_classes,
         spec.round_deadline_s,
-        seeded(spec.train, spec.seed, 0),
+        seeded(local_training(spec), spec.seed, 0),
+        forget=spec.forget if rule.needs_forget else None,  # holders measure it too
     )
     result = await run_round(ctx, plan, sensitivity_check(ctx, shapes))
     check_quorum(result, spec.min_participants, Phase.SENSITIVITY, 1)
@@ -69,23 +83,49 @@ async def critical_layers(
     return ranking
 
 
+def measured(
+    result: RoundResult[SensitivityOutcome], shapes: dict[str, int], max_share: float = 1.0
+) -> Sensitivity:
+    """The round's distances: sample-weighted means (weights capped to `max_share`) over every
+    report, and over the forgotten data's holders."""
+    reports = [accepted.payload for accepted in result.in_order()]
+    weights = capped_weights([s.num_examples for s in reports], max_share)
+    retained = _mean([s.distances for s in reports], weights, shapes)
+    holders = [s for s in reports if s.forget_examples > 0]
+    forgotten = None
+    if holders:
+        held = [float(s.forget_examples) for s in holders]
+        forgotten = _mean([s.forget_distances for s in holders], held, shapes)
+    return Sensitivity(retained, forgotten, shapes)
+
+
+def _mean(
+    reports: list[dict[str, float]], weights: Sequence[float], shapes: dict[str, int]
+) -> dict[str, float]:
+    total = sum(weights)
+    return {
+        name: sum(d[name] * w for d, w in zip(reports, weights, strict=True)) / total
+        for name in shapes
+    }
+
+
 def rank(
     result: RoundResult[SensitivityOutcome],
     shapes: dict[str, int],
     config: FusedConfig,
     max_share: float = 1.0,
-) -> list[LayerScore]:
-    """Tensors by their mean distance, weighted by sample counts capped to `max_share`."""
-    reports = [accepted.payload for accepted in result.in_order()]
-    weights = capped_weights([s.num_examples for s in reports], max_share)
-    total = sum(weights)
-    scores = {
-        name: sum(s.distances[name] * w for s, w in zip(reports, weights, strict=True)) / total
-        for name in shapes
-    }
-    ranked = sorted(scores, key=lambda n: (-scores[n], n))
+) -> Ranking:
+    """Tensors by the selection rule's score; the top K (or the layers named) selected."""
+    sens = measured(result, shapes, max_share)
+    scores = selection_rule(config.selection).scores(sens)
+    ranked = sorted(scores.values, key=lambda n: (-scores.values[n], n))
     chosen = set(config.layers) if config.layers else set(ranked[: config.top_k])
     unknown = chosen - set(shapes)
     if unknown:
         raise JobFailed(f"layers the model lacks or keeps fixed: {', '.join(sorted(unknown))}")
-    return [LayerScore(n, scores[n], shapes[n], n in chosen) for n in ranked]
+    forgotten = sens.forgotten or {}
+    layers = [
+        LayerScore(n, sens.retained[n], shapes[n], n in chosen, forgotten.get(n), scores.values[n])
+        for n in ranked
+    ]
+    return Ranking(config.selection, layers, scores.note)

@@ -668,6 +668,9 @@ class UnlearningSpec(_message.Message):
     EVALUATE_EACH_ROUND_FIELD_NUMBER: _builtins.int
     UPLOAD_DTYPE_FIELD_NUMBER: _builtins.int
     POLICY_FIELD_NUMBER: _builtins.int
+    SELECTION_FIELD_NUMBER: _builtins.int
+    STOP_PATIENCE_FIELD_NUMBER: _builtins.int
+    STOP_MIN_DELTA_FIELD_NUMBER: _builtins.int
     base_version: _builtins.str
     """the model to unlearn from; "" = the active version"""
     method: _builtins.str
@@ -684,6 +687,13 @@ class UnlearningSpec(_message.Message):
     evaluate_each_round: _builtins.bool
     upload_dtype: _builtins.str
     """fused: adapter uploads as float32 (default), float16 or bfloat16"""
+    selection: _builtins.str
+    """fused: the layer selection rule (cli, forget, combined); "" = default"""
+    stop_patience: _builtins.int
+    """Stop early once the forgotten set's federated FA has not fallen below (1 - stop_min_delta)
+    x its lowest so far for stop_patience rounds (0 = run every round); `rounds` caps it.
+    """
+    stop_min_delta: _builtins.float
     @_builtins.property
     def forget(self) -> _common_pb2.ForgetSpec: ...
     @_builtins.property
@@ -714,10 +724,13 @@ class UnlearningSpec(_message.Message):
         evaluate_each_round: _builtins.bool = ...,
         upload_dtype: _builtins.str = ...,
         policy: Global___AggregationPolicy | None = ...,
+        selection: _builtins.str = ...,
+        stop_patience: _builtins.int = ...,
+        stop_min_delta: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["forget", b"forget", "policy", b"policy", "train", b"train"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_version", b"base_version", "density", b"density", "evaluate_each_round", b"evaluate_each_round", "forget", b"forget", "layers", b"layers", "method", b"method", "min_participants", b"min_participants", "policy", b"policy", "round_deadline_s", b"round_deadline_s", "rounds", b"rounds", "seed", b"seed", "top_k", b"top_k", "train", b"train", "upload_dtype", b"upload_dtype", "wait_for_participants_s", b"wait_for_participants_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_version", b"base_version", "density", b"density", "evaluate_each_round", b"evaluate_each_round", "forget", b"forget", "layers", b"layers", "method", b"method", "min_participants", b"min_participants", "policy", b"policy", "round_deadline_s", b"round_deadline_s", "rounds", b"rounds", "seed", b"seed", "selection", b"selection", "stop_min_delta", b"stop_min_delta", "stop_patience", b"stop_patience", "top_k", b"top_k", "train", b"train", "upload_dtype", b"upload_dtype", "wait_for_participants_s", b"wait_for_participants_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -780,11 +793,19 @@ class LayerScore(_message.Message):
     DISTANCE_FIELD_NUMBER: _builtins.int
     NUMEL_FIELD_NUMBER: _builtins.int
     SELECTED_FIELD_NUMBER: _builtins.int
+    FORGET_DISTANCE_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     distance: _builtins.float
-    """sample-weighted mean L1 distance"""
+    """sample-weighted mean L1 distance on the participants' data (CLI)"""
     numel: _builtins.int
     selected: _builtins.bool
+    forget_distance: _builtins.float
+    """The same on the forgotten data alone (its holders' sample-weighted mean); absent when
+    the rule did not ask for it or no holder reported.
+    """
+    score: _builtins.float
+    """what the selection rule ranks by"""
     def __init__(
         self,
         *,
@@ -792,12 +813,16 @@ class LayerScore(_message.Message):
         distance: _builtins.float = ...,
         numel: _builtins.int = ...,
         selected: _builtins.bool = ...,
+        forget_distance: _builtins.float | None = ...,
+        score: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_forget_distance", b"_forget_distance", "forget_distance", b"forget_distance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["distance", b"distance", "name", b"name", "numel", b"numel", "selected", b"selected"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_forget_distance", b"_forget_distance", "distance", b"distance", "forget_distance", b"forget_distance", "name", b"name", "numel", b"numel", "score", b"score", "selected", b"selected"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__forget_distance: _TypeAlias = _typing.Literal["forget_distance"]  # noqa: Y015
+    _WhichOneofArgType__forget_distance: _TypeAlias = _typing.Literal["_forget_distance", b"_forget_distance"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__forget_distance) -> _WhichOneofReturnType__forget_distance | None: ...
 
 Global___LayerScore: _TypeAlias = LayerScore  # noqa: Y015
 
@@ -806,18 +831,26 @@ class LayersResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     LAYERS_FIELD_NUMBER: _builtins.int
+    SELECTION_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    selection: _builtins.str
+    """the rule that chose: cli, forget, combined"""
+    note: _builtins.str
+    """why the rule fell back or chose as it did, if it says"""
     @_builtins.property
     def layers(self) -> _containers.RepeatedCompositeFieldContainer[Global___LayerScore]:
-        """ranked, most sensitive first"""
+        """ranked by the rule's score, highest first"""
 
     def __init__(
         self,
         *,
         layers: _abc.Iterable[Global___LayerScore] | None = ...,
+        selection: _builtins.str = ...,
+        note: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["layers", b"layers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["layers", b"layers", "note", b"note", "selection", b"selection"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

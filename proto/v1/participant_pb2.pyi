@@ -517,22 +517,53 @@ class SensitivityResult(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class ForgetDistancesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     DISTANCES_FIELD_NUMBER: _builtins.int
     NUM_EXAMPLES_FIELD_NUMBER: _builtins.int
+    FORGET_DISTANCES_FIELD_NUMBER: _builtins.int
+    FORGET_EXAMPLES_FIELD_NUMBER: _builtins.int
     num_examples: _builtins.int
+    forget_examples: _builtins.int
     @_builtins.property
     def distances(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """parameter tensor -> sum |p_after - p_before|"""
+
+    @_builtins.property
+    def forget_distances(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Asked only by a forget-aware selection rule, from a participant holding forgotten data:
+        the same distances after training on that data alone, and how many examples it held.
+        """
 
     def __init__(
         self,
         *,
         distances: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         num_examples: _builtins.int = ...,
+        forget_distances: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        forget_examples: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["distances", b"distances", "num_examples", b"num_examples"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["distances", b"distances", "forget_distances", b"forget_distances", "forget_examples", b"forget_examples", "num_examples", b"num_examples"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

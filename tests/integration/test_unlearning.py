@@ -142,6 +142,44 @@ def test_fused_forgets_a_participant_and_reverts_exactly(trained: Trained) -> No
     assert export_sha(trained.fed) == unlearned_sha
 
 
+@pytest.mark.parametrize("rule", ["forget", "combined"])
+def test_forget_aware_selection_records_both_rankings(trained: Trained, rule: str) -> None:
+    """The holders of the forgotten data (every participant, for a class) also measure it; the
+    job records the rule, both distances and the rule's score for every tensor, and stops
+    once FA stops falling, saying why."""
+    config = FusedConfig(density=0.1, selection=rule)
+    forget = ForgetSpec("class", class_label=3)
+    result = unlearn(
+        trained, config, forget=forget, rounds=8, evaluate_each_round=True, stop_patience=2
+    )
+    assert float(result["fa_after"]) < float(result["fa_before"]), result
+    reply = trained.fed.control().GetLayers(control_pb2.GetJobRequest(job_id=result["job_id"]))
+    assert reply.selection == rule == result["selection"] and reply.note == ""
+    layers = list(reply.layers)
+    assert all(entry.HasField("forget_distance") for entry in layers)
+    assert all(entry.forget_distance > 0 and entry.distance > 0 for entry in layers)
+    assert [e.score for e in layers] == sorted((e.score for e in layers), reverse=True)
+    selected = [entry.name for entry in layers if entry.selected]
+    assert selected == [entry.name for entry in layers[:2]] == result["critical_layers"]
+    if rule == "combined":  # CLI's first choice is always among the two
+        assert max(layers, key=lambda e: e.distance).name in selected
+    assert 1 <= result["rounds_run"] <= 8
+    assert str(result["stopped"]).startswith(
+        ("stopped after round", "ran all 8 rounds: FA was still falling")
+    )
+
+
+def test_unknown_selection_rule_is_refused(trained: Trained) -> None:
+    spec = UnlearningSpec(
+        forget=ForgetSpec("class", class_label=3), config=FusedConfig(selection="magic")
+    )
+    request = control_pb2.StartUnlearningRequest(spec=unlearning_spec_to_proto(spec))
+    with pytest.raises(grpc.RpcError) as raised:
+        trained.fed.control().StartUnlearning(request, timeout=30)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "selection must be one of cli, forget, combined" in str(raised.value.details())
+
+
 def test_fused_forgets_a_class(trained: Trained) -> None:
     result = unlearn(trained, forget=ForgetSpec("class", class_label=3))
     assert float(result["fa_before"]) > 0.5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -25,7 +26,7 @@ from fused.participant.executor import (
     local_sensitivity,
     local_update,
 )
-from fused.participant.forgetting import forgotten_set, remaining_test
+from fused.participant.forgetting import forgotten_set, forgotten_train, remaining_test
 from fused.participant.site import shard_site
 from fused.participant.training import TrainConfig, evaluate, train_local
 
@@ -92,7 +93,9 @@ def test_local_sensitivity_is_the_l1_distance_of_one_round(
 ) -> None:
     shard = shards[CLEAN]
     given = clone(mlp_weights)
-    distances, num_examples = local_sensitivity(shard_site(shard), given, CFG)
+    outcome = local_sensitivity(shard_site(shard), given, CFG)
+    distances, num_examples = outcome.distances, outcome.num_examples
+    assert outcome.forget_distances == {} and outcome.forget_examples == 0  # not asked
     assert_bit_equal(given, mlp_weights)  # the weights passed in are not touched
 
     reference = load_model(workload_for("mlp", NUM_CLASSES), mlp_weights)
@@ -126,10 +129,46 @@ def test_local_sensitivity_ignores_the_forget_spec_data_view(
 ) -> None:
     """Sensitivity trains on the whole local train split and is deterministic per seed."""
     shard = shards[ATTACKER]
-    a, n = local_sensitivity(shard_site(shard), mlp_weights, CFG)
-    b, _ = local_sensitivity(shard_site(shard), mlp_weights, CFG)
+    a = local_sensitivity(shard_site(shard), mlp_weights, CFG)
+    b = local_sensitivity(shard_site(shard), mlp_weights, CFG)
     assert a == b
-    assert n == len(shard.train)
+    assert a.num_examples == len(shard.train)
+
+
+@pytest.mark.parametrize(
+    ("forget", "holder"),
+    [
+        (ForgetSpec("participant", participant_id="p0"), True),
+        (ForgetSpec("participant", participant_id="p1"), False),
+        (ForgetSpec("class", class_label=1), True),
+        (ForgetSpec("samples", participant_id="p0", sample_ids=(0, 1, 2, 3)), True),
+        (ForgetSpec("samples", participant_id="p1", sample_ids=(0, 1)), False),
+    ],
+)
+def test_local_sensitivity_measures_the_forgotten_data_it_holds(
+    shards: list[Shard], mlp_weights: Weights, forget: ForgetSpec, holder: bool
+) -> None:
+    """A forget-aware rule's second measurement: the same round on the forgotten training
+    data alone, with the labels trained on; nothing from a participant that holds none. The
+    CLI distances are the same as without the request."""
+    site = shard_site(shards[0])
+    assert site.participant_id == "p0"
+    if forget.paradigm == "samples":  # four samples p0 holds
+        ids = tuple(int(i) for i in shards[0].train.ids[:4])
+        forget = dataclasses.replace(forget, sample_ids=ids)
+    plain = local_sensitivity(site, mlp_weights, CFG)
+    outcome = local_sensitivity(site, mlp_weights, CFG, forget=forget)
+    assert (outcome.distances, outcome.num_examples) == (plain.distances, plain.num_examples)
+    if not holder:
+        assert outcome.forget_distances == {} and outcome.forget_examples == 0
+        return
+    held = forgotten_train(site, forget)
+    assert 0 < outcome.forget_examples == len(held) <= len(shards[0].train)
+    trained = load_model(workload_for("mlp", NUM_CLASSES), mlp_weights)
+    train_local(trained, held, CFG)
+    for name, p in trained.named_parameters():
+        expected = float((p.detach().double() - mlp_weights[name].double()).abs().sum())
+        assert outcome.forget_distances[name] == pytest.approx(expected, rel=1e-6), name
 
 
 # --------------------------------------------------------------------------- evaluation

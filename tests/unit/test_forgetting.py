@@ -18,8 +18,8 @@ from fused.common.ml.data.partition_config import PartitionConfig
 from fused.common.ml.data.shards import Shard
 from fused.common.ml.data.sources import load_digits_source
 from fused.common.ml.data.tensors import TensorData
-from fused.participant.forgetting import remaining_test, remaining_train
-from fused.participant.site import shard_site
+from fused.participant.forgetting import COUNTER_TRIGGER_SHARE, remaining_test, remaining_train
+from fused.participant.site import Site, shard_site
 
 NUM_CLASSES = 10
 ATTACKER, HOLDER, CLEAN = 0, 1, 2
@@ -184,6 +184,20 @@ def assert_same_rows(got: TensorData, want: TensorData) -> None:
     assert got.scale == want.scale
 
 
+def assert_counter_triggered(
+    got: TensorData, want: TensorData, site: Site, spec: ForgetSpec
+) -> None:
+    """A request naming its trigger: the same samples and labels, with about a fifth of them
+    stamped with the trigger (true labels kept), every participant alike."""
+    assert got.ids.tolist() == want.ids.tolist()
+    assert torch.equal(got.y, want.y) and torch.equal(got.y_true, want.y_true)
+    changed = (got.x != want.x).flatten(1).any(dim=1)
+    share = float(changed.float().mean())
+    assert abs(share - COUNTER_TRIGGER_SHARE) < 0.1, share
+    stamped = site.workload.trigger(want.x[changed], spec.trigger_size)
+    assert torch.equal(got.x[changed], stamped)
+
+
 # --------------------------------------------------------------------------- remaining_train
 
 
@@ -208,6 +222,8 @@ def test_remaining_train(case: Case, shards: list[Shard]) -> None:
         assert torch.equal(got.x, train.x)
         assert torch.equal(got.y_true, train.y_true)
         assert not torch.equal(got.y, train.y)
+    elif spec is not None and spec.trigger_size > 0:
+        assert_counter_triggered(got, train.subset(expected_kept), shard_site(shard), spec)
     else:
         assert_same_rows(got, train.subset(expected_kept))
     if case.train == "drop_class":
@@ -295,16 +311,15 @@ def test_samples_relabel_changes_exactly_the_listed_labels_at_the_holder(
     listed = torch.isin(holder.ids, torch.tensor(spec.sample_ids))
     assert int(listed.sum()) == BACKDOOR_COUNT
     assert torch.equal(got.ids, holder.ids)
-    assert torch.equal(got.x, holder.x)
+    assert torch.equal(got.x[listed], holder.x[listed])  # they carry the trigger already
     assert torch.equal(got.y_true, holder.y_true)
     assert torch.equal(got.y != holder.y, listed)  # every listed label moves, nothing else
     assert int(got.y.min()) >= 0 and int(got.y.max()) < NUM_CLASSES
     assert torch.equal(got.y, remaining_train(shard_site(shards[HOLDER]), spec, seed=SEED).y)
-    for index in (ATTACKER, CLEAN):
-        other = remaining_train(
-            shard_site(shards[index]), spec.for_participant(pid(index)), seed=SEED
-        )
-        assert_same_rows(other, shards[index].train)
+    for index in (ATTACKER, CLEAN):  # the others keep every sample and label (counter-trigger)
+        site = shard_site(shards[index])
+        other = remaining_train(site, spec.for_participant(pid(index)), seed=SEED)
+        assert_counter_triggered(other, shards[index].train, site, spec)
 
 
 def test_relabel_leaves_the_global_rng_alone(shards: list[Shard]) -> None:

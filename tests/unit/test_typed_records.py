@@ -16,6 +16,7 @@ from fused.common.domain.round_metrics import (
     EvalSummary,
     LayerScore,
     PayloadKind,
+    Ranking,
     RoundMetrics,
 )
 from fused.common.domain.specs import (
@@ -88,11 +89,28 @@ ROUNDS = [
     ),
     StoredRound(
         "sensitivity",
-        RoundMetrics(0.1, {}, None, ranking=[LayerScore("fc1.weight", 2.5, 100, True)]),
+        RoundMetrics(
+            0.1,
+            {},
+            None,
+            ranking=Ranking(
+                "forget", [LayerScore("fc1.weight", 2.5, 100, True, 0.5, 1.25)], "a note"
+            ),
+        ),
         {
             "seconds": 0.1,
             "failures": {},
-            "ranking": [{"name": "fc1.weight", "distance": 2.5, "numel": 100, "selected": True}],
+            "ranking": [
+                {
+                    "name": "fc1.weight",
+                    "distance": 2.5,
+                    "numel": 100,
+                    "selected": True,
+                    "forget_distance": 0.5,
+                    "score": 1.25,
+                }
+            ],
+            "selection": {"rule": "forget", "note": "a note"},
         },
     ),
 ]
@@ -184,9 +202,11 @@ def test_a_spec_stored_with_every_method_field_still_loads() -> None:
     }
     spec = UnlearningSpec.from_dict(old)
     assert spec.config == RetrainConfig() and spec.method == "retrain"
-    assert spec.forget == ForgetSpec("class", class_label=3) and spec.train.lr == 0.05
+    assert spec.train is not None and spec.train.lr == 0.05
+    assert spec.forget == ForgetSpec("class", class_label=3)
+    assert spec.stop_patience == 0  # stored before stopping rules: it ran every round
     fused = UnlearningSpec.from_dict({**old, "method": "fused", "layers": ["a"]})
-    assert fused.config == FusedConfig(2, ("a",), 0.1, "float32")
+    assert fused.config == FusedConfig(2, ("a",), 0.1, "float32", selection="cli")
 
 
 def test_unknown_methods_and_bad_knobs_are_refused() -> None:
