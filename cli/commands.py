@@ -35,7 +35,9 @@ def add_schedule_options(parser: argparse.ArgumentParser, inherit: bool = False)
             "--" + name.replace("_", "-"),
             type=type(value),
             default=None if inherit else value,
-            help=f"default: the model's training's ({value} without one)" if inherit else None,
+            help="default: the model's training's (lr doubled); give one, all are set"
+            if inherit
+            else None,
         )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-participants", type=int, default=1)

@@ -35,6 +35,7 @@ from experiments.seeds import combine, git_commit
 from fused.client.initial_weights import start_training
 from fused.common.codecs.tensor_codec import decode_tensors
 from fused.common.domain.specs import (
+    DEFAULT_UNLEARNING_ROUNDS,
     FinetuneConfig,
     FusedConfig,
     RetrainConfig,
@@ -66,7 +67,10 @@ class Budget:
     relearn_epochs: int
 
 
-FULL = Budget(train_rounds=30, unlearn_rounds=10, local_epochs=2, relearn_epochs=2)
+# Unlearning: at most DEFAULT_UNLEARNING_ROUNDS, stopping once FA stops falling (the default).
+FULL = Budget(
+    train_rounds=30, unlearn_rounds=DEFAULT_UNLEARNING_ROUNDS, local_epochs=2, relearn_epochs=2
+)
 QUICK = Budget(train_rounds=2, unlearn_rounds=2, local_epochs=1, relearn_epochs=1)
 
 
@@ -80,7 +84,8 @@ class Experiment:
     batch_size: int
     top_k: int
     density: float
-    unlearn_lr: float | None  # None: the training learning rate
+    selection: str
+    unlearn_lr: float | None  # None: the default (the training's settings, lr doubled)
     trigger_size: int
     backdoor_count: int
     seed: int
@@ -93,8 +98,11 @@ class Experiment:
         return TrainConfig(self.budget.local_epochs, self.lr, 0.9, 5e-4, self.batch_size, self.seed)
 
     @property
-    def unlearn_train(self) -> TrainConfig:
-        return dataclasses.replace(self.train, lr=self.unlearn_lr or self.lr)
+    def unlearn_train(self) -> TrainConfig | None:
+        """None: the coordinator's default, derived from the training job."""
+        if self.unlearn_lr is None:
+            return None
+        return dataclasses.replace(self.train, lr=self.unlearn_lr)
 
     def forget(self) -> ForgetSpec:
         if self.paradigm == "client":
@@ -174,9 +182,17 @@ def bytes_per_round(info: control_pb2.JobInfo, phase: str) -> float:
     return sum(samples) / len(samples) if samples else 0.0
 
 
-def random_layers(exp: Experiment, model: str) -> tuple[str, ...]:
-    names = [n for n, _ in init_model(model, 10, 0).named_parameters()]
-    return tuple(sorted(random.Random(exp.seed + 1).sample(names, exp.top_k)))
+def random_config(exp: Experiment, model: str, budget: int) -> FusedConfig:
+    """K tensors drawn at random (seeded) among those that together hold at least `budget`
+    values, with the density that gives the adapter `budget` values: FUSED's parameter
+    budget on layers chosen blindly."""
+    sizes = {n: p.numel() for n, p in init_model(model, 10, 0).named_parameters()}
+    rng = random.Random(exp.seed + 1)
+    while True:
+        names = sorted(rng.sample(sorted(sizes), exp.top_k))
+        total = sum(sizes[n] for n in names)
+        if total >= budget:
+            return FusedConfig(exp.top_k, tuple(names), budget / total, selection="cli")
 
 
 def method_specs(exp: Experiment, base: str, model: str) -> dict[str, UnlearningSpec]:
@@ -185,7 +201,7 @@ def method_specs(exp: Experiment, base: str, model: str) -> dict[str, Unlearning
         base_version=base,
         rounds=exp.budget.unlearn_rounds,
         train=exp.unlearn_train,
-        config=FusedConfig(top_k=exp.top_k, density=exp.density),
+        config=FusedConfig(top_k=exp.top_k, density=exp.density, selection=exp.selection),
         min_participants=exp.participants - 1,
         round_deadline_s=900,
         seed=exp.seed,
@@ -193,10 +209,6 @@ def method_specs(exp: Experiment, base: str, model: str) -> dict[str, Unlearning
     )
     return {
         "fused": common,
-        "fused_random": dataclasses.replace(
-            common,
-            config=FusedConfig(exp.top_k, random_layers(exp, model), exp.density),
-        ),
         "finetune": dataclasses.replace(common, config=FinetuneConfig()),
         # The gold standard: retrain from scratch with the original training budget.
         "retrain": dataclasses.replace(
@@ -240,7 +252,8 @@ def run_method(
         "bytes_total": total / exp.participants,
         "seconds": info.updated_at - info.created_at,
         "revert_exact": reverted and reapplied,
-        "rounds": spec.rounds,
+        "rounds": result["rounds_run"],
+        "stopped": result["stopped"],
         "version_id": version,
         "critical_layers": result.get("critical_layers") or fixed_layers(spec),
         "adapter_params": result.get("adapter_params"),
@@ -274,13 +287,15 @@ def run(exp: Experiment) -> dict[str, Any]:
         base_weights, _ = decode_tensors(base_data)
         original = evaluate_weights(model, base_weights, sets, exp.train, exp.budget.relearn_epochs)
         original["seconds"] = trained.updated_at - trained.created_at
-        methods = {
-            name: run_method(
-                fed, exp, name, spec, sets, model, hashlib.sha256(base_data).hexdigest()
-            )
-            for name, spec in method_specs(exp, base, model).items()
-        }
-    config = {
+        sha = hashlib.sha256(base_data).hexdigest()
+        specs = method_specs(exp, base, model)
+        methods = {"fused": run_method(fed, exp, "fused", specs.pop("fused"), sets, model, sha)}
+        budget = int(methods["fused"]["adapter_params"])  # the same budget on random layers
+        blind = dataclasses.replace(specs["finetune"], config=random_config(exp, model, budget))
+        methods["fused_random"] = run_method(fed, exp, "fused_random", blind, sets, model, sha)
+        for name, unlearning in specs.items():
+            methods[name] = run_method(fed, exp, name, unlearning, sets, model, sha)
+    settings = {
         **{
             k: v for k, v in dataclasses.asdict(exp).items() if k not in ("work", "out", "data_dir")
         },
@@ -292,7 +307,7 @@ def run(exp: Experiment) -> dict[str, Any]:
         "commit": git_commit(),
         "wall_seconds": time.monotonic() - started,
     }
-    return {"methods": methods, "original": original, "config": config}
+    return {"methods": methods, "original": original, "config": settings}
 
 
 def parse(argv: Sequence[str] | None) -> tuple[Experiment, int]:
@@ -306,14 +321,18 @@ def parse(argv: Sequence[str] | None) -> tuple[Experiment, int]:
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--lr", type=float, default=None, help="default: 0.005 (paper)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--top-k", type=int, default=2)
-    parser.add_argument("--density", type=float, default=0.05)
-    parser.add_argument("--unlearn-rounds", type=int, default=None, help="default: 10 (2 quick)")
+    defaults = FusedConfig()  # every unlearning knob defaults to the system's default
+    parser.add_argument("--top-k", type=int, default=defaults.top_k)
+    parser.add_argument("--density", type=float, default=defaults.density)
+    parser.add_argument("--selection", default=defaults.selection)
     parser.add_argument(
-        "--unlearn-lr", type=float, default=None, help="learning rate of unlearning; default --lr"
+        "--unlearn-rounds", type=int, default=None, help=f"default: {FULL.unlearn_rounds} (2 quick)"
     )
-    parser.add_argument("--trigger-size", type=int, default=3)
-    parser.add_argument("--backdoor-count", type=int, default=128)
+    parser.add_argument(
+        "--unlearn-lr", type=float, default=None, help="default: the training's, doubled"
+    )
+    parser.add_argument("--trigger-size", type=int, default=4)
+    parser.add_argument("--backdoor-count", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0, help="the first seed")
     parser.add_argument(
         "--seeds", type=int, default=3, help="seeds run (partition, initialisation, masks)"
@@ -337,6 +356,7 @@ def parse(argv: Sequence[str] | None) -> tuple[Experiment, int]:
         batch_size=args.batch_size,
         top_k=args.top_k,
         density=args.density,
+        selection=args.selection,
         trigger_size=args.trigger_size,
         backdoor_count=args.backdoor_count,
         seed=args.seed,
@@ -347,6 +367,14 @@ def parse(argv: Sequence[str] | None) -> tuple[Experiment, int]:
     return exp, args.seeds
 
 
+def write(exp: Experiment, results: dict[str, Any]) -> None:
+    exp.out.mkdir(parents=True, exist_ok=True)
+    stem = exp.out / f"{exp.dataset}-{exp.paradigm}"
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    plot_curves(results, stem.with_name(stem.name + "-rounds.png"))
+    plot_bytes(results, stem.with_name(stem.name + "-bytes.png"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     first, seeds = parse(argv)
     runs = []
@@ -354,13 +382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         exp = dataclasses.replace(first, seed=seed, work=first.work / f"seed-{seed}")
         print(f"=== seed {seed} ({seed - first.seed + 1} of {seeds})", flush=True)
         runs.append(run(exp))
-    results = combine(runs)
-    exp = first
-    exp.out.mkdir(parents=True, exist_ok=True)
-    stem = exp.out / f"{exp.dataset}-{exp.paradigm}"
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    plot_curves(results, stem.with_name(stem.name + "-rounds.png"))
-    plot_bytes(results, stem.with_name(stem.name + "-bytes.png"))
+        results = combine(runs)
+        write(first, results)  # after every seed: a stopped run keeps the seeds it finished
     table = {
         n: {
             k: m[k]

@@ -65,6 +65,7 @@ def goals(results: dict[str, Any]) -> list[tuple[str, bool, str]]:
     m = results["methods"]
     fused, retrain, rand = m["fused"], m["retrain"], m["fused_random"]
     paradigm = results["config"]["paradigm"]
+    spread = results.get("spread", {})
     out: list[tuple[str, bool, str]] = []
     ra_ok = fused["ra"] >= retrain["ra"] - 0.02
     ra_text = f"FUSED RA {fused['ra']:.4f} vs Retrain {retrain['ra']:.4f} - 0.02"
@@ -81,15 +82,28 @@ def goals(results: dict[str, Any]) -> list[tuple[str, bool, str]]:
             ("attack success", ok, f"FUSED {fused['fa']:.4f} vs Retrain {retrain['fa']:.4f} + 0.05")
         )
         out.append(("RA", ra_ok, ra_text))
+    mia_gap = abs(fused["mia_auc"] - retrain["mia_auc"])
+    out.append(
+        (
+            "MIA",
+            mia_gap <= 0.05,
+            f"FUSED MIA AUC {fused['mia_auc']:.3f} vs Retrain {retrain['mia_auc']:.3f} "
+            "(within 0.05)",
+        )
+    )
     ratio = retrain["bytes_per_round"] / fused["bytes_per_round"]
     out.append(("bytes", ratio >= 15, f"Retrain/FUSED bytes per round = {ratio:.1f} (>= 15)"))
     speed = retrain["seconds"] / fused["seconds"]
     out.append(("time", speed >= 2, f"Retrain/FUSED seconds = {speed:.2f} (>= 2)"))
+    noise = max(
+        spread.get("fused", {}).get("ra", 0.0), spread.get("fused_random", {}).get("ra", 0.0)
+    )
     out.append(
         (
-            "CLI vs random",
-            fused["ra"] > rand["ra"],
-            f"RA with CLI {fused['ra']:.4f} vs random layers {rand['ra']:.4f}",
+            "selection vs random",
+            fused["ra"] - rand["ra"] > noise,
+            f"RA with the selection rule {fused['ra']:.4f} vs random layers of the same "
+            f"budget {rand['ra']:.4f} (beats it by more than the larger sd, {noise:.4f})",
         )
     )
     exact = all(v["revert_exact"] for v in m.values())

@@ -36,11 +36,12 @@ def spec_for(exp: Experiment, base: str, override: dict[str, Any]) -> Unlearning
     if "layers" in override:
         fields["layers"] = tuple(override["layers"])
     config = METHOD_CONFIGS[method](**fields)
-    train = dataclasses.replace(exp.unlearn_train, lr=override.get("lr", exp.unlearn_train.lr))
+    train = dataclasses.replace(exp.train, lr=override["lr"]) if "lr" in override else None
     return UnlearningSpec(
         forget=exp.forget(),
         base_version=base,
         rounds=override.get("rounds", exp.budget.unlearn_rounds),
+        stop_patience=override.get("stop_patience", 0),  # the curve of every round
         train=train,
         config=config,
         min_participants=exp.participants - 1,
@@ -111,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch_size=64,
         top_k=2,
         density=0.05,
+        selection="cli",
         unlearn_lr=None,
         trigger_size=args.trigger_size,
         backdoor_count=args.backdoor_count,

@@ -9,7 +9,12 @@ from typing import Any
 from fused.common.domain.ledger import LedgerEntry, LedgerStatus
 from fused.common.domain.records import JobKind, Phase
 from fused.common.domain.round_metrics import EvalSummary
-from fused.common.domain.specs import FusedConfig, SpecError, UnlearningSpec
+from fused.common.domain.specs import (
+    INHERITED_LR_FACTOR,
+    FusedConfig,
+    SpecError,
+    UnlearningSpec,
+)
 from fused.common.domain.tasks import ForgetSpec
 from fused.common.domain.train_config import TrainConfig
 from fused.common.domain.version_meta import UnlearnedMeta, VersionMeta
@@ -27,23 +32,21 @@ from fused.coordinator.engine.participants import join_federation, version_feder
 from fused.coordinator.engine.schemas import load_schema, num_parameters
 from fused.coordinator.engine.stopping import stop_note
 from fused.coordinator.methods import METHODS
-from fused.coordinator.methods.base import Base, Unlearned, stop_rule
+from fused.coordinator.methods.base import Base, Unlearned
 from fused.coordinator.methods.selection import SELECTION_RULES
 from fused.coordinator.state import StateStore
 from fused.coordinator.versions import active_version, load_weights, original_training
 
 
 def _inherited_training(store: StateStore, version_id: str) -> TrainConfig:
-    """The local optimiser settings of the training that began the base's chain."""
+    """The local optimiser settings of the training that began the base's chain, its
+    learning rate scaled by INHERITED_LR_FACTOR; the defaults for a chain no training job
+    began (weights imported another way)."""
     base = store.get_model_version(version_id) if version_id else active_version(store)
     trained = original_training(store, base) if base is not None else None
     if trained is None:
-        named = version_id or "the served version"
-        raise SpecError(
-            f"no training job made {named} or its ancestors: give the local training "
-            "settings (lr, local epochs, batch size)"
-        )
-    return trained.train
+        return TrainConfig()
+    return dataclasses.replace(trained.train, lr=trained.train.lr * INHERITED_LR_FACTOR)
 
 
 class UnlearningJob(JobKindHandler):
@@ -73,7 +76,8 @@ class UnlearningJob(JobKindHandler):
         if resume:
             ctx.emit("job_resumed", "", 0, "resuming after the last committed round")
         before = await _evaluate_base(ctx, spec, base)
-        unlearned = await METHODS[spec.method].run(ctx, spec, base)
+        method = METHODS[spec.method]
+        unlearned = await method.run(ctx, spec, base)
         after = unlearned.history[-1].evaluation
         assert after is not None  # the last round is always evaluated
         applied = spec.replays or (request_entry_id(ctx.job_id),)
@@ -98,7 +102,7 @@ class UnlearningJob(JobKindHandler):
             "model_params": version.num_params,
             "seconds": ctx.clock() - started,
             "rounds_run": unlearned.history[-1].round,
-            "stopped": stop_note(stop_rule(spec), unlearned.history, spec.rounds),
+            "stopped": stop_note(method.stop_rule(spec), unlearned.history, spec.rounds),
             **unlearned.details,
             "history": [entry.to_dict() for entry in unlearned.history],
         }

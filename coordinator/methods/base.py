@@ -46,13 +46,22 @@ class UnlearningMethod(ABC):
     """One unlearning method; registered by name in fused.coordinator.methods."""
 
     name: ClassVar[str]
+    # A method that starts from the base may stop once the forgotten set's FA stops falling;
+    # one that starts from scratch (retrain) never learnt it, so FA says nothing of its
+    # progress: it runs its whole budget.
+    stops_early: ClassVar[bool] = True
+
+    def stop_rule(self, spec: UnlearningSpec) -> Plateau | None:
+        if not (self.stops_early and spec.stop_patience):
+            return None
+        return Plateau(spec.stop_patience, spec.stop_min_delta)
 
     @abstractmethod
     async def run(self, ctx: JobContext, spec: UnlearningSpec, base: Base) -> Unlearned:
         """Unlearn `spec.forget` from `base`; resuming, committed rounds are kept."""
 
 
-def fedavg_plan(spec: UnlearningSpec, phase: Phase) -> FedAvgPlan:
+def fedavg_plan(spec: UnlearningSpec, phase: Phase, stop: Plateau | None) -> FedAvgPlan:
     """The rounds every method runs on the remaining data, with the request's budget."""
     return FedAvgPlan(
         phase,
@@ -64,7 +73,7 @@ def fedavg_plan(spec: UnlearningSpec, phase: Phase) -> FedAvgPlan:
         spec.round_deadline_s,
         spec.evaluate_each_round,
         spec.forget,
-        stop_rule(spec),
+        stop,
     )
 
 
@@ -73,7 +82,3 @@ def local_training(spec: UnlearningSpec) -> TrainConfig:
     if spec.train is None:
         raise JobFailed("the job's spec names no local training settings")
     return spec.train
-
-
-def stop_rule(spec: UnlearningSpec) -> Plateau | None:
-    return Plateau(spec.stop_patience, spec.stop_min_delta) if spec.stop_patience else None

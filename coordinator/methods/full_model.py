@@ -28,6 +28,6 @@ class FullModelMethod(UnlearningMethod):
         weights = await self.initial_weights(ctx, base)
         first = await save_weights(ctx.artifacts, weights, base.model.name)
         payload = WeightsPayload(base.model.name, weights)
-        plan = fedavg_plan(spec, self.phase)
+        plan = fedavg_plan(spec, self.phase, self.stop_rule(spec))
         blob, history = await fedavg_rounds(ctx, base.model, plan, payload, first)
         return Unlearned(VersionKind.BASE, blob, history)

@@ -82,7 +82,7 @@ class Fused(UnlearningMethod):
         shapes = {n: tuple(base.weights[n].shape) for n in selected}
         layout = build_layout(shapes, config.density, mask_seed)
         payload = AdapterPayload(layout, mask_seed, base.version.digest, config.upload_dtype)
-        plan = fedavg_plan(spec, Phase.ADAPTER)
+        plan = fedavg_plan(spec, Phase.ADAPTER, self.stop_rule(spec))
         values_blob, history = await fedavg_rounds(ctx, base.model, plan, payload, "")
         data = await asyncio.to_thread(ctx.artifacts.get_bytes, values_blob)
         values = decode_adapter(data, layout)

@@ -15,6 +15,7 @@ from fused.coordinator.versions import load_weights
 class Retrain(FullModelMethod):
     name = "retrain"
     phase = Phase.RETRAIN
+    stops_early = False  # the gold standard trains its whole budget
 
     async def initial_weights(self, ctx: JobContext, base: Base) -> dict[str, torch.Tensor]:
         """The initial weights the base's training started from (stored with the job)."""

@@ -169,6 +169,25 @@ def test_forget_aware_selection_records_both_rankings(trained: Trained, rule: st
     )
 
 
+def test_the_defaults_forget_a_flipper_without_budget_flags(trained: Trained) -> None:
+    """What `fusedctl unlearn --participant p0` sends: no optimiser settings, no budget. The job
+    takes the training's settings (lr doubled) and stops once FA stops falling."""
+    spec = UnlearningSpec(
+        forget=ForgetSpec("participant", participant_id="p0"),
+        base_version=trained.base,
+        min_participants=2,
+    )
+    request = control_pb2.StartUnlearningRequest(spec=unlearning_spec_to_proto(spec))
+    info = run(trained.fed, trained.fed.control().StartUnlearning(request, timeout=30))
+    result = json.loads(info.result_json)
+    check_forgetting(result)
+    stored = json.loads(info.spec_json)
+    assert stored["train"]["lr"] == 2 * TRAIN.lr  # the training's, doubled
+    assert stored["train"]["local_epochs"] == TRAIN.local_epochs
+    assert stored["selection"] == FusedConfig().selection and stored["stop_patience"] == 3
+    assert result["rounds_run"] <= 20 and result["stopped"]
+
+
 def test_unknown_selection_rule_is_refused(trained: Trained) -> None:
     spec = UnlearningSpec(
         forget=ForgetSpec("class", class_label=3), config=FusedConfig(selection="magic")
