@@ -73,7 +73,7 @@ class TrainingSpec:
 
 
 UPLOAD_DTYPES = ("float32", "float16", "bfloat16")
-DEFAULT_SELECTION = "forget"
+DEFAULT_SELECTION = "combined"
 DEFAULT_STOP_PATIENCE = 3
 DEFAULT_UNLEARNING_ROUNDS = 20
 # An unlearning job without its own optimiser settings takes the training's, with the learning
@@ -99,7 +99,7 @@ class MethodConfig:
 @dataclass(frozen=True)
 class FusedConfig(MethodConfig):
     name: ClassVar[str] = "fused"
-    top_k: int = 2  # adapt the K most sensitive parameter tensors ...
+    top_k: int = 3  # adapt the K highest-scoring parameter tensors ...
     layers: tuple[str, ...] = ()  # ... or exactly these
     density: float = 0.05  # adapter mask density rho
     upload_dtype: str = "float32"  # float32, float16 or bfloat16 adapter uploads

@@ -147,7 +147,7 @@ def test_forget_aware_selection_records_both_rankings(trained: Trained, rule: st
     """The holders of the forgotten data (every participant, for a class) also measure it; the
     job records the rule, both distances and the rule's score for every tensor, and stops
     once FA stops falling, saying why."""
-    config = FusedConfig(density=0.1, selection=rule)
+    config = FusedConfig(top_k=2, density=0.1, selection=rule)
     forget = ForgetSpec("class", class_label=3)
     result = unlearn(
         trained, config, forget=forget, rounds=8, evaluate_each_round=True, stop_patience=2
