@@ -22,7 +22,7 @@ from typing import Any
 
 from fused.cli.watch import event_line
 from fused.client.initial_weights import start_training
-from fused.common.domain.specs import FusedConfig, TrainingSpec, UnlearningSpec
+from fused.common.domain.specs import TrainingSpec, UnlearningSpec
 from fused.common.domain.tasks import ForgetSpec
 from fused.common.domain.train_config import TrainConfig
 from fused.common.ml.data.partition import partition_to_directory
@@ -40,14 +40,13 @@ TRAINING = TrainingSpec(
     wait_for_participants_s=60,
     evaluate_each_round=False,  # so each round's bytes are its own, not a cached download
 )
+# The system's defaults, as `fusedctl unlearn --participant p0` sends them: no budget of its
+# own (the training's optimiser settings at twice its lr, at most 20 rounds, stopping once FA
+# stops falling).
 UNLEARNING = UnlearningSpec(
     forget=ForgetSpec("participant", participant_id="p0"),
-    config=FusedConfig(top_k=2, density=0.05),
-    rounds=5,
-    train=TrainConfig(local_epochs=2, lr=0.05, momentum=0.9, weight_decay=5e-4, batch_size=32),
     min_participants=PARTICIPANTS - 1,
     round_deadline_s=120,
-    evaluate_each_round=False,
 )
 
 
@@ -81,15 +80,21 @@ def export_sha256(fed: LocalFederation, version_id: str = "") -> str:
 
 
 def per_participant_round(rounds: list[Any], phase: str) -> dict[str, float]:
-    """Mean bytes one participant moved in one round of a phase, both directions."""
-    ups, downs = [], []
+    """Mean bytes one participant of a `phase` round moved in it and in that round's
+    evaluation, both directions: agents cache artifacts, so a download lands in whichever
+    task fetches it first."""
+    trainers = {r.round: set(r.participants) for r in rounds if r.phase == phase and r.round}
+    up: dict[tuple[int, str], float] = {}
+    down: dict[tuple[int, str], float] = {}
     for r in rounds:
-        if r.phase == phase:
-            moved = json.loads(r.metrics_json)["bytes"]
-            ups += [moved["up"][p] for p in r.participants]
-            downs += [moved["down"][p] for p in r.participants]
-    up, down = sum(ups) / len(ups), sum(downs) / len(downs)
-    return {"up": up, "down": down, "total": up + down}
+        if r.round not in trainers or r.phase not in (phase, "evaluate"):
+            continue
+        moved = json.loads(r.metrics_json)["bytes"]
+        for p in trainers[r.round]:
+            up[r.round, p] = up.get((r.round, p), 0.0) + moved["up"].get(p, 0)
+            down[r.round, p] = down.get((r.round, p), 0.0) + moved["down"].get(p, 0)
+    mean_up, mean_down = sum(up.values()) / len(up), sum(down.values()) / len(down)
+    return {"up": mean_up, "down": mean_down, "total": mean_up + mean_down}
 
 
 def train_and_unlearn(fed: LocalFederation) -> dict[str, Any]:
@@ -118,6 +123,9 @@ def train_and_unlearn(fed: LocalFederation) -> dict[str, Any]:
         "fa_before": result["fa_before"],
         "fa_after": result["fa_after"],
         "critical_layers": result["critical_layers"],
+        "selection": result["selection"],
+        "unlearning_rounds": result["rounds_run"],
+        "stopped": result["stopped"],
         "adapter_params": result["adapter_params"],
         "model_params": result["model_params"],
         "bytes_training_round": training_round,
