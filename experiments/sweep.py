@@ -6,7 +6,8 @@ Trains the original model once (the paper's set-up: experiments.paper), then run
 job per configuration from it, each evaluated every round (federated RA and FA per round) and
 at the end centrally. A configuration is a JSON object of overrides: `name`, and any of
 `layers` (list), `top_k`, `density`, `rounds`, `lr`, `selection`, `method`. Writes
-results/sweep-<dataset>-<paradigm>-seed<k>.json.
+results/sweep-fashionmnist-<paradigm>-seed<k>-<configs file's stem>.json. A second sweep in
+the same work folder reuses the trained model.
 """
 
 from __future__ import annotations
@@ -123,7 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     results = run(exp, json.loads(args.configs.read_text()))
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"sweep-fashionmnist-{args.paradigm}-seed{args.seed}.json"
+    name = f"sweep-fashionmnist-{args.paradigm}-seed{args.seed}-{args.configs.stem}.json"
+    path = args.out / name
     path.write_text(json.dumps(results, indent=2) + "\n")
     return 0
 
