@@ -38,6 +38,7 @@ COORDINATOR_ARGS = (
         "--upload-rate-grace-s",
         str(UPLOAD_GRACE_S),
     ),
+    "--per-participant-metrics",  # chaos_inputs checks the participant labels stay bounded
 )
 AGENT_ARGS = ("--backoff-max-s", "1")
 DEADLINE_S = 120.0  # far above what any round needs: finishing early shows the reaper worked

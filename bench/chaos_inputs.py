@@ -18,6 +18,7 @@ import grpc
 
 from bench.chaos_federation import PARTICIPANTS, Chaos, check
 from fused.common.rpc.metering import MD_JOB, MD_PARTICIPANT, MD_PHASE, MD_ROUND
+from fused.coordinator.metrics_http import PARTICIPANTS_PATH
 from fused.proto.v1 import common_pb2, participant_pb2, participant_pb2_grpc
 from fused.tools.launch import scrape
 
@@ -109,9 +110,9 @@ def metadata_flood_charges_nothing(chaos: Chaos) -> str:
 
 
 def _participant_labels(chaos: Chaos) -> set[str]:
-    samples = scrape(chaos.fed.metrics_port)
-    wire = [dict(labels) for name, labels in samples if name == "fused_wire_bytes_total"]
-    return {labels["participant"] for labels in wire}
+    samples = scrape(chaos.fed.metrics_port, path=PARTICIPANTS_PATH)
+    name = "fused_participant_wire_bytes_total"
+    return {dict(labels)["participant"] for sample, labels in samples if sample == name}
 
 
 def _huge_id_calls(

@@ -27,6 +27,7 @@ from fused.common.ml.data.sources import SourceData
 from fused.common.ml.data.tensors import TensorData
 from fused.common.ml.models import init_model
 from fused.common.rpc.control_convert import unlearning_spec_to_proto
+from fused.coordinator.metrics_http import PARTICIPANTS_PATH
 from fused.proto.v1 import control_pb2
 from fused.tools.launch import LocalFederation, scrape
 
@@ -64,10 +65,11 @@ def synthetic_shards(case: ModelCase, out: Path, per_participant: int) -> None:
 
 
 def phase_bytes(port: int) -> dict[tuple[str, str], float]:
-    """{(phase, participant): serialized bytes both directions} from the Prometheus counters."""
+    """{(phase, participant): serialized bytes both directions} from the coordinator's
+    per-participant counters (--per-participant-metrics)."""
     totals: dict[tuple[str, str], float] = {}
-    for (name, labels), value in scrape(port).items():
-        if name == "fused_wire_bytes_total":
+    for (name, labels), value in scrape(port, path=PARTICIPANTS_PATH).items():
+        if name == "fused_participant_wire_bytes_total":
             label = dict(labels)
             key = (label["phase"], label["participant"])
             totals[key] = totals.get(key, 0.0) + value
@@ -115,7 +117,7 @@ def measure_model(case: ModelCase, work: Path, rounds: int) -> dict[str, Any]:
     dense = len(encode_tensors(init_model(case.name, 10, 0).state_dict()))
     train = TrainConfig(local_epochs=1, lr=0.01, batch_size=32)
     with LocalFederation(work / "processes") as fed:
-        fed.start_coordinator()
+        fed.start_coordinator("--per-participant-metrics")
         for i in range(PARTICIPANTS):
             fed.start_participant(work / "shards" / f"p{i}")
         fed.wait_online(PARTICIPANTS)

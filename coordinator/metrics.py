@@ -10,9 +10,15 @@ from fused.common.rpc.metering import WireMetrics
 
 
 class CoordinatorMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    """Everything on `registry` (served at /metrics), except each participant's wire bytes:
+    those only with a `per_participant` registry, served on its own path (metrics_http.py)."""
+
+    def __init__(
+        self, registry: CollectorRegistry, per_participant: CollectorRegistry | None = None
+    ) -> None:
         self.registry = registry
-        self.wire = WireMetrics(registry)
+        self.per_participant = per_participant
+        self.wire = WireMetrics(registry, per_participant)
         self.rounds = Counter(
             "fused_rounds_completed", "Rounds aggregated", ["phase"], registry=registry
         )

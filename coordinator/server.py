@@ -14,7 +14,7 @@ from typing import Any
 from grpc_health.v1 import _async as health_aio  # health.aio, which mypy cannot see
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from fused.common.rpc.channels import (
     CHUNK_BYTES,
@@ -38,6 +38,7 @@ from fused.coordinator.internal_errors import InternalErrors
 from fused.coordinator.jobs import JOB_KINDS
 from fused.coordinator.limits_config import LimitsConfig
 from fused.coordinator.metrics import CoordinatorMetrics
+from fused.coordinator.metrics_http import serve_metrics
 from fused.coordinator.participant_service import ParticipantServicer, RegisterTerms
 from fused.coordinator.receipts import signing_key
 from fused.coordinator.state import StateStore, open_store
@@ -66,6 +67,13 @@ class CoordinatorConfig(LimitsConfig):  # connection and upload limits: limits_c
     metrics_address: str = dataclasses.field(default="127.0.0.1", metadata={"help": ""})
     metrics_port: int = dataclasses.field(
         default=9464, metadata={"help": "Prometheus endpoint port; 0 picks one, -1 disables"}
+    )
+    per_participant_metrics: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "also count each participant's wire bytes, served at /metrics/participants "
+            "(a few series per participant; /metrics keeps totals by method and phase)"
+        },
     )
     heartbeat_interval_s: float = 5.0  # agents beat only while busy: a long poll shows liveness
     offline_after_s: float = 15.0
@@ -122,7 +130,8 @@ class Coordinator:
     def __init__(self, config: CoordinatorConfig, registry: CollectorRegistry | None = None):
         self.config = config
         self.registry = registry or CollectorRegistry()
-        self.metrics = CoordinatorMetrics(self.registry)
+        per_participant = CollectorRegistry() if config.per_participant_metrics else None
+        self.metrics = CoordinatorMetrics(self.registry, per_participant)
         self.port = 0
         self.metrics_port = 0
         self._store: StateStore | None = None
@@ -208,8 +217,8 @@ class Coordinator:
             await self._serve_health(cfg.health_listen)
         self._reaper = asyncio.create_task(self._reap_silent(fleet))
         if cfg.metrics_port >= 0:
-            self._http, _ = start_http_server(
-                cfg.metrics_port, cfg.metrics_address, registry=self.registry
+            self._http = serve_metrics(
+                cfg.metrics_address, cfg.metrics_port, self.registry, self.metrics.per_participant
             )
             self.metrics_port = self._http.server_port
         log.info("coordinator serving on port %d, metrics on %d", self.port, self.metrics_port)
@@ -280,6 +289,7 @@ class Coordinator:
             await self._health_server.stop(0)
         if self._http is not None:
             self._http.shutdown()
+            self._http.server_close()
         if self._store is not None:
             self._store.close()
         log.info("coordinator stopped")

@@ -32,10 +32,12 @@ def _wait_for_file(path: Path, proc: subprocess.Popen[bytes], timeout_s: float) 
 
 
 def scrape(
-    port: int, host: str = "127.0.0.1"
+    port: int, host: str = "127.0.0.1", path: str = "/metrics"
 ) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """All samples of a Prometheus endpoint: {(name, sorted labels): value}."""
-    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as reply:
+    """All samples of a Prometheus endpoint: {(name, sorted labels): value}. The
+    coordinator's per-participant bytes are at path "/metrics/participants" (started with
+    --per-participant-metrics)."""
+    with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=10) as reply:
         text = reply.read().decode()
     samples = {}
     for family in text_string_to_metric_families(text):

@@ -20,6 +20,7 @@ import yaml  # type: ignore[import-untyped, unused-ignore]
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY_PROMETHEUS = ROOT / "deploy" / "prometheus"
 COORDINATOR_JOB = "fused-coordinator"
+PER_PARTICIPANT_JOB = "fused-coordinator-participants"  # the coordinator's other path
 PARTICIPANT_JOB = "fused-participant"
 
 
@@ -35,8 +36,9 @@ def loopback_config(
 ) -> dict[str, Any]:
     """deploy/prometheus/prometheus.yml with its targets replaced by the loopback ports.
 
-    Keeps the deployed job names, honor_labels and rule files (as absolute paths), so the
-    check exercises the shipped configuration, only faster.
+    Keeps the deployed job names, metrics paths, target labels and rule files (as absolute
+    paths), so the check exercises the shipped configuration, only faster (every job
+    scrapes at `interval`).
     """
     config: dict[str, Any] = yaml.safe_load((DEPLOY_PROMETHEUS / "prometheus.yml").read_text())
     config["global"].update(
@@ -44,8 +46,11 @@ def loopback_config(
     )
     config["rule_files"] = [str(DEPLOY_PROMETHEUS / f) for f in config.get("rule_files", [])]
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert set(jobs) == {COORDINATOR_JOB, PARTICIPANT_JOB}, sorted(jobs)
-    jobs[COORDINATOR_JOB]["static_configs"] = [{"targets": [f"127.0.0.1:{coordinator_port}"]}]
+    assert set(jobs) == {COORDINATOR_JOB, PER_PARTICIPANT_JOB, PARTICIPANT_JOB}, sorted(jobs)
+    for job in jobs.values():
+        job.update(scrape_interval=interval, scrape_timeout=interval)
+    for name in (COORDINATOR_JOB, PER_PARTICIPANT_JOB):
+        jobs[name]["static_configs"] = [{"targets": [f"127.0.0.1:{coordinator_port}"]}]
     jobs[PARTICIPANT_JOB]["static_configs"] = [
         {"targets": [f"127.0.0.1:{port}"], "labels": {"participant": pid}}
         for pid, port in sorted(participant_ports.items())

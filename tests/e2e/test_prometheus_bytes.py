@@ -1,20 +1,26 @@
 """A real Prometheus scrapes a federation through a training and a FUSED unlearning job; the
 wire byte counters it stored must equal what the coordinator itself reports for the jobs.
 
-What is compared, at a moment when no counter moves (see `quiescent`):
+The coordinator runs with per_participant_metrics, as deploy/compose does: its /metrics has
+`fused_wire_bytes_total` by method, direction and phase, and /metrics/participants has
+`fused_participant_wire_bytes_total` by direction, phase and participant (the scrape job
+fused-coordinator-participants). What is compared, at a moment when no counter moves (see
+`quiescent`):
 
-1. Prometheus == the processes' own /metrics: every `fused_wire_bytes_total` series of every
-   target, and `sum by (phase, direction)` of the coordinator's, all phases included.
+1. Prometheus == the processes' own endpoints: every wire byte series of every target, and
+   `sum by (phase, direction)` of the coordinator's, all phases included; the coordinator's
+   totals == the sums of its per-participant series, per phase and direction.
 2. Prometheus == the coordinator's round records: for each task phase (train, sensitivity,
    adapter, evaluate) and participant, the coordinator's received (sent) bytes equal the sum
    of the `up` (`down`) bytes of that participant over the jobs' rounds of that phase. Only
    calls tagged with a job, phase and round reach the round records, and those are exactly
    the calls of a task, which the counters label with the task's phase; the untagged calls
    (Register, PullTask, Heartbeat, the operator's control calls) count under phase "none".
-3. Participants == coordinator: per phase, method and participant, what a participant sent
-   equals what the coordinator received from it, and the other way round; both count the
-   same serialized messages, phase "none" included (no call is in flight at that moment),
-   the first Register included.
+3. Participants == coordinator: per phase and participant, what a participant sent equals
+   what the coordinator received from it, and the other way round; per phase and method,
+   the same for all participants together against the coordinator's totals of the
+   participant service. Both ends count the same serialized messages, phase "none"
+   included (no call is in flight at that moment), the first Register included.
 
 It also checks that the alert rules of deploy/prometheus/alerts.yml load and that none is
 pending or firing at the end of the healthy run.
@@ -42,12 +48,14 @@ from fused.common.domain.train_config import TrainConfig
 from fused.common.ml.data.partition import partition_to_directory
 from fused.common.ml.data.partition_config import PartitionConfig
 from fused.common.rpc.control_convert import unlearning_spec_to_proto
-from fused.proto.v1 import control_pb2
+from fused.coordinator.metrics_http import PARTICIPANTS_PATH
+from fused.proto.v1 import control_pb2, participant_pb2
 from fused.tools.launch import LocalFederation, scrape
 from tests.e2e.promserver import (
     COORDINATOR_JOB,
     DEPLOY_PROMETHEUS,
     PARTICIPANT_JOB,
+    PER_PARTICIPANT_JOB,
     Prometheus,
     loopback_config,
 )
@@ -69,12 +77,20 @@ UNLEARNING = UnlearningSpec(
     min_participants=PARTICIPANTS - 1,
     round_deadline_s=60,
     evaluate_each_round=False,
+    stop_patience=0,  # every round: the FA-plateau stop needs an evaluation each round
 )
 METRIC = "fused_wire_bytes_total"
+PER_PARTICIPANT = "fused_participant_wire_bytes_total"
 TASK_PHASES = {"train", "sensitivity", "adapter", "evaluate"}
 FLIP = {"sent": "received", "received": "sent"}
+TARGETS = 2 + PARTICIPANTS  # the coordinator's two paths and each agent's /metrics
+PARTICIPANT_METHODS = set(
+    participant_pb2.DESCRIPTOR.services_by_name["ParticipantService"].methods_by_name
+)
 
 Series = tuple[tuple[str, str], ...]  # sorted (label, value) pairs, target labels excluded
+Target = tuple[str, str]  # (job, instance)
+Counts = dict[tuple[str, ...], int]
 
 
 @dataclasses.dataclass
@@ -94,7 +110,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     config = PartitionConfig(num_participants=PARTICIPANTS, seed=0, attacker=0)
     partition_to_directory("digits", None, shards, config)
     with LocalFederation(root / "processes") as fed:
-        fed.start_coordinator()
+        fed.start_coordinator("--per-participant-metrics")
         for i in range(PARTICIPANTS):
             fed.start_participant(shards / f"p{i}")
         assert sorted(fed.wait_online(PARTICIPANTS)) == sorted(fed.participants)
@@ -102,7 +118,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         with Prometheus(binary, prom_config, root / "prometheus") as prom:
             prom.check_config()
             prom.start()
-            prom.wait_scraped_after(time.time(), targets=1 + PARTICIPANTS)
+            prom.wait_scraped_after(time.time(), targets=TARGETS)
             stub = fed.control()
             trained = follow(fed, start_training(stub, TRAINING))
             request_u = control_pb2.StartUnlearningRequest(
@@ -121,36 +137,58 @@ def follow(fed: LocalFederation, job: control_pb2.JobInfo) -> control_pb2.JobInf
     return info
 
 
-def wire_bytes(port: int) -> dict[Series, int]:
-    """The byte counters of one /metrics endpoint, read directly."""
-    return {labels: int(value) for (name, labels), value in scrape(port).items() if name == METRIC}
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    port: int
+    path: str
+    metric: str
+    participant: str = ""  # an agent's: the target label Prometheus adds (prometheus.yml)
+
+    def read(self) -> dict[Series, int]:
+        """The endpoint's wire byte counters, read directly."""
+        samples = scrape(self.port, path=self.path).items()
+        return {labels: int(value) for (name, labels), value in samples if name == self.metric}
 
 
-def targets(fed: LocalFederation) -> dict[str, int]:
-    """instance label -> metrics port, for every target Prometheus scrapes."""
-    ports = [fed.metrics_port, *fed.participant_metrics.values()]
-    return {f"127.0.0.1:{port}": port for port in ports}
+def targets(fed: LocalFederation) -> dict[Target, Endpoint]:
+    """Every target Prometheus scrapes, by (job, instance)."""
+    coordinator = f"127.0.0.1:{fed.metrics_port}"
+    out = {
+        (COORDINATOR_JOB, coordinator): Endpoint(fed.metrics_port, "/metrics", METRIC),
+        (PER_PARTICIPANT_JOB, coordinator): Endpoint(
+            fed.metrics_port, PARTICIPANTS_PATH, PER_PARTICIPANT
+        ),
+    }
+    for pid, port in fed.participant_metrics.items():
+        out[PARTICIPANT_JOB, f"127.0.0.1:{port}"] = Endpoint(port, "/metrics", METRIC, pid)
+    return out
 
 
-def prometheus_series(prom: Prometheus, after: float) -> dict[str, dict[Series, int]]:
-    """instance -> series -> value of the newest raw sample Prometheus stored, each of
-    which must come from a scrape after `after`."""
-    out: dict[str, dict[Series, int]] = defaultdict(dict)
-    for series in prom.query(f"{METRIC}[30s]"):  # a range selector gives raw samples
+def prometheus_series(
+    prom: Prometheus, after: float, endpoints: dict[Target, Endpoint]
+) -> dict[Target, dict[Series, int]]:
+    """(job, instance) -> series -> value of the newest raw sample Prometheus stored, each of
+    which must come from a scrape after `after`; an agent's target label is checked and left
+    out, as its endpoint does not serve it."""
+    out: dict[Target, dict[Series, int]] = defaultdict(dict)
+    # a range selector gives raw samples
+    for series in prom.query(f'{{__name__=~"{METRIC}|{PER_PARTICIPANT}"}}[30s]'):
         labels = dict(series["metric"])
         stamp, value = series["values"][-1]
         assert float(stamp) > after, (labels, stamp, after)
-        instance, job = labels.pop("instance"), labels.pop("job")
-        del labels["__name__"]
-        assert job in {COORDINATOR_JOB, PARTICIPANT_JOB}, job
-        out[instance][tuple(sorted(labels.items()))] = int(float(value))
+        target = (labels.pop("job"), labels.pop("instance"))
+        endpoint = endpoints[target]
+        assert labels.pop("__name__") == endpoint.metric, (target, series["metric"])
+        if endpoint.participant:
+            assert labels.pop("participant") == endpoint.participant, series["metric"]
+        out[target][tuple(sorted(labels.items()))] = int(float(value))
     return dict(out)
 
 
 @dataclasses.dataclass
 class Snapshot:
-    direct: dict[str, dict[Series, int]]  # instance -> series -> value, from /metrics
-    stored: dict[str, dict[Series, int]]  # the same, from Prometheus's newest samples
+    direct: dict[Target, dict[Series, int]]  # target -> series -> value, from the endpoints
+    stored: dict[Target, dict[Series, int]]  # the same, from Prometheus's newest samples
     by_phase: dict[tuple[str, str], int]  # the coordinator's (phase, direction) sums, PromQL
     seconds: float  # how long it took to find the counters at rest
 
@@ -160,19 +198,19 @@ def quiescent(run: Run, tries: int = 10) -> Snapshot:
     read every endpoint again (S2). Counters only grow, so if S1 == S2 every sample stored
     in between, and so every query answer, equals S1: "the same moment" made exact."""
     started = time.monotonic()
-    ports = targets(run.fed)
+    endpoints = targets(run.fed)
     for _ in range(tries):
-        s1 = {instance: wire_bytes(port) for instance, port in ports.items()}
+        s1 = {target: endpoint.read() for target, endpoint in endpoints.items()}
         after = time.time()
-        run.prom.wait_scraped_after(after, targets=len(ports))
-        stored = prometheus_series(run.prom, after)
+        run.prom.wait_scraped_after(after, targets=len(endpoints))
+        stored = prometheus_series(run.prom, after, endpoints)
         by_phase = {
             (s["metric"]["phase"], s["metric"]["direction"]): int(float(s["value"][1]))
             for s in run.prom.query(
                 f'sum by (phase, direction) ({METRIC}{{job="{COORDINATOR_JOB}"}})'
             )
         }
-        s2 = {instance: wire_bytes(port) for instance, port in ports.items()}
+        s2 = {target: endpoint.read() for target, endpoint in endpoints.items()}
         if s1 == s2:
             return Snapshot(s1, stored, by_phase, time.monotonic() - started)
     raise AssertionError(f"the wire byte counters kept moving over {tries} tries")
@@ -202,40 +240,54 @@ def by_labels(series: dict[Series, int], *names: str) -> dict[tuple[str, ...], i
     return dict(out)
 
 
-def method_diff(
-    agent: dict[Series, int], coordinator: dict[Series, int], pid: str
-) -> dict[str, tuple[int, int]]:
-    """(phase/method/participant's direction) -> (participant's count, coordinator's), where
-    they differ: the evidence for a failure."""
-    ours = by_labels(agent, "phase", "method", "direction")
-    theirs: dict[tuple[str, ...], int] = {
-        (ph, m, FLIP[d]): v
-        for (ph, m, d, p), v in by_labels(
-            coordinator, "phase", "method", "direction", "participant"
-        ).items()
-        if p == pid
-    }
+def differences(ours: Counts, theirs: Counts) -> Any:
+    """key -> (participants' count, coordinator's), where they differ: a failure's evidence."""
+    keys = sorted(set(ours) | set(theirs))
     return {
         "/".join(k): (ours.get(k, 0), theirs.get(k, 0))
-        for k in sorted(set(ours) | set(theirs))
+        for k in keys
         if ours.get(k, 0) != theirs.get(k, 0)
     }
+
+
+def check_agents_mirror(snap: Snapshot, run: Run, coordinator: str) -> None:
+    """3. Each participant's own counters mirror the coordinator's per-participant bytes by
+    phase; all of them together its totals of the participant service by method and phase."""
+    each = by_labels(
+        snap.stored[PER_PARTICIPANT_JOB, coordinator], "participant", "phase", "direction"
+    )
+    by_method: Counts = defaultdict(int)
+    for pid, port in sorted(run.fed.participant_metrics.items()):
+        agent = snap.stored[PARTICIPANT_JOB, f"127.0.0.1:{port}"]
+        mine = by_labels(agent, "phase", "method", "direction")
+        for (phase, method, direction), v in mine.items():
+            by_method[phase, method, FLIP[direction]] += v
+        own: Counts = {
+            (ph, FLIP[d]): v for (ph, d), v in by_labels(agent, "phase", "direction").items()
+        }
+        seen: Counts = {(ph, d): v for (p, ph, d), v in each.items() if p == pid}
+        assert own == seen, (pid, differences(own, seen))
+    totals = by_labels(snap.stored[COORDINATOR_JOB, coordinator], "phase", "method", "direction")
+    served = {k: v for k, v in totals.items() if k[1] in PARTICIPANT_METHODS}
+    assert dict(by_method) == served, differences(by_method, served)
 
 
 def test_prometheus_bytes_equal_the_coordinators(run: Run) -> None:
     snap = quiescent(run)
     coordinator = f"127.0.0.1:{run.fed.metrics_port}"
     pids = sorted(run.fed.participants)
+    each = snap.stored[PER_PARTICIPANT_JOB, coordinator]
 
-    # 1. What Prometheus stored is what the endpoints serve, series by series.
+    # 1. What Prometheus stored is what the endpoints serve, series by series; the totals
+    # are the sums of the per-participant series.
     assert snap.stored == snap.direct
-    direct_by_phase = by_labels(snap.direct[coordinator], "phase", "direction")
-    assert snap.by_phase == direct_by_phase
+    direct_by_phase = by_labels(snap.direct[COORDINATOR_JOB, coordinator], "phase", "direction")
+    assert snap.by_phase == direct_by_phase == by_labels(each, "phase", "direction")
     assert {phase for phase, _ in snap.by_phase} == TASK_PHASES | {"none"}
 
     # 2. The coordinator's counters per task phase == its round records, per participant.
     records = round_record_bytes(run.jobs)
-    counted = by_labels(snap.stored[coordinator], "phase", "participant", "direction")
+    counted = by_labels(each, "phase", "participant", "direction")
     in_tasks = {k: v for k, v in counted.items() if k[0] in TASK_PHASES}
     assert in_tasks == records
     for (phase, direction), total in snap.by_phase.items():
@@ -243,16 +295,9 @@ def test_prometheus_bytes_equal_the_coordinators(run: Run) -> None:
             expected = sum(v for (p, _, d), v in records.items() if (p, d) == (phase, direction))
             assert total == expected, (phase, direction)
 
-    # 3. Each participant's own counters mirror the coordinator's, phase "none" and the
+    # 3. The participants' own counters mirror the coordinator's, phase "none" and the
     # first Register included.
-    coord = by_labels(snap.stored[coordinator], "phase", "method", "participant", "direction")
-    for pid, port in sorted(run.fed.participant_metrics.items()):
-        agent = snap.stored[f"127.0.0.1:{port}"]
-        assert {dict(labels)["participant"] for labels in agent} == {pid}
-        own = by_labels(agent, "phase", "method", "direction")
-        mirrored = {(ph, m, pid, FLIP[d]): v for (ph, m, d), v in own.items()}
-        seen = {k: v for k, v in coord.items() if k[2] == pid}
-        assert mirrored == seen, method_diff(agent, snap.stored[coordinator], pid)
+    check_agents_mirror(snap, run, coordinator)
     assert {p for _, p, _ in counted} == {*pids, "-"}  # "-": the operator's calls
 
     summary = {
@@ -268,7 +313,7 @@ def test_prometheus_bytes_equal_the_coordinators(run: Run) -> None:
 
 
 def test_alert_rules_load_and_none_fires(run: Run) -> None:
-    run.prom.wait_scraped_after(time.time(), targets=1 + PARTICIPANTS)
+    run.prom.wait_scraped_after(time.time(), targets=TARGETS)
     after = time.time()  # rules evaluated after this see samples from after the jobs
     deploy_rules = yaml.safe_load((DEPLOY_PROMETHEUS / "alerts.yml").read_text())
     expected = {g["name"]: {r["alert"] for r in g["rules"]} for g in deploy_rules["groups"]}

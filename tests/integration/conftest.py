@@ -25,9 +25,13 @@ def digits_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def federation(
     digits_shards: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LocalFederation]:
-    """A coordinator with NUM_PARTICIPANTS agents, shared by the tests of one module."""
+    """A coordinator with NUM_PARTICIPANTS agents, shared by the tests of one module; the
+    coordinator also counts each participant's bytes (/metrics/participants)."""
     with LocalFederation(tmp_path_factory.mktemp("federation")) as fed:
-        fed.start_coordinator("--offline-after-s", "10", "--heartbeat-interval-s", "1")
+        fed.start_coordinator(
+            *("--offline-after-s", "10", "--heartbeat-interval-s", "1"),
+            "--per-participant-metrics",
+        )
         for i in range(NUM_PARTICIPANTS):
             fed.start_participant(digits_shards / f"p{i}")
         fed.wait_online(NUM_PARTICIPANTS)

@@ -22,6 +22,7 @@ from fused.cli.pki import init_pki
 from fused.client import initial_weights
 from fused.common.rpc.identity import read_token_file
 from fused.common.rpc.metering import KNOWN_PHASES, MD_JOB, MD_PARTICIPANT, MD_PHASE, MD_ROUND
+from fused.coordinator.metrics_http import PARTICIPANTS_PATH
 from fused.proto.v1 import control_pb2, control_pb2_grpc, participant_pb2
 from fused.tools.launch import LocalFederation, scrape
 from tests.integration.hostile import Client, Metadata, attempt, described
@@ -48,7 +49,7 @@ def hostile(digits_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     with LocalFederation(work / "federation", operator_token=operator) as fed:
         fed.start_coordinator(
             *("--auth-file", str(pki / "auth.toml"), "--offline-after-s", "60"),
-            *("--heartbeat-interval-s", "1"),
+            *("--heartbeat-interval-s", "1", "--per-participant-metrics"),
         )
         for pid in HONEST:
             token = str(pki / f"participant-{pid}.token")
@@ -196,10 +197,15 @@ def test_forged_metadata_charges_nothing(hostile: Hostile, mallory: Client) -> N
 
 
 def assert_labels_bounded(hostile: Hostile) -> None:
-    samples = scrape(hostile.fed.metrics_port)
+    port = hostile.fed.metrics_port
+    samples = scrape(port)
     wire = [dict(labels) for (name, labels) in samples if name == "fused_wire_bytes_total"]
-    assert {s["participant"] for s in wire} <= {*HONEST, MALLORY, "-", "unknown"}
     assert {s["phase"] for s in wire} <= KNOWN_PHASES | {"other"}
+    assert all("participant" not in s for s in wire)
+    each = scrape(port, path=PARTICIPANTS_PATH)
+    own = [dict(labels) for (name, labels) in each if name == "fused_participant_wire_bytes_total"]
+    assert {s["participant"] for s in own} <= {*HONEST, MALLORY, "-", "unknown"}
+    assert {s["phase"] for s in own} <= KNOWN_PHASES | {"other"}
 
 
 def assert_records_small(hostile: Hostile) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -16,11 +18,17 @@ from fused.common.domain.train_config import TrainConfig, task_seed
 from fused.common.ml.data.shards import load_shard
 from fused.common.ml.fedavg import fedavg
 from fused.common.ml.models import init_model
+from fused.coordinator.metrics_http import PARTICIPANTS_PATH
 from fused.participant.executor import local_update
 from fused.participant.site import shard_site
 from fused.proto.v1 import control_pb2
 from fused.tools.launch import LocalFederation, scrape
 from tests.integration.conftest import NUM_PARTICIPANTS
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+WIRE = "fused_wire_bytes_total"
+PER_PARTICIPANT = "fused_participant_wire_bytes_total"
+BY_PARTICIPANT = ("participant", "phase", "direction")
 
 SPEC = TrainingSpec(
     rounds=3,
@@ -91,38 +99,34 @@ def test_fedavg_over_grpc_equals_in_process(
         torch.testing.assert_close(remote[name], local[name], rtol=1e-5, atol=1e-6)
 
 
+def wire_sums(samples: Samples, name: str, *keys: str) -> dict[tuple[str, ...], float]:
+    """The counter `name` of a scrape, summed by the labels `keys`."""
+    out: dict[tuple[str, ...], float] = defaultdict(float)
+    for (sample, labels), value in samples.items():
+        if sample == name:
+            found = dict(labels)
+            out[tuple(found[k] for k in keys)] += value
+    return dict(out)
+
+
 def test_byte_counters_agree_on_both_ends(federation: LocalFederation) -> None:
-    """Every message a participant sent was received by the coordinator, and vice versa."""
+    """Every message a participant sent was received by the coordinator, and vice versa: per
+    method and phase, all agents against the coordinator's totals (/metrics), and per
+    participant and phase against the coordinator's per-participant bytes."""
     run_job(federation, dataclasses.replace(SPEC, rounds=1))
-    coordinator = scrape(federation.metrics_port)
-    for name, port in federation.participant_metrics.items():
-        participant = scrape(port)
-        for method in ("DownloadBlob", "UploadBlob", "PushResult"):
-            for phase in ("train", "evaluate"):
-                for mine, theirs in (("sent", "received"), ("received", "sent")):
-                    key = (
-                        ("direction", mine),
-                        ("method", method),
-                        ("participant", name),
-                        ("phase", phase),
-                    )
-                    other = (
-                        ("direction", theirs),
-                        ("method", method),
-                        ("participant", name),
-                        ("phase", phase),
-                    )
-                    sample = ("fused_wire_bytes_total", key)
-                    assert participant.get(sample, 0.0) == coordinator.get(
-                        ("fused_wire_bytes_total", other), 0.0
-                    ), (name, method, phase, mine)
-        uploads = (
-            "fused_wire_bytes_total",
-            (
-                ("direction", "sent"),
-                ("method", "UploadBlob"),
-                ("participant", name),
-                ("phase", "train"),
-            ),
-        )
-        assert participant[uploads] > 60_000  # at least one MLP (17k float32 params) went up
+    port, flip = federation.metrics_port, {"sent": "received", "received": "sent"}
+    totals = wire_sums(scrape(port), WIRE, "method", "phase", "direction")
+    each = wire_sums(scrape(port, path=PARTICIPANTS_PATH), PER_PARTICIPANT, *BY_PARTICIPANT)
+    agents: dict[tuple[str, ...], float] = defaultdict(float)
+    for name, agent_port in federation.participant_metrics.items():
+        own = wire_sums(scrape(agent_port), WIRE, "method", "phase", "direction")
+        for (method, phase, direction), value in own.items():
+            agents[method, phase, flip[direction]] += value
+        for phase, direction in itertools.product(("train", "evaluate"), flip):
+            mine = sum(v for (_, p, d), v in own.items() if (p, d) == (phase, direction))
+            theirs = each.get((name, phase, flip[direction]), 0.0)
+            assert mine == theirs, (name, phase, direction)
+        assert own["UploadBlob", "train", "sent"] > 60_000  # an MLP (17k float32 params) went up
+    methods = ("DownloadBlob", "UploadBlob", "PushResult")
+    for key in itertools.product(methods, ("train", "evaluate"), flip):
+        assert agents.get(key, 0.0) == totals.get(key, 0.0), key

@@ -197,22 +197,22 @@ def by_caller(method: str, md: Mapping[str, str]) -> Resolve:
 class Server:
     stub: participant_pb2_grpc.ParticipantServiceStub
     registry: CollectorRegistry
+    per_participant: CollectorRegistry
     servicer: Authenticating
     running: ThreadedServer
 
 
 @pytest.fixture
 def server() -> Iterator[Server]:
-    registry = CollectorRegistry()
-    interceptor = CountingServerInterceptor(WireMetrics(registry), by_caller)
+    registry, per_participant = CollectorRegistry(), CollectorRegistry()
+    interceptor = CountingServerInterceptor(WireMetrics(registry, per_participant), by_caller)
     servicer = Authenticating({"p7"})
     running = ThreadedServer(servicer, interceptor)
     running.start()
     channel = create_channel(f"127.0.0.1:{running.port}")
     try:
-        yield Server(
-            participant_pb2_grpc.ParticipantServiceStub(channel), registry, servicer, running
-        )
+        stub = participant_pb2_grpc.ParticipantServiceStub(channel)
+        yield Server(stub, registry, per_participant, servicer, running)
     finally:
         channel.close()
         running.stop()
@@ -226,47 +226,51 @@ def eventually(condition: Callable[[], bool], tries: int = 500) -> None:
     raise AssertionError("the condition did not come to hold")
 
 
-def sample(
-    registry: CollectorRegistry, kind: str, direction: str, who: str, method: str = "Heartbeat"
-) -> Any:
-    labels = {"method": method, "direction": direction, "phase": "none", "participant": who}
-    return registry.get_sample_value(f"fused_wire_{kind}_total", labels)
+def bytes_of(server: Server, direction: str, who: str) -> Any:
+    """The bytes the server counted for one caller (phase none, per participant)."""
+    labels = {"direction": direction, "phase": "none", "participant": who}
+    return server.per_participant.get_sample_value("fused_participant_wire_bytes_total", labels)
+
+
+def messages(server: Server, direction: str, method: str = "Heartbeat") -> Any:
+    """The messages the server counted, all callers (phase none)."""
+    labels = {"method": method, "direction": direction, "phase": "none"}
+    return server.registry.get_sample_value("fused_wire_messages_total", labels)
 
 
 def test_a_request_read_before_authentication_counts_under_the_caller(server: Server) -> None:
-    stub, registry = server.stub, server.registry
     request = participant_pb2.HeartbeatRequest(participant_id="p7", task_id="t" * 40)
-    assert stub.Heartbeat(request).registered
-    assert sample(registry, "bytes", "received", "p7") == serialized_size(request)
-    assert sample(registry, "messages", "received", "p7") == 1
-    assert sample(registry, "messages", "sent", "p7") == 1
-    assert sample(registry, "messages", "received", NO_PARTICIPANT) is None
+    response = server.stub.Heartbeat(request)
+    assert response.registered
+    assert bytes_of(server, "received", "p7") == serialized_size(request)
+    assert bytes_of(server, "sent", "p7") == serialized_size(response)
+    assert (messages(server, "received"), messages(server, "sent")) == (1, 1)
+    assert bytes_of(server, "received", NO_PARTICIPANT) is None
 
 
 def test_a_refused_call_counts_under_nobody(server: Server) -> None:
-    stub, registry = server.stub, server.registry
     request = participant_pb2.HeartbeatRequest(participant_id="refused")
     for _ in range(3):
         with pytest.raises(grpc.RpcError) as refused:
-            stub.Heartbeat(request)
+            server.stub.Heartbeat(request)
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
     # abort sends the status before the handler unwinds: the last count may lag the answer
-    eventually(lambda: sample(registry, "messages", "received", NO_PARTICIPANT) == 3)
-    assert sample(registry, "bytes", "received", NO_PARTICIPANT) == 3 * serialized_size(request)
-    assert sample(registry, "messages", "sent", NO_PARTICIPANT) is None
-    assert sample(registry, "messages", "received", "refused") is None
+    eventually(lambda: messages(server, "received") == 3)
+    assert bytes_of(server, "received", NO_PARTICIPANT) == 3 * serialized_size(request)
+    assert messages(server, "sent") is None
+    assert bytes_of(server, "sent", NO_PARTICIPANT) is None
+    assert bytes_of(server, "received", "refused") is None
 
 
 def test_a_long_poll_counts_its_request_once_the_caller_is_known(server: Server) -> None:
     request = participant_pb2.PullTaskRequest(participant_id="p7", wait_s=30)
     poll = server.stub.PullTask.future(request)
-    eventually(lambda: sample(server.registry, "bytes", "received", "p7", "PullTask") is not None)
+    eventually(lambda: bytes_of(server, "received", "p7") is not None)
     assert not poll.done()  # counted while the poll is still open
-    assert sample(server.registry, "bytes", "received", "p7", "PullTask") == serialized_size(
-        request
-    )
+    assert bytes_of(server, "received", "p7") == serialized_size(request)
     loop = server.running._loop
     assert loop is not None
     loop.call_soon_threadsafe(server.servicer.release.set)
     poll.result(timeout=10)
-    eventually(lambda: sample(server.registry, "messages", "sent", "p7", "PullTask") == 1)
+    eventually(lambda: messages(server, "sent", "PullTask") == 1)
+    assert bytes_of(server, "sent", "p7") == serialized_size(participant_pb2.PullTaskResponse())

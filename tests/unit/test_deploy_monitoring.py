@@ -12,6 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from fused.coordinator.metrics import CoordinatorMetrics
+from fused.coordinator.metrics_http import PARTICIPANTS_PATH
 from fused.participant.agent import ParticipantMetrics
 from tests.unit.deploy_checks import (
     DEPLOY,
@@ -82,9 +83,13 @@ def test_prometheus_scrapes_the_compose_services() -> None:
     }
     services = read_yaml(DEPLOY / "compose.yaml")["services"]
     participants = sorted(name for name in services if name.startswith("participant-"))
-    assert jobs["fused-coordinator"] == [
-        f"coordinator:{compose_config('coordinator').metrics_port}"
-    ]
+    coordinator = compose_config("coordinator")
+    assert jobs["fused-coordinator"] == [f"coordinator:{coordinator.metrics_port}"]
+    # each participant's bytes: the coordinator's own path, on with three participants
+    assert jobs["fused-coordinator-participants"] == jobs["fused-coordinator"]
+    paths = {job["job_name"]: job["metrics_path"] for job in config["scrape_configs"]}
+    assert paths["fused-coordinator-participants"] == PARTICIPANTS_PATH
+    assert coordinator.per_participant_metrics
     assert sorted(jobs["fused-participant"]) == [
         f"{name}:{compose_config(name).metrics_port}" for name in participants
     ]
@@ -160,10 +165,10 @@ def exported_metric_names() -> set[str]:
     family's name and type (a counter `x` is exported as x_total, a histogram as x_bucket...).
     """
     names: set[str] = set()
-    coordinator, participant = CollectorRegistry(), CollectorRegistry()
-    CoordinatorMetrics(coordinator)
+    coordinator, per_participant, participant = (CollectorRegistry() for _ in range(3))
+    CoordinatorMetrics(coordinator, per_participant)  # per_participant_metrics on
     ParticipantMetrics(participant)
-    for registry in (coordinator, participant):
+    for registry in (coordinator, per_participant, participant):
         for family in registry.collect():
             names.update(family.name + suffix for suffix in _SUFFIXES[family.type])
             names.update(sample.name for sample in family.samples)
@@ -242,6 +247,7 @@ def test_grafana_dashboard_covers_the_brief() -> None:
     used = set().union(*(promql_metric_names(e) for e in _dashboard_exprs()))
     assert {
         "fused_wire_bytes_total",
+        "fused_participant_wire_bytes_total",
         "fused_round_duration_seconds_bucket",
         "fused_participants_online",
         "fused_job_accuracy",

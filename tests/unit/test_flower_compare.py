@@ -71,10 +71,8 @@ def test_compare_ratios_and_goal() -> None:
     }
 
 
-def _sample(
-    method: str, phase: str, direction: str, participant: str = "p0"
-) -> tuple[str, tuple[tuple[str, str], ...]]:
-    labels = {"method": method, "phase": phase, "direction": direction, "participant": participant}
+def _sample(method: str, phase: str, direction: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    labels = {"method": method, "phase": phase, "direction": direction}  # the coordinator's
     return ("fused_wire_bytes_total", tuple(sorted(labels.items())))
 
 
@@ -84,7 +82,7 @@ def test_message_bytes_by_method_takes_growth_of_participant_methods() -> None:
         _sample("PullTask", "none", "sent"): 160.0,
         _sample("Register", "none", "sent"): 50.0,
         _sample("DownloadBlob", "train", "sent"): 1000.0,
-        _sample("DownloadBlob", "train", "received", "p1"): 10.0,
+        _sample("DownloadBlob", "train", "received"): 10.0,
         _sample("DownloadBlob", "evaluate", "sent"): 777.0,  # not a training round's
         _sample("GetJob", "none", "sent"): 5.0,  # control traffic, not a participant's
         ("fused_wire_messages_total", _sample("PullTask", "none", "sent")[1]): 9.0,

@@ -169,6 +169,7 @@ class Wire:
     port: int
     servicer: EchoServicer
     server_registry: CollectorRegistry
+    per_participant: CollectorRegistry  # the server's per-participant bytes
     hook_calls: list[HookCall]
     channels: list[CountingChannel] = field(default_factory=list)
 
@@ -203,11 +204,12 @@ def running_wire() -> Iterator[Wire]:
         )
         return lambda: labels
 
-    interceptor = CountingServerInterceptor(WireMetrics(registry), labeller)
+    per_participant = CollectorRegistry()
+    interceptor = CountingServerInterceptor(WireMetrics(registry, per_participant), labeller)
     servicer = EchoServicer(known)
     server = ThreadedServer(servicer, interceptor)
     server.start()
-    state = Wire(server.port, servicer, registry, hook_calls)
+    state = Wire(server.port, servicer, registry, per_participant, hook_calls)
     try:
         yield state
     finally:
@@ -222,10 +224,16 @@ def sample(
     method: str,
     direction: str,
     phase: str = "train",
-    participant: str = PID,
 ) -> float | None:
-    labels = {"method": method, "direction": direction, "phase": phase, "participant": participant}
+    labels = {"method": method, "direction": direction, "phase": phase}
     return registry.get_sample_value(f"fused_wire_{kind}_total", labels)
+
+
+def participant_bytes(
+    registry: CollectorRegistry, direction: str, phase: str = "train", participant: str = PID
+) -> float | None:
+    labels = {"direction": direction, "phase": phase, "participant": participant}
+    return registry.get_sample_value("fused_participant_wire_bytes_total", labels)
 
 
 def byte_count(registry: CollectorRegistry, method: str, direction: str, **kw: str) -> float | None:
@@ -243,18 +251,14 @@ def assert_ends_agree(
     server: CollectorRegistry,
     method: str,
     phase: str = "train",
-    client_participant: str = PID,
-    server_participant: str = PID,
 ) -> None:
     """What one end sent is exactly what the other received, in bytes and in messages."""
-    c = {"phase": phase, "participant": client_participant}
-    s = {"phase": phase, "participant": server_participant}
     for kind in ("bytes", "messages"):
-        assert sample(client, kind, method, "sent", **c) == sample(
-            server, kind, method, "received", **s
+        assert sample(client, kind, method, "sent", phase) == sample(
+            server, kind, method, "received", phase
         ), (method, kind, "request")
-        assert sample(client, kind, method, "received", **c) == sample(
-            server, kind, method, "sent", **s
+        assert sample(client, kind, method, "received", phase) == sample(
+            server, kind, method, "sent", phase
         ), (method, kind, "response")
 
 

@@ -1,5 +1,6 @@
-"""How counted bytes are labelled: by participant and phase (from metadata or channel views),
-across concurrent views, and as reported to the byte hook.
+"""How counted bytes are labelled: by phase (from metadata or channel views) and, on the
+server's per-participant registry, by participant; across concurrent views, and as reported
+to the byte hook.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tests.unit.test_metering import (
     blob_chunks,
     byte_count,
     message_count,
+    participant_bytes,
     running_wire,
     serialized_size,
 )
@@ -38,23 +40,14 @@ def test_unknown_participant_and_phase_labels(wire: Wire) -> None:
     md: Metadata = ((MD_PARTICIPANT, "p9"), (MD_PHASE, "warmup"))
     stub.Heartbeat(request, metadata=md)
 
-    # the client knows who it is; the server collapses ids it does not know
-    assert byte_count(
-        client, "Heartbeat", "sent", phase="other", participant="p9"
-    ) == serialized_size(request)
-    assert byte_count(client, "Heartbeat", "sent", phase="warmup", participant="p9") is None
-    assert byte_count(wire.server_registry, "Heartbeat", "received", phase="other") is None
-    assert byte_count(
-        wire.server_registry, "Heartbeat", "received", phase="other", participant="unknown"
-    ) == serialized_size(request)
-    assert_ends_agree(
-        client,
-        wire.server_registry,
-        "Heartbeat",
-        phase="other",
-        client_participant="p9",
-        server_participant="unknown",
-    )
+    # both ends count an unknown phase as "other"; the server's per-participant bytes
+    # collapse ids it does not know
+    assert byte_count(client, "Heartbeat", "sent", phase="other") == serialized_size(request)
+    assert byte_count(client, "Heartbeat", "sent", phase="warmup") is None
+    each = wire.per_participant
+    assert participant_bytes(each, "received", "other", "p9") is None
+    assert participant_bytes(each, "received", "other", "unknown") == serialized_size(request)
+    assert_ends_agree(client, wire.server_registry, "Heartbeat", phase="other")
 
 
 def test_no_metadata_and_no_phase(wire: Wire) -> None:
@@ -64,9 +57,9 @@ def test_no_metadata_and_no_phase(wire: Wire) -> None:
     response = stub.Heartbeat(request)
     assert response.registered is True
     assert byte_count(client, "Heartbeat", "sent", phase="none") == serialized_size(request)
-    assert byte_count(
-        wire.server_registry, "Heartbeat", "received", phase="none", participant="-"
-    ) == serialized_size(request)
+    assert participant_bytes(wire.per_participant, "received", "none", "-") == serialized_size(
+        request
+    )
     assert wire.hook_calls
     assert all(MD_PARTICIPANT not in md for md, _, _ in wire.hook_calls)
 
@@ -140,3 +133,21 @@ def test_hook_sees_metadata_and_every_count(wire: Wire) -> None:
     assert len(sent) == 1
     assert float(sum(sent)) == byte_count(client, "UploadBlob", "received")
     assert {d for _, d, _ in calls} == {"received", "sent"}
+
+
+def test_the_server_counts_each_callers_bytes_apart(wire: Wire) -> None:
+    """Per participant: all of its methods in a phase, without the method; the client's own
+    counters have no participant label."""
+    channel, client = wire.client()
+    stub = participant_pb2_grpc.ParticipantServiceStub(channel.with_phase("train"))
+    pull = participant_pb2.PullTaskRequest(participant_id=PID, wait_s=0.25)
+    chunks = blob_chunks("cd" * 32)
+    stub.PullTask(pull, metadata=MD)
+    stub.UploadBlob(iter(chunks), metadata=MD)
+    for direction, other in (("sent", "received"), ("received", "sent")):
+        mine = sum(byte_count(client, m, direction) or 0.0 for m in ("PullTask", "UploadBlob"))
+        assert participant_bytes(wire.per_participant, other) == mine > 0
+    assert participant_bytes(wire.per_participant, "received", "none") is None
+    assert byte_count(wire.per_participant, "PullTask", "received") is None  # totals apart
+    assert participant_bytes(wire.server_registry, "received") is None
+    assert participant_bytes(client, "sent") is None
