@@ -102,6 +102,9 @@ def as_json(value: Any) -> Any:
             **{k: getattr(value, k) for k in ("version_id", "job_id", "message")},
             "entry": to_json(value.entry),
         }
+    if isinstance(value, Ranking):
+        layers = [dataclasses.asdict(score) for score in value.layers]
+        return {"rule": value.rule, "note": value.note, "layers": layers}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return to_json(value)
     return value  # plain JSON already

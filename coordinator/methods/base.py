@@ -52,8 +52,8 @@ class UnlearningMethod(ABC):
     stops_early: ClassVar[bool] = True
 
     def stop_rule(self, spec: UnlearningSpec) -> Plateau | None:
-        if not (self.stops_early and spec.stop_patience):
-            return None
+        if not (self.stops_early and spec.stop_patience and spec.evaluate_each_round):
+            return None  # without per-round evaluation there is no FA to stop on
         return Plateau(spec.stop_patience, spec.stop_min_delta)
 
     @abstractmethod

@@ -53,9 +53,13 @@ def test_operator_session(federation: LocalFederation, tmp_path: Path) -> None:
     )
     assert "job_completed" in unlearn.stdout and "FA " in unlearn.stdout
     unlearn_job = as_json(federation, "jobs")[-1]["job_id"]
-    layers = as_json(federation, "layers", unlearn_job)
-    assert sum(1 for layer in layers if layer.get("selected")) == 2
-    assert "L1 distance" in fusedctl(federation, "layers", unlearn_job).stdout
+    ranking = as_json(federation, "layers", unlearn_job)
+    assert ranking["rule"] == "combined"  # the default
+    layers = ranking["layers"]
+    assert sum(1 for layer in layers if layer["selected"]) == 3  # the default K
+    assert all(layer["forget_distance"] is not None for layer in layers)  # every holder measured
+    text = fusedctl(federation, "layers", unlearn_job).stdout
+    assert "selection: combined" in text and "CLI distance" in text and "forget distance" in text
 
     models = as_json(federation, "models")
     adapter = next(m for m in models if m["kind"] == "adapter" and m.get("active"))
