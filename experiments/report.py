@@ -25,7 +25,7 @@ ROWS = [
     ("bytes / participant / round", "bytes_per_round", "{:,.0f}"),
     ("bytes / participant, job", "bytes_total", "{:,.0f}"),
     ("seconds", "seconds", "{:.1f}"),
-    ("rounds", "rounds", "{}"),
+    ("rounds", "rounds", "{:.1f}"),
     ("revert exact", "revert_exact", "{}"),
 ]
 
