@@ -78,9 +78,8 @@ def goals(results: dict[str, Any]) -> list[tuple[str, bool, str]]:
         out.append(("RA", ra_ok, ra_text))
     else:
         ok = fused["fa"] <= retrain["fa"] + 0.05
-        out.append(
-            ("attack success", ok, f"FUSED {fused['fa']:.4f} vs Retrain {retrain['fa']:.4f} + 0.05")
-        )
+        text = f"attack success: FUSED {fused['fa']:.4f} vs Retrain {retrain['fa']:.4f} + 0.05"
+        out.append(("FA", ok, text))
         out.append(("RA", ra_ok, ra_text))
     mia_gap = abs(fused["mia_auc"] - retrain["mia_auc"])
     out.append(
@@ -95,17 +94,15 @@ def goals(results: dict[str, Any]) -> list[tuple[str, bool, str]]:
     out.append(("bytes", ratio >= 15, f"Retrain/FUSED bytes per round = {ratio:.1f} (>= 15)"))
     speed = retrain["seconds"] / fused["seconds"]
     out.append(("time", speed >= 2, f"Retrain/FUSED seconds = {speed:.2f} (>= 2)"))
-    noise = max(
-        spread.get("fused", {}).get("ra", 0.0), spread.get("fused_random", {}).get("ra", 0.0)
-    )
-    out.append(
-        (
-            "selection vs random",
-            fused["ra"] - rand["ra"] > noise,
-            f"RA with the selection rule {fused['ra']:.4f} vs random layers of the same "
-            f"budget {rand['ra']:.4f} (beats it by more than the larger sd, {noise:.4f})",
-        )
-    )
+    sds = [spread.get(n, {}).get("ra") for n in ("fused", "fused_random")]
+    noise = max((sd for sd in sds if sd is not None), default=None)
+    versus = f"RA with the selection rule {fused['ra']:.4f} vs random layers of the same budget "
+    if noise is None:
+        out.append(("selection vs random", False, versus + f"{rand['ra']:.4f}: one seed, no sd"))
+    else:
+        beats = fused["ra"] - rand["ra"] > noise
+        text = versus + f"{rand['ra']:.4f} (must beat it by more than the larger sd, {noise:.4f})"
+        out.append(("selection vs random", beats, text))
     exact = all(v["revert_exact"] for v in m.values())
     out.append(("revert exact", exact, "every method's revert and reapply hashes matched"))
     return out
