@@ -182,6 +182,18 @@ def bytes_per_round(info: control_pb2.JobInfo, phase: str) -> float:
     return sum(samples) / len(samples) if samples else 0.0
 
 
+def training_spec(exp: Experiment) -> TrainingSpec:
+    """The original model's FedAvg training: every participant, every round."""
+    return TrainingSpec(
+        rounds=exp.budget.train_rounds,
+        train=exp.train,
+        min_participants=exp.participants,
+        round_deadline_s=900,
+        seed=exp.seed,
+        evaluate_each_round=False,
+    )
+
+
 def random_config(exp: Experiment, model: str, budget: int) -> FusedConfig:
     """K tensors drawn at random (seeded) among those that together hold at least `budget`
     values, with the density that gives the adapter `budget` values: FUSED's parameter
@@ -273,15 +285,7 @@ def run(exp: Experiment) -> dict[str, Any]:
             fed.start_participant(exp.work / "shards" / pid)
         fed.wait_online(exp.participants, timeout_s=300)
         print(f"[train] {exp.participants} participants online", flush=True)
-        spec = TrainingSpec(
-            rounds=exp.budget.train_rounds,
-            train=exp.train,
-            min_participants=exp.participants,
-            round_deadline_s=900,
-            seed=exp.seed,
-            evaluate_each_round=False,
-        )
-        trained = run_job(fed, start_training(fed.control(), spec))
+        trained = run_job(fed, start_training(fed.control(), training_spec(exp)))
         base = json.loads(trained.result_json)["version_id"]
         base_data = export(fed, base)
         base_weights, _ = decode_tensors(base_data)

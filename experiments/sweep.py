@@ -22,10 +22,18 @@ from pathlib import Path
 from typing import Any
 
 from experiments.central import build_sets, evaluate_weights
-from experiments.paper import FULL, Experiment, export, partition, run_job, run_method
+from experiments.paper import (
+    FULL,
+    Experiment,
+    export,
+    partition,
+    run_job,
+    run_method,
+    training_spec,
+)
 from fused.client.initial_weights import start_training
 from fused.common.codecs.tensor_codec import decode_tensors
-from fused.common.domain.specs import METHOD_CONFIGS, TrainingSpec, UnlearningSpec
+from fused.common.domain.specs import METHOD_CONFIGS, UnlearningSpec
 from fused.common.ml.models import default_model_for
 from fused.proto.v1 import control_pb2
 from fused.tools.launch import LocalFederation
@@ -58,15 +66,7 @@ def trained_base(fed: LocalFederation, exp: Experiment) -> str:
     for info in reply.models:
         if info.kind == "base" and not info.parent_id:
             return str(info.version_id)
-    spec = TrainingSpec(
-        rounds=exp.budget.train_rounds,
-        train=exp.train,
-        min_participants=exp.participants,
-        round_deadline_s=900,
-        seed=exp.seed,
-        evaluate_each_round=False,
-    )
-    trained = run_job(fed, start_training(fed.control(), spec))
+    trained = run_job(fed, start_training(fed.control(), training_spec(exp)))
     return str(json.loads(trained.result_json)["version_id"])
 
 
