@@ -33,6 +33,7 @@ MAX_OFFSET = 2**62  # byte offsets and sizes
 MAX_SEED = 2**63 - 1  # seeds and sequence numbers: what SQLite's INTEGER holds
 MAX_REASON_CHARS = 512  # a participant's error report (agents send at most 500): a
 # round record holds one per failed participant, a failed job's reason all of them
+MAX_INLINE_BLOBS = 4  # artifacts one result may carry inline (checked by the handler)
 PREVIEW_CHARS = 16  # of a refused string, in the answer
 
 # State that grows with what callers do, bounded too.
@@ -93,6 +94,8 @@ FIELDS: Mapping[str, Limit] = {
     "SensitivityResult.forget_distances": TENSOR_NAMES,
     "SensitivityResult.forget_examples": COUNT,
     "TaskError.message": Limit(chars=MAX_REASON_CHARS, text=False),  # free text, escaped later
+    "InlineBlob.blob_id": ID,
+    "InlineBlob.data": Limit(chars=4 << 20, text=False),  # inline_max_bytes holds it first
     "DownloadBlobRequest.blob_id": ID,
     "DownloadBlobRequest.offset": OFFSET,
     "UploadStatusRequest.blob_id": ID,

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66used/proto/v1/common.proto\x12\x08\x66used.v1\"m\n\tBlobChunk\x12\x0f\n\x07\x62lob_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x12\n\ntotal_size\x18\x04 \x01(\x04\x12\x0e\n\x06job_id\x18\x05 \x01(\t\x12\r\n\x05round\x18\x06 \x01(\r\"y\n\x0bTrainConfig\x12\x14\n\x0clocal_epochs\x18\x01 \x01(\r\x12\n\n\x02lr\x18\x02 \x01(\x01\x12\x10\n\x08momentum\x18\x03 \x01(\x01\x12\x14\n\x0cweight_decay\x18\x04 \x01(\x01\x12\x12\n\nbatch_size\x18\x05 \x01(\r\x12\x0c\n\x04seed\x18\x06 \x01(\x04\"\x9e\x01\n\nForgetSpec\x12\x10\n\x08paradigm\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63lass_label\x18\x03 \x01(\x05\x12\x12\n\nsample_ids\x18\x04 \x03(\x03\x12\x0f\n\x07relabel\x18\x05 \x01(\x08\x12\x14\n\x0ctrigger_size\x18\x06 \x01(\r\x12\x16\n\x0etrigger_target\x18\x07 \x01(\x05\"Z\n\tForgetSet\x12\x14\n\x0cparticipants\x18\x01 \x03(\t\x12\x0f\n\x07\x63lasses\x18\x02 \x03(\x05\x12&\n\x07samples\x18\x03 \x03(\x0b\x32\x15.fused.v1.HeldSamples\"9\n\x0bHeldSamples\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x12\n\nsample_ids\x18\x02 \x03(\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66used/proto/v1/common.proto\x12\x08\x66used.v1\"m\n\tBlobChunk\x12\x0f\n\x07\x62lob_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x12\n\ntotal_size\x18\x04 \x01(\x04\x12\x0e\n\x06job_id\x18\x05 \x01(\t\x12\r\n\x05round\x18\x06 \x01(\r\"+\n\nInlineBlob\x12\x0f\n\x07\x62lob_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"y\n\x0bTrainConfig\x12\x14\n\x0clocal_epochs\x18\x01 \x01(\r\x12\n\n\x02lr\x18\x02 \x01(\x01\x12\x10\n\x08momentum\x18\x03 \x01(\x01\x12\x14\n\x0cweight_decay\x18\x04 \x01(\x01\x12\x12\n\nbatch_size\x18\x05 \x01(\r\x12\x0c\n\x04seed\x18\x06 \x01(\x04\"\x9e\x01\n\nForgetSpec\x12\x10\n\x08paradigm\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63lass_label\x18\x03 \x01(\x05\x12\x12\n\nsample_ids\x18\x04 \x03(\x03\x12\x0f\n\x07relabel\x18\x05 \x01(\x08\x12\x14\n\x0ctrigger_size\x18\x06 \x01(\r\x12\x16\n\x0etrigger_target\x18\x07 \x01(\x05\"Z\n\tForgetSet\x12\x14\n\x0cparticipants\x18\x01 \x03(\t\x12\x0f\n\x07\x63lasses\x18\x02 \x03(\x05\x12&\n\x07samples\x18\x03 \x03(\x0b\x32\x15.fused.v1.HeldSamples\"9\n\x0bHeldSamples\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x12\n\nsample_ids\x18\x02 \x03(\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,12 +33,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_BLOBCHUNK']._serialized_start=41
   _globals['_BLOBCHUNK']._serialized_end=150
-  _globals['_TRAINCONFIG']._serialized_start=152
-  _globals['_TRAINCONFIG']._serialized_end=273
-  _globals['_FORGETSPEC']._serialized_start=276
-  _globals['_FORGETSPEC']._serialized_end=434
-  _globals['_FORGETSET']._serialized_start=436
-  _globals['_FORGETSET']._serialized_end=526
-  _globals['_HELDSAMPLES']._serialized_start=528
-  _globals['_HELDSAMPLES']._serialized_end=585
+  _globals['_INLINEBLOB']._serialized_start=152
+  _globals['_INLINEBLOB']._serialized_end=195
+  _globals['_TRAINCONFIG']._serialized_start=197
+  _globals['_TRAINCONFIG']._serialized_end=318
+  _globals['_FORGETSPEC']._serialized_start=321
+  _globals['_FORGETSPEC']._serialized_end=479
+  _globals['_FORGETSET']._serialized_start=481
+  _globals['_FORGETSET']._serialized_end=571
+  _globals['_HELDSAMPLES']._serialized_start=573
+  _globals['_HELDSAMPLES']._serialized_end=630
 # @@protoc_insertion_point(module_scope)

@@ -61,6 +61,32 @@ class BlobChunk(_message.Message):
 Global___BlobChunk: _TypeAlias = BlobChunk  # noqa: Y015
 
 @_typing.final
+class InlineBlob(_message.Message):
+    """An artifact sent whole inside another message, when it is small enough: it saves the
+    DownloadBlob or UploadBlob call. blob_id is the sha256 hex digest of data, checked on receipt.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOB_ID_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    blob_id: _builtins.str
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        blob_id: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_id", b"blob_id", "data", b"data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InlineBlob: _TypeAlias = InlineBlob  # noqa: Y015
+
+@_typing.final
 class TrainConfig(_message.Message):
     """Local optimisation settings a participant applies to a task."""
 

@@ -166,8 +166,13 @@ class RegisterRequest(_message.Message):
     PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
+    PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     participant_id: _builtins.str
     agent_version: _builtins.str
+    protocol_version: _builtins.int
+    """The participant protocol the agent speaks; the coordinator refuses any other (an agent
+    built before version 2 sends 0).
+    """
     @_builtins.property
     def data(self) -> Global___DataSummary: ...
     def __init__(
@@ -176,10 +181,11 @@ class RegisterRequest(_message.Message):
         participant_id: _builtins.str = ...,
         data: Global___DataSummary | None = ...,
         agent_version: _builtins.str = ...,
+        protocol_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "data", b"data", "participant_id", b"participant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "data", b"data", "participant_id", b"participant_id", "protocol_version", b"protocol_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -193,6 +199,7 @@ class RegisterResponse(_message.Message):
     POLL_WAIT_S_FIELD_NUMBER: _builtins.int
     CHUNK_BYTES_FIELD_NUMBER: _builtins.int
     MAX_UPLOAD_BYTES_FIELD_NUMBER: _builtins.int
+    INLINE_MAX_BYTES_FIELD_NUMBER: _builtins.int
     heartbeat_interval_s: _builtins.float
     poll_wait_s: _builtins.float
     """how long PullTask may hold a call open"""
@@ -200,6 +207,10 @@ class RegisterResponse(_message.Message):
     """preferred artifact chunk size"""
     max_upload_bytes: _builtins.int
     """uploads above this are refused"""
+    inline_max_bytes: _builtins.int
+    """Artifacts up to this size travel inline: in PushResultRequest.blobs instead of an
+    UploadBlob stream, and in PullTaskResponse.blobs instead of a DownloadBlob stream.
+    """
     def __init__(
         self,
         *,
@@ -207,10 +218,11 @@ class RegisterResponse(_message.Message):
         poll_wait_s: _builtins.float = ...,
         chunk_bytes: _builtins.int = ...,
         max_upload_bytes: _builtins.int = ...,
+        inline_max_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_bytes", b"chunk_bytes", "heartbeat_interval_s", b"heartbeat_interval_s", "max_upload_bytes", b"max_upload_bytes", "poll_wait_s", b"poll_wait_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_bytes", b"chunk_bytes", "heartbeat_interval_s", b"heartbeat_interval_s", "inline_max_bytes", b"inline_max_bytes", "max_upload_bytes", b"max_upload_bytes", "poll_wait_s", b"poll_wait_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -397,18 +409,26 @@ class PullTaskResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TASK_FIELD_NUMBER: _builtins.int
+    BLOBS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def task(self) -> Global___Task:
         """unset: no task within the wait"""
+
+    @_builtins.property
+    def blobs(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.InlineBlob]:
+        """Artifacts the task names that this agent was not sent in its session and that fit
+        inline_max_bytes: the agent needs no DownloadBlob for them.
+        """
 
     def __init__(
         self,
         *,
         task: Global___Task | None = ...,
+        blobs: _abc.Iterable[_common_pb2.InlineBlob] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blobs", b"blobs", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -598,8 +618,15 @@ class PushResultRequest(_message.Message):
     EVAL_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     SENSITIVITY_FIELD_NUMBER: _builtins.int
+    BLOBS_FIELD_NUMBER: _builtins.int
+    WAIT_S_FIELD_NUMBER: _builtins.int
+    TIMINGS_FIELD_NUMBER: _builtins.int
     participant_id: _builtins.str
     task_id: _builtins.str
+    wait_s: _builtins.float
+    """> 0: once the result is accepted, wait up to this long for the agent's next task and
+    answer it in PushResultResponse.next (as PullTask would), saving the agent a long poll.
+    """
     @_builtins.property
     def train(self) -> Global___TrainResult: ...
     @_builtins.property
@@ -608,6 +635,16 @@ class PushResultRequest(_message.Message):
     def error(self) -> Global___TaskError: ...
     @_builtins.property
     def sensitivity(self) -> Global___SensitivityResult: ...
+    @_builtins.property
+    def blobs(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.InlineBlob]:
+        """Artifacts the outcome names, sent inline instead of by UploadBlob (each at most
+        inline_max_bytes): held to the same checks and quota as an upload.
+        """
+
+    @_builtins.property
+    def timings(self) -> Global___TaskTimings:
+        """where the task's time went, as the agent measured it"""
+
     def __init__(
         self,
         *,
@@ -617,10 +654,13 @@ class PushResultRequest(_message.Message):
         eval: Global___EvalResult | None = ...,
         error: Global___TaskError | None = ...,
         sensitivity: Global___SensitivityResult | None = ...,
+        blobs: _abc.Iterable[_common_pb2.InlineBlob] | None = ...,
+        wait_s: _builtins.float = ...,
+        timings: Global___TaskTimings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "eval", b"eval", "outcome", b"outcome", "sensitivity", b"sensitivity", "train", b"train"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "eval", b"eval", "outcome", b"outcome", "sensitivity", b"sensitivity", "timings", b"timings", "train", b"train"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "eval", b"eval", "outcome", b"outcome", "participant_id", b"participant_id", "sensitivity", b"sensitivity", "task_id", b"task_id", "train", b"train"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blobs", b"blobs", "error", b"error", "eval", b"eval", "outcome", b"outcome", "participant_id", b"participant_id", "sensitivity", b"sensitivity", "task_id", b"task_id", "timings", b"timings", "train", b"train", "wait_s", b"wait_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["train", "eval", "error", "sensitivity"]  # noqa: Y015
     _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
@@ -629,23 +669,69 @@ class PushResultRequest(_message.Message):
 Global___PushResultRequest: _TypeAlias = PushResultRequest  # noqa: Y015
 
 @_typing.final
+class TaskTimings(_message.Message):
+    """Seconds a task spent in each stage on the participant (wall clock). Fetch and upload are
+    0 for artifacts that travelled inline; compute is training, evaluation or measuring.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FETCH_S_FIELD_NUMBER: _builtins.int
+    DECODE_S_FIELD_NUMBER: _builtins.int
+    COMPUTE_S_FIELD_NUMBER: _builtins.int
+    ENCODE_S_FIELD_NUMBER: _builtins.int
+    UPLOAD_S_FIELD_NUMBER: _builtins.int
+    fetch_s: _builtins.float
+    """DownloadBlob streams (cache hits cost nothing)"""
+    decode_s: _builtins.float
+    """decoding and checking the model and adapter"""
+    compute_s: _builtins.float
+    """the local work itself"""
+    encode_s: _builtins.float
+    """serializing what is uploaded"""
+    upload_s: _builtins.float
+    """UploadBlob streams"""
+    def __init__(
+        self,
+        *,
+        fetch_s: _builtins.float = ...,
+        decode_s: _builtins.float = ...,
+        compute_s: _builtins.float = ...,
+        encode_s: _builtins.float = ...,
+        upload_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_s", b"compute_s", "decode_s", b"decode_s", "encode_s", b"encode_s", "fetch_s", b"fetch_s", "upload_s", b"upload_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskTimings: _TypeAlias = TaskTimings  # noqa: Y015
+
+@_typing.final
 class PushResultResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCEPTED_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    NEXT_FIELD_NUMBER: _builtins.int
     accepted: _builtins.bool
     message: _builtins.str
     """why a late or unknown result was not counted"""
+    @_builtins.property
+    def next(self) -> Global___PullTaskResponse:
+        """asked with wait_s > 0: the next task, if one came in time"""
+
     def __init__(
         self,
         *,
         accepted: _builtins.bool = ...,
         message: _builtins.str = ...,
+        next: Global___PullTaskResponse | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next", b"next"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "message", b"message", "next", b"next"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
