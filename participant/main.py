@@ -26,6 +26,7 @@ from fused.participant.forgetting_request import request_forgetting
 from fused.participant.retry import RegistrationRefused
 from fused.participant.site import Offer, Site, broken_offer, default_reference, offer_of, open_site
 from fused.participant.training import resolve_hardware, use_hardware
+from fused.participant.warmup import warm_up_logged
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,10 @@ class ParticipantConfig:
     forget_samples: Path | None = dataclasses.field(
         default=None,
         metadata={"help": "ask it to forget these of this participant's sample ids, then exit"},
+    )
+    warmup: bool = dataclasses.field(
+        default=True,
+        metadata={"help": "one training step at start: the first task is not the process's first"},
     )
     log_level: str = "info"
     log_json: bool = False
@@ -143,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         backoff_max_s=cfg.backoff_max_s,
     )
     site, offer = _open(participant_id, reference, cfg.data_dir)
+    if site is not None and cfg.warmup:
+        warm_up_logged(site)  # before registering: no task waits for it
     agent = Agent(settings, site, offer, metrics)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.shutdown())
