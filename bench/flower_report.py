@@ -1,5 +1,6 @@
 """The Flower comparison's arithmetic: the measured window of rounds, bytes and seconds per
-round, message bytes by method from two scrapes, and the FUSED / Flower ratios."""
+round, the first round's extra cost, a round's pure compute, message bytes by method from two
+scrapes, and the FUSED / Flower ratios."""
 
 from __future__ import annotations
 
@@ -67,37 +68,105 @@ def measured_window(started: Sequence[float], finished: Sequence[float], warmup:
     return Window(start, finished[-1], rounds)
 
 
+def first_round_extra(round_seconds: Sequence[float]) -> float | None:
+    """The first round's seconds minus the mean of the later rounds' (None with one round):
+    what the first round pays beyond a steady one (first-use costs, connection set-up)."""
+    if len(round_seconds) < 2:
+        return None
+    later = round_seconds[1:]
+    return round_seconds[0] - sum(later) / len(later)
+
+
 def system_report(
     events: Sequence[WireEvent],
     started: Sequence[float],
     finished: Sequence[float],
     warmup: int,
     accuracy: float,
+    participants: int,
 ) -> dict[str, Any]:
     """The per-system block of the report: the proxy's bytes and the wall time of the measured
-    window, per measured round; `started` / `finished` are the times of every round run."""
+    window, per measured round (bytes also per participant); the first round's extra cost;
+    `started` / `finished` are the times of every round run."""
     window = measured_window(started, finished, warmup)
     moved = bytes_in_window(events, window.start, window.end)
+    if participants < 1:
+        raise ValueError(f"participants must be >= 1, got {participants}")
+    round_seconds = [b - a for a, b in zip(started, finished, strict=True)]
     return {
         "bytes_per_round": per_round(moved["total"], window.rounds),
+        "bytes_per_participant_per_round": per_round(moved["total"], window.rounds) / participants,
         "bytes_up_per_round": per_round(moved[UP], window.rounds),
         "bytes_down_per_round": per_round(moved[DOWN], window.rounds),
         "seconds_per_round": per_round(window.end - window.start, window.rounds),
-        "round_seconds": [b - a for a, b in zip(started, finished, strict=True)],
+        "seconds_per_round_all": per_round(finished[-1] - started[0], len(finished)),
+        "round_seconds": round_seconds,
+        "first_round_extra_seconds": first_round_extra(round_seconds),
         "accuracy": accuracy,
     }
 
 
-def compare(fused: dict[str, Any], flower: dict[str, Any]) -> dict[str, Any]:
-    """Ratios FUSED / Flower and whether the goal holds (no more bytes, no more seconds)."""
+@dataclass(frozen=True)
+class RoundCompute:
+    """The pure local compute of one round, from each participant's epoch timed alone.
+
+    Participants train in parallel, one thread each, on `cores` cores. A round can end no
+    sooner than its slowest participant's epoch (the max), nor sooner than all their epochs'
+    work spread over the cores that can run it at once (the sum over min(participants,
+    cores)); with preemptive scheduling the larger of the two is reachable, so it is the
+    round's compute: the max where every participant has a core of its own, the sum's share
+    where they outnumber the cores."""
+
+    epoch_seconds: tuple[float, ...]
+    cores: int
+
+    @property
+    def parallel(self) -> int:
+        return min(len(self.epoch_seconds), self.cores)
+
+    @property
+    def seconds(self) -> float:
+        return max(max(self.epoch_seconds), sum(self.epoch_seconds) / self.parallel)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "epoch_seconds": list(self.epoch_seconds),
+            "max_epoch_seconds": max(self.epoch_seconds),
+            "sum_epoch_seconds": sum(self.epoch_seconds),
+            "cores": self.cores,
+            "parallel": self.parallel,
+            "round_seconds": self.seconds,
+        }
+
+
+def round_compute(epoch_seconds: Sequence[float], cores: int) -> RoundCompute:
+    if not epoch_seconds or min(epoch_seconds) <= 0 or cores < 1:
+        raise ValueError(f"need positive epoch times and cores, got {epoch_seconds}, {cores}")
+    return RoundCompute(tuple(epoch_seconds), cores)
+
+
+COMPUTE_RATIO_GOAL = 1.2  # seconds per round over the round's pure compute, FUSED's
+
+
+def compare(fused: dict[str, Any], flower: dict[str, Any], compute_s: float) -> dict[str, Any]:
+    """Ratios FUSED / Flower, each system's seconds per round over the round's pure compute
+    (`compute_s`), and whether the goals hold: no more bytes, no more seconds than Flower,
+    FUSED within COMPUTE_RATIO_GOAL of the compute."""
     ratio_bytes = ratio(fused["bytes_per_round"], flower["bytes_per_round"])
     ratio_seconds = ratio(fused["seconds_per_round"], flower["seconds_per_round"])
+    over_compute = {
+        name: ratio(side["seconds_per_round"], compute_s)
+        for name, side in (("fused", fused), ("flower", flower))
+    }
+    fused_over = over_compute["fused"]
     return {
         "ratio_bytes": ratio_bytes,
         "ratio_seconds": ratio_seconds,
+        "seconds_per_round_over_compute": over_compute,
         "goal_met": {
             "bytes": ratio_bytes is not None and ratio_bytes <= 1.0,
             "seconds": ratio_seconds is not None and ratio_seconds <= 1.0,
+            "compute_ratio": fused_over is not None and fused_over <= COMPUTE_RATIO_GOAL,
         },
     }
 

@@ -9,13 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from bench.flower_compare import resolve_settings
+from bench.flower_compare import parse_args, resolve_settings
+from bench.flower_compute import epoch_seconds
 from bench.flower_env import REPO_ROOT, check_venv_path
+from bench.flower_job import MODEL_DATASETS, Job, prepare_shards
 from bench.flower_report import (
     compare,
+    first_round_extra,
     measured_window,
     message_bytes_by_method,
     ratio,
+    round_compute,
     system_report,
 )
 from bench.proxy import DOWN, UP, CountingProxy, WireEvent, bytes_in_window
@@ -48,26 +52,54 @@ def test_measured_window_skips_warmup_rounds() -> None:
 
 def test_system_report_per_measured_round() -> None:
     events = [WireEvent(5.0, UP, 999), WireEvent(12.0, UP, 300), WireEvent(14.0, DOWN, 100)]
-    report = system_report(events, [0.0, 10.0, 13.0], [10.0, 13.0, 16.0], 1, 0.75)
+    report = system_report(events, [0.0, 10.0, 13.0], [10.0, 13.0, 16.0], 1, 0.75, 2)
     assert report["bytes_per_round"] == 200.0  # 400 bytes over 2 measured rounds
+    assert report["bytes_per_participant_per_round"] == 100.0
     assert report["bytes_up_per_round"] == 150.0
     assert report["bytes_down_per_round"] == 50.0
     assert report["seconds_per_round"] == 3.0  # (16 - 10) / 2
+    assert report["seconds_per_round_all"] == pytest.approx(16.0 / 3)
     assert report["round_seconds"] == [10.0, 3.0, 3.0]
+    assert report["first_round_extra_seconds"] == 7.0
     assert report["accuracy"] == 0.75
+    with pytest.raises(ValueError, match="participants"):
+        system_report(events, [0.0, 10.0], [10.0, 13.0], 1, 0.75, 0)
+
+
+def test_first_round_extra_against_the_later_rounds_mean() -> None:
+    assert first_round_extra([5.0, 2.0, 4.0]) == 2.0
+    assert first_round_extra([1.0, 1.5]) == -0.5  # a first round may be the quicker one
+    assert first_round_extra([1.0]) is None
+
+
+def test_round_compute_is_the_max_or_the_sum_over_the_cores() -> None:
+    epochs = [2.0, 1.0, 1.5, 1.5]
+    shared = round_compute(epochs, cores=2)  # 4 participants on 2 cores: 6 s of work / 2
+    assert (shared.parallel, shared.seconds) == (2, 3.0)
+    own = round_compute(epochs, cores=8)  # a core each: the slowest participant
+    assert (own.parallel, own.seconds) == (4, 2.0)
+    lopsided = round_compute([5.0, 0.5, 0.5], cores=2)  # one long epoch bounds it
+    assert lopsided.seconds == 5.0
+    assert own.as_json()["sum_epoch_seconds"] == 6.0
+    for bad in (([], 2), ([1.0, 0.0], 2), ([1.0], 0)):
+        with pytest.raises(ValueError):
+            round_compute(*bad)
 
 
 def test_compare_ratios_and_goal() -> None:
     fused = {"bytes_per_round": 90.0, "seconds_per_round": 2.0}
     flower = {"bytes_per_round": 100.0, "seconds_per_round": 1.0}
-    result = compare(fused, flower)
+    result = compare(fused, flower, 1.0)
     assert result["ratio_bytes"] == pytest.approx(0.9)
     assert result["ratio_seconds"] == pytest.approx(2.0)
-    assert result["goal_met"] == {"bytes": True, "seconds": False}
+    assert result["seconds_per_round_over_compute"] == {"fused": 2.0, "flower": 1.0}
+    assert result["goal_met"] == {"bytes": True, "seconds": False, "compute_ratio": False}
+    assert compare(fused, flower, 1.8)["goal_met"]["compute_ratio"]  # 2.0 / 1.8 <= 1.2
     assert ratio(1.0, 0.0) is None
-    assert compare(fused, {"bytes_per_round": 0.0, "seconds_per_round": 0.0})["goal_met"] == {
+    assert compare(fused, {"bytes_per_round": 0.0, "seconds_per_round": 0.0}, 0.0)["goal_met"] == {
         "bytes": False,
         "seconds": False,
+        "compute_ratio": False,
     }
 
 
@@ -103,18 +135,56 @@ def _args(**values: object) -> argparse.Namespace:
         "rounds": 5,
         "warmup_rounds": 1,
         "participants": 4,
-        "dataset": "fashionmnist",
+        "model": "lenet",
+        "compute_repeats": 2,
     }
     return argparse.Namespace(**{**defaults, **values})
 
 
-def test_quick_means_two_rounds_on_digits() -> None:
+def test_quick_means_three_rounds_of_the_mlp() -> None:
     args = resolve_settings(_args(quick=True))
-    assert (args.rounds, args.dataset, args.participants) == (2, "digits", 4)
+    assert (args.rounds, args.model, args.participants) == (3, "mlp", 4)
     assert resolve_settings(_args()).rounds == 5
-    for bad in ({"rounds": 0}, {"warmup_rounds": -1}, {"participants": 0}):
+    bad_settings = (
+        {"rounds": 1},  # nothing left after the warm-up round
+        {"warmup_rounds": -1},
+        {"participants": 0},
+        {"compute_repeats": 0},
+    )
+    for bad in bad_settings:
         with pytest.raises(SystemExit):
             resolve_settings(_args(**bad))
+
+
+def test_model_names_its_data_set_and_the_agents_warm_up_by_default() -> None:
+    args = parse_args(["--model", "lenet"])
+    assert (MODEL_DATASETS[args.model], args.rounds, args.agent_warmup) == (
+        "fashionmnist",
+        5,
+        True,
+    )
+    assert parse_args(["--no-agent-warmup"]).agent_warmup is False
+    assert MODEL_DATASETS[parse_args([]).model] == "digits"
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "resnet18"])
+
+
+def test_epoch_seconds_times_each_participant(tmp_path: Path) -> None:
+    summary = prepare_shards("digits", None, 2, 0, tmp_path / "shards")
+    job = Job(
+        dataset="digits",
+        model="mlp",
+        num_classes=int(summary["num_classes"]),
+        participants=2,
+        rounds=2,
+        warmup=1,
+        seed=0,
+        shards=tmp_path / "shards",
+        work_dir=tmp_path,
+    )
+    seconds = epoch_seconds(job, repeats=1)
+    assert len(seconds) == 2
+    assert all(s > 0 for s in seconds)
 
 
 def test_never_installs_into_the_project_venv(tmp_path: Path) -> None:
