@@ -24,6 +24,7 @@ import numpy as np
 import safetensors.numpy
 
 from fused.common.rpc.metering import MD_JOB, MD_PARTICIPANT, MD_PHASE, MD_ROUND
+from fused.common.rpc.protocol import PROTOCOL_VERSION
 from fused.proto.v1 import (
     common_pb2,
     participant_pb2,
@@ -233,7 +234,10 @@ class Participant:
     async def _register(self) -> None:
         data = participant_pb2.DataSummary.FromString(self._settings.summary)
         request = participant_pb2.RegisterRequest(
-            participant_id=self.pid, data=data, agent_version=AGENT_VERSION
+            protocol_version=PROTOCOL_VERSION,
+            participant_id=self.pid,
+            data=data,
+            agent_version=AGENT_VERSION,
         )
         self._reply = await self._timed(
             "register",

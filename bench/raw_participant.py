@@ -20,6 +20,7 @@ import grpc
 from fused.client.initial_weights import start_training
 from fused.common.domain.specs import TrainingSpec
 from fused.common.rpc.metering import MD_PARTICIPANT
+from fused.common.rpc.protocol import PROTOCOL_VERSION
 from fused.participant.site import builtin_summary
 from fused.proto.v1 import (
     common_pb2,
@@ -111,7 +112,10 @@ class RawParticipant:
 
     def register(self, summary: participant_pb2.DataSummary = DIGITS) -> None:
         request = participant_pb2.RegisterRequest(
-            participant_id=self.participant_id, data=summary, agent_version="raw/1"
+            protocol_version=PROTOCOL_VERSION,
+            participant_id=self.participant_id,
+            data=summary,
+            agent_version="raw/1",
         )
         self.stub.Register(request, metadata=self.md, timeout=TIMEOUT_S)
 

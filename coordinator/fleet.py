@@ -339,6 +339,11 @@ class Fleet:
         if event is not None:
             event.set()
 
+    def open_task(self, pid: str, task_id: str) -> TaskSpec | None:
+        """pid's open task of that id, if any."""
+        open_task = self._tasks_of(pid).get(task_id)
+        return None if open_task is None else open_task.spec
+
     def held_task(self, pid: str, job_id: str, phase: str, round_number: int) -> TaskSpec | None:
         """pid's open task of that job, phase and round, if any: what the bytes of its calls
         may be charged to (coordinator/accounting.py)."""

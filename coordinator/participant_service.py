@@ -13,11 +13,21 @@ from dataclasses import dataclass
 
 import grpc
 
+from fused.common.domain.tasks import TaskSpec
 from fused.common.ml.schema import parse_schema
+from fused.common.rpc.metering import respond_for, task_metadata
+from fused.common.rpc.protocol import version_refusal
 from fused.common.rpc.task_convert import outcome_from_proto, task_to_proto
 from fused.coordinator.auth import RequestRefused
-from fused.coordinator.fleet import Fleet, TaskClosedError
+from fused.coordinator.fleet import (
+    Fleet,
+    NotRegisteredError,
+    ParticipantBlockedError,
+    TaskClosedError,
+)
 from fused.coordinator.forget_requests import ForgetRequests
+from fused.coordinator.inline_blobs import InlineBlobs
+from fused.coordinator.limits import MAX_INLINE_BLOBS
 from fused.coordinator.metrics import CoordinatorMetrics
 from fused.coordinator.rpc_errors import Context, answers, bound_participant, caller_id
 from fused.coordinator.state import ParticipantRecord
@@ -34,12 +44,13 @@ MAX_CLASSES = 10_000
 @dataclass(frozen=True)
 class RegisterTerms:
     """What the Register reply tells a participant: how often to beat and poll, and the
-    chunk size and upload limit of its transfers."""
+    chunk size, upload limit and inline size of its transfers."""
 
     heartbeat_interval_s: float
     poll_wait_s: float
     chunk_bytes: int
     max_upload_bytes: int
+    inline_max_bytes: int
 
 
 def _digest(blob_id: str) -> str:
@@ -98,6 +109,7 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
     downloads: Downloads
     terms: RegisterTerms
     metrics: CoordinatorMetrics
+    inline: InlineBlobs
     requests: ForgetRequests | None = None  # participants' own forgetting requests
 
     def count_rejected(self, reason: str) -> None:
@@ -117,12 +129,16 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
         if not PARTICIPANT_ID.match(pid):
             raise RequestRefused(grpc.StatusCode.INVALID_ARGUMENT, f"bad participant id {pid!r}")
         bound_participant(pid)
+        refusal = version_refusal(request.protocol_version)
+        if refusal is not None:
+            raise RequestRefused(grpc.StatusCode.FAILED_PRECONDITION, refusal)
         record = _record(pid, request)
         if not request.data.workload_error:  # jobs read the schema by its digest
             schema = _check_schema(request.data)
             if not self.uploads.artifacts.exists(request.data.schema_digest):
                 await asyncio.to_thread(self.uploads.artifacts.put_bytes, schema)
         self.fleet.register(record)
+        self.inline.new_session(pid)
         log.info("participant %s registered (%d training samples)", pid, request.data.num_train)
         t = self.terms
         return participant_pb2.RegisterResponse(
@@ -130,6 +146,7 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
             poll_wait_s=t.poll_wait_s,
             chunk_bytes=t.chunk_bytes,
             max_upload_bytes=t.max_upload_bytes,
+            inline_max_bytes=t.inline_max_bytes,
         )
 
     @answers()
@@ -145,24 +162,56 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
     ) -> participant_pb2.PullTaskResponse:
         pid = bound_participant(request.participant_id)
         wait_s = max(0.0, min(request.wait_s, self.terms.poll_wait_s))
-        task = await self.fleet.pull(pid, wait_s)
+        return await self._task_reply(pid, await self.fleet.pull(pid, wait_s))
+
+    async def _task_reply(
+        self, pid: str, task: TaskSpec | None
+    ) -> participant_pb2.PullTaskResponse:
+        """A task with the artifacts that travel inline; its bytes are charged to it."""
         if task is None:
             return participant_pb2.PullTaskResponse()
-        return participant_pb2.PullTaskResponse(task=task_to_proto(task))
+        respond_for(task_metadata(pid, task.job_id, task.phase, task.round))
+        blobs = await self.inline.for_task(pid, task)
+        return participant_pb2.PullTaskResponse(task=task_to_proto(task), blobs=blobs)
+
+    async def _next_task(self, pid: str, wait_s: float) -> participant_pb2.PullTaskResponse:
+        """After an accepted result: the next task within wait_s, or none (a blocked or
+        removed participant learns why from its next PullTask)."""
+        wait_s = max(0.0, min(wait_s, self.terms.poll_wait_s))
+        try:
+            task = await self.fleet.pull(pid, wait_s)
+        except (ParticipantBlockedError, NotRegisteredError):
+            return participant_pb2.PullTaskResponse()
+        return await self._task_reply(pid, task)
 
     @answers(rejected="result rejected: ", count="invalid_result", doing="check the result")
     async def PushResult(
         self, request: participant_pb2.PushResultRequest, context: Context
     ) -> participant_pb2.PushResultResponse:
-        bound_participant(request.participant_id)
+        pid = bound_participant(request.participant_id)
         outcome = outcome_from_proto(request)
+        await self._store_inline(pid, request)
         try:
             await self.fleet.complete(outcome)
         except TaskClosedError as exc:  # an answer, not an error: the result came too late
             return participant_pb2.PushResultResponse(accepted=False, message=str(exc))
         if outcome.train is not None:  # accepted: its update leaves the sender's upload quota
-            self.uploads.settled(outcome.participant_id, outcome.train.update_blob_id)
-        return participant_pb2.PushResultResponse(accepted=True)
+            self.uploads.settled(pid, outcome.train.update_blob_id)
+        reply = participant_pb2.PushResultResponse(accepted=True)
+        if request.wait_s > 0:
+            reply.next.CopyFrom(await self._next_task(pid, request.wait_s))
+        return reply
+
+    async def _store_inline(self, pid: str, request: participant_pb2.PushResultRequest) -> None:
+        """Store the artifacts the result carries, as uploads of its task's round. A result
+        for a task that is not open stores nothing: completing it answers why."""
+        if len(request.blobs) > MAX_INLINE_BLOBS:
+            raise ValueError(f"a result carries at most {MAX_INLINE_BLOBS} inline artifacts")
+        task = self.fleet.open_task(pid, request.task_id)
+        if task is None:
+            return
+        for blob in request.blobs:
+            await self.uploads.receive_inline(pid, blob, task.job_id, task.round)
 
     @answers()
     async def DownloadBlob(  # type: ignore[override]

@@ -25,6 +25,7 @@ from fused.common.rpc.channels import (
 )
 from fused.common.rpc.identity import read_auth_file
 from fused.common.rpc.metering import CountingServerInterceptor, PreSerializedResponses
+from fused.common.rpc.protocol import INLINE_MAX_BYTES
 from fused.coordinator.accounting import CallAccounting
 from fused.coordinator.artifact_gc import Pinned, collect
 from fused.coordinator.artifacts import ArtifactStore
@@ -34,6 +35,7 @@ from fused.coordinator.early_auth import EarlyAuthInterceptor
 from fused.coordinator.engine.manager import JobManager
 from fused.coordinator.fleet import Fleet
 from fused.coordinator.forget_requests import ForgetRequests
+from fused.coordinator.inline_blobs import InlineBlobs
 from fused.coordinator.internal_errors import InternalErrors
 from fused.coordinator.jobs import JOB_KINDS
 from fused.coordinator.limits_config import LimitsConfig
@@ -79,6 +81,13 @@ class CoordinatorConfig(LimitsConfig):  # connection and upload limits: limits_c
     offline_after_s: float = 15.0
     poll_wait_s: float = 30.0
     max_upload_mb: int = 512
+    inline_max_bytes: int = dataclasses.field(
+        default=INLINE_MAX_BYTES,
+        metadata={
+            "help": "artifacts up to this size travel inside task replies and results instead "
+            "of DownloadBlob/UploadBlob streams (saves a call each way); 0 = always stream"
+        },
+    )
     ready_file: Path | None = dataclasses.field(
         default=None, metadata={"help": "write the bound ports here as JSON once serving"}
     )
@@ -153,12 +162,22 @@ class Coordinator:
         fleet = self.fleet = Fleet(store, cfg.offline_after_s)
         spool = UploadSpool(cfg.state_dir / "uploads", artifacts)
         terms = RegisterTerms(
-            cfg.heartbeat_interval_s, cfg.poll_wait_s, CHUNK_BYTES, cfg.max_upload_mb << 20
+            cfg.heartbeat_interval_s,
+            cfg.poll_wait_s,
+            CHUNK_BYTES,
+            cfg.max_upload_mb << 20,
+            cfg.inline_max_bytes,
         )
         upload_limits = cfg.upload_limits(terms.max_upload_bytes, terms.chunk_bytes)
         refusals = self.metrics.upload_refusals
         uploads = Uploads(
-            spool, artifacts, fleet, store, upload_limits, lambda r: refusals.labels(r).inc()
+            spool,
+            artifacts,
+            fleet,
+            store,
+            upload_limits,
+            lambda r: refusals.labels(r).inc(),
+            terms.inline_max_bytes,
         )
         pinned = Pinned()
         gc = partial(collect, store, artifacts, spool, fleet, uploads.ledger, pinned)
@@ -188,7 +207,15 @@ class Coordinator:
         downloads = Downloads(artifacts, terms.chunk_bytes)
         requests = ForgetRequests(store, jobs, cfg.auto_approve_forget_requests)
         participant_pb2_grpc.add_ParticipantServiceServicer_to_server(
-            ParticipantServicer(fleet, uploads, downloads, terms, self.metrics, requests),
+            ParticipantServicer(
+                fleet,
+                uploads,
+                downloads,
+                terms,
+                self.metrics,
+                InlineBlobs(artifacts, terms.inline_max_bytes),
+                requests,
+            ),
             self._server,
         )
         control_pb2_grpc.add_ControlServiceServicer_to_server(

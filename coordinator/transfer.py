@@ -10,6 +10,7 @@ moved into the artifact store. A download is checked whole before its first byte
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -71,6 +72,7 @@ class Uploads:
     store: StateStore  # to check the job and round an upload names
     limits: UploadLimits
     on_refusal: Callable[[str], None] = _ignore
+    inline_max_bytes: int = 0  # results may carry artifacts up to this size inline
     ledger: UploadLedger = field(init=False)
 
     def __post_init__(self) -> None:
@@ -108,6 +110,39 @@ class Uploads:
             raise
         finally:
             receipt.close()  # a broken connection keeps what arrived
+
+    async def receive_inline(
+        self, pid: str, blob: common_pb2.InlineBlob, job_id: str, round_number: int
+    ) -> StoredBlob:
+        """An artifact a result carries whole: held to the checks, quota and store of an
+        upload of one chunk. ValueError or RequestRefused say why it was refused."""
+        size = len(blob.data)
+        if size > self.inline_max_bytes:
+            raise ValueError(
+                f"an inline artifact of {size} bytes exceeds inline_max_bytes "
+                f"({self.inline_max_bytes}): upload it with UploadBlob"
+            )
+        first = common_pb2.BlobChunk(
+            blob_id=blob.blob_id, total_size=size, job_id=job_id, round=round_number
+        )
+        try:
+            self.check_first_chunk(pid, first)
+            if self.fleet.uploaded(pid, blob.blob_id):
+                return StoredBlob(blob.blob_id, size)
+            if hashlib.sha256(blob.data).hexdigest() != blob.blob_id:
+                raise ValueError(f"inline artifact does not match its digest {blob.blob_id}")
+            parts = self.spool.held_bytes(pid, but=blob.blob_id)
+            stream = self.ledger.admit(pid, blob.blob_id, size, parts)
+        except LimitExceeded as exc:
+            self.on_refusal(exc.reason)
+            raise
+        try:
+            await asyncio.to_thread(self.artifacts.put_bytes, blob.data)
+        finally:
+            self.ledger.end(stream)
+        self.fleet.record_upload(pid, blob.blob_id)
+        self.ledger.stored(pid, blob.blob_id, size)
+        return StoredBlob(blob.blob_id, size)
 
     async def _paced(
         self, chunks: AsyncIterator[common_pb2.BlobChunk], receipt: _Receipt

@@ -10,6 +10,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -25,6 +26,7 @@ from fused.common.rpc.metering import (
     CountingChannel,
     WireMetrics,
 )
+from fused.common.rpc.protocol import PROTOCOL_VERSION
 from fused.common.rpc.task_convert import task_from_proto
 from fused.common.runtime.logs import log_fields, set_log_fields
 from fused.participant.blobs import BlobCache
@@ -33,7 +35,7 @@ from fused.participant.reporting import error_outcome, failure_reason, push_outc
 from fused.participant.retry import Action, RegistrationRefused, Stage, decide
 from fused.participant.site import Offer, Site, offer_summary
 from fused.participant.transfer import TaskTransfer
-from fused.proto.v1 import participant_pb2, participant_pb2_grpc
+from fused.proto.v1 import common_pb2, participant_pb2, participant_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +183,10 @@ class Agent:
     def _register_request(self) -> participant_pb2.RegisterRequest:
         data = offer_summary(self._offer)
         return participant_pb2.RegisterRequest(
-            participant_id=self._pid, data=data, agent_version=AGENT_VERSION
+            participant_id=self._pid,
+            data=data,
+            agent_version=AGENT_VERSION,
+            protocol_version=PROTOCOL_VERSION,
         )
 
     def _md(self, task: TaskSpec | None = None) -> tuple[tuple[str, str | bytes], ...]:
@@ -227,46 +232,58 @@ class Agent:
         stop: threading.Event,
         lost: threading.Event,
     ) -> None:
+        """Take tasks until shutdown: from a long poll, or from the reply to the last result
+        (protocol 2: a round is one PushResult when its artifacts travel inline)."""
         wait_s = reply.poll_wait_s
+        pulled: participant_pb2.PullTaskResponse | None = None
         while not stop.is_set():
             if lost.is_set():
                 raise ReRegister
-            request = participant_pb2.PullTaskRequest(participant_id=self._pid, wait_s=wait_s)
-            pulled = stub.PullTask(request, timeout=wait_s + 10, metadata=self._md())
-            if not pulled.HasField("task"):
-                continue
+            if pulled is None or not pulled.HasField("task"):
+                request = participant_pb2.PullTaskRequest(participant_id=self._pid, wait_s=wait_s)
+                pulled = stub.PullTask(request, timeout=wait_s + 10, metadata=self._md())
+                if not pulled.HasField("task"):
+                    continue
+            self._keep_inline(pulled)
             try:
                 task = task_from_proto(pulled.task)
             except ValueError as exc:  # a task this agent cannot read: its error, not ours
                 log.error("task %s is malformed: %s", pulled.task.task_id, exc)
                 outcome = error_outcome(self._pid, pulled.task.task_id, f"malformed task: {exc}")
-                self._push(stub, outcome, self._md())
+                pulled = self._push(stub, outcome, self._md())
                 continue
             task_stub = participant_pb2_grpc.ParticipantServiceStub(channel.with_phase(task.phase))
-            self._execute(task_stub, task, reply)
+            pulled = self._execute(task_stub, task, reply)
+
+    def _keep_inline(self, pulled: participant_pb2.PullTaskResponse) -> None:
+        for blob in pulled.blobs:
+            if not self._cache.put_checked(blob.blob_id, blob.data):
+                log.warning("inline artifact %s does not match its digest", blob.blob_id[:12])
 
     def _execute(
         self,
         stub: participant_pb2_grpc.ParticipantServiceStub,
         task: TaskSpec,
         reply: participant_pb2.RegisterResponse,
-    ) -> None:
+    ) -> participant_pb2.PullTaskResponse | None:
         fields = {"job": task.job_id, "phase": task.phase, "round": task.round}
         with log_fields(participant=self._pid, **fields):  # records of this task name it
-            self._execute_task(stub, task, reply)
+            return self._execute_task(stub, task, reply)
 
     def _execute_task(
         self,
         stub: participant_pb2_grpc.ParticipantServiceStub,
         task: TaskSpec,
         reply: participant_pb2.RegisterResponse,
-    ) -> None:
+    ) -> participant_pb2.PullTaskResponse | None:
         """Run the task and push its outcome; whatever the task or the coordinator's verdict
-        on it, the agent goes on to the next task (only a lost session raises)."""
+        on it, the agent goes on to the next task (only a lost session raises). Returns the
+        next task when the coordinator's reply brought one."""
         started = time.monotonic()
+        transfer = self._transfer(stub, task, reply)
         self._busy.set()
         try:
-            outcome = self._run_task(stub, task, reply)
+            outcome = self._run_task(task, transfer)
             status = "ok"
         except Exception as exc:
             reason = None if self._stop.is_set() else failure_reason(exc)
@@ -279,31 +296,39 @@ class Agent:
             self._busy.clear()
         self._metrics.tasks.labels(task.kind.value, status).inc()
         self._metrics.task_seconds.labels(task.kind.value).observe(time.monotonic() - started)
-        self._push(stub, outcome, self._md(task))
+        blobs = transfer.inline if outcome.error is None else []
+        return self._push(stub, outcome, self._md(task), blobs, reply.poll_wait_s)
 
     def _push(
         self,
         stub: participant_pb2_grpc.ParticipantServiceStub,
         outcome: TaskOutcome,
         metadata: tuple[tuple[str, str | bytes], ...],
-    ) -> None:
-        pushed = push_outcome(stub, outcome, metadata)
-        self._metrics.results.labels(pushed.value).inc()
+        blobs: Sequence[common_pb2.InlineBlob] = (),
+        wait_s: float = 0.0,
+    ) -> participant_pb2.PullTaskResponse | None:
+        """Push; the reply's next task, when it brought one."""
+        pushed = push_outcome(stub, outcome, metadata, blobs, wait_s)
+        self._metrics.results.labels(pushed.pushed.value).inc()
+        return pushed.next
 
-    def _run_task(
+    def _transfer(
         self,
         stub: participant_pb2_grpc.ParticipantServiceStub,
         task: TaskSpec,
         reply: participant_pb2.RegisterResponse,
-    ) -> TaskOutcome:
-        transfer = TaskTransfer(
+    ) -> TaskTransfer:
+        return TaskTransfer(
             stub,
             task,
             metadata=self._md(task),
             cache=self._cache,
             max_download_bytes=self._settings.max_download_bytes,
             chunk_bytes=reply.chunk_bytes or CHUNK_BYTES,
+            inline_max_bytes=reply.inline_max_bytes,
         )
+
+    def _run_task(self, task: TaskSpec, transfer: TaskTransfer) -> TaskOutcome:
         if self._site is None:
             raise ValueError(
                 f"workload {self._offer.workload!r} cannot run here: {self._offer.error}"

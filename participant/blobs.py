@@ -3,6 +3,7 @@ job is fetched once, not once per round."""
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 
 
@@ -26,3 +27,11 @@ class BlobCache:
         while self._size > self._max_bytes:
             _, evicted = self._blobs.popitem(last=False)
             self._size -= len(evicted)
+
+    def put_checked(self, digest: str, blob: bytes) -> bool:
+        """Keep an artifact sent inline if its digest checks out; False when it does not
+        (it is then downloaded by digest, which reports the mismatch if it persists)."""
+        if hashlib.sha256(blob).hexdigest() != digest:
+            return False
+        self.put(digest, blob)
+        return True

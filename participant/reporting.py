@@ -8,6 +8,8 @@ coordinator refuses is logged and reported the same way; the agent then takes th
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 
 import grpc
@@ -15,7 +17,7 @@ import grpc
 from fused.common.domain.tasks import TaskOutcome
 from fused.common.rpc.task_convert import outcome_to_proto
 from fused.participant.retry import Action, Stage, decide
-from fused.proto.v1 import participant_pb2_grpc
+from fused.proto.v1 import common_pb2, participant_pb2, participant_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +54,28 @@ def failure_reason(exc: Exception) -> str | None:
     return f"{type(exc).__name__}: {exc}"
 
 
+@dataclass(frozen=True)
+class PushReply:
+    pushed: Pushed
+    next: participant_pb2.PullTaskResponse | None  # asked with wait_s > 0 and accepted
+
+
 def push_outcome(
-    stub: participant_pb2_grpc.ParticipantServiceStub, outcome: TaskOutcome, metadata: Metadata
-) -> Pushed:
-    """Push a task's outcome. A refused result is reported as the task's error (so its round
+    stub: participant_pb2_grpc.ParticipantServiceStub,
+    outcome: TaskOutcome,
+    metadata: Metadata,
+    blobs: Sequence[common_pb2.InlineBlob] = (),
+    wait_s: float = 0.0,
+) -> PushReply:
+    """Push a task's outcome, with the artifacts it carries inline; with wait_s > 0 the reply
+    may bring the next task. A refused result is reported as the task's error (so its round
     need not wait for the deadline) and answered REFUSED; raises grpc.RpcError only for
     answers that need a new session (the connection, an unknown registration)."""
+    request = outcome_to_proto(outcome)
+    request.blobs.extend(blobs)
+    request.wait_s = wait_s
     try:
-        ack = stub.PushResult(outcome_to_proto(outcome), timeout=PUSH_TIMEOUT_S, metadata=metadata)
+        ack = stub.PushResult(request, timeout=PUSH_TIMEOUT_S + wait_s, metadata=metadata)
     except grpc.RpcError as exc:
         reason = _refusal(exc)
         log.warning("result of task %s refused (%s); taking the next task", outcome.task_id, reason)
@@ -68,11 +84,11 @@ def push_outcome(
                 outcome.participant_id, outcome.task_id, f"result refused: {reason}"
             )
             _report(stub, report, metadata)
-        return Pushed.REFUSED
+        return PushReply(Pushed.REFUSED, None)
     if not ack.accepted:
         log.warning("result of task %s not counted: %s", outcome.task_id, ack.message)
-        return Pushed.LATE
-    return Pushed.ACCEPTED
+        return PushReply(Pushed.LATE, None)
+    return PushReply(Pushed.ACCEPTED, ack.next if ack.HasField("next") else None)
 
 
 def _refusal(exc: grpc.RpcError) -> str:

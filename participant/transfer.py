@@ -7,7 +7,7 @@ import logging
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -31,6 +31,8 @@ class TaskTransfer:
     cache: BlobCache
     max_download_bytes: int
     chunk_bytes: int
+    inline_max_bytes: int = 0  # uploads up to this size go with the result, not by stream
+    inline: list[common_pb2.InlineBlob] = field(default_factory=list)  # what the result carries
 
     def fetch(self, digest: str) -> bytes:
         """The artifact, downloaded only if this agent does not hold it already."""
@@ -55,10 +57,14 @@ class TaskTransfer:
         return data
 
     def upload(self, blob: bytes, attempts: int = 4) -> str:
-        """Idempotent, resumable upload: ask what the coordinator holds, send the rest, and
-        after a broken connection continue from where it stopped."""
+        """A small artifact is kept to travel inline with the result. A larger one streams:
+        idempotent and resumable (ask what the coordinator holds, send the rest, and after
+        a broken connection continue from where it stopped)."""
         task, stub = self.task, self.stub
         digest = hashlib.sha256(blob).hexdigest()
+        if len(blob) <= self.inline_max_bytes:
+            self.inline.append(common_pb2.InlineBlob(blob_id=digest, data=blob))
+            return digest
         offset = 0  # a fresh upload just streams: the status is asked only after a failure
         for attempt in range(attempts):
             try:

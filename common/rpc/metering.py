@@ -20,6 +20,8 @@ import grpc.aio
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter
 
+from fused.proto.v1 import participant_pb2
+
 # Metadata keys a participant attaches so both ends can label bytes by job phase.
 MD_PARTICIPANT = "fused-participant"
 MD_JOB = "fused-job"
@@ -30,6 +32,7 @@ NO_PHASE = "none"
 KNOWN_PHASES = frozenset(
     {NO_PHASE, "train", "evaluate", "sensitivity", "adapter", "retrain", "finetune"}
 )
+SENT = "sent"  # the direction of what the counting side sends
 NO_PARTICIPANT = "-"  # the label of calls made by no participant (operators, refused calls)
 
 Serializer = Callable[[Any], Any] | None
@@ -46,6 +49,7 @@ class CallLabels:
 
 
 Resolve = Callable[[], CallLabels | None]  # None: who is calling is not known yet
+Metadata = Mapping[str, str]
 # (method, metadata) at the start of a call -> how to label it once the caller is known
 Labeller = Callable[[str, Mapping[str, str]], Resolve]
 
@@ -134,14 +138,24 @@ class _CallTally:
     summed, and go out under the labels once known. A call that ends without any (refused
     before its handler) counts under CallLabels()."""
 
-    def __init__(self, metrics: WireMetrics, method: str, resolve: Resolve) -> None:
+    def __init__(self, metrics: WireMetrics, method: str, labeller: Labeller, md: Metadata):
         self._metrics = metrics
         self._method = method
-        self._resolve = resolve
+        self._labeller = labeller
+        self._resolve = labeller(method, md)
         self._labels: CallLabels | None = None
+        self._response: Resolve | None = None  # set by respond_for: the reply's own task
         self._waiting: dict[str, list[int]] = {}  # direction -> [bytes, messages]
 
+    def respond_for(self, md: Metadata) -> None:
+        """Label the response as if a call had named `md`'s task (see `respond_for`)."""
+        self._response = self._labeller(self._method, md)
+
     def count(self, direction: str, n: int) -> None:
+        response = self._response() if direction == SENT and self._response else None
+        if response is not None:
+            self._add(response, direction, n, 1)
+            return
         labels = self._labels or self._settle(self._resolve())
         if labels is None:
             held = self._waiting.setdefault(direction, [0, 0])
@@ -186,6 +200,25 @@ def caller_known() -> None:
     tally = _current_call.get()
     if tally is not None:
         tally.caller_known()
+
+
+def respond_for(md: Metadata) -> None:
+    """The current call's response belongs to the task `md` names (participant, job, phase,
+    round), not to the task its request named: a reply that hands out a task, with the
+    artifacts it carries inline, is charged to that task's round."""
+    tally = _current_call.get()
+    if tally is not None:
+        tally.respond_for(md)
+
+
+def task_metadata(participant: str, job_id: str, phase: str, round_number: int) -> Metadata:
+    """The call metadata that names one task of a participant."""
+    return {
+        MD_PARTICIPANT: participant,
+        MD_JOB: job_id,
+        MD_PHASE: phase,
+        MD_ROUND: str(round_number),
+    }
 
 
 def _finishing(behavior: Any, tally: _CallTally) -> Any:
@@ -242,7 +275,7 @@ class CountingServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[typ
             return None  # type: ignore[return-value]  # grpc's stubs omit the None case
         md = {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
         method = short_method(details.method)
-        tally = _CallTally(self._metrics, method, self._labeller(method, md))
+        tally = _CallTally(self._metrics, method, self._labeller, md)
         kind = ("stream_" if handler.request_streaming else "unary_") + (
             "stream" if handler.response_streaming else "unary"
         )
@@ -252,7 +285,7 @@ class CountingServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[typ
                 handler.request_deserializer, partial(tally.count, "received"), False
             ),
             response_serializer=_counting(
-                handler.response_serializer, partial(tally.count, "sent"), True
+                handler.response_serializer, partial(tally.count, SENT), True
             ),
         )
         return replaced
@@ -278,6 +311,16 @@ class PreSerializedResponses(grpc.aio.ServerInterceptor):  # type: ignore[type-a
 
         replaced: grpc.RpcMethodHandler[Any, Any] = handler._replace(response_serializer=pass_bytes)
         return replaced
+
+
+def _handed_phase(message: Any) -> str | None:
+    """The phase of the task a reply hands out: PullTaskResponse.task, or the next task a
+    PushResultResponse brings."""
+    if isinstance(message, participant_pb2.PushResultResponse):
+        message = message.next
+    if isinstance(message, participant_pb2.PullTaskResponse) and message.HasField("task"):
+        return message.task.phase
+    return None
 
 
 def _counting_factory(kind: str) -> Callable[..., Any]:
@@ -327,9 +370,27 @@ class CountingChannel(grpc.Channel):
 
     def _wrap(self, method: str, ser: Serializer, deser: Serializer) -> dict[str, Any]:
         return {
-            "request_serializer": _counting(ser, self._count(method, "sent"), True),
-            "response_deserializer": _counting(deser, self._count(method, "received"), False),
+            "request_serializer": _counting(ser, self._count(method, SENT), True),
+            "response_deserializer": self._counting_response(method, deser),
         }
+
+    def _counting_response(self, method: str, deser: Serializer) -> Serializer:
+        """Counts a response under the phase of the task it hands out, if it hands out one
+        (as the coordinator charges it), else under this view's phase."""
+        if deser is None:
+            return None
+        name = short_method(method)
+
+        def deserialize(data: bytes) -> Any:
+            phase = self._phase
+            try:
+                message = deser(data)
+                phase = _handed_phase(message) or phase
+                return message
+            finally:
+                self._metrics.record(name, "received", phase, self._participant, len(data))
+
+        return deserialize
 
     # The four factories of multi-callables, alike but for which one of the inner channel's
     # they call; see _counting_factory.

@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from fused.common.codecs.adapter_codec import FORMAT, default_max_bytes
 from fused.common.codecs.tensor_codec import encode_tensors
 from fused.common.ml.adapters import AdapterLayout
+from fused.common.rpc.protocol import PROTOCOL_VERSION
 from fused.proto.v1 import common_pb2, control_pb2, participant_pb2, participant_pb2_grpc
 
 CLIENT_MAX_MESSAGE = 64 << 20  # far above the coordinator's limit: the server must refuse
@@ -119,6 +120,7 @@ class Client:
         self, summary: participant_pb2.DataSummary, participant_id: str | None = None
     ) -> participant_pb2.RegisterResponse:
         request = participant_pb2.RegisterRequest(
+            protocol_version=PROTOCOL_VERSION,
             participant_id=self.participant_id if participant_id is None else participant_id,
             data=summary,
             agent_version="hostile/1",

@@ -10,6 +10,7 @@ import grpc
 
 from fused.common.rpc.control_convert import training_spec_to_proto
 from fused.common.rpc.metering import MD_PARTICIPANT
+from fused.common.rpc.protocol import PROTOCOL_VERSION
 from fused.proto.v1 import control_pb2, control_pb2_grpc, participant_pb2
 from tests.integration.hostile import (
     Client,
@@ -178,7 +179,9 @@ def message_cases(attack: Attack, task: participant_pb2.Task) -> None:
     )
     small = participant_pb2.DataSummary(dataset="digits", class_counts=[10])
     summary = with_unknown_field(small.SerializeToString(), 97)
-    register = participant_pb2.RegisterRequest(participant_id=MALLORY).SerializeToString()
+    register = participant_pb2.RegisterRequest(
+        protocol_version=PROTOCOL_VERSION, participant_id=MALLORY
+    ).SerializeToString()
     register += b"\x12" + bytes([len(summary)]) + summary  # field 2 (data), length-delimited
     assert len(summary) < 128
     attack.check(
@@ -216,7 +219,10 @@ def message_cases(attack: Attack, task: participant_pb2.Task) -> None:
         lambda: described(
             m.stub.Register(
                 participant_pb2.RegisterRequest(
-                    participant_id=MALLORY, data=SUMMARY, agent_version="x" * (5 << 20)
+                    protocol_version=PROTOCOL_VERSION,
+                    participant_id=MALLORY,
+                    data=SUMMARY,
+                    agent_version="x" * (5 << 20),
                 ),
                 metadata=m.md,
                 timeout=30,

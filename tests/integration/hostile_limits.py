@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import grpc
 
 from fused.common.rpc.metering import MD_JOB, MD_PARTICIPANT
+from fused.common.rpc.protocol import PROTOCOL_VERSION
 from fused.proto.v1 import common_pb2, control_pb2, control_pb2_grpc, participant_pb2
 from tests.integration.hostile import Client, Metadata, described, sha256
 from tests.integration.hostile_names import DENIED, INVALID, MALLORY, SUMMARY
@@ -47,7 +48,10 @@ def long(what: str, field: str, n: int, letter: str) -> str:
 def register_cases(m: Client) -> list[Exact]:
     def register(summary: participant_pb2.DataSummary, version: str = "hostile/1") -> str:
         request = participant_pb2.RegisterRequest(
-            participant_id=MALLORY, data=summary, agent_version=version
+            protocol_version=PROTOCOL_VERSION,
+            participant_id=MALLORY,
+            data=summary,
+            agent_version=version,
         )
         return described(m.stub.Register(request, metadata=m.md, timeout=30))
 

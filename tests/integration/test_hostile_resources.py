@@ -33,6 +33,7 @@ from bench.raw_participant import (
 from fused.client import initial_weights
 from fused.common.domain.specs import TrainingSpec
 from fused.common.domain.train_config import TrainConfig
+from fused.common.rpc.protocol import PROTOCOL_VERSION
 from fused.participant.site import builtin_summary
 from fused.proto.v1 import control_pb2, participant_pb2, participant_pb2_grpc
 from fused.tools.launch import LocalFederation, scrape
@@ -312,7 +313,12 @@ def test_the_health_port_answers_only_health_within_its_own_cap(bench: Bench) ->
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = participant_pb2_grpc.ParticipantServiceStub(channel)
         with pytest.raises(grpc.RpcError) as other:
-            stub.Register(participant_pb2.RegisterRequest(participant_id="p9"), timeout=5)
+            stub.Register(
+                participant_pb2.RegisterRequest(
+                    protocol_version=PROTOCOL_VERSION, participant_id="p9"
+                ),
+                timeout=5,
+            )
         big = health_pb2.HealthCheckRequest(service="x" * 2048)
         with pytest.raises(grpc.RpcError) as large:
             health_pb2_grpc.HealthStub(channel).Check(big, timeout=5)

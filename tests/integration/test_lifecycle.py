@@ -20,6 +20,7 @@ from fused.common.domain.train_config import TrainConfig
 from fused.common.rpc.channels import create_channel
 from fused.common.rpc.control_convert import training_spec_to_proto
 from fused.common.rpc.metering import MD_PARTICIPANT
+from fused.common.rpc.protocol import PROTOCOL_VERSION
 from fused.participant.site import builtin_summary
 from fused.proto.v1 import common_pb2, control_pb2, participant_pb2, participant_pb2_grpc
 from fused.tools.launch import LocalFederation
@@ -44,7 +45,10 @@ def register_ghost(fed: LocalFederation, pid: str) -> None:
     """A participant that registers and then never pulls a task."""
     summary = builtin_summary("mlp", [5] * 10, 0, "digits")
     participant_stub(fed).Register(
-        participant_pb2.RegisterRequest(participant_id=pid, data=summary), timeout=10
+        participant_pb2.RegisterRequest(
+            protocol_version=PROTOCOL_VERSION, participant_id=pid, data=summary
+        ),
+        timeout=10,
     )
 
 
@@ -117,7 +121,11 @@ def test_bad_participant_calls_are_refused_and_the_coordinator_stays_up(
             grpc.StatusCode.FAILED_PRECONDITION,
         ),
         (
-            lambda: stub.Register(participant_pb2.RegisterRequest(participant_id="../etc")),
+            lambda: stub.Register(
+                participant_pb2.RegisterRequest(
+                    protocol_version=PROTOCOL_VERSION, participant_id="../etc"
+                )
+            ),
             grpc.StatusCode.INVALID_ARGUMENT,
         ),
         (

@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from fused.cli.pki import init_pki
 from fused.common.rpc.channels import TlsFiles, create_channel
 from fused.common.rpc.identity import read_token_file
+from fused.common.rpc.protocol import PROTOCOL_VERSION
 from fused.participant.site import builtin_summary
 from fused.proto.v1 import control_pb2, control_pb2_grpc, participant_pb2, participant_pb2_grpc
 from fused.tools.launch import LocalFederation
@@ -39,7 +40,9 @@ def server_tls(pki: Path) -> tuple[str, ...]:
 
 def register(pid: str) -> participant_pb2.RegisterRequest:
     data = builtin_summary("mlp", [5] * 10, 0, "digits")
-    return participant_pb2.RegisterRequest(participant_id=pid, data=data)
+    return participant_pb2.RegisterRequest(
+        protocol_version=PROTOCOL_VERSION, participant_id=pid, data=data
+    )
 
 
 def md(pid: str) -> tuple[tuple[str, str], ...]:

@@ -126,7 +126,11 @@ def test_byte_counters_agree_on_both_ends(federation: LocalFederation) -> None:
             mine = sum(v for (_, p, d), v in own.items() if (p, d) == (phase, direction))
             theirs = each.get((name, phase, flip[direction]), 0.0)
             assert mine == theirs, (name, phase, direction)
-        assert own["UploadBlob", "train", "sent"] > 60_000  # an MLP (17k float32 params) went up
-    methods = ("DownloadBlob", "UploadBlob", "PushResult")
+        # Protocol 2: an MLP (17k float32 params) travels inline, down with the task and up
+        # with the result; the calls charge it to the task's round on both ends.
+        assert own["PullTask", "train", "received"] > 60_000
+        assert own["PushResult", "train", "sent"] > 60_000
+        assert ("UploadBlob", "train", "sent") not in own
+    methods = ("PullTask", "DownloadBlob", "UploadBlob", "PushResult")
     for key in itertools.product(methods, ("train", "evaluate"), flip):
         assert agents.get(key, 0.0) == totals.get(key, 0.0), key

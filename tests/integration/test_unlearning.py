@@ -29,6 +29,7 @@ from fused.common.ml.data.shards import load_shard
 from fused.common.rpc.channels import create_channel
 from fused.common.rpc.control_convert import unlearning_spec_to_proto
 from fused.common.rpc.metering import MD_PARTICIPANT
+from fused.common.rpc.protocol import PROTOCOL_VERSION
 from fused.participant.site import builtin_summary
 from fused.proto.v1 import common_pb2, control_pb2, participant_pb2, participant_pb2_grpc
 from fused.tools.launch import LocalFederation
@@ -258,7 +259,11 @@ def test_a_bad_adapter_upload_is_rejected_and_the_round_goes_on(trained: Trained
     stub = participant_pb2_grpc.ParticipantServiceStub(create_channel(trained.fed.address))
     md = ((MD_PARTICIPANT, "evil"),)
     summary = builtin_summary("mlp", [10] * 10, 0, "digits")
-    stub.Register(participant_pb2.RegisterRequest(participant_id="evil", data=summary))
+    stub.Register(
+        participant_pb2.RegisterRequest(
+            protocol_version=PROTOCOL_VERSION, participant_id="evil", data=summary
+        )
+    )
     errors: list[grpc.StatusCode] = []
     stop = threading.Event()
 
