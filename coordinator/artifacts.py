@@ -201,15 +201,12 @@ class ArtifactStore:
             self._forget(tmp)
         return digest
 
-    def adopt(self, path: Path, expected_digest: str) -> str:
+    def adopt(self, path: Path, expected_digest: str, hashed: str | None = None) -> str:
         """Move a complete file (on the same file system) into the store after checking its
-        sha256; raises ValueError on a mismatch, leaving the file where it was."""
+        sha256 (`hashed`: the digest its writer computed while writing it, which saves
+        reading it again); raises ValueError on a mismatch, leaving the file where it was."""
         validate_digest(expected_digest)
-        hasher = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                hasher.update(block)
-        digest = hasher.hexdigest()
+        digest = hashed or _file_digest(path)
         if digest != expected_digest:
             raise ValueError(f"content has sha256 {digest}, not the declared {expected_digest}")
         if self._is_intact(digest):
@@ -257,6 +254,14 @@ class ArtifactStore:
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, target)
         _fsync_dir(target.parent)
+
+
+def _file_digest(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            hasher.update(block)
+    return hasher.hexdigest()
 
 
 class ArtifactWriter:

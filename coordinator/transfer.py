@@ -343,6 +343,13 @@ class SpoolWriter:
         self.size = held
         self._on_close = on_close  # the spool stops protecting the part from collection
         self._file = path.open("ab")
+        # Hashed as it arrives (a resumed part is read once here), so that finishing does
+        # not read the whole upload back.
+        self._hasher = hashlib.sha256()
+        if held:
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    self._hasher.update(block)
 
     def write(self, offset: int, data: bytes) -> None:
         if offset != self.size:
@@ -350,6 +357,7 @@ class SpoolWriter:
         if self.size + len(data) > self.total:
             raise ValueError(f"upload exceeds its declared size of {self.total} bytes")
         self._file.write(data)
+        self._hasher.update(data)
         self.size += len(data)
 
     def close(self) -> None:
@@ -368,7 +376,7 @@ class SpoolWriter:
         stays protected from collection until it has moved (close() ends that)."""
         self._sync()
         try:
-            return self._artifacts.adopt(self._path, self._digest)
+            return self._artifacts.adopt(self._path, self._digest, self._hasher.hexdigest())
         except ValueError:
             self.discard()
             raise

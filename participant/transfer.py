@@ -46,15 +46,16 @@ class TaskTransfer:
         request = participant_pb2.DownloadBlobRequest(blob_id=digest)
         parts: list[bytes] = []
         size = 0
+        hasher = hashlib.sha256()  # as chunks arrive: it overlaps the transfer of the next
         for chunk in self.stub.DownloadBlob(request, timeout=300, metadata=self.metadata):
             size += len(chunk.data)
             if size > self.max_download_bytes:
                 raise ValueError(f"download exceeds {self.max_download_bytes} bytes")
+            hasher.update(chunk.data)
             parts.append(chunk.data)
-        data = b"".join(parts)
-        if hashlib.sha256(data).hexdigest() != digest:
+        if hasher.hexdigest() != digest:
             raise ValueError(f"downloaded artifact does not match its digest {digest}")
-        return data
+        return b"".join(parts)
 
     def upload(self, blob: bytes, attempts: int = 4) -> str:
         """A small artifact is kept to travel inline with the result. A larger one streams:
