@@ -1,64 +1,127 @@
-"""Wire format of FUSED adapter values ("fused-adapter-v2").
+"""Wire format of FUSED adapter values ("fused-adapter-v3").
 
-The mask of an adapter job is fixed and both sides derive it from its seed (checking its
-digest), so positions never travel with the values: a payload carries, for every tensor of the
-layout, ``<name>``: the values at every masked position, in mask order (zeros included;
-they compress), as float32, or float16/bfloat16 when the job asks for smaller uploads. It is
-ONE zstd frame that declares its content size, wrapping a safetensors file (built by
-`common.codecs.tensor_codec`) with metadata ``{"format": "fused-adapter-v2", "mask_digest": ...}``.
+Both sides derive the mask from its seed and check its digest, so mask positions never travel.
+What travels, per layout tensor (layout order), is how many of its mask positions hold a
+nonzero value, which ones when some do not (dead units get no gradient, so often many are
+zero), and those values in mask order: float32, or float16/bfloat16 when the job asks for
+smaller uploads. Varints are canonical unsigned LEB128:
 
-Payloads are untrusted: `decode_adapter` bounds the compressed size and the frame's declared
-content size (from the layout) before decompressing anything, then validates every tensor.
+    magic b"FAv3" | value dtype (1 byte: 0 float32, 1 float16, 2 bfloat16) | mask digest (32 B)
+    per tensor, m its mask positions:
+        varint k, its nonzero values (0 <= k <= m)
+        if 0 < k < m: varint length | `encode_positions`, over the mask's [0, m), of the
+            places of the nonzero values if k <= m - k, else of the zeros
+    if K = sum(k) > 0:
+        varint length | zstd frame of the K values' most significant bytes
+        their other bytes, plane by plane, least significant first ((itemsize - 1) * K bytes)
+
+A value is zero only if all its bits are (+0.0); -0.0 travels as a value. The most significant
+byte holds the sign and (most of) the exponent, which trained values spread over few binades:
+zstd codes that plane in 3 to 4 bits a value. The mantissa bytes are incompressible and go raw.
+
+Payloads are untrusted: `decode_adapter` bounds the size by the layout first and every count by
+the mask before any work proportional to it; the zstd frame must declare exactly K bytes; a
+truncated payload, trailing bytes, +0.0 among the values (zeros travel as positions) and
+non-finite values are refused with an AdapterCodecError (a ValueError) that names the tensor.
+Encoding is deterministic.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
 import torch
 import zstandard
 
-from fused.common.codecs.tensor_codec import CodecError, decode_tensors, encode_tensors
+from fused.common.codecs.positions import PositionCodecError, decode_positions, encode_positions
+from fused.common.codecs.varint import varint
 from fused.common.ml.adapters import AdapterLayout, check_values
 
 __all__ = [
     "FORMAT",
+    "MAGIC",
     "VALUE_DTYPES",
     "AdapterCodecError",
+    "Section",
+    "assemble",
     "decode_adapter",
     "default_max_bytes",
     "encode_adapter",
-    "max_content_bytes",
 ]
 
-FORMAT = "fused-adapter-v2"
+FORMAT = "fused-adapter-v3"
+MAGIC = b"FAv3"
 VALUE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_HEADER_SLACK = 256  # room beyond our own encoder's exact header length
+_DTYPE_NAMES = tuple(VALUE_DTYPES)  # the dtype byte is an index into this
+_BITS = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
+_DIGEST_BYTES = 32
+_MAX_VARINT_BYTES = 10
 
 
 class AdapterCodecError(ValueError):
     """An adapter payload is malformed, oversized or does not fit the job's layout."""
 
 
-def _header_bound(layout: AdapterLayout) -> int:
-    """Length of the safetensors header with the widest possible numbers."""
-    widest = 4 * layout.num_values
-    header: dict[str, object] = {"__metadata__": {"format": FORMAT, "mask_digest": layout.digest}}
-    for name in layout.names:
-        header[name] = {"dtype": "BF16", "shape": [widest], "data_offsets": [widest, widest]}
-    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    return 8 + len(text) + 7  # length field, header, alignment padding
+@dataclass(frozen=True)
+class Section:
+    """One tensor's header: its nonzero values' count, and where they are among the mask's
+    positions (an `encode_positions` payload; empty when none or all of them are nonzero)."""
 
-
-def max_content_bytes(layout: AdapterLayout) -> int:
-    """The largest decompressed size an honest payload for ``layout`` can have."""
-    return _header_bound(layout) + _HEADER_SLACK + 4 * layout.num_values
+    count: int
+    positions: bytes = b""
 
 
 def default_max_bytes(layout: AdapterLayout) -> int:
-    """Default limit on the compressed size (zstd may grow incompressible data a little)."""
-    return 4096 + max_content_bytes(layout) + max_content_bytes(layout) // 64
+    """Limit on a payload's size: above what an honest float32 one can take for ``layout``.
+    Positions are sent only for zeros, and cost less than the 4 bytes each zero saves."""
+    values = layout.num_values
+    return 1024 + 64 * len(layout.names) + 4 * values + values // 64
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def _planes(values: torch.Tensor) -> npt.NDArray[np.uint8]:
+    """(itemsize, K) uint8: row j holds byte j (little-endian) of every value."""
+    size = values.element_size()
+    bits = values.contiguous().view(_BITS[values.dtype]).numpy().astype(f"<i{size}")
+    return bits.view(np.uint8).reshape(-1, size).T
+
+
+def assemble(
+    dtype: str, digest: bytes, sections: Sequence[Section], values: torch.Tensor, level: int = 3
+) -> bytes:
+    """Lay out a payload from its parts, unchecked: the last step of `encode_adapter`, and a
+    way for tests to build hostile payloads. ``values`` are the nonzero values, in ``dtype``."""
+    out = bytearray(MAGIC)
+    out.append(_DTYPE_NAMES.index(dtype))
+    out += digest
+    for section in sections:
+        out += varint(section.count)
+        if section.positions:
+            out += varint(len(section.positions)) + section.positions
+    planes = _planes(values)
+    if planes.shape[1]:
+        compressor = zstandard.ZstdCompressor(
+            level=level, write_content_size=True, write_checksum=False, write_dict_id=False
+        )
+        frame = compressor.compress(planes[-1].tobytes())
+        out += varint(len(frame)) + frame + planes[:-1].tobytes()
+    return bytes(out)
+
+
+def _section(vector: torch.Tensor) -> tuple[Section, torch.Tensor]:
+    """A tensor's section and its nonzero values (zero: all bits zero). The positions listed
+    are those of the rarer kind, nonzero or zero: as small, and faster to code."""
+    nonzero = vector.view(_BITS[vector.dtype]) != 0
+    count, m = int(nonzero.sum()), vector.numel()
+    if count in (0, m):
+        return Section(count), vector[nonzero]
+    listed = nonzero if count <= m - count else ~nonzero
+    return Section(count, encode_positions(listed.nonzero().flatten(), m)), vector[nonzero]
 
 
 def encode_adapter(
@@ -74,81 +137,154 @@ def encode_adapter(
         check_values(layout, values)
     except ValueError as exc:
         raise AdapterCodecError(str(exc)) from exc
-    tensors: dict[str, torch.Tensor] = {}
+    sections: list[Section] = []
+    kept: list[torch.Tensor] = []
     for name in layout.names:
         vector = values[name].detach().to(device="cpu", dtype=VALUE_DTYPES[dtype])
         if not bool(torch.isfinite(vector).all()):
             raise AdapterCodecError(f"adapter values for {name!r} are not all finite in {dtype}")
-        tensors[name] = vector
-    raw = encode_tensors(tensors, {"format": FORMAT, "mask_digest": layout.digest})
-    return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(raw)
+        section, nonzero = _section(vector)
+        sections.append(section)
+        kept.append(nonzero)
+    joined = torch.cat(kept) if kept else torch.empty(0, dtype=VALUE_DTYPES[dtype])
+    return assemble(dtype, bytes.fromhex(layout.digest), sections, joined, level)
 
 
-def _decompress(data: bytes, limit: int) -> bytes:
-    """One bounded zstd frame: its declared content size is checked before decompression."""
-    try:
-        params = zstandard.get_frame_parameters(data)
-    except zstandard.ZstdError as exc:
-        raise AdapterCodecError(f"adapter payload is not a zstd frame: {exc}") from exc
-    declared = params.content_size
-    if declared in (zstandard.CONTENTSIZE_UNKNOWN, zstandard.CONTENTSIZE_ERROR, 0):
-        raise AdapterCodecError("adapter payload's zstd frame does not declare its content size")
-    if declared > limit:
-        raise AdapterCodecError(
-            f"adapter payload declares {declared} decompressed bytes, more than the {limit} "
-            "an adapter for this layout can need (decompression bomb?)"
-        )
-    try:
-        raw = zstandard.ZstdDecompressor().decompress(
-            data, max_output_size=declared, allow_extra_data=False
-        )
-    except zstandard.ZstdError as exc:
-        raise AdapterCodecError(
-            f"adapter payload could not be decompressed (corrupt, truncated or more than "
-            f"one frame): {exc}"
-        ) from exc
-    if len(raw) != declared:
-        raise AdapterCodecError(
-            f"adapter payload decompressed to {len(raw)} bytes, its frame declares {declared}"
-        )
-    return raw
+# --------------------------------------------------------------------------- decoding
 
 
-def _check_metadata(metadata: Mapping[str, str], layout: AdapterLayout) -> None:
-    unexpected = sorted(set(metadata) - {"format", "mask_digest"})
-    if unexpected:
-        raise AdapterCodecError(f"adapter payload has unexpected metadata keys {unexpected}")
-    if metadata.get("format") != FORMAT:
+class _Reader:
+    """Strict, bounded reads from the front of a payload."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int, what: str) -> bytes:
+        left = len(self.data) - self.pos
+        if n > left:
+            raise AdapterCodecError(
+                f"adapter payload is truncated in {what}: {n} bytes needed, {left} left"
+            )
+        self.pos += n
+        return self.data[self.pos - n : self.pos]
+
+    def varint(self, what: str) -> int:
+        value = 0
+        for i in range(_MAX_VARINT_BYTES):
+            byte = self.take(1, what)[0]
+            value |= (byte & 0x7F) << (7 * i)
+            if not byte & 0x80:
+                if byte == 0 and i > 0:
+                    raise AdapterCodecError(f"adapter payload: {what} is not a canonical varint")
+                return value
+        raise AdapterCodecError(f"adapter payload: {what} is longer than {_MAX_VARINT_BYTES} bytes")
+
+    def finish(self) -> None:
+        if self.pos != len(self.data):
+            raise AdapterCodecError(
+                f"adapter payload has {len(self.data) - self.pos} trailing bytes"
+            )
+
+
+def _read_header(reader: _Reader, layout: AdapterLayout, dtype: str | None) -> torch.dtype:
+    magic = reader.take(len(MAGIC), "its magic")
+    if magic != MAGIC:
         raise AdapterCodecError(
-            f"adapter payload format is {metadata.get('format')!r}, expected {FORMAT!r}"
+            f"adapter payload starts with {magic!r}, not {MAGIC!r}: not a {FORMAT} payload"
         )
-    digest = metadata.get("mask_digest")
+    code = reader.take(1, "its value dtype")[0]
+    if code >= len(_DTYPE_NAMES):
+        raise AdapterCodecError(f"adapter payload has unknown value dtype code {code}")
+    name = _DTYPE_NAMES[code]
+    if dtype is not None and name != dtype:
+        raise AdapterCodecError(f"adapter values are {name}, not the job's value dtype ({dtype})")
+    digest = reader.take(_DIGEST_BYTES, "its mask digest").hex()
     if digest != layout.digest:
         raise AdapterCodecError(
             f"adapter was built for a different mask: mask_digest {digest!r}, "
             f"this layout's is {layout.digest!r}"
         )
+    return VALUE_DTYPES[name]
 
 
-def _check_tensor(
-    name: str, tensor: torch.Tensor, layout: AdapterLayout, dtype: str | None
-) -> None:
-    allowed = {VALUE_DTYPES[dtype]} if dtype else set(VALUE_DTYPES.values())
-    if tensor.dtype not in allowed:
+def _read_places(reader: _Reader, name: str, m: int) -> torch.Tensor | None:
+    """Which of the mask's m positions hold ``name``'s nonzero values (a bool mask); None:
+    all of them."""
+    count = reader.varint(f"{name!r}'s count")
+    if count > m:
         raise AdapterCodecError(
-            f"tensor {name!r}: dtype {tensor.dtype} is not the job's value dtype "
-            f"({', '.join(sorted(str(d) for d in allowed))})"
+            f"tensor {name!r}: {count} nonzero values, more than its {m} mask positions"
         )
-    expected = layout.indices[name].numel()
-    if tensor.dim() != 1 or tensor.numel() != expected:
+    if count == m:
+        return None
+    if count == 0:
+        return torch.zeros(m, dtype=torch.bool)
+    listed = min(count, m - count)
+    size = reader.varint(f"{name!r}'s positions length")
+    try:
+        places = decode_positions(reader.take(size, f"{name!r}'s positions"), m, listed)
+    except PositionCodecError as exc:
+        raise AdapterCodecError(f"tensor {name!r}: {exc}") from exc
+    if places.numel() != listed:
         raise AdapterCodecError(
-            f"tensor {name!r}: expected {expected} values (one per masked position), "
-            f"got shape {list(tensor.shape)}"
+            f"tensor {name!r}: {places.numel()} positions, its count {count} of {m} says {listed}"
         )
-    bad = (~torch.isfinite(tensor)).nonzero()
+    mask = torch.zeros(m, dtype=torch.bool)
+    mask[places] = True
+    return mask if listed == count else ~mask
+
+
+def _decompress(frame: bytes, expected: int) -> bytes:
+    """The zstd frame of the high bytes: it must declare exactly ``expected`` bytes."""
+    try:
+        declared = zstandard.get_frame_parameters(frame).content_size
+    except zstandard.ZstdError as exc:
+        raise AdapterCodecError(f"adapter values' high bytes are not a zstd frame: {exc}") from exc
+    if declared != expected:
+        raise AdapterCodecError(
+            f"adapter values' zstd frame declares {declared} bytes, the counts say {expected}"
+        )
+    try:
+        raw = zstandard.ZstdDecompressor().decompress(
+            frame, max_output_size=expected, allow_extra_data=False
+        )
+    except zstandard.ZstdError as exc:
+        raise AdapterCodecError(
+            f"adapter values' high bytes could not be decompressed (corrupt, truncated or more "
+            f"than one frame): {exc}"
+        ) from exc
+    if len(raw) != expected:
+        raise AdapterCodecError(f"adapter values' frame holds {len(raw)} bytes, not {expected}")
+    return raw
+
+
+def _read_values(reader: _Reader, dtype: torch.dtype, count: int) -> torch.Tensor:
+    """The ``count`` nonzero values, rebuilt from their byte planes."""
+    size = dtype.itemsize
+    planes = np.empty((size, count), dtype=np.uint8)
+    if count:
+        frame = reader.take(reader.varint("the values' frame length"), "the values' frame")
+        planes[-1] = np.frombuffer(_decompress(frame, count), dtype=np.uint8)
+        low = reader.take((size - 1) * count, "the values' low bytes")
+        planes[:-1] = np.frombuffer(low, dtype=np.uint8).reshape(size - 1, count)
+    bits = np.ascontiguousarray(planes.T).view(f"<i{size}").reshape(count)
+    return torch.from_numpy(bits.astype(f"=i{size}")).view(dtype)
+
+
+def _check_values(name: str, vector: torch.Tensor) -> None:
+    zero = (vector.view(_BITS[vector.dtype]) == 0).nonzero()
+    if zero.numel():
+        raise AdapterCodecError(
+            f"tensor {name!r}: value {int(zero[0])} of its nonzero values is +0.0 "
+            "(zeros travel as positions)"
+        )
+    bad = (~torch.isfinite(vector)).nonzero()
     if bad.numel():
         k = int(bad[0])
-        raise AdapterCodecError(f"tensor {name!r}: value {float(tensor[k])} at {k} is not finite")
+        raise AdapterCodecError(
+            f"tensor {name!r}: value {float(vector[k])} at {k} of its nonzero values is not finite"
+        )
 
 
 def decode_adapter(
@@ -165,24 +301,24 @@ def decode_adapter(
     limit = default_max_bytes(layout) if max_bytes is None else max_bytes
     if len(data) > limit:
         raise AdapterCodecError(
-            f"adapter payload is {len(data)} bytes compressed, more than the limit of {limit}"
+            f"adapter payload is {len(data)} bytes, more than the limit of {limit}"
         )
-    content_limit = max_content_bytes(layout)
-    raw = _decompress(data, content_limit)
-    try:
-        tensors, metadata = decode_tensors(
-            raw, max_bytes=content_limit, allowed_dtypes=frozenset(VALUE_DTYPES.values())
-        )
-    except CodecError as exc:
-        raise AdapterCodecError(f"adapter payload: {exc}") from exc
-    _check_metadata(metadata, layout)
-    missing = sorted(set(layout.names) - set(tensors))
-    unexpected = sorted(set(tensors) - set(layout.names))
-    if missing or unexpected:
-        raise AdapterCodecError(
-            f"adapter payload tensors do not match the layout: missing {missing}, "
-            f"unexpected {unexpected}"
-        )
-    for name in layout.names:
-        _check_tensor(name, tensors[name], layout, dtype)
-    return {name: tensors[name].to(torch.float32) for name in layout.names}
+    reader = _Reader(data)
+    value_dtype = _read_header(reader, layout, dtype)
+    sizes = {n: int(layout.indices[n].numel()) for n in layout.names}
+    places = {n: _read_places(reader, n, sizes[n]) for n in layout.names}
+    counts = [sizes[n] if p is None else int(p.sum()) for n, p in places.items()]
+    values = _read_values(reader, value_dtype, sum(counts))
+    reader.finish()
+    out: dict[str, torch.Tensor] = {}
+    start = 0
+    for name, count in zip(layout.names, counts, strict=True):
+        part, start = values[start : start + count], start + count
+        _check_values(name, part)
+        where = places[name]
+        if where is None:
+            out[name] = part.to(torch.float32)
+        else:
+            out[name] = torch.zeros(sizes[name], dtype=torch.float32)
+            out[name][where] = part.to(torch.float32)
+    return out
