@@ -46,25 +46,49 @@ def check_updates(updates: Sequence[tuple[Mapping[str, torch.Tensor], int]]) -> 
 def fedavg(updates: Sequence[tuple[Mapping[str, torch.Tensor], int]]) -> dict[str, torch.Tensor]:
     """Weighted mean sum_k n_k * w_k / sum_k n_k of every tensor, key by key.
 
-    Floating tensors are accumulated in float64 (complex in complex128) and cast back to their
-    dtype; integer and bool tensors (e.g. BatchNorm `num_batches_tracked`) get the weighted mean
-    rounded to the nearest integer. The result holds fresh tensors only (no aliasing of inputs),
-    on the device of the first update, with the first update's key order.
+    Floating tensors are accumulated in float64 (complex in complex128), in the order given,
+    and cast back to their dtype; integer and bool tensors (e.g. BatchNorm
+    `num_batches_tracked`) get the weighted mean rounded to the nearest integer. The result
+    holds fresh tensors only (no aliasing of inputs), on the device of the first update, with
+    the first update's key order. (`exact_sum.ExactSum` gives an order-free sum.)
     """
     check_updates(updates)
-    total = sum(n for _, n in updates)
-    out: dict[str, torch.Tensor] = {}
-    for k, t0 in updates[0][0].items():
-        acc_dtype = torch.complex128 if t0.is_complex() else torch.float64
-        device = t0.device
-        acc = torch.zeros(t0.shape, dtype=acc_dtype, device=device)
-        for state, n in updates:
-            acc.add_(state[k].detach().to(device=device, dtype=acc_dtype), alpha=n)
-        acc.div_(total)
-        if not (t0.is_floating_point() or t0.is_complex()):
-            acc = torch.round(acc)  # integer / bool buffers: nearest integer (ties to even)
-        out[k] = acc.to(t0.dtype)  # `acc` is fresh, so even a no-op cast shares no input memory
-    return out
+    acc = OrderedSum()
+    for state, n in updates:
+        acc.add(state, n)
+    return acc.mean(sum(n for _, n in updates))
+
+
+class OrderedSum:
+    """What `fedavg` accumulates, one update at a time, so updates read one by one give the
+    same bits as `fedavg` over all of them in the same order. The updates must match (as
+    `check_updates` checks)."""
+
+    def __init__(self) -> None:
+        self._like: dict[str, torch.Tensor] = {}  # empty: dtype, device, key order of the first
+        self._acc: dict[str, torch.Tensor] = {}
+
+    def add(self, state: Mapping[str, torch.Tensor], n: int) -> None:
+        if not self._like:
+            self._start(state)
+        for k, t0 in self._like.items():
+            acc = self._acc[k]
+            acc.add_(state[k].detach().to(device=t0.device, dtype=acc.dtype), alpha=n)
+
+    def _start(self, state: Mapping[str, torch.Tensor]) -> None:
+        for k, t0 in state.items():
+            acc_dtype = torch.complex128 if t0.is_complex() else torch.float64
+            self._like[k] = t0.new_empty(0)
+            self._acc[k] = torch.zeros(t0.shape, dtype=acc_dtype, device=t0.device)
+
+    def mean(self, total: int) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for k, t0 in self._like.items():
+            acc = self._acc[k].div_(total)
+            if not (t0.is_floating_point() or t0.is_complex()):
+                acc = torch.round(acc)  # integer / bool buffers: nearest integer (ties to even)
+            out[k] = acc.to(t0.dtype)  # `acc` is fresh: even a no-op cast shares no input memory
+        return out
 
 
 def weighted_mean(values: Sequence[tuple[float, int]]) -> float:

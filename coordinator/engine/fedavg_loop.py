@@ -19,12 +19,13 @@ from fused.common.domain.round_metrics import (
 )
 from fused.common.domain.tasks import AdapterRef, ForgetSpec, TaskKind, TaskOutcome
 from fused.common.domain.train_config import TrainConfig
-from fused.common.ml.aggregation import aggregator
 from fused.common.ml.fedavg import weighted_mean
+from fused.common.ml.plausibility import update_norm
 from fused.coordinator.engine.checkpoints import Checkpoint, HistoryEntry, last_checkpoint
 from fused.coordinator.engine.context import JobContext
 from fused.coordinator.engine.evaluation import ModelInfo, evaluate_model
 from fused.coordinator.engine.participants import check_examples, eligible, select_participants
+from fused.coordinator.engine.round_sum import Contribution, Load, Received, RoundSum, round_sum
 from fused.coordinator.engine.rounds import (
     RoundPlan,
     RoundResult,
@@ -33,7 +34,7 @@ from fused.coordinator.engine.rounds import (
     run_round,
     seeded,
 )
-from fused.coordinator.engine.screening import round_weights, screen_updates
+from fused.coordinator.engine.screening import measures_norms, round_weights, screen_updates
 from fused.coordinator.engine.stopping import Plateau
 from fused.coordinator.fleet import ResultCheck
 
@@ -87,10 +88,13 @@ class FedAvgPlan:
     stop: Plateau | None = None  # stop once the forgotten set's FA stops falling
 
 
-def update_check(ctx: JobContext, payload: Payload) -> ResultCheck[Tensors]:
-    """Checks a training result and decodes its upload, which the round's result then holds."""
+def update_check(
+    ctx: JobContext, payload: Payload, into: RoundSum, reference: Tensors | None
+) -> ResultCheck[Received]:
+    """Checks a training result, decodes its upload and folds it into the round's sum; the
+    round's result keeps only the upload's blob id and norm (from `reference`, if given)."""
 
-    async def check(outcome: TaskOutcome) -> Tensors:
+    async def check(outcome: TaskOutcome) -> Received:
         t = outcome.train
         if t is None:
             raise ValueError("expected a training result (uploaded tensors) for this task")
@@ -103,10 +107,28 @@ def update_check(ctx: JobContext, payload: Payload) -> ResultCheck[Tensors]:
                 f"{outcome.participant_id} has not uploaded {t.update_blob_id}: upload before "
                 "pushing"
             )
-        data = await asyncio.to_thread(ctx.artifacts.get_bytes, t.update_blob_id)
-        return await asyncio.to_thread(payload.decode, data)
+        share = Contribution(outcome.participant_id, t.update_blob_id, t.num_examples)
+        return await asyncio.to_thread(_receive, ctx, payload, into, reference, share)
 
     return check
+
+
+def _receive(
+    ctx: JobContext,
+    payload: Payload,
+    into: RoundSum,
+    reference: Tensors | None,
+    share: Contribution,
+) -> Received:
+    """Where each arriving update is decoded: measured, folded in, then dropped."""
+    tensors = payload.decode(ctx.artifacts.get_bytes(share.blob_id))
+    norm = None if reference is None else update_norm(tensors, reference)
+    into.fold(share, tensors)
+    return Received(share.blob_id, norm)
+
+
+def _loader(ctx: JobContext, payload: Payload) -> Load:
+    return lambda blob_id: payload.decode(ctx.artifacts.get_bytes(blob_id))
 
 
 async def fedavg_rounds(
@@ -171,12 +193,17 @@ async def _one_round(
         plan.forget,
         payload.adapter(blob, for_training=True),
     )
-    result = await run_round(ctx, round_plan, update_check(ctx, payload))
+    # the round's starting point, for update norms: the only model-sized copy the round keeps
+    # beside its sum (and the uploads being decoded)
+    reference = await payload.reference(ctx, blob) if measures_norms(ctx.policy) else None
+    into = round_sum(ctx.policy, _loader(ctx, payload))
+    result = await run_round(ctx, round_plan, update_check(ctx, payload, into, reference))
+    del reference
     for pid in _gone_offline(ctx, plan.phase, r, chosen):  # so a lost quorum names them
         result.failures.setdefault(pid, "offline since the previous round")
-    await screen_updates(ctx, result, lambda: payload.reference(ctx, blob), plan.phase, r)
+    screen_updates(ctx, result, plan.phase, r)
     check_quorum(result, plan.min_participants, plan.phase, r)
-    aggregate = await _aggregate(ctx, payload, result, plan.phase, r)
+    aggregate = await _aggregate(ctx, payload, into, result, plan.phase, r)
     finish_round(ctx, plan.phase, r, started, result, RoundMetrics(aggregate=aggregate))
     return aggregate.blob, HistoryEntry(r, aggregate.train_loss, aggregate.num_examples)
 
@@ -199,20 +226,26 @@ def _gone_offline(ctx: JobContext, phase: Phase, r: int, chosen: list[str]) -> l
 
 
 async def _aggregate(
-    ctx: JobContext, payload: Payload, result: RoundResult[Tensors], phase: Phase, r: int
+    ctx: JobContext,
+    payload: Payload,
+    into: RoundSum,
+    result: RoundResult[Received],
+    phase: Phase,
+    r: int,
 ) -> AggregateSummary:
     """The accepted uploads combined by the job's aggregator (FedAvg: the sample-weighted
-    mean), in participant order, with each weight capped to the job's max share."""
+    mean), with each weight capped to the job's max share; independent of arrival order."""
     weights = round_weights(ctx, result, phase, r)
-    weighted = []
+    final = []
     losses = []
     for accepted, weight in zip(result.in_order(), weights, strict=True):
         train = accepted.outcome.train
         assert train is not None  # update_check accepted it
-        weighted.append((accepted.payload, weight))
+        final.append(
+            Contribution(accepted.outcome.participant_id, accepted.payload.blob_id, weight)
+        )
         losses.append((train.mean_loss, weight))
-    rule = aggregator(ctx.policy.aggregator, ctx.policy.trim_fraction)
-    averaged = await asyncio.to_thread(rule, weighted)
+    averaged = await asyncio.to_thread(into.finish, final)
     blob = await payload.store(ctx, averaged)
     return AggregateSummary(payload.kind, blob, weighted_mean(losses), sum(weights))
 

@@ -20,10 +20,12 @@ from fused.common.domain.records import JobEvent, JobKind, JobStatus, Phase
 from fused.common.domain.tasks import EvalOutcome, TaskOutcome, TrainOutcome
 from fused.common.ml.adapters import build_layout
 from fused.common.ml.membership import BINS
+from fused.common.ml.plausibility import update_norm
 from fused.coordinator.artifacts import ArtifactStore
 from fused.coordinator.engine.context import Federation, JobContext, JobFailed, RoundBytes
 from fused.coordinator.engine.evaluation import eval_check, merge_eval
 from fused.coordinator.engine.participants import join_federation, members
+from fused.coordinator.engine.round_sum import Received
 from fused.coordinator.engine.rounds import RoundResult
 from fused.coordinator.engine.screening import round_weights, screen_updates
 from fused.coordinator.engine.weights import WeightsPayload
@@ -140,17 +142,15 @@ def test_an_even_split_fails_the_job_clearly(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- updates
 
 
-def accepted(pid: str, values: list[float], n: int = 50) -> Accepted[Tensors]:
+def accepted(pid: str, values: list[float], n: int = 50) -> Accepted[Received]:
+    """An upload of `values` from a round starting at zeros, as update_check keeps it."""
     train = TrainOutcome("b" * 64, n, 0.5, 1.0)
-    return Accepted(TaskOutcome(pid, f"t-{pid}", train=train), {"w": torch.tensor(values)})
+    norm = update_norm({"w": torch.tensor(values)}, {"w": torch.zeros(len(values))})
+    return Accepted(TaskOutcome(pid, f"t-{pid}", train=train), Received("b" * 64, norm))
 
 
-def round_of(*items: Accepted[Tensors]) -> RoundResult[Tensors]:
+def round_of(*items: Accepted[Received]) -> RoundResult[Received]:
     return RoundResult(accepted={a.outcome.participant_id: a for a in items})
-
-
-async def zeros() -> Tensors:
-    return {"w": torch.zeros(2)}
 
 
 def refused(ctx: JobContext, reason: str) -> float | None:
@@ -160,7 +160,7 @@ def refused(ctx: JobContext, reason: str) -> float | None:
 def test_a_huge_update_is_refused_once_the_round_is_in(tmp_path: Path) -> None:
     ctx = context(tmp_path)
     result = round_of(accepted("p0", [1, 0]), accepted("p1", [0, 1.5]), accepted("m", [3e38, 0]))
-    run(screen_updates(ctx, result, zeros, Phase.TRAIN, 2))
+    screen_updates(ctx, result, Phase.TRAIN, 2)
     assert sorted(result.accepted) == ["p0", "p1"]
     assert result.failures == {
         "m": "update refused: update L2 norm 3e+38 is 2e+38x the round's median 1.5 (limit 10x)"
@@ -172,10 +172,10 @@ def test_a_huge_update_is_refused_once_the_round_is_in(tmp_path: Path) -> None:
 def test_two_updates_are_judged_by_the_absolute_bound_only(tmp_path: Path) -> None:
     ctx = context(tmp_path)
     result = round_of(accepted("p0", [1, 0]), accepted("m", [3e38, 0]))
-    run(screen_updates(ctx, result, zeros, Phase.TRAIN, 1))
+    screen_updates(ctx, result, Phase.TRAIN, 1)
     assert sorted(result.accepted) == ["m", "p0"]
     ctx.policy = AggregationPolicy(max_norm=100.0)
-    run(screen_updates(ctx, result, zeros, Phase.TRAIN, 1))
+    screen_updates(ctx, result, Phase.TRAIN, 1)
     assert sorted(result.accepted) == ["p0"] and refused(ctx, "norm_bound") == 1.0
 
 
