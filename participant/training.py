@@ -3,7 +3,8 @@ the device the agent was started with (CPU by default; CUDA or MPS, optionally m
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -17,6 +18,7 @@ from fused.common.ml.adapters import frozen_norm_stats
 from fused.common.ml.data.tensors import TensorData
 from fused.common.ml.membership import BINS, loss_histogram
 from fused.common.ml.workloads.base import EvalCounts, classification_counts
+from fused.participant.prefix import Rows, cut_prefix, tensor_bytes
 
 __all__ = [
     "Accelerators",
@@ -198,6 +200,10 @@ def train_local(
     Training runs on `hardware` (default: the process's, see use_hardware); the model goes back
     to the device it came on, parameters in their own dtype, before this returns. The loss and
     input step are the workload's (`objective`; default: cross-entropy on the inputs as given).
+
+    When some parameters stay frozen, the part of the model before the first trained tensor
+    runs without autograd, once for all epochs (and is kept for the next task on the same base
+    and data), where that is exact (participant.prefix); each epoch runs only the rest.
     """
     objective = Classification(0) if objective is None else objective  # loss needs no count
     n = len(data)
@@ -240,13 +246,14 @@ def train_local(
             p.requires_grad_(id(p) in chosen)
         model.train()
         with frozen_norm_stats(model) if freeze_norm_stats else nullcontext():
+            forward = _forward(model, data, x, objective, hw, len(chosen) < len(all_params))
             for _ in range(cfg.local_epochs):
                 perm = torch.randperm(n, generator=gen).to(device)  # (N,)
                 for start in range(0, n, cfg.batch_size):
                     idx = perm[start : start + cfg.batch_size]
                     opt.zero_grad(set_to_none=True)
                     with _autocast(hw):
-                        loss = objective.loss(model(objective.transform(x[idx])), y[idx])
+                        loss = objective.loss(forward(idx), y[idx])
                     if scaler is None:
                         torch.autograd.backward(loss)
                         opt.step()
@@ -265,6 +272,34 @@ def train_local(
 
     mean_loss = float(loss_sum.item()) / (n * cfg.local_epochs)
     return TrainStats(num_examples=n, mean_loss=mean_loss, steps=steps)
+
+
+def _forward(
+    model: nn.Module,
+    data: TensorData,
+    x: torch.Tensor,
+    objective: Objective,
+    hw: Hardware,
+    partial: bool,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model's outputs on the rows `idx` of `x` (`data`'s inputs on the device): through
+    a cached frozen prefix when only some parameters train and the cut is exact, through the
+    whole model otherwise."""
+
+    def whole(idx: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = model(objective.transform(x[idx]))
+        return out
+
+    if not partial:
+        return whole
+
+    def key() -> tuple[bytes, float | None, str, torch.dtype | None]:
+        digest = hashlib.blake2b(tensor_bytes(data.x), digest_size=32).digest()
+        return digest, data.scale, str(hw.device), hw.amp_dtype
+
+    with _autocast(hw):
+        cached = cut_prefix(model, Rows(x, objective.transform, key))
+    return whole if cached is None else cached
 
 
 def evaluate(
