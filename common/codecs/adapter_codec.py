@@ -241,6 +241,8 @@ def _decompress(frame: bytes, expected: int) -> bytes:
         declared = zstandard.get_frame_parameters(frame).content_size
     except zstandard.ZstdError as exc:
         raise AdapterCodecError(f"adapter values' high bytes are not a zstd frame: {exc}") from exc
+    if declared in (zstandard.CONTENTSIZE_UNKNOWN, zstandard.CONTENTSIZE_ERROR):
+        raise AdapterCodecError("adapter values' zstd frame does not declare its content size")
     if declared != expected:
         raise AdapterCodecError(
             f"adapter values' zstd frame declares {declared} bytes, the counts say {expected}"

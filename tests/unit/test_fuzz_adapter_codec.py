@@ -12,27 +12,25 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fused.common.codecs.adapter_codec import (
-    FORMAT,
+    MAGIC,
     VALUE_DTYPES,
     AdapterCodecError,
+    Section,
+    assemble,
     decode_adapter,
+    default_max_bytes,
     encode_adapter,
-    max_content_bytes,
 )
-from fused.common.codecs.tensor_codec import (
-    encode_tensors,
-)
+from fused.common.codecs.positions import encode_positions
+from fused.common.codecs.varint import varint
 from fused.common.ml.adapters import AdapterLayout, build_layout
 from tests.unit.fuzzing import (
     GIB,
-    SAFETENSORS_MUTATIONS,
     Tensors,
     accept_or_reject,
     float32_vectors,
     fuzz,
     mutate_bytes,
-    mutate_safetensors,
-    names,
     redeclare,
     rle_frame,
     same_bits,
@@ -40,12 +38,11 @@ from tests.unit.fuzzing import (
     zstd_frame,
 )
 
-# --------------------------------------------------------------------------- adapter codec
-
 LAYOUTS = [
     build_layout({"fc.weight": (6, 5), "conv.weight": (2, 1, 3, 3)}, 0.3, seed=1),
     build_layout({"w": (17,)}, 0.5, seed=2),
-    build_layout({"a.b": (8, 8), "bias": (8,), "z": (3,)}, 0.1, seed=3),  # some may be empty
+    build_layout({"a.b": (8, 8), "bias": (8,), "z": (3,)}, 0.1, seed=3),  # one position each
+    build_layout({"big": (40, 50)}, 0.2, seed=4),  # counts and positions past one varint byte
 ]
 
 
@@ -59,7 +56,25 @@ def _check_adapter_result(result: dict[str, torch.Tensor], layout: AdapterLayout
 
 
 def _adapter_values(data: st.DataObject, layout: AdapterLayout) -> Tensors:
-    return {n: data.draw(float32_vectors(layout.indices[n].numel())) for n in layout.names}
+    """Drawn values, with a drawn share of them zero (what dead units leave)."""
+    values = {}
+    for name in layout.names:
+        vector = data.draw(float32_vectors(layout.indices[name].numel()))
+        zero_share = data.draw(st.sampled_from([0.0, 0.1, 0.5, 0.9, 1.0]))
+        gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+        vector[torch.rand(vector.numel(), generator=gen) < zero_share] = 0.0
+        values[name] = vector
+    return values
+
+
+def _nonzero_ones(layout: AdapterLayout, values: Tensors) -> torch.Tensor:
+    """The values joined, with every bit-zero value made 1.0: a section may then be `all`."""
+    joined = torch.cat([values[n] for n in layout.names])
+    return torch.where(joined.view(torch.int32) == 0, torch.ones_like(joined), joined)
+
+
+def _sections_all(layout: AdapterLayout) -> list[Section]:
+    return [Section(int(layout.indices[n].numel())) for n in layout.names]
 
 
 @fuzz(200)
@@ -75,7 +90,9 @@ def test_adapter_round_trip_is_bit_exact_in_the_upload_dtype(
             encode_adapter(layout, values, dtype=dtype)
         assert repr(overflow[0]) in str(info.value)
         return
-    out = decode_adapter(encode_adapter(layout, values, dtype=dtype), layout, dtype=dtype)
+    payload = encode_adapter(layout, values, dtype=dtype)
+    assert len(payload) <= default_max_bytes(layout)
+    out = decode_adapter(payload, layout, dtype=dtype)
     _check_adapter_result(out, layout)
     for name in layout.names:
         assert same_bits(out[name], cast[name].to(torch.float32)), name
@@ -87,46 +104,65 @@ def test_adapter_non_finite_values_are_refused_both_ways(
     layout: AdapterLayout, bad: float, data: st.DataObject
 ) -> None:
     values = _adapter_values(data, layout)
-    name = data.draw(st.sampled_from([n for n in layout.names if values[n].numel()]))
+    name = data.draw(st.sampled_from(layout.names))
     values[name][data.draw(st.integers(0, values[name].numel() - 1))] = bad
     with pytest.raises(AdapterCodecError, match="not all finite") as info:
         encode_adapter(layout, values)
     assert repr(name) in str(info.value)
-    # A hostile participant skips encode_adapter and builds the payload itself.
-    hostile = zstd_frame(encode_tensors(values, {"format": FORMAT, "mask_digest": layout.digest}))
+    # A hostile participant skips encode_adapter and lays out the payload itself.
+    joined = _nonzero_ones(layout, values)
+    hostile = assemble("float32", bytes.fromhex(layout.digest), _sections_all(layout), joined)
     with pytest.raises(AdapterCodecError, match="not finite") as info:
         decode_adapter(hostile, layout)
     assert repr(name) in str(info.value)
 
 
-@pytest.mark.parametrize("kind", ["length", "shape", "dtype", "rename", "missing"])
+def _hostile_section(data: st.DataObject, m: int, kind: str) -> tuple[Section, int]:
+    """A section that is wrong in the way ``kind`` says, and how many values it claims."""
+    if kind == "count":
+        count = m + data.draw(st.integers(1, 5))
+        return Section(count), count
+    if kind == "zero":
+        return Section(m), m  # its values will hold a +0.0
+    count = data.draw(st.integers(1, max(1, m - 1)))
+    listed = min(count, m - count) or 1
+    places = torch.arange(listed) if kind == "crc" else torch.arange(listed + 1) % m
+    positions = encode_positions(torch.unique(places), m)
+    if kind == "crc":
+        positions = positions[:-1] + bytes([positions[-1] ^ 0x55])
+    return Section(count, positions), count
+
+
+@pytest.mark.parametrize("kind", ["count", "zero", "crc", "listed"])
 @fuzz(30)
 @given(layout=st.sampled_from(LAYOUTS), data=st.data())
 def test_adapter_payload_off_the_layout_names_the_offending_tensor(
     kind: str, layout: AdapterLayout, data: st.DataObject
 ) -> None:
-    values = _adapter_values(data, layout)
-    name = data.draw(st.sampled_from(layout.names))
-    offender = name
-    if kind == "length":
-        values[name] = torch.zeros(values[name].numel() + data.draw(st.integers(1, 5)))
-    elif kind == "shape":
-        values[name] = values[name].reshape(1, -1)
-    elif kind == "dtype":
-        values[name] = values[name].to(torch.float64)
-    elif kind == "rename":
-        offender = data.draw(names.filter(lambda other: other not in layout.names))
-        values[offender] = values.pop(name)
-    else:
-        del values[name]
-    hostile = zstd_frame(encode_tensors(values, {"format": FORMAT, "mask_digest": layout.digest}))
+    candidates = [
+        n for n in layout.names if kind in ("count", "zero") or layout.indices[n].numel() > 1
+    ]
+    if not candidates:
+        return
+    name = data.draw(st.sampled_from(candidates))
+    sections, total = [], 0
+    for n in layout.names:
+        m = int(layout.indices[n].numel())
+        section, count = _hostile_section(data, m, kind) if n == name else (Section(m), m)
+        sections.append(section)
+        total += count
+    values = torch.ones(total)
+    if kind == "zero":
+        start = sum(s.count for s in sections[: layout.names.index(name)])
+        values[start] = 0.0
+    hostile = assemble("float32", bytes.fromhex(layout.digest), sections, values)
     with pytest.raises(AdapterCodecError) as info:
         decode_adapter(hostile, layout)
-    assert repr(offender) in str(info.value), (kind, str(info.value))
+    assert repr(name) in str(info.value), (kind, str(info.value))
     # Honest bytes for another layout are refused too (its mask digest differs).
     other = data.draw(st.sampled_from([x for x in LAYOUTS if x is not layout]))
     honest = encode_adapter(other, _adapter_values(data, other))
-    with pytest.raises(AdapterCodecError):
+    with pytest.raises(AdapterCodecError, match="different mask"):
         decode_adapter(honest, layout)
 
 
@@ -134,40 +170,47 @@ def test_adapter_payload_off_the_layout_names_the_offending_tensor(
 @given(
     layout=st.sampled_from(LAYOUTS),
     raw=st.binary(max_size=300),
-    wrap=st.sampled_from(["none", "zstd", "zstd-no-size"]),
+    wrap=st.sampled_from(["none", "header", "zstd"]),
 )
 def test_adapter_decode_of_arbitrary_bytes_only_raises_adapter_error(
     layout: AdapterLayout, raw: bytes, wrap: str
 ) -> None:
-    if wrap == "zstd":
+    if wrap == "header":  # past the header checks, into the sections
+        raw = MAGIC + b"\x00" + bytes.fromhex(layout.digest) + raw
+    elif wrap == "zstd":
         raw = zstd_frame(raw)
-    elif wrap == "zstd-no-size":
-        raw = zstandard.ZstdCompressor(write_content_size=False).compress(raw)
     result = accept_or_reject(lambda: decode_adapter(raw, layout), AdapterCodecError)
     if result is not None:
         _check_adapter_result(result, layout)
 
 
-@pytest.mark.parametrize("where", ["compressed", "declared-size", "inside"])
+@pytest.mark.parametrize("where", ["bytes", "declared-size", "sections"])
 @fuzz(150)
 @given(layout=st.sampled_from(LAYOUTS), dtype=st.sampled_from(sorted(VALUE_DTYPES)), data=st.data())
 def test_adapter_decode_of_mutated_payloads_only_raises_adapter_error(
     where: str, layout: AdapterLayout, dtype: str, data: st.DataObject
 ) -> None:
-    values = {n: torch.zeros(layout.indices[n].numel()) for n in layout.names}
+    values = {n: v.clamp(-1e4, 1e4) for n, v in _adapter_values(data, layout).items()}
     payload = encode_adapter(layout, values, dtype=dtype)
-    if where == "compressed":
+    if where == "bytes":
         payload = mutate_bytes(data, payload)
     elif where == "declared-size":
         payload = redeclare(data, payload)
-    else:  # corrupt the safetensors inside, then compress honestly
-        raw = zstandard.ZstdDecompressor().decompress(payload)
-        kind = data.draw(st.permutations(SAFETENSORS_MUTATIONS))[0]  # evenly spread
-        payload = zstd_frame(mutate_safetensors(data, raw, kind))
+    else:  # corrupt only the counts and positions, right after the header
+        header = len(MAGIC) + 1 + 32
+        end = data.draw(st.integers(header + 1, max(header + 1, len(payload))))
+        payload = payload[:header] + mutate_bytes(data, payload[header:end]) + payload[end:]
     job_dtype = data.draw(st.none() | st.just(dtype))
     result = accept_or_reject(lambda: decode_adapter(payload, layout, job_dtype), AdapterCodecError)
     if result is not None:
         _check_adapter_result(result, layout)
+
+
+def _with_frame(layout: AdapterLayout, frame: bytes) -> bytes:
+    """Every value claimed nonzero (float32), its high-byte plane ``frame``, the rest honest."""
+    sections = _sections_all(layout)
+    head = assemble("float32", bytes.fromhex(layout.digest), sections, torch.empty(0))
+    return head + varint(len(frame)) + frame + bytes(3 * layout.num_values)
 
 
 def test_adapter_decompression_bomb_is_refused_before_allocating_it() -> None:
@@ -180,18 +223,19 @@ def test_adapter_decompression_bomb_is_refused_before_allocating_it() -> None:
     assert len(bomb) < 64 * 2**10
     errors: list[str] = []
 
-    def decode(payload: bytes) -> None:
+    def decode(frame: bytes) -> None:
+        payload = _with_frame(layout, frame)
         with pytest.raises(AdapterCodecError) as info:
-            decode_adapter(payload, layout, max_bytes=len(payload))  # past the compressed bound
+            decode_adapter(payload, layout, max_bytes=len(payload))  # past the size bound
         errors.append(str(info.value))
 
     assert traced_peak(lambda: decode(bomb)) < 4 * 2**20
-    assert str(GIB) in errors[-1] and "decompression bomb" in errors[-1]
-    # Declaring nothing, or a harmless size, does not help: nothing past the bound is made.
+    assert str(GIB) in errors[-1] and "the counts say" in errors[-1]
+    # Declaring nothing, or the honest size, does not help: nothing past it is made.
     assert traced_peak(lambda: decode(rle_frame(GIB, None))) < 4 * 2**20
     assert "does not declare" in errors[-1]
-    assert traced_peak(lambda: decode(rle_frame(GIB, max_content_bytes(layout)))) < 4 * 2**20
+    assert traced_peak(lambda: decode(rle_frame(GIB, layout.num_values))) < 4 * 2**20
     assert "could not be decompressed" in errors[-1]
-    # And with the default limit the 32 KiB bomb is already too big compressed.
-    with pytest.raises(AdapterCodecError, match="compressed, more than the limit"):
-        decode_adapter(bomb, layout)
+    # And with the default limit the 32 KiB bomb is already too big.
+    with pytest.raises(AdapterCodecError, match="more than the limit"):
+        decode_adapter(_with_frame(layout, bomb), layout)
