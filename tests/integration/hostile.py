@@ -21,8 +21,10 @@ import torch
 import zstandard
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from fused.common.codecs.adapter_codec import FORMAT, default_max_bytes
+from fused.common.codecs import adapter_codec
+from fused.common.codecs.adapter_codec import VALUE_DTYPES, Section, default_max_bytes
 from fused.common.codecs.tensor_codec import encode_tensors
+from fused.common.codecs.varint import varint
 from fused.common.ml.adapters import AdapterLayout
 from fused.common.rpc.protocol import PROTOCOL_VERSION
 from fused.proto.v1 import common_pb2, control_pb2, participant_pb2, participant_pb2_grpc
@@ -300,33 +302,50 @@ def bad_updates(weights: Mapping[str, torch.Tensor], model: str) -> dict[str, by
 # --------------------------------------------------------------------------- adapters
 
 
-def _adapter_raw(layout: AdapterLayout, tensors: Mapping[str, torch.Tensor], digest: str) -> bytes:
-    return encode_tensors(tensors, {"format": FORMAT, "mask_digest": digest})
+def _adapter(
+    layout: AdapterLayout,
+    digest: str = "",
+    extra: int = 0,
+    dtype: str = "float32",
+    first: float = 1.0,
+) -> bytes:
+    """Every value nonzero, ``first`` the first; the first tensor claims ``extra`` more."""
+    counts = [int(layout.indices[n].numel()) for n in layout.names]
+    counts[0] += extra
+    values = torch.ones(sum(counts))
+    values[0] = first
+    sections = [Section(c) for c in counts]
+    mask = bytes.fromhex(digest or layout.digest)
+    return adapter_codec.assemble(dtype, mask, sections, values.to(VALUE_DTYPES[dtype]))
+
+
+def _adapter_frame(layout: AdapterLayout, frame: bytes) -> bytes:
+    """Every value claimed nonzero (float32), with ``frame`` as their high bytes' zstd frame
+    and nothing after it: the frame is refused before the low bytes are read."""
+    sections = [Section(int(layout.indices[n].numel())) for n in layout.names]
+    digest = bytes.fromhex(layout.digest)
+    head = adapter_codec.assemble("float32", digest, sections, torch.empty(0))
+    return head + varint(len(frame)) + frame
 
 
 def bad_adapters(layout: AdapterLayout) -> dict[str, bytes]:
     """Adapter uploads that must fail the coordinator's checks, by what is wrong with them."""
-    zeros = {n: torch.zeros(layout.indices[n].numel()) for n in layout.names}
-    first = layout.names[0]
-    nan = zeros[first].clone()
-    nan[0] = float("nan")
     frame = zstandard.ZstdCompressor(level=3, write_content_size=True)
-    raw = _adapter_raw(layout, zeros, layout.digest)
+    high = frame.compress(bytes(layout.num_values))
     return {
-        # 64 MiB of zeros in about 2 KiB: the frame declares the size, far above the bound
-        "bomb": frame.compress(bytes(64 << 20)),
-        "no_content_size": zstandard.ZstdCompressor(write_content_size=False).compress(raw),
+        # 16 MiB of zeros in about 0.5 KiB (fits any layout's limit): the frame declares the
+        # size, far above what the counts allow
+        "bomb": _adapter_frame(layout, frame.compress(bytes(16 << 20))),
+        "no_content_size": _adapter_frame(
+            layout, zstandard.ZstdCompressor(write_content_size=False).compress(bytes(100))
+        ),
         "oversized": os.urandom(default_max_bytes(layout) + 1024),
-        "not_zstd": raw,
-        "two_frames": frame.compress(raw) + frame.compress(raw),
-        "mask": frame.compress(_adapter_raw(layout, zeros, "0" * 64)),
-        "nan": frame.compress(_adapter_raw(layout, {**zeros, first: nan}, layout.digest)),
-        "count": frame.compress(
-            _adapter_raw(layout, {**zeros, first: torch.zeros(nan.numel() + 1)}, layout.digest)
-        ),
-        "dtype": frame.compress(
-            _adapter_raw(layout, {n: t.half() for n, t in zeros.items()}, layout.digest)
-        ),
+        "not_v3": frame.compress(bytes(1024)),  # what a fused-adapter-v2 payload looked like
+        "two_frames": _adapter_frame(layout, high + high),
+        "mask": _adapter(layout, digest="0" * 64),
+        "nan": _adapter(layout, first=float("nan")),
+        "count": _adapter(layout, extra=1),
+        "dtype": _adapter(layout, dtype="float16"),
     }
 
 

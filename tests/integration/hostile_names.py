@@ -60,15 +60,15 @@ EVAL_ATTACKS = [
     ("forget_correct > forget_total", [0] * 10, [5] * 10, 3, 2, "forget_correct exceeds"),
 ]
 ADAPTER_ATTACKS = [
-    ("bomb", "declares 67108864 decompressed bytes"),
+    ("bomb", "zstd frame declares 16777216 bytes"),
     ("no_content_size", "does not declare its content size"),
-    ("oversized", "bytes compressed, more than the limit"),
-    ("not_zstd", "adapter payload is not a zstd frame"),
+    ("oversized", "bytes, more than the limit"),
+    ("not_v3", "not a fused-adapter-v3 payload"),
     ("two_frames", "could not be decompressed"),
     ("mask", "adapter was built for a different mask"),
-    ("nan", "values are not finite (NaN or Inf)"),
-    ("count", "values (one per masked position)"),
-    ("dtype", "is not the job's value dtype"),
+    ("nan", "is not finite"),
+    ("count", "mask positions"),
+    ("dtype", "not the job's value dtype"),
 ]
 
 TRAINING = TrainingSpec(
