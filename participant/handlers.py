@@ -6,9 +6,12 @@ and pushes the outcomes back.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -17,9 +20,11 @@ import torch
 from fused.common.codecs.adapter_codec import decode_adapter, encode_adapter
 from fused.common.codecs.tensor_codec import decode_tensors, encode_tensors
 from fused.common.domain.tasks import (
+    TIMING_STAGES,
     TaskKind,
     TaskOutcome,
     TaskSpec,
+    TaskTimings,
     TrainOutcome,
 )
 from fused.common.ml.adapters import AdapterLayout, merge_weights, zero_values
@@ -33,6 +38,8 @@ from fused.participant.executor import (
 from fused.participant.site import Site
 from fused.participant.training import TrainStats
 
+log = logging.getLogger(__name__)
+
 
 class ArtifactTransport(Protocol):
     """A task's artifacts, by sha256: participant.transfer.TaskTransfer over gRPC."""
@@ -45,6 +52,48 @@ class ArtifactTransport(Protocol):
     def upload(self, blob: bytes) -> str: ...
 
 
+class StageClock:
+    """Wall-clock seconds one task spends in each stage (TIMING_STAGES), summed over the
+    stage's intervals: what the outcome reports as its timings."""
+
+    def __init__(self) -> None:
+        self._seconds = dict.fromkeys(TIMING_STAGES, 0.0)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        if name not in self._seconds:
+            raise ValueError(f"unknown stage {name!r}")
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._seconds[name] += time.perf_counter() - start
+
+    def timings(self) -> TaskTimings:
+        return TaskTimings(**{f"{name}_s": s for name, s in self._seconds.items()})
+
+
+@dataclass(frozen=True)
+class TimedTransport:
+    """A task's transport whose downloads count as fetch and uploads as upload. An artifact
+    the transport holds already (cached, or sent inline) costs next to nothing."""
+
+    inner: ArtifactTransport
+    clock: StageClock
+
+    @property
+    def max_download_bytes(self) -> int:
+        return self.inner.max_download_bytes
+
+    def fetch(self, digest: str) -> bytes:
+        with self.clock.stage("fetch"):
+            return self.inner.fetch(digest)
+
+    def upload(self, blob: bytes) -> str:
+        with self.clock.stage("upload"):
+            return self.inner.upload(blob)
+
+
 @dataclass(frozen=True)
 class TaskContext:
     """What a handler works on: this participant's workload and data, the task's inputs."""
@@ -54,6 +103,7 @@ class TaskContext:
     layout: AdapterLayout | None  # the task's adapter (mask derived here), if it has one
     values: dict[str, torch.Tensor]  # the adapter's current values; {} without one
     started: float  # time.monotonic() at the task's start: its seconds include transfers
+    clock: StageClock  # the handler times its compute and encode stages on it
 
 
 Handler = Callable[[TaskSpec, TaskContext, ArtifactTransport], TaskOutcome]
@@ -80,41 +130,56 @@ def check_finite(stats: TrainStats, tensors: Mapping[str, torch.Tensor]) -> None
 
 
 def run_task(task: TaskSpec, site: Site, transport: ArtifactTransport) -> TaskOutcome:
-    """Fetch the task's inputs and run its kind's handler. A kind without one, or a task for
-    another workload, is a ValueError, which the agent reports as the task's error."""
+    """Fetch the task's inputs and run its kind's handler; the outcome carries the seconds
+    each stage took. A kind without a handler, or a task for another workload, is a
+    ValueError, which the agent reports as the task's error."""
     started = time.monotonic()
     handler = HANDLERS.get(task.kind)
     if handler is None:
         raise ValueError(f"task {task.task_id}: unsupported task kind {task.kind}")
     site.check_task(task.model_name, task.num_classes)
-    weights, _ = decode_tensors(
-        transport.fetch(task.model_blob_id),
-        schema=site.weights_schema,
-        max_bytes=transport.max_download_bytes,
-    )
-    layout, values = _adapter(task, site, transport)
-    ctx = TaskContext(site, weights, layout, values, started)
-    return handler(task, ctx, transport)
+    clock = StageClock()
+    timed = TimedTransport(transport, clock)
+    blob = timed.fetch(task.model_blob_id)
+    with clock.stage("decode"):
+        weights, _ = decode_tensors(
+            blob, schema=site.weights_schema, max_bytes=transport.max_download_bytes
+        )
+    layout, values = _adapter(task, site, timed)
+    outcome = handler(task, TaskContext(site, weights, layout, values, started, clock), timed)
+    timings = clock.timings()
+    log.info("task %s (%s) took %s", task.task_id, task.kind.value, describe(timings))
+    return dataclasses.replace(outcome, timings=timings)
+
+
+def describe(timings: TaskTimings) -> str:
+    """`1.234 s: fetch 0.010, decode 0.002, ...` for logs."""
+    stages = ", ".join(f"{name} {getattr(timings, f'{name}_s'):.3f}" for name in TIMING_STAGES)
+    return f"{timings.total_s:.3f} s: {stages}"
 
 
 def _adapter(
-    task: TaskSpec, site: Site, transport: ArtifactTransport
+    task: TaskSpec, site: Site, transport: TimedTransport
 ) -> tuple[AdapterLayout | None, dict[str, torch.Tensor]]:
     """The task's adapter layout (mask derived locally) and current values, if any."""
     if task.adapter is None:
         return None, {}
-    layout = adapter_layout(site.workload, task.adapter)
+    with transport.clock.stage("decode"):
+        layout = adapter_layout(site.workload, task.adapter)
     if not task.adapter.values_blob_id:
         return layout, zero_values(layout)
     data = transport.fetch(task.adapter.values_blob_id)
-    return layout, decode_adapter(data, layout, dtype="float32")  # the coordinator's mean
+    with transport.clock.stage("decode"):
+        return layout, decode_adapter(data, layout, dtype="float32")  # the coordinator's mean
 
 
 def train(task: TaskSpec, ctx: TaskContext, transport: ArtifactTransport) -> TaskOutcome:
     """FedAvg step on the remaining data; upload the new weights."""
-    state, stats = local_update(ctx.site, ctx.weights, task.train, task.forget, task.excluded)
-    check_finite(stats, state)
-    blob = encode_tensors(state, {"model": task.model_name})
+    with ctx.clock.stage("compute"):
+        state, stats = local_update(ctx.site, ctx.weights, task.train, task.forget, task.excluded)
+        check_finite(stats, state)
+    with ctx.clock.stage("encode"):
+        blob = encode_tensors(state, {"model": task.model_name})
     return _trained(task, ctx, transport.upload(blob), stats)
 
 
@@ -122,11 +187,13 @@ def adapter_train(task: TaskSpec, ctx: TaskContext, transport: ArtifactTransport
     """Train only the sparse adapter values on a frozen base; upload the values."""
     if ctx.layout is None or task.adapter is None:
         raise ValueError("an adapter training task without an adapter")
-    new_values, stats = local_adapter_update(
-        ctx.site, ctx.weights, ctx.layout, ctx.values, task.train, task.forget, task.excluded
-    )
-    check_finite(stats, new_values)
-    blob = encode_adapter(ctx.layout, new_values, dtype=task.adapter.upload_dtype)
+    with ctx.clock.stage("compute"):
+        new_values, stats = local_adapter_update(
+            ctx.site, ctx.weights, ctx.layout, ctx.values, task.train, task.forget, task.excluded
+        )
+        check_finite(stats, new_values)
+    with ctx.clock.stage("encode"):
+        blob = encode_adapter(ctx.layout, new_values, dtype=task.adapter.upload_dtype)
     return _trained(task, ctx, transport.upload(blob), stats)
 
 
@@ -138,10 +205,11 @@ def _trained(task: TaskSpec, ctx: TaskContext, blob_id: str, stats: TrainStats) 
 
 def evaluate(task: TaskSpec, ctx: TaskContext, transport: ArtifactTransport) -> TaskOutcome:
     """Counts on the local test data; an adapter is merged into the base first."""
-    weights = ctx.weights
-    if ctx.layout is not None:
-        weights = merge_weights(weights, ctx.layout, ctx.values)
-    ev = local_evaluate(ctx.site, weights, task.forget, task.excluded)
+    with ctx.clock.stage("compute"):
+        weights = ctx.weights
+        if ctx.layout is not None:
+            weights = merge_weights(weights, ctx.layout, ctx.values)
+        ev = local_evaluate(ctx.site, weights, task.forget, task.excluded)
     if not math.isfinite(ev.loss_sum):
         raise NonFiniteResult(f"evaluation loss is {ev.loss_sum} (the model may be poisoned)")
     return TaskOutcome(ctx.site.participant_id, task.task_id, eval=ev)
@@ -150,7 +218,8 @@ def evaluate(task: TaskSpec, ctx: TaskContext, transport: ArtifactTransport) -> 
 def sensitivity(task: TaskSpec, ctx: TaskContext, transport: ArtifactTransport) -> TaskOutcome:
     """Per-tensor L1 distances after one round of training (and on the forgotten data, when
     the task carries the request); the model stays here."""
-    outcome = local_sensitivity(ctx.site, ctx.weights, task.train, task.excluded, task.forget)
+    with ctx.clock.stage("compute"):
+        outcome = local_sensitivity(ctx.site, ctx.weights, task.train, task.excluded, task.forget)
     moved = [*outcome.distances.values(), *outcome.forget_distances.values()]
     if not all(math.isfinite(d) for d in moved):
         raise NonFiniteResult("local training diverged: non-finite layer distances")

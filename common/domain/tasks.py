@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -202,6 +203,38 @@ class SensitivityOutcome:
     forget_examples: int = 0
 
 
+TIMING_STAGES = ("fetch", "decode", "compute", "encode", "upload")
+
+
+@dataclass(frozen=True)
+class TaskTimings:
+    """Wall-clock seconds one task spent in each stage on its participant."""
+
+    fetch_s: float = 0.0  # downloads (an artifact cached or sent inline costs nothing)
+    decode_s: float = 0.0  # decoding and checking the model and the adapter
+    compute_s: float = 0.0  # the local work: training, evaluation or measuring
+    encode_s: float = 0.0  # serializing what is uploaded
+    upload_s: float = 0.0  # uploads
+
+    @property
+    def total_s(self) -> float:
+        return self.fetch_s + self.decode_s + self.compute_s + self.encode_s + self.upload_s
+
+    def validate(self) -> None:
+        """Raise ValueError unless every stage is a finite, non-negative number of seconds."""
+        for stage in TIMING_STAGES:
+            value = getattr(self, f"{stage}_s")
+            if not (isinstance(value, int | float) and 0.0 <= value < math.inf):
+                raise ValueError(f"timings: {stage}_s must be finite and >= 0, got {value!r}")
+
+    def to_dict(self) -> dict[str, float]:
+        return {f"{stage}_s": getattr(self, f"{stage}_s") for stage in TIMING_STAGES}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TaskTimings:
+        return cls(**{f"{s}_s": float(data.get(f"{s}_s", 0.0)) for s in TIMING_STAGES})
+
+
 @dataclass(frozen=True)
 class TaskOutcome:
     """Exactly one of train, eval, sensitivity and error is set."""
@@ -212,3 +245,4 @@ class TaskOutcome:
     eval: EvalOutcome | None = None
     sensitivity: SensitivityOutcome | None = None
     error: str | None = None
+    timings: TaskTimings | None = None  # where the task's time went; None: not measured

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from fused.common.domain.tasks import (
@@ -14,6 +15,7 @@ from fused.common.domain.tasks import (
     TaskKind,
     TaskOutcome,
     TaskSpec,
+    TaskTimings,
     TrainOutcome,
 )
 from fused.common.domain.train_config import TrainConfig
@@ -140,10 +142,28 @@ def outcome_to_proto(outcome: TaskOutcome) -> participant_pb2.PushResultRequest:
         msg.sensitivity.CopyFrom(participant_pb2.SensitivityResult(**vars(outcome.sensitivity)))
     else:
         msg.error.message = outcome.error or "unknown error"
+    if outcome.timings is not None:
+        msg.timings.CopyFrom(participant_pb2.TaskTimings(**outcome.timings.to_dict()))
     return msg
 
 
+def timings_from_proto(msg: participant_pb2.PushResultRequest) -> TaskTimings | None:
+    """The result's timings, checked; None when the agent sent none."""
+    if not msg.HasField("timings"):
+        return None
+    t = msg.timings
+    timings = TaskTimings(t.fetch_s, t.decode_s, t.compute_s, t.encode_s, t.upload_s)
+    timings.validate()
+    return timings
+
+
 def outcome_from_proto(msg: participant_pb2.PushResultRequest) -> TaskOutcome:
+    """Raises ValueError for a result without an outcome, with mismatched counts or with
+    timings that are not finite, non-negative seconds."""
+    return dataclasses.replace(_outcome(msg), timings=timings_from_proto(msg))
+
+
+def _outcome(msg: participant_pb2.PushResultRequest) -> TaskOutcome:
     which = msg.WhichOneof("outcome")
     if which == "train":
         t = msg.train

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from fused.common.domain.tasks import (
     TaskKind,
     TaskOutcome,
     TaskSpec,
+    TaskTimings,
     TrainOutcome,
 )
 from fused.common.domain.train_config import TrainConfig
@@ -140,6 +142,23 @@ CASES = [
         outcome_to_proto,
         outcome_from_proto,
     ),
+    RoundTrip(
+        "outcome_train_timings",
+        TaskOutcome(
+            "p1",
+            "t8",
+            train=TrainOutcome("cd" * 32, 10, 0.5, 2.0),
+            timings=TaskTimings(0.25, 0.125, 1.5, 0.0625, 0.03125),
+        ),
+        outcome_to_proto,
+        outcome_from_proto,
+    ),
+    RoundTrip(
+        "outcome_eval_timings_zero",  # measured, all stages instant: still present
+        TaskOutcome("p1", "t9", eval=EvalOutcome((1,), (2,), 0.5), timings=TaskTimings()),
+        outcome_to_proto,
+        outcome_from_proto,
+    ),
 ]
 
 
@@ -193,6 +212,15 @@ def test_eval_with_mismatched_lengths_is_rejected() -> None:
         eval=participant_pb2.EvalResult(correct=[1, 2, 3], total=[4, 5], loss_sum=1.0),
     )
     with pytest.raises(ValueError, match="correct and total must have one entry per class"):
+        outcome_from_proto(msg)
+
+
+@pytest.mark.parametrize("bad", [-0.5, math.nan, math.inf])
+def test_timings_that_are_not_seconds_are_rejected(bad: float) -> None:
+    outcome = TaskOutcome("p1", "t1", error="x", timings=TaskTimings(compute_s=1.0))
+    msg = outcome_to_proto(outcome)
+    msg.timings.upload_s = bad
+    with pytest.raises(ValueError, match="upload_s must be finite and >= 0"):
         outcome_from_proto(msg)
 
 
