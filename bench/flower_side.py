@@ -15,6 +15,15 @@ from typing import Any
 
 SERVER_ROLE = "server"
 CLIENT_ROLE = "client"
+# What the two roles import from this repository. None may import generated protobuf code
+# (fused.proto): it is built for the project's protobuf, and Flower pins an older runtime.
+REPO_MODULES = (
+    "fused.common.domain.train_config",
+    "fused.common.ml.data.shards",
+    "fused.common.ml.models",
+    "fused.participant.executor",
+    "fused.participant.site",
+)
 
 
 def flower_server(argv: Sequence[str]) -> int:

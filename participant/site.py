@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -26,7 +27,9 @@ from fused.common.ml.workloads import (
     default_for,
     resolve_workload,
 )
-from fused.proto.v1 import participant_pb2
+
+if TYPE_CHECKING:  # imported where used: a site serves processes without this protobuf
+    from fused.proto.v1 import participant_pb2
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,8 @@ def default_reference(data_dir: Path) -> str:
 
 def offer_summary(offer: Offer) -> participant_pb2.DataSummary:
     """The offer as the Register call carries it."""
+    from fused.proto.v1 import participant_pb2
+
     return participant_pb2.DataSummary(
         dataset=offer.source,
         class_counts=offer.class_counts,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from bench.flower_report import (
     round_compute,
     system_report,
 )
+from bench.flower_side import REPO_MODULES
 from bench.proxy import DOWN, UP, CountingProxy, WireEvent, bytes_in_window
 
 
@@ -220,3 +223,16 @@ def test_proxy_forwards_and_counts_both_ways() -> None:
         assert proxy.connections == 1
         moved = bytes_in_window(events, 0.0, float("inf"))
         assert moved == {UP: 1000, DOWN: 2000, "total": 3000}
+
+
+def test_flower_side_imports_no_generated_protobuf_code() -> None:
+    """The Flower environment's protobuf is older than our generated code accepts."""
+    probe = (
+        "import importlib, sys\n"
+        f"for name in {REPO_MODULES!r}: importlib.import_module(name)\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('fused.proto', 'google.protobuf'))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO_ROOT, check=True
+    )
+    assert done.stdout.strip() == "[]"
