@@ -6,6 +6,7 @@ Participants pull tasks (long poll) and push outcomes; a job awaits a future per
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
@@ -14,6 +15,8 @@ from typing import Any, Generic, TypeVar, cast
 
 from fused.common.domain.tasks import TaskOutcome, TaskSpec
 from fused.coordinator.state import BlockedParticipant, ParticipantRecord, StateStore
+
+log = logging.getLogger(__name__)
 
 P = TypeVar("P")
 
@@ -71,6 +74,16 @@ class _OpenTask:
     future: asyncio.Future[Settled[Any]]
     check: ResultCheck[Any]
     pulled: bool = False
+
+
+def _log_accepted(spec: TaskSpec, outcome: TaskOutcome) -> None:
+    """One record per accepted task, with where its time went on the participant."""
+    timings = outcome.timings
+    took = "no timings" if timings is None else timings.describe()
+    fields: dict[str, object] = {"job": spec.job_id, "phase": spec.phase, "round": spec.round}
+    fields["participant"] = outcome.participant_id
+    fields.update({} if timings is None else timings.to_dict())
+    log.info("%s task %s accepted: %s", spec.kind.value, spec.task_id, took, extra=fields)
 
 
 class Fleet:
@@ -313,6 +326,7 @@ class Fleet:
             self._resolve(outcome.task_id, Refused(str(exc)))
             raise
         self._resolve(outcome.task_id, Accepted(outcome, payload))
+        _log_accepted(open_task.spec, outcome)
 
     def _resolve(self, task_id: str, settled: Settled[Any]) -> None:
         open_task = self._take(task_id)

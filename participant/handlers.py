@@ -148,14 +148,8 @@ def run_task(task: TaskSpec, site: Site, transport: ArtifactTransport) -> TaskOu
     layout, values = _adapter(task, site, timed)
     outcome = handler(task, TaskContext(site, weights, layout, values, started, clock), timed)
     timings = clock.timings()
-    log.info("task %s (%s) took %s", task.task_id, task.kind.value, describe(timings))
+    log.info("task %s (%s) took %s", task.task_id, task.kind.value, timings.describe())
     return dataclasses.replace(outcome, timings=timings)
-
-
-def describe(timings: TaskTimings) -> str:
-    """`1.234 s: fetch 0.010, decode 0.002, ...` for logs."""
-    stages = ", ".join(f"{name} {getattr(timings, f'{name}_s'):.3f}" for name in TIMING_STAGES)
-    return f"{timings.total_s:.3f} s: {stages}"
 
 
 def _adapter(

@@ -6,9 +6,12 @@ keys are fixed here and nowhere else: `to_dict` and `from_dict` are the one conv
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from fused.common.domain.tasks import TaskOutcome, TaskTimings
 
 
 class PayloadKind(StrEnum):
@@ -99,11 +102,15 @@ class RoundMetrics:
     aggregate: AggregateSummary | None = None
     evaluation: EvalSummary | None = None
     ranking: Ranking | None = None
+    # participant -> where its accepted task's time went, as its agent measured it
+    timings: dict[str, TaskTimings] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"seconds": self.seconds, "failures": dict(self.failures)}
         if self.bytes is not None:
             out["bytes"] = self.bytes.to_dict()
+        if self.timings:
+            out["timings"] = {pid: t.to_dict() for pid, t in sorted(self.timings.items())}
         if self.aggregate is not None:
             a = self.aggregate
             out.update({"train_loss": a.train_loss, a.payload.value: a.blob})
@@ -126,7 +133,14 @@ class RoundMetrics:
             aggregate=_aggregate(data),
             evaluation=_evaluation(data),
             ranking=_ranking(data),
+            timings={p: TaskTimings.from_dict(t) for p, t in data.get("timings", {}).items()},
         )
+
+
+def task_timings(outcomes: Mapping[str, TaskOutcome]) -> dict[str, TaskTimings]:
+    """The timings each participant's outcome carried (agents that measured none are left
+    out): what `finish_round` records of a round's accepted results."""
+    return {pid: o.timings for pid, o in sorted(outcomes.items()) if o.timings is not None}
 
 
 def _eval_dict(e: EvalSummary) -> dict[str, Any]:

@@ -230,6 +230,11 @@ class TaskTimings:
     def to_dict(self) -> dict[str, float]:
         return {f"{stage}_s": getattr(self, f"{stage}_s") for stage in TIMING_STAGES}
 
+    def describe(self) -> str:
+        """`3.000 s: fetch 0.500, decode 0.250, ...`, for logs."""
+        stages = ", ".join(f"{s} {getattr(self, f'{s}_s'):.3f}" for s in TIMING_STAGES)
+        return f"{self.total_s:.3f} s: {stages}"
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TaskTimings:
         return cls(**{f"{s}_s": float(data.get(f"{s}_s", 0.0)) for s in TIMING_STAGES})

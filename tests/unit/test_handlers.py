@@ -16,7 +16,7 @@ from fused.common.ml.adapters import build_layout
 from fused.common.ml.data.partition import partition_source
 from fused.common.ml.data.sources import load_digits_source
 from fused.common.ml.models import init_model
-from fused.participant.handlers import StageClock, describe, run_task
+from fused.participant.handlers import StageClock, run_task
 from fused.participant.site import Site, shard_site
 from tests.unit.test_executor import CFG, CLEAN, CONFIG, MLP_LAYERS, NUM_CLASSES
 
@@ -115,5 +115,5 @@ def test_the_clock_sums_a_stage_over_its_intervals_and_knows_only_the_stages() -
 
 
 def test_describe_names_every_stage() -> None:
-    text = describe(TaskTimings(0.5, 0.25, 2.0, 0.125, 0.125))
+    text = TaskTimings(0.5, 0.25, 2.0, 0.125, 0.125).describe()
     assert text == "3.000 s: fetch 0.500, decode 0.250, compute 2.000, encode 0.125, upload 0.125"
