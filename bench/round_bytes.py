@@ -14,12 +14,18 @@ from typing import Any
 import torch
 
 from fused.client.initial_weights import start_training
-from fused.common.codecs.adapter_codec import decode_adapter
+from fused.common.codecs.adapter_codec import (
+    FORMAT,
+    MAGIC,
+    VALUE_DTYPES,
+    decode_adapter,
+    encode_adapter,
+)
 from fused.common.codecs.tensor_codec import encode_tensors
 from fused.common.domain.specs import FusedConfig, TrainingSpec, UnlearningSpec
 from fused.common.domain.tasks import ForgetSpec
 from fused.common.domain.train_config import TrainConfig
-from fused.common.ml.adapters import build_layout
+from fused.common.ml.adapters import AdapterLayout, build_layout
 from fused.common.ml.data.partition import partition_source
 from fused.common.ml.data.partition_config import PartitionConfig
 from fused.common.ml.data.shards import write_partition
@@ -96,19 +102,60 @@ def per_round(info: control_pb2.JobInfo, phase: str) -> list[float]:
     return out
 
 
-def nonzero_values(work: Path, result: dict[str, Any]) -> int:
-    """Nonzero values of the job's final adapter, read from the coordinator's artifacts."""
-    digest = result["adapter_digest"]
-    data = (
-        work / "processes" / "state" / "artifacts" / "sha256" / digest[:2] / digest
-    ).read_bytes()
+def adapter_layout(result: dict[str, Any]) -> AdapterLayout:
     shapes = {
         n: tuple(p.shape)
         for n, p in init_model(result["model"], 10, 0).named_parameters()
         if n in result["layers"]
     }
-    layout = build_layout(shapes, result["density"], result["mask_seed"])
-    return sum(int((v != 0).sum()) for v in decode_adapter(data, layout).values())
+    return build_layout(shapes, result["density"], result["mask_seed"])
+
+
+def nonzero(values: dict[str, torch.Tensor]) -> int:
+    return sum(int((v != 0).sum()) for v in values.values())
+
+
+def adapter_blobs(work: Path, job: control_pb2.JobInfo) -> tuple[bytes, list[bytes]]:
+    """The job's final aggregate and every participant's upload of its adapter rounds, read
+    from the coordinator's artifacts (kept: --keep-artifacts)."""
+    store = work / "processes" / "state" / "artifacts" / "sha256"
+    aggregates = {json.loads(r.metrics_json).get("values", "") for r in job.rounds}
+    final = json.loads(job.result_json)["adapter_digest"]
+    uploads = []
+    for path in sorted(store.glob("*/*")):
+        data = path.read_bytes()
+        if data.startswith(MAGIC) and path.name not in aggregates:
+            uploads.append(data)
+    return (store / final[:2] / final).read_bytes(), uploads
+
+
+def adapter_figures(work: Path, job: control_pb2.JobInfo, result: dict[str, Any]) -> dict[str, Any]:
+    """Adapter bytes against the nonzero values they carry (float32 uploads, 4 B a value)."""
+    layout = adapter_layout(result)
+    final, uploads = adapter_blobs(work, job)
+    decoded = [decode_adapter(u, layout) for u in uploads]
+    values_bytes = [4 * nonzero(v) for v in decoded]
+    up = sum(
+        sum(json.loads(r.metrics_json)["bytes"]["up"].values())
+        for r in job.rounds
+        if r.phase == "adapter"
+    )
+    by_dtype = {}
+    for name, dtype in VALUE_DTYPES.items():
+        sizes = [len(encode_adapter(layout, v, dtype=name)) for v in decoded]
+        cast = [nonzero({n: t.to(dtype) for n, t in v.items()}) * dtype.itemsize for v in decoded]
+        by_dtype[name] = sum(sizes) / sum(cast)
+    return {
+        "format": FORMAT,
+        "uploads": len(uploads),
+        "upload_bytes_mean": sum(map(len, uploads)) / len(uploads),
+        "upload_nonzero_values_mean": sum(values_bytes) / 4 / len(uploads),
+        "upload_ratio": sum(map(len, uploads)) / sum(values_bytes),
+        "upload_ratio_max": max(len(u) / b for u, b in zip(uploads, values_bytes, strict=True)),
+        "upload_ratio_by_dtype": by_dtype,
+        "adapter_up_ratio": up / sum(values_bytes),
+        "nonzero_values": nonzero(decode_adapter(final, layout)),
+    }
 
 
 def measure_model(case: ModelCase, work: Path, rounds: int) -> dict[str, Any]:
@@ -117,7 +164,7 @@ def measure_model(case: ModelCase, work: Path, rounds: int) -> dict[str, Any]:
     dense = len(encode_tensors(init_model(case.name, 10, 0).state_dict()))
     train = TrainConfig(local_epochs=1, lr=0.01, batch_size=32)
     with LocalFederation(work / "processes") as fed:
-        fed.start_coordinator("--per-participant-metrics")
+        fed.start_coordinator("--per-participant-metrics", "--keep-artifacts")
         for i in range(PARTICIPANTS):
             fed.start_participant(work / "shards" / f"p{i}")
         fed.wait_online(PARTICIPANTS)
@@ -166,7 +213,7 @@ def measure_model(case: ModelCase, work: Path, rounds: int) -> dict[str, Any]:
     result["model"] = case.name
     result["layers"] = result["critical_layers"]
     values = result["adapter_params"]
-    nonzero = nonzero_values(work, result)
+    figures = adapter_figures(work, fused, result)
     return {
         "dense_bytes": dense,
         "fedavg_round_bytes": sum(fedavg) / len(fedavg),
@@ -176,8 +223,10 @@ def measure_model(case: ModelCase, work: Path, rounds: int) -> dict[str, Any]:
         "reduction": (sum(fedavg) / len(fedavg)) / (sum(adapter[1:]) / len(adapter[1:])),
         "adapter_values": values,
         "adapted_tensors": result["critical_layers"],
-        "nonzero_values": nonzero,
-        "values_overhead_ratio": last_uploads / PARTICIPANTS / (nonzero * 4),
+        "nonzero_values": figures["nonzero_values"],
+        # the last round's bytes up per participant / the final aggregate's nonzero values x 4 B
+        "values_overhead_ratio": last_uploads / PARTICIPANTS / (figures["nonzero_values"] * 4),
+        "adapter": figures,
         "adapter_bytes_prometheus": sum(
             final.get(("adapter", f"p{i}"), 0) for i in range(PARTICIPANTS)
         )

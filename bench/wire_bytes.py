@@ -2,10 +2,11 @@
 loopback, adapter upload overhead, position encoding vs the entropy bound, codec throughput,
 and moving a 45 MB model by RPC vs a plain socket copy.
 
-    python -m bench.wire_bytes [--quick]
+    python -m bench.wire_bytes [--quick] [--json-out docs/wire_bytes.json]
 
-Prints JSON and writes docs/BENCHMARKS.md. Model weights and images are random: byte counts
-depend on shapes, not on values.
+Prints JSON (and writes it to --json-out); docs/BENCHMARKS.md is written by hand from it.
+Model weights and images are random: byte counts depend on shapes, not on values, except
+the adapter uploads, whose zeros and exponents come from training.
 """
 
 from __future__ import annotations
@@ -67,7 +68,9 @@ def throughput(repeat: int) -> dict[str, float]:
 
     layout = build_layout({"w": (512, 512, 3, 3)}, 0.1, seed=0)
     values = {"w": torch.randn(layout.num_values)}
-    payload = encode_adapter(layout, values)
+    dead = {"w": values["w"].clone()}  # 2 output channels in 5 dead: 40% zeros, in runs
+    dead["w"][layout.indices["w"] // (512 * 9) % 5 < 2] = 0.0
+    payload, sparse = encode_adapter(layout, values), encode_adapter(layout, dead)
     amb = layout.num_values * 4 / 1e6
     return {
         "model_mb": mb,
@@ -76,6 +79,8 @@ def throughput(repeat: int) -> dict[str, float]:
         "adapter_values_mb": amb,
         "adapter_encode_mb_s": amb / timed(lambda: encode_adapter(layout, values)),
         "adapter_decode_mb_s": amb / timed(lambda: decode_adapter(payload, layout)),
+        "adapter_40pct_zeros_encode_mb_s": amb / timed(lambda: encode_adapter(layout, dead)),
+        "adapter_40pct_zeros_decode_mb_s": amb / timed(lambda: decode_adapter(sparse, layout)),
     }
 
 
@@ -147,63 +152,11 @@ def transfer(work: Path, size_mb: int) -> dict[str, float]:
     }
 
 
-def markdown(results: dict[str, Any]) -> str:
-    lines = [
-        "# Benchmarks",
-        "",
-        "Produced by `python -m bench.wire_bytes` on this machine (2 CPU cores, "
-        "shared and noisy: compare within a run, quote ratios).",
-        "",
-        "## Bytes per participant per round (both directions, serialized messages)",
-        "",
-        "| model | dense model | FedAvg round | FUSED first round | FUSED later round | "
-        "reduction | upload / (values x 4 B) | adapted tensors |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, m in results["models"].items():
-        lines.append(
-            f"| {name} | {m['dense_bytes']:,} | {m['fedavg_round_bytes']:,.0f} | "
-            f"{m['fused_round_bytes_first']:,.0f} | {m['fused_round_bytes_later']:,.0f} | "
-            f"{m['reduction']:.1f}x | {m['values_overhead_ratio']:.3f} | "
-            f"{', '.join(m['adapted_tensors'])} ({m['adapter_values']:,} values) |"
-        )
-    lines += [
-        "",
-        "## Position encoding vs the information bound n·H(rho)/8",
-        "",
-        "| density | n | bytes | bound | ratio |",
-        "|---|---|---|---|---|",
-    ]
-    for row in results["positions"]:
-        lines.append(
-            f"| {row['density']} | {row['n']:,} | {row['bytes']:,} | "
-            f"{row['bound_bytes']:,.0f} | {row['ratio']:.3f} |"
-        )
-    c, t = results["codec"], results["transfer"]
-    lines += [
-        "",
-        "## Codec throughput",
-        "",
-        f"- model codec (ResNet-18, {c['model_mb']:.1f} MB): encode "
-        f"{c['model_encode_mb_s']:.0f} MB/s, decode {c['model_decode_mb_s']:.0f} MB/s",
-        f"- adapter codec ({c['adapter_values_mb']:.1f} MB of values): encode "
-        f"{c['adapter_encode_mb_s']:.0f} MB/s, decode {c['adapter_decode_mb_s']:.0f} MB/s",
-        "",
-        "## Moving a model between processes",
-        "",
-        f"{t['model_mb']:.0f} MiB: DownloadBlob from the coordinator {t['rpc_seconds']:.3f} s, "
-        f"plain loopback socket copy {t['socket_seconds']:.3f} s: the RPC runs at "
-        f"{t['relative_speed']:.2f}x the socket's speed (best of 3 each).",
-        "",
-    ]
-    return "\n".join(lines)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--work", type=Path, default=Path("runs/bench-wire"))
-    parser.add_argument("--doc", type=Path, default=Path("docs/BENCHMARKS.md"))
+    parser.add_argument("--json-out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
     rounds = 1 if args.quick else 2
     cases = CASES[:1] if args.quick else CASES
@@ -215,10 +168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "codec": throughput(1 if args.quick else 3),
         "transfer": transfer(args.work / "transfer", 8 if args.quick else 45),
     }
-    print(json.dumps(results, indent=2))
-    if not args.quick:
-        args.doc.parent.mkdir(parents=True, exist_ok=True)
-        args.doc.write_text(markdown(results))
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.json_out is not None:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(text + "\n")
     return 0
 
 

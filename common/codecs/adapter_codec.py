@@ -118,8 +118,10 @@ def _section(vector: torch.Tensor) -> tuple[Section, torch.Tensor]:
     are those of the rarer kind, nonzero or zero: as small, and faster to code."""
     nonzero = vector.view(_BITS[vector.dtype]) != 0
     count, m = int(nonzero.sum()), vector.numel()
-    if count in (0, m):
-        return Section(count), vector[nonzero]
+    if count == m:
+        return Section(count), vector
+    if count == 0:
+        return Section(count), vector[:0]
     listed = nonzero if count <= m - count else ~nonzero
     return Section(count, encode_positions(listed.nonzero().flatten(), m)), vector[nonzero]
 
@@ -208,16 +210,18 @@ def _read_header(reader: _Reader, layout: AdapterLayout, dtype: str | None) -> t
     return VALUE_DTYPES[name]
 
 
-def _read_places(reader: _Reader, name: str, m: int) -> torch.Tensor | None:
-    """Which of the mask's m positions hold ``name``'s nonzero values (a bool mask); None:
-    all of them."""
+def _read_places(reader: _Reader, name: str, m: int) -> tuple[int, torch.Tensor | None]:
+    """How many of the mask's m positions hold ``name``'s nonzero values, and which (a bool
+    mask; None: all of them)."""
     count = reader.varint(f"{name!r}'s count")
     if count > m:
         raise AdapterCodecError(
             f"tensor {name!r}: {count} nonzero values, more than its {m} mask positions"
         )
-    if count == m:
-        return None
+    return count, None if count == m else _read_mask(reader, name, m, count)
+
+
+def _read_mask(reader: _Reader, name: str, m: int, count: int) -> torch.Tensor:
     if count == 0:
         return torch.zeros(m, dtype=torch.bool)
     listed = min(count, m - count)
@@ -309,15 +313,13 @@ def decode_adapter(
     value_dtype = _read_header(reader, layout, dtype)
     sizes = {n: int(layout.indices[n].numel()) for n in layout.names}
     places = {n: _read_places(reader, n, sizes[n]) for n in layout.names}
-    counts = [sizes[n] if p is None else int(p.sum()) for n, p in places.items()]
-    values = _read_values(reader, value_dtype, sum(counts))
+    values = _read_values(reader, value_dtype, sum(count for count, _ in places.values()))
     reader.finish()
     out: dict[str, torch.Tensor] = {}
     start = 0
-    for name, count in zip(layout.names, counts, strict=True):
+    for name, (count, where) in places.items():
         part, start = values[start : start + count], start + count
         _check_values(name, part)
-        where = places[name]
         if where is None:
             out[name] = part.to(torch.float32)
         else:
