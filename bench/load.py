@@ -1,26 +1,32 @@
 """Load benchmark: N simulated participants against one coordinator on loopback.
 
-    python -m bench.load [--participants 1000] [--rounds 2] [--json-out PATH]
+    python -m bench.load [--participants 1000] [--rounds 2] [--load-processes P]
+                         [--json-out PATH]
 
 Starts `python -m fused.coordinator.main` as a subprocess (RLIMIT_NOFILE raised to the hard limit
-first, and inherited: at 1000 participants the coordinator holds more than 1024 descriptors),
-then drives N participants from this process with grpc.aio, each over its own channel and TCP
-connection ("connections" counts them in /proc/net/tcp). Each one does what
-participant/agent.py does: Register, then PullTask long polls; a TRAIN task is DownloadBlob,
-simulated work, UploadBlob of a perturbed copy of the model, PushResult; an EVALUATE task is
-simulated work, then PushResult with per-class counts. Heartbeats go out while a task runs,
-on a jittered timer. A training job is started through the ControlService and followed until
-it ends. Unless --no-auth, every participant has its own bearer token (the coordinator gets an
-auth file of their hashes), so every call goes through real authentication.
+first, and inherited; connection and concurrent-call limits raised to hold N participants), then
+drives N participants from P spawned load processes (bench.load_workers; default one per 2,500)
+with grpc.aio, each over its own channel and TCP connection ("connections" counts them in
+/proc/net/tcp). Each one speaks participant protocol 2 as participant/agent.py does
+(bench.load_participant): Register, a PullTask long poll, then per task: its model inline in
+the task reply, simulated work with heartbeats, and one PushResult that carries the update
+inline and brings back the next task (DownloadBlob/UploadBlob only for artifacts above the
+coordinator's inline_max_bytes). A training job is started through the ControlService and
+followed until it ends. Unless --no-auth, every participant has its own bearer token (the
+coordinator gets an auth file of their hashes), so every call goes through real
+authentication.
 
-The simulated participants never import torch (checked at the end): the update is made with
-numpy and safetensors.numpy, in the safetensors layout the coordinator's strict decoder
+The simulated participants never import torch (checked in every process): the update is made
+with numpy and safetensors.numpy, in the safetensors layout the coordinator's strict decoder
 (common/codecs/tensor_codec.py) accepts.
 
-Prints one JSON object: call counts, errors (any non-OK status, plus results the coordinator
-did not accept), p50/p99 latencies per call type, and the coordinator's peak RSS and CPU time.
-pull_task latencies are long polls and include the wait for a task; "overall" leaves them out.
-Exit status 0 only if the job completed with zero errors.
+Prints one JSON object: call counts (also per participant per round), errors (any non-OK
+status, plus results the coordinator did not accept), p50/p99 latencies per call type, the
+coordinator's peak RSS, CPU time and open files, and the load average around the run.
+pull_task and push_result_wait are long polls (they include the wait for a task); push_result
+is the same call timed to the coordinator's response headers, sent when it has accepted the
+result; "overall" leaves the long polls out. Exit status 0 only if the job completed with zero
+errors.
 """
 
 from __future__ import annotations
@@ -47,16 +53,7 @@ import grpc.aio
 import numpy as np
 
 from bench.load_assets import make_assets
-from bench.load_participant import (
-    CONTROL_OPTIONS,
-    MAX_ERROR_SAMPLES,
-    TERMINAL,
-    Metadata,
-    ModelCache,
-    Participant,
-    Settings,
-    Stats,
-)
+from bench.load_participant import Metadata, Settings
 from bench.load_process import (
     established_to,
     exit_on_sigterm,
@@ -67,8 +64,17 @@ from bench.load_process import (
     stop_coordinator,
     tail,
 )
+from bench.load_stats import MAX_ERROR_SAMPLES, Stats
+from bench.load_workers import (
+    PARTICIPANTS_PER_PROCESS,
+    LoadProcesses,
+    WorkerReport,
+    default_processes,
+    slices,
+)
 from fused.cli.pki import new_token, write_auth_file
 from fused.client.upload import artifact_chunks
+from fused.common.rpc.channels import ServerLimits
 from fused.common.rpc.identity import AuthFile, hash_token
 from fused.proto.v1 import (
     common_pb2,
@@ -89,12 +95,14 @@ class LoadConfig:
     register_timeout_s: float
     job_timeout_s: float
     evaluate_each_round: bool
+    processes: int = 0  # load processes; 0: one per PARTICIPANTS_PER_PROCESS
     tokens: dict[str, str] = field(default_factory=dict)  # participant id -> bearer token
     control_token: str | None = None
 
 
-def token_for(config: LoadConfig, pid: str) -> str | None:
-    return config.tokens.get(pid)
+TERMINAL = frozenset({"completed", "failed"})
+DEFAULT_LIMITS = ServerLimits()
+CONTROL_OPTIONS: list[tuple[str, Any]] = [("grpc.max_receive_message_length", 256 << 20)]
 
 
 async def follow_job(
@@ -125,69 +133,88 @@ def log(message: str) -> None:
     print(f"[bench.load] {message}", file=sys.stderr, flush=True)
 
 
-async def sample(
-    pid: int, stats: Stats, peak: dict[str, int], lags: list[float], every_s: float = 0.1
-) -> None:
-    """Track the coordinator's peak open file descriptors and this process's event-loop lag
-    (how late a timer fires: latencies measured here include it); log progress every 10 s."""
+async def sample(pid: int, workers: LoadProcesses, peak: dict[str, float]) -> None:
+    """Track the coordinator's peak open file descriptors and the machine's peak load
+    average; log progress every 10 s."""
     last_log = time.monotonic()
     while True:
         peak["coordinator_peak_fds"] = max(peak.get("coordinator_peak_fds", 0), open_fds(pid))
+        peak["loadavg_1m_peak"] = max(peak.get("loadavg_1m_peak", 0.0), os.getloadavg()[0])
         if time.monotonic() - last_log >= 10.0:
             last_log = time.monotonic()
-            calls = sum(stats.calls.values())
-            log(f"{calls} calls, {sum(stats.errors.values())} failed; fds {open_fds(pid)}")
-        before = time.perf_counter()
-        await asyncio.sleep(every_s)
-        lags.append((time.perf_counter() - before - every_s) * 1000.0)
+            calls, failed = workers.calls()
+            log(f"{calls} calls, {failed} failed; fds {open_fds(pid)}; load {loadavg()}")
+        await asyncio.sleep(0.1)
 
 
-async def wait_registered(
-    done: asyncio.Event, counter: list[int], stats: Stats, timeout_s: float
-) -> None:
-    """Until every participant registered; fails early when all registrations are refused."""
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+async def wait_registered(workers: LoadProcesses, needed: int, timeout_s: float) -> None:
+    """Until every participant registered; fails early when all calls are refused or a load
+    process died."""
     deadline = time.monotonic() + timeout_s
-    while not done.is_set():
-        refused_all = counter[0] == 0 and stats.errors["register"] >= counter[1]
-        if refused_all or time.monotonic() > deadline:
+    while (done := workers.registered()) < needed:
+        calls, failed = workers.calls()
+        if workers.dead() or (done == 0 and failed >= needed) or time.monotonic() > deadline:
             raise RuntimeError(
-                f"{counter[0]} of {counter[1]} participants registered; "
-                f"errors: {stats.error_samples}"
+                f"{done} of {needed} participants registered ({failed} of {calls} calls "
+                f"failed); {workers.dead() or 'load processes alive'}"
             )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(done.wait(), timeout=0.5)
+        await asyncio.sleep(0.1)
+
+
+async def run_job(
+    config: LoadConfig, target: str, initial_weights: bytes, out: dict[str, Any]
+) -> control_pb2.JobInfo:
+    """Upload the initial weights, start the training job and follow it to its end."""
+    control_md: Metadata = (
+        (("authorization", f"Bearer {config.control_token}"),) if config.control_token else ()
+    )
+    async with grpc.aio.insecure_channel(target, options=CONTROL_OPTIONS) as channel:
+        control = control_pb2_grpc.ControlServiceStub(channel)
+        initial = await control.UploadArtifact(
+            artifact_chunks(initial_weights), timeout=30, metadata=control_md
+        )
+        spec = control_pb2.TrainingSpec(
+            model="mlp",
+            init_weights=initial.digest,
+            rounds=config.rounds,
+            train=common_pb2.TrainConfig(
+                local_epochs=1, lr=0.05, momentum=0.9, weight_decay=5e-4, batch_size=32
+            ),
+            participants_per_round=0,  # all
+            min_participants=config.participants,
+            round_deadline_s=config.round_deadline_s,
+            seed=0,
+            wait_for_participants_s=config.wait_for_participants_s,
+            evaluate_each_round=config.evaluate_each_round,
+        )
+        job = await control.StartTraining(
+            control_pb2.StartTrainingRequest(spec=spec), timeout=30, metadata=control_md
+        )
+        job_started = time.monotonic()
+        info = await follow_job(control, job.job_id, control_md, config.job_timeout_s)
+        out["job_seconds"] = round(time.monotonic() - job_started, 2)
+    return info
 
 
 async def drive(config: LoadConfig, port: int, coordinator_pid: int) -> dict[str, Any]:
     target = f"127.0.0.1:{port}"
-    stats = Stats()
-    models = ModelCache()
-    all_registered = asyncio.Event()
-    counter = [0, config.participants]
     summary, initial_weights = make_assets()
     settings = Settings(
         target, config.work_s, summary, register_timeout_s=config.register_timeout_s
     )
-    participants = [
-        Participant(
-            i,
-            settings,
-            stats,
-            models,
-            all_registered,
-            counter,
-            token_for(config, f"load-{i:05d}"),
-        )
-        for i in range(config.participants)
-    ]
+    processes = config.processes or default_processes(config.participants)
+    workers = LoadProcesses(slices(config.participants, processes, settings, config.tokens))
+    out: dict[str, Any] = {"load_processes": len(workers), "loadavg_at_start": loadavg()}
     started = time.monotonic()
-    peak: dict[str, int] = {}
-    lags: list[float] = []
-    sampler = asyncio.create_task(sample(coordinator_pid, stats, peak, lags))
-    runners = [asyncio.create_task(p.run()) for p in participants]
-    out: dict[str, Any] = {}
+    workers.start()
+    peak: dict[str, float] = {}
+    sampler = asyncio.create_task(sample(coordinator_pid, workers, peak))
     try:
-        await wait_registered(all_registered, counter, stats, config.wait_for_participants_s)
+        await wait_registered(workers, config.participants, config.wait_for_participants_s)
         out["register_all_seconds"] = round(time.monotonic() - started, 2)
         out["connections"] = established_to(port)  # before the control channel opens
         out["coordinator_open_fds"] = open_fds(coordinator_pid)
@@ -195,50 +222,14 @@ async def drive(config: LoadConfig, port: int, coordinator_pid: int) -> dict[str
             f"{config.participants} registered in {out['register_all_seconds']} s "
             f"over {out['connections']} connections"
         )
-        control_md: Metadata = (
-            (("authorization", f"Bearer {config.control_token}"),) if config.control_token else ()
-        )
-        async with grpc.aio.insecure_channel(target, options=CONTROL_OPTIONS) as channel:
-            control = control_pb2_grpc.ControlServiceStub(channel)
-            initial = await control.UploadArtifact(
-                artifact_chunks(initial_weights), timeout=30, metadata=control_md
-            )
-            spec = control_pb2.TrainingSpec(
-                model="mlp",
-                init_weights=initial.digest,
-                rounds=config.rounds,
-                train=common_pb2.TrainConfig(
-                    local_epochs=1, lr=0.05, momentum=0.9, weight_decay=5e-4, batch_size=32
-                ),
-                participants_per_round=0,  # all
-                min_participants=config.participants,
-                round_deadline_s=config.round_deadline_s,
-                seed=0,
-                wait_for_participants_s=config.wait_for_participants_s,
-                evaluate_each_round=config.evaluate_each_round,
-            )
-            job = await control.StartTraining(
-                control_pb2.StartTrainingRequest(spec=spec), timeout=30, metadata=control_md
-            )
-            job_started = time.monotonic()
-            info = await follow_job(control, job.job_id, control_md, config.job_timeout_s)
-            out["job_seconds"] = round(time.monotonic() - job_started, 2)
+        info = await run_job(config, target, initial_weights, out)
     finally:
         sampler.cancel()
-        for runner in runners:
-            runner.cancel()
-        results = await asyncio.gather(*runners, return_exceptions=True)
         await asyncio.gather(sampler, return_exceptions=True)
-        crashed = [r for r in results if not isinstance(r, asyncio.CancelledError)]
-        await asyncio.gather(*(p.close() for p in participants))
+        reports = await workers.stop()
     out["wall_seconds"] = round(time.monotonic() - started, 2)
+    out["loadavg_at_end"] = loadavg()
     out.update(peak)
-    if lags:
-        out["load_loop_lag_ms"] = {
-            "p50": round(float(np.percentile(lags, 50)), 1),
-            "p99": round(float(np.percentile(lags, 99)), 1),
-            "max": round(max(lags), 1),
-        }
     out["job_id"] = info.job_id
     out["job_status"] = info.status
     out["job_reason"] = info.reason
@@ -246,13 +237,34 @@ async def drive(config: LoadConfig, port: int, coordinator_pid: int) -> dict[str
         {"phase": r.phase, "round": r.round, "seconds": round(r.finished_at - r.started_at, 2)}
         for r in info.rounds
     ]
+    out.update(merge_reports(reports, config))
+    return out
+
+
+def merge_reports(reports: list[WorkerReport], config: LoadConfig) -> dict[str, Any]:
+    """The load processes' Stats as one, and what each process cost."""
+    stats = Stats()
     tasks: Counter[str] = Counter()
-    for p in participants:
-        tasks.update(p.tasks)
-    out["tasks"] = dict(tasks)
-    out["participant_crashes"] = [repr(r) for r in crashed[:MAX_ERROR_SAMPLES]]
-    out.update(stats.summary())
-    out["errors"] += stats.rejected_results + stats.client_errors + len(crashed)
+    crashes: list[str] = []
+    lags: list[float] = []
+    for report in reports:
+        stats.merge(report.stats)
+        tasks.update(report.tasks)
+        crashes += report.crashes
+        lags += report.loop_lag_ms
+    out: dict[str, Any] = {"tasks": dict(tasks)}
+    if lags:
+        out["load_loop_lag_ms"] = {
+            "p50": round(float(np.percentile(lags, 50)), 1),
+            "p99": round(float(np.percentile(lags, 99)), 1),
+            "max": round(max(lags), 1),
+        }
+    out["load_processes_cpu_seconds"] = [r.cpu_seconds for r in reports]
+    out["load_processes_peak_rss_mb"] = [r.peak_rss_mb for r in reports]
+    out["load_processes_torch_imported"] = any(r.torch_imported for r in reports)
+    out["participant_crashes"] = crashes[:MAX_ERROR_SAMPLES]
+    out.update(stats.summary(config.participants, config.rounds))
+    out["errors"] += stats.rejected_results + stats.client_errors + len(crashes)
     return out
 
 
@@ -285,16 +297,26 @@ def run(
         **out,
         **usage,
         "coordinator_exit_code": code,
-        "load_peak_rss_mb": round(load.ru_maxrss / 1024, 1),
-        "load_cpu_seconds": round(load.ru_utime + load.ru_stime, 2),
+        "main_peak_rss_mb": round(load.ru_maxrss / 1024, 1),
+        "main_cpu_seconds": round(load.ru_utime + load.ru_stime, 2),
         "nofile_soft_limit": nofile,
         "cpus": os.cpu_count(),
-        "torch_imported": "torch" in sys.modules,
-        "notes": "pull_task latency is a long poll and includes waiting for a task; "
-        "overall excludes it. errors = non-OK statuses + results not accepted + "
-        "artifacts failing client-side checks. Client and coordinator share the machine; "
-        "load_loop_lag_ms is this process's own event-loop delay, included in latencies.",
+        "torch_imported": "torch" in sys.modules or out["load_processes_torch_imported"],
+        "notes": "pull_task and push_result_wait are long polls (they include waiting for a "
+        "task); overall excludes them. push_result is the same PushResult call timed to the "
+        "coordinator's response headers, sent once the result is accepted. errors = non-OK "
+        "statuses + results not accepted + artifacts failing client-side checks. The load "
+        "processes and the coordinator share the machine; load_loop_lag_ms is the load "
+        "processes' own event-loop delay, included in latencies.",
     }
+
+
+def capacity_args(participants: int) -> list[str]:
+    """Coordinator limits that hold this many participants: a connection each, and a long
+    poll plus a heartbeat each in progress (the defaults suit 4,000)."""
+    connections = max(DEFAULT_LIMITS.max_connections, participants + 64)
+    rpcs = max(DEFAULT_LIMITS.max_concurrent_rpcs, 2 * participants + 64)
+    return [f"--max-connections={connections}", f"--max-concurrent-rpcs={rpcs}"]
 
 
 def make_credentials(participants: int, out: Path) -> tuple[dict[str, str], str, Path]:
@@ -326,6 +348,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--round-deadline-s", type=float, default=300.0)
     parser.add_argument("--wait-for-participants-s", type=float, default=300.0)
     parser.add_argument("--register-timeout-s", type=float, default=30.0)
+    parser.add_argument(
+        "--load-processes",
+        type=int,
+        default=0,
+        help="processes the simulated participants are spread over "
+        f"(default: one per {PARTICIPANTS_PER_PROCESS})",
+    )
     parser.add_argument("--job-timeout-s", type=float, default=3600.0)
     parser.add_argument(
         "--no-eval-each-round", action="store_true", help="evaluate after the last round only"
@@ -357,8 +386,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         register_timeout_s=args.register_timeout_s,
         job_timeout_s=args.job_timeout_s,
         evaluate_each_round=not args.no_eval_each_round,
+        processes=args.load_processes,
     )
-    coordinator_args = [f"--log-level={args.log_level}"]
+    coordinator_args = [f"--log-level={args.log_level}", *capacity_args(args.participants)]
     for name in ("poll_wait_s", "heartbeat_interval_s", "offline_after_s"):
         if getattr(args, name) is not None:
             coordinator_args.append(f"--{name.replace('_', '-')}={getattr(args, name)}")

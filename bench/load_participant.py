@@ -1,7 +1,11 @@
-"""The simulated participant of bench.load: the participant protocol without torch.
+"""The simulated participant of bench.load: participant protocol 2 without torch.
 
-Each one does what participant/agent.py does, over its own channel; latencies and errors
-go to a shared Stats.
+Each one does what participant/agent.py does, over its own channel: Register; a long poll
+for the first task; the task's model arrives inline in the task reply (DownloadBlob only for
+what did not); simulated work with heartbeats; the update goes inline in PushResult
+(UploadBlob only above the coordinator's inline_max_bytes), which asks for the next task
+(wait_s), so that a round without large artifacts is one call. Latencies and errors go to
+the process's Stats.
 """
 
 from __future__ import annotations
@@ -12,9 +16,9 @@ import functools
 import hashlib
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,13 +27,10 @@ import grpc.aio
 import numpy as np
 import safetensors.numpy
 
+from bench.load_stats import DOWNLOAD, HEARTBEAT, PULL, PUSH, PUSH_WAIT, REGISTER, UPLOAD, Stats
 from fused.common.rpc.metering import MD_JOB, MD_PARTICIPANT, MD_PHASE, MD_ROUND
 from fused.common.rpc.protocol import PROTOCOL_VERSION
-from fused.proto.v1 import (
-    common_pb2,
-    participant_pb2,
-    participant_pb2_grpc,
-)
+from fused.proto.v1 import common_pb2, participant_pb2, participant_pb2_grpc
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -38,11 +39,8 @@ DATASET = "digits"  # its default model is the small MLP
 NUM_CLASSES = 10
 TRAIN_PER_CLASS = 18
 TEST_PER_CLASS = 5
-AGENT_VERSION = "bench-load/0.1"
-TERMINAL = frozenset({"completed", "failed"})
-LONG_POLL = "pull_task"
-CALL_TYPES = ("register", "heartbeat", LONG_POLL, "download", "upload", "push_result")
-MAX_ERROR_SAMPLES = 5
+AGENT_VERSION = "bench-load/0.2"
+HELD_PER_AGENT = 16  # digests one agent keeps, like the agent's blob cache
 
 # Like common.rpc.channels' client options (limits, keepalive), plus a channel-private subchannel
 # pool: without it gRPC shares one TCP connection between channels to the same target.
@@ -55,80 +53,48 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.use_local_subchannel_pool", 1),
 ]
-CONTROL_OPTIONS: list[tuple[str, Any]] = [("grpc.max_receive_message_length", 256 << 20)]
 
 Metadata = tuple[tuple[str, str], ...]
 Task = participant_pb2.Task
 Result = participant_pb2.PushResultRequest
-
-
-# --------------------------------------------------------------------------- recording
-
-
-@dataclass
-class Stats:
-    """Latencies (ms) of successful calls, call and error counts per call type."""
-
-    latencies: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in CALL_TYPES})
-    calls: Counter[str] = field(default_factory=Counter)
-    errors: Counter[str] = field(default_factory=Counter)
-    error_samples: list[str] = field(default_factory=list)
-    rejected_results: int = 0
-    client_errors: int = 0  # artifacts that failed their checks here
-
-    def ok(self, kind: str, seconds: float) -> None:
-        self.calls[kind] += 1
-        self.latencies[kind].append(seconds * 1000.0)
-
-    def error(self, kind: str, message: str) -> None:
-        self.calls[kind] += 1
-        self.errors[kind] += 1
-        if len(self.error_samples) < MAX_ERROR_SAMPLES:
-            self.error_samples.append(f"{kind}: {message}")
-
-    def client_error(self, message: str) -> None:
-        self.client_errors += 1
-        if len(self.error_samples) < MAX_ERROR_SAMPLES:
-            self.error_samples.append(f"client: {message}")
-
-    def summary(self) -> dict[str, Any]:
-        def pct(values: list[float], q: float) -> float | None:
-            return round(float(np.percentile(values, q)), 3) if values else None
-
-        overall = [v for k, vs in self.latencies.items() if k != LONG_POLL for v in vs]
-        groups = {**self.latencies, "overall": overall}
-        return {
-            "errors": sum(self.errors.values()),
-            "errors_by_call": dict(self.errors),
-            "error_samples": self.error_samples,
-            "rejected_results": self.rejected_results,
-            "client_errors": self.client_errors,
-            "calls": {k: self.calls[k] for k in CALL_TYPES},
-            "p50_ms": {k: pct(v, 50) for k, v in groups.items()},
-            "p99_ms": {k: pct(v, 99) for k, v in groups.items()},
-            "max_ms": {k: (round(max(v), 3) if v else None) for k, v in groups.items()},
-        }
+Pulled = participant_pb2.PullTaskResponse
+PUSH_METHOD = "/fused.v1.ParticipantService/PushResult"
 
 
 def describe(exc: grpc.aio.AioRpcError) -> str:
     return f"{exc.code().name}: {exc.details()}"
 
 
-# --------------------------------------------------------------------------- the update
+# --------------------------------------------------------------------------- artifacts
 
 
 class ModelCache:
-    """Parsed model artifacts by digest, shared by the simulated participants (the parse is
-    load-generator work, not coordinator load; every participant still downloads)."""
+    """Artifacts by digest, checked and parsed once for the whole process (load-generator
+    work, not coordinator load): each participant still receives every byte, and an inline
+    copy is compared with the checked one instead of hashed again."""
 
     def __init__(self) -> None:
         self._parsed: dict[str, dict[str, np.ndarray[Any, Any]]] = {}
+        self._checked: dict[str, bytes] = {}
+
+    def check(self, digest: str, data: bytes) -> bool:
+        """Whether data is the artifact named digest."""
+        known = self._checked.get(digest)
+        if known is not None:
+            return known == data
+        if hashlib.sha256(data).hexdigest() != digest:
+            return False
+        self._checked[digest] = data
+        return True
 
     def get(self, digest: str, data: bytes) -> dict[str, np.ndarray[Any, Any]]:
         parsed = self._parsed.get(digest)
         if parsed is None:
             parsed = self._parsed[digest] = safetensors.numpy.load(data)
         return parsed
+
+    def held(self, digest: str) -> bytes | None:
+        return self._checked.get(digest)
 
 
 def make_update(
@@ -158,7 +124,7 @@ class Settings:
     work_s: float  # mean simulated training time; evaluation takes a third of it
     summary: bytes  # the serialized DataSummary every participant registers (bench.load_assets)
     register_timeout_s: float = 30.0
-    push_timeout_s: float = 60.0  # the agent's
+    push_timeout_s: float = 60.0  # the agent's, plus the wait for the next task
     transfer_timeout_s: float = 300.0  # the agent's, for DownloadBlob and UploadBlob
 
 
@@ -169,23 +135,30 @@ class Participant:
         settings: Settings,
         stats: Stats,
         models: ModelCache,
-        registered: asyncio.Event,
-        counter: list[int],
+        on_registered: Callable[[], None],
         token: str | None = None,
     ) -> None:
         self.pid = f"load-{index:05d}"
         self._settings = settings
         self._stats = stats
         self._models = models
-        self._all_registered = registered
-        self._counter = counter  # [registered so far, needed]
+        self._on_registered = on_registered  # once, at the first registration
         self._rng = random.Random(self.pid)
         self._token = token
         self._channel = grpc.aio.insecure_channel(settings.target, options=CHANNEL_OPTIONS)
         self._stub = participant_pb2_grpc.ParticipantServiceStub(self._channel)
+        # PushResult called as a response stream (the same call on the wire): grpc.aio hands
+        # a unary call's headers over only with its reply, a stream's as they arrive.
+        self._push_call = self._channel.unary_stream(
+            PUSH_METHOD,
+            request_serializer=Result.SerializeToString,
+            response_deserializer=participant_pb2.PushResultResponse.FromString,
+        )
         self._reply = participant_pb2.RegisterResponse()
         self._registered = False
-        self._task: Task | None = None  # the task being worked on
+        self._ever_registered = False
+        self._busy = False  # from a task's start to its push, as the agent: heartbeats go out
+        self._held: deque[str] = deque(maxlen=HELD_PER_AGENT)  # digests this agent received
         self.tasks = Counter[str]()
 
     async def close(self) -> None:
@@ -213,15 +186,18 @@ class Participant:
         """Serve until cancelled; after a failed call back off and go on, like the agent."""
         backoff = 0.5
         beats = asyncio.create_task(self._heartbeats())
+        pending: Pulled | None = None
         try:
             while True:
                 try:
                     if not self._registered:
+                        pending = None
                         await self._register()
-                    await self._pull_and_run()
+                    pending = await self._step(pending)
                     backoff = 0.5
                     continue
                 except grpc.aio.AioRpcError as exc:  # counted where it happened
+                    pending = None
                     if exc.code() is grpc.StatusCode.FAILED_PRECONDITION:
                         self._registered = False  # the coordinator forgot us
                 await asyncio.sleep(backoff * self._rng.uniform(0.5, 1.0))
@@ -240,52 +216,84 @@ class Participant:
             agent_version=AGENT_VERSION,
         )
         self._reply = await self._timed(
-            "register",
+            REGISTER,
             lambda: self._stub.Register(
                 request, timeout=self._settings.register_timeout_s, metadata=self._md()
             ),
         )
-        if not self._registered:
-            self._registered = True
-            self._counter[0] += 1
-            if self._counter[0] >= self._counter[1]:
-                self._all_registered.set()
+        self._registered = True
+        self._held.clear()  # a new session: the coordinator sends inline again
+        if not self._ever_registered:
+            self._ever_registered = True
+            self._on_registered()
 
-    async def _pull_and_run(self) -> None:
-        wait_s = self._reply.poll_wait_s
-        request = participant_pb2.PullTaskRequest(participant_id=self.pid, wait_s=wait_s)
-        pulled = await self._timed(
-            LONG_POLL,
-            lambda: self._stub.PullTask(request, timeout=wait_s + 10, metadata=self._md()),
-        )
-        if not pulled.HasField("task"):
-            return
-        task = pulled.task
+    async def _step(self, pending: Pulled | None) -> Pulled | None:
+        """Run one task, from `pending` (a result's reply) or a long poll; returns the next
+        task when the result's reply brought one."""
+        if pending is None or not pending.HasField("task"):
+            wait_s = self._reply.poll_wait_s
+            request = participant_pb2.PullTaskRequest(participant_id=self.pid, wait_s=wait_s)
+            pending = await self._timed(
+                PULL, lambda: self._stub.PullTask(request, timeout=wait_s + 10, metadata=self._md())
+            )
+            if not pending.HasField("task"):
+                return None
+        self._keep_inline(pending)
+        task = pending.task
         self.tasks[participant_pb2.TaskKind.Name(task.kind)] += 1
-        self._task = task  # busy from the pull to the push, as the agent: heartbeats go out
+        result = await self._outcome(task)
+        return await self._push(task, result)
+
+    def _keep_inline(self, pulled: Pulled) -> None:
+        for blob in pulled.blobs:
+            self._stats.inline_in += 1
+            if self._models.check(blob.blob_id, blob.data):
+                self._held.append(blob.blob_id)
+            else:
+                self._stats.client_error(f"{self.pid}: inline {blob.blob_id[:12]} mismatch")
+
+    async def _outcome(self, task: Task) -> Result:
+        self._busy = True
         handler = TASK_HANDLERS.get(task.kind)
         try:
             if handler is None:
-                result = self._failed(task, "bench.load runs TRAIN and EVALUATE tasks only")
-            else:
-                result = await handler(self, task)
+                return self._failed(task, "bench.load runs TRAIN and EVALUATE tasks only")
+            return await handler(self, task)
         except grpc.aio.AioRpcError as exc:  # counted; report the failure so the round goes on
-            result = self._failed(task, f"simulated participant: {describe(exc)}")
+            return self._failed(task, f"simulated participant: {describe(exc)}")
         except Exception as exc:  # e.g. a bad artifact
             self._stats.client_error(f"{self.pid}: {exc!r}")
-            result = self._failed(task, f"simulated participant: {exc!r}")
+            return self._failed(task, f"simulated participant: {exc!r}")
         finally:
-            self._task = None
-        ack = await self._timed(
-            "push_result",
-            lambda: self._stub.PushResult(
-                result, timeout=self._settings.push_timeout_s, metadata=self._md(task)
-            ),
-        )
+            self._busy = False
+
+    async def _push(self, task: Task, result: Result) -> Pulled | None:
+        """PushResult asking for the next task. Two latencies: to the coordinator's headers,
+        which it sends once the result is accepted (PUSH), and to the reply (PUSH_WAIT, a
+        long poll: it includes waiting for the next round)."""
+        result.wait_s = self._reply.poll_wait_s
+        timeout = self._settings.push_timeout_s + result.wait_s
+        started = time.perf_counter()
+        call = self._push_call(result, timeout=timeout, metadata=self._md(task))
+        try:
+            await call.initial_metadata()
+            self._stats.ok(PUSH, time.perf_counter() - started)
+            ack = await call.read()
+        except grpc.aio.AioRpcError as exc:
+            self._stats.error(PUSH, describe(exc))
+            raise
+        if not isinstance(ack, participant_pb2.PushResultResponse):  # EOF: no reply message
+            code = await call.code()
+            self._stats.error(PUSH_WAIT, f"{code.name}: {await call.details()}")
+            raise RuntimeError(f"{self.pid}: PushResult answered no message ({code.name})")
+        self._stats.ok(PUSH_WAIT, time.perf_counter() - started)
         if not ack.accepted:
-            self._stats.rejected_results += 1
-            if len(self._stats.error_samples) < MAX_ERROR_SAMPLES:
-                self._stats.error_samples.append(f"push_result not accepted: {ack.message}")
+            self._stats.rejected(ack.message)
+            return None
+        if not ack.next.HasField("task"):
+            return None
+        self._stats.next_from_push += 1
+        return ack.next
 
     def _failed(self, task: Task, message: str) -> Result:
         return Result(
@@ -305,17 +313,16 @@ class Participant:
                 interval * self._rng.uniform(*((0.0, 1.0) if first else (0.8, 1.2)))
             )
             first = False
-            task = self._task
-            if task is None or not self._registered:
+            if not (self._busy and self._registered):
                 continue  # an idle agent sits in a long poll, which shows it is alive
-            request = participant_pb2.HeartbeatRequest(
-                participant_id=self.pid, task_id=task.task_id
+            beat = functools.partial(
+                self._stub.Heartbeat,
+                participant_pb2.HeartbeatRequest(participant_id=self.pid),
+                timeout=max(interval, 1.0),
+                metadata=self._md(),
             )
             try:
-                beat = functools.partial(
-                    self._stub.Heartbeat, request, timeout=max(interval, 1.0), metadata=self._md()
-                )
-                reply = await self._timed("heartbeat", beat)
+                reply = await self._timed(HEARTBEAT, beat)
             except grpc.aio.AioRpcError:
                 continue  # counted; the task loop notices a dead coordinator
             if not reply.registered:
@@ -323,20 +330,28 @@ class Participant:
 
     async def train(self, task: Task) -> Result:
         started = time.monotonic()
-        data = await self._download(task, task.model_blob_id)
+        data = await self._model(task)
         weights = self._models.get(task.model_blob_id, data)
         await asyncio.sleep(self._settings.work_s * self._rng.uniform(0.5, 1.5))
         blob = make_update(weights, task.model_name, self.pid, task.round)
-        blob_id = await self._upload(task, blob)
+        digest = hashlib.sha256(blob).hexdigest()
         train = participant_pb2.TrainResult(
-            update_blob_id=blob_id,
+            update_blob_id=digest,
             num_examples=TRAIN_PER_CLASS * NUM_CLASSES,
             mean_loss=2.3 / task.round + self._rng.uniform(0.0, 0.1),
             seconds=time.monotonic() - started,
         )
-        return Result(participant_id=self.pid, task_id=task.task_id, train=train)
+        result = Result(participant_id=self.pid, task_id=task.task_id, train=train)
+        if len(blob) <= self._reply.inline_max_bytes:
+            result.blobs.append(common_pb2.InlineBlob(blob_id=digest, data=blob))
+            self._stats.inline_out += 1
+        else:
+            await self._upload(task, blob, digest)
+        return result
 
     async def evaluate(self, task: Task) -> Result:
+        if task.model_blob_id:
+            await self._model(task)  # the agent loads the model it evaluates
         await asyncio.sleep(self._settings.work_s / 3 * self._rng.uniform(0.5, 1.5))
         classes = task.num_classes or NUM_CLASSES
         correct = [self._rng.randint(0, TEST_PER_CLASS) for _ in range(classes)]
@@ -346,6 +361,15 @@ class Participant:
             loss_sum=sum(TEST_PER_CLASS - c for c in correct) * 1.5 + 0.1 * classes,
         )
         return Result(participant_id=self.pid, task_id=task.task_id, eval=evaluation)
+
+    async def _model(self, task: Task) -> bytes:
+        """The task's model: received inline in this session, or downloaded."""
+        digest = task.model_blob_id
+        data = self._models.held(digest) if digest in self._held else None
+        if data is None:
+            data = await self._download(task, digest)
+            self._held.append(digest)
+        return data
 
     async def _download(self, task: Task, digest: str) -> bytes:
         async def fetch() -> bytes:
@@ -359,13 +383,12 @@ class Participant:
                 parts.append(chunk.data)
             return b"".join(parts)
 
-        data = await self._timed("download", fetch)
-        if hashlib.sha256(data).hexdigest() != digest:
+        data = await self._timed(DOWNLOAD, fetch)
+        if not self._models.check(digest, data):
             raise RuntimeError(f"{self.pid}: download does not match its digest {digest}")
         return data
 
-    async def _upload(self, task: Task, blob: bytes) -> str:
-        digest = hashlib.sha256(blob).hexdigest()
+    async def _upload(self, task: Task, blob: bytes, digest: str) -> None:
         step = self._reply.chunk_bytes or 1 << 20
         chunks = [
             common_pb2.BlobChunk(
@@ -379,14 +402,13 @@ class Participant:
             for start in range(0, max(len(blob), 1), step)
         ]
         reply = await self._timed(
-            "upload",
+            UPLOAD,
             lambda: self._stub.UploadBlob(
                 iter(chunks), timeout=self._settings.transfer_timeout_s, metadata=self._md(task)
             ),
         )
         if reply.blob_id != digest:
             raise RuntimeError(f"{self.pid}: upload stored as {reply.blob_id}, not {digest}")
-        return digest
 
 
 # What a simulated participant does per task kind; any other kind is reported as failed.

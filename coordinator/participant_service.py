@@ -199,6 +199,7 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
             self.uploads.settled(pid, outcome.train.update_blob_id)
         reply = participant_pb2.PushResultResponse(accepted=True)
         if request.wait_s > 0:
+            await context.send_initial_metadata(())  # headers now: the result is in (bench.load)
             reply.next.CopyFrom(await self._next_task(pid, request.wait_s))
         return reply
 

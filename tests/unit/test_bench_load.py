@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from bench.load_participant import ModelCache, make_update
+from bench.load_participant import ModelCache, Settings, make_update
+from bench.load_workers import slices
 from fused.common.codecs.tensor_codec import decode_tensors, encode_tensors, schema_of
 from fused.common.ml.models import init_model
 
@@ -39,6 +40,7 @@ def test_import_does_not_pull_in_torch() -> None:
 def test_small_run_completes_without_errors(tmp_path: Path) -> None:
     out = tmp_path / "load.json"
     argv = ["--participants", "20", "--rounds", "1", "--work-s", "0.2", "--json-out", str(out)]
+    argv += ["--load-processes", "2"]
     proc = subprocess.run(
         [sys.executable, "-m", "bench.load", *argv],
         cwd=REPO_ROOT,
@@ -53,9 +55,26 @@ def test_small_run_completes_without_errors(tmp_path: Path) -> None:
     assert result["errors"] == 0
     assert result["participants"] == 20
     assert result["connections"] == 20
+    assert result["load_processes"] == 2
     assert result["torch_imported"] is False
-    assert result["calls"]["upload"] == 20
-    assert result["calls"]["push_result"] == 40  # a training and an evaluation result each
-    for key in ("register", "download", "upload", "push_result", "overall"):
+    # Protocol 2: the model comes inline with each task, the update goes inline with its
+    # result, and the result's reply brings the next task: no transfer calls, one long poll.
+    calls = result["calls"]
+    assert calls["download"] == 0 and calls["upload"] == 0
+    assert calls["pull_task"] == 20
+    assert calls["push_result"] == 40  # a training and an evaluation result each
+    assert result["inline"]["updates_in_results"] == 20
+    assert result["inline"]["tasks_from_push_replies"] == 20  # each evaluation task
+    assert result["calls_per_participant_per_round"]["push_result"] == 2.0
+    for key in ("register", "push_result", "overall"):
         assert result["p50_ms"][key] <= result["p99_ms"][key]
     assert result["peak_rss_mb"] > 0 and result["cpu_seconds"] > 0
+
+
+def test_slices_cover_every_participant_once() -> None:
+    settings = Settings("127.0.0.1:1", 1.0, b"")
+    parts = slices(10, 3, settings, {"load-00004": "t4"})
+    assert [p.first for p in parts] == [0, 3, 7]
+    assert sum(len(p.tokens) for p in parts) == 10
+    assert parts[1].tokens == (None, "t4", None, None)
+    assert len(slices(2, 5, settings, {})) == 2  # no empty process
