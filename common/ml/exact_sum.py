@@ -37,7 +37,8 @@ def magnitude(tensors: Tensors) -> int:
     top = 0.0
     for t in tensors.values():
         if t.numel():
-            top = max(top, float(t.detach().abs().max().to(torch.float64)))
+            values = t.detach() if t.dtype != torch.bool else t.detach().to(torch.uint8)
+            top = max(top, float(values.abs().max().to(torch.float64)))
     return math.ceil(top)
 
 

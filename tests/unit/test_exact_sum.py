@@ -125,6 +125,8 @@ def test_magnitude_bounds_every_value() -> None:
     assert magnitude({"a": torch.tensor([0.25, -3.5]), "b": torch.tensor([2])}) == 4
     assert magnitude({"a": torch.tensor([3e38])}) >= 3 * 10**38
     assert magnitude({"e": torch.zeros(0)}) == 0
+    flags = {"b": torch.tensor([True]), "u": torch.tensor([7], dtype=torch.uint8)}
+    assert magnitude(flags) == 7
 
 
 def test_inputs_are_left_untouched() -> None:

@@ -34,6 +34,7 @@ START: Tensors = {
     "fc.weight": torch.zeros(6, 5),
     "bn.running_var": torch.ones(5),
     "bn.num_batches_tracked": torch.tensor(0),
+    "mask": torch.zeros(4, dtype=torch.bool),
 }
 PAYLOAD = WeightsPayload("mlp", START)
 
@@ -43,6 +44,7 @@ def _update(gen: torch.Generator, scale: float) -> Tensors:
         "fc.weight": torch.randn(6, 5, generator=gen) * scale,
         "bn.running_var": torch.rand(5, generator=gen) + 0.5,
         "bn.num_batches_tracked": torch.randint(0, 1000, (), generator=gen),
+        "mask": torch.rand(4, generator=gen) < 0.5,
     }
 
 
