@@ -17,7 +17,7 @@ smaller uploads. Varints are canonical unsigned LEB128:
 
 A value is zero only if all its bits are (+0.0); -0.0 travels as a value. The most significant
 byte holds the sign and (most of) the exponent, which trained values spread over few binades:
-zstd codes that plane in 3 to 4 bits a value. The mantissa bytes are incompressible and go raw.
+zstd codes that plane in about 4 bits a value. The mantissa bytes are incompressible: raw.
 
 Payloads are untrusted: `decode_adapter` bounds the size by the layout first and every count by
 the mask before any work proportional to it; the zstd frame must declare exactly K bytes; a
@@ -76,7 +76,8 @@ class Section:
 
 def default_max_bytes(layout: AdapterLayout) -> int:
     """Limit on a payload's size: above what an honest float32 one can take for ``layout``.
-    Positions are sent only for zeros, and cost less than the 4 bytes each zero saves."""
+    Positions are sent only when some values are zero, and cost less than the 4 bytes each
+    zero saves (their few bytes of framing aside)."""
     values = layout.num_values
     return 1024 + 64 * len(layout.names) + 4 * values + values // 64
 
