@@ -63,7 +63,7 @@ from bench.flower_env import (
 from bench.flower_fused import run_fused
 from bench.flower_job import MODEL_DATASETS, Job, global_accuracy, prepare_shards
 from bench.flower_report import compare, max_abs_diff, round_compute, system_report
-from bench.flower_side import CLIENT_ROLE, SERVER_ROLE
+from bench.flower_side import AGGREGATIONS, CLIENT_ROLE, SERVER_ROLE
 from bench.proxy import LOOPBACK, CountingProxy, write_events
 
 if TYPE_CHECKING:
@@ -92,6 +92,7 @@ def run_flower(job: Job, python: Path) -> tuple[dict[str, Any], dict[str, torch.
         *("--listen", f"{LOOPBACK}:{port}", "--clients", str(job.participants)),
         *("--rounds", str(job.rounds), "--seed", str(job.seed), *model_args),
         *("--result", str(result_path), "--weights", str(weights_path)),
+        *("--aggregation", job.flower_aggregation),
     ]
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -179,6 +180,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_false",
         help="start FUSED's agents with --no-warmup (their first step lands in round 1)",
     )
+    parser.add_argument(
+        "--flower-aggregation",
+        choices=AGGREGATIONS,
+        default="flwr",
+        help="Flower's server averages with its own FedAvg, or with FUSED's exact sum (the "
+        "same bits on both sides: a check that both ran the same job)",
+    )
     parser.add_argument("--quick", action="store_true", help="3 rounds of the MLP")
     return resolve_settings(parser.parse_args(argv))
 
@@ -197,6 +205,7 @@ def _job(args: argparse.Namespace, work: Path) -> Job:
         shards=work / "shards",
         work_dir=work,
         agent_warmup=args.agent_warmup,
+        flower_aggregation=args.flower_aggregation,
         train_sizes=tuple(int(p["train_size"]) for p in summary["participants"]),
     )
 
@@ -218,6 +227,7 @@ def _config(job: Job, flwr_version: str) -> dict[str, Any]:
         "train": dataclasses.asdict(job.train_config()),
         "seed": job.seed,
         "agent_warmup": job.agent_warmup,
+        "flower_aggregation": job.flower_aggregation,
         "flwr_version": flwr_version,
         "flower_api": "flwr.server.start_server + flwr.client.start_client (grpc-bidi)",
         "bytes": "TCP bytes through a loopback proxy (gRPC + HTTP/2 framing included), "

@@ -36,6 +36,7 @@ class Job:
     shards: Path
     work_dir: Path
     agent_warmup: bool = True  # FUSED agents' one training step at start
+    flower_aggregation: str = "flwr"  # or "fused": FUSED's mean on Flower's server
     train_sizes: tuple[int, ...] = ()  # samples per participant, in shard order
 
     @property

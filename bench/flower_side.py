@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+AGGREGATIONS = ("flwr", "fused")  # Flower's stock FedAvg, or FUSED's coordinator's sum
 SERVER_ROLE = "server"
 CLIENT_ROLE = "client"
 # What the two roles import from this repository. None may import generated protobuf code
@@ -21,9 +22,54 @@ REPO_MODULES = (
     "fused.common.domain.train_config",
     "fused.common.ml.data.shards",
     "fused.common.ml.models",
+    "fused.coordinator.engine.round_sum",
     "fused.participant.executor",
     "fused.participant.site",
 )
+
+
+def fused_mean(names: Sequence[str], results: Sequence[tuple[list[Any], int]]) -> list[Any]:
+    """The sample-weighted mean as FUSED's coordinator computes it (`StreamedFedAvg`: an
+    exact integer sum, so arrival order does not matter), as numpy arrays in `names` order."""
+    import numpy as np
+    import torch
+
+    from fused.coordinator.engine.round_sum import Contribution, StreamedFedAvg
+
+    states = {
+        str(i): {
+            n: torch.from_numpy(np.array(a, copy=True)) for n, a in zip(names, arrays, strict=True)
+        }
+        for i, (arrays, _) in enumerate(results)
+    }
+    total = StreamedFedAvg(load=states.__getitem__)
+    final = [Contribution(key, key, n) for key, (_, n) in zip(states, results, strict=True)]
+    for contribution in final:
+        total.fold(contribution, states[contribution.blob_id])
+    mean = total.finish(final)
+    return [mean[n].numpy() for n in names]
+
+
+def _strategy_class(fl: Any, aggregation: str, names: Sequence[str]) -> Any:
+    """Flower's FedAvg, or with `fused` aggregation the same with FUSED's mean: both systems
+    then compute the same bits, which shows they ran the same job (Flower's own mean is a
+    float32 sum in arrival order, not even the same from run to run)."""
+    if aggregation == "flwr":
+        return fl.server.strategy.FedAvg
+    to_arrays, to_parameters = fl.common.parameters_to_ndarrays, fl.common.ndarrays_to_parameters
+
+    class SameMean(fl.server.strategy.FedAvg):  # type: ignore[misc]
+        def aggregate_fit(
+            self, server_round: int, results: list[Any], failures: list[Any]
+        ) -> tuple[Any, dict[str, Any]]:
+            if failures or not results:
+                return None, {}
+            arrays = [(to_arrays(res.parameters), res.num_examples) for _, res in results]
+            mean = to_parameters(fused_mean(names, arrays))
+            metrics = [(res.num_examples, res.metrics) for _, res in results]
+            return mean, self.fit_metrics_aggregation_fn(metrics)
+
+    return SameMean
 
 
 def flower_server(argv: Sequence[str]) -> int:
@@ -39,6 +85,7 @@ def flower_server(argv: Sequence[str]) -> int:
         parser.add_argument(name, required=True)
     for name in ("--clients", "--rounds", "--seed", "--num-classes"):
         parser.add_argument(name, type=int, required=True)
+    parser.add_argument("--aggregation", choices=AGGREGATIONS, default="flwr")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -58,7 +105,7 @@ def flower_server(argv: Sequence[str]) -> int:
         finished.append(time.time())  # called by aggregate_fit after averaging
         return {}
 
-    strategy = fl.server.strategy.FedAvg(
+    strategy = _strategy_class(fl, args.aggregation, names)(
         fraction_fit=1.0,
         fraction_evaluate=0.0,  # no federated evaluation between rounds
         min_fit_clients=args.clients,

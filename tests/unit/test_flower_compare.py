@@ -24,7 +24,7 @@ from bench.flower_report import (
     round_compute,
     system_report,
 )
-from bench.flower_side import REPO_MODULES
+from bench.flower_side import REPO_MODULES, fused_mean
 from bench.proxy import DOWN, UP, CountingProxy, WireEvent, bytes_in_window
 
 
@@ -236,3 +236,27 @@ def test_flower_side_imports_no_generated_protobuf_code() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO_ROOT, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_fused_mean_is_the_weighted_mean_whatever_the_order() -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    names = ["w", "b"]
+    results = [
+        (
+            [
+                rng.standard_normal((3, 4), dtype=np.float32),
+                rng.standard_normal(4, dtype=np.float32),
+            ],
+            n,
+        )
+        for n in (7, 3, 11)
+    ]
+    mean = fused_mean(names, results)
+    expected = sum(n * arrays[0].astype(np.float64) for arrays, n in results) / 21
+    np.testing.assert_allclose(mean[0], expected, rtol=1e-6)
+    assert mean[1].dtype == np.float32
+    reordered = fused_mean(names, results[::-1])
+    for a, b in zip(mean, reordered, strict=True):
+        assert np.array_equal(a, b)  # an exact sum: arrival order changes no bit
