@@ -17,11 +17,14 @@ Variants, run in turn within each repeat so that they share the machine's load:
                    paradigms (fc1.bias, fc1.weight, fc3.weight; docs/RESULTS.md)
   fused_sample     the default selection's for the backdoor (conv2, fc1, conv1 weights): the
                    first layer trains, so nothing can be skipped
-  evaluate         the evaluation task that follows each round
+  evaluate         the evaluation task that follows a full-model round
+  *_eval_first, *_eval_later   the evaluation that follows an adapter round (base + adapter)
 
-Per variant: the median over repeats of process CPU-seconds (time.process_time, every torch
-thread of this process) and wall seconds of run_task, the stages the outcome reports (where the
-code records them), and each FUSED variant's CPU ratio to finetune. Prints JSON. Run it in a
+A FUSED job's rounds run here as they do on an agent: first round, its evaluation, a later
+round, its evaluation. Per variant: the median over repeats of process CPU-seconds
+(time.process_time, every torch thread of this process) and wall seconds of run_task, and the
+stages the outcome reports (where the code records them); each FUSED variant's CPU ratio to
+finetune, and a whole round's (training plus its evaluation) ratio. Prints JSON. Run it in a
 checkout of an earlier commit (git worktree) for the code before a change.
 """
 
@@ -110,12 +113,15 @@ def variants(site: Site, transport: MemoryTransport) -> list[Variant]:
 
     base, fresh = weights(0), weights(1)
     out = [Variant("finetune", TaskKind.TRAIN, base), Variant("retrain", TaskKind.TRAIN, fresh)]
+    out.append(Variant("evaluate", TaskKind.EVALUATE, base))
     for name, layers in (("fc", FC), ("default", DEFAULT_CLIENT), ("sample", DEFAULT_SAMPLE)):
         first = _adapter(site, transport, layers, later=False)
         later = _adapter(site, transport, layers, later=True)
-        out.append(Variant(f"fused_{name}_first", TaskKind.ADAPTER_TRAIN, base, first, True))
-        out.append(Variant(f"fused_{name}_later", TaskKind.ADAPTER_TRAIN, base, later))
-    out.append(Variant("evaluate", TaskKind.EVALUATE, base))
+        train, evaluate = TaskKind.ADAPTER_TRAIN, TaskKind.EVALUATE
+        out.append(Variant(f"fused_{name}_first", train, base, first, cold=True))
+        out.append(Variant(f"fused_{name}_eval_first", evaluate, base, later))
+        out.append(Variant(f"fused_{name}_later", train, base, later))
+        out.append(Variant(f"fused_{name}_eval_later", evaluate, base, later))
     return out
 
 
@@ -158,9 +164,20 @@ def measure(site: Site, epochs: int, repeat: int, batch_size: int) -> dict[str, 
         for v in todo:
             rows[v.name].append(run_once(site, transport, v, cfg))
     result = {name: summary(r) for name, r in rows.items()}
-    full = result["finetune"]["cpu_s"]
-    ratios = {n: round(r["cpu_s"] / full, 3) for n, r in result.items() if n.startswith("fused")}
-    return {"variants": result, "cpu_ratio_to_finetune": ratios}
+    return {"variants": result, **ratios(result)}
+
+
+def ratios(result: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Each FUSED task's CPU over finetune's; a whole round's (training and its evaluation)."""
+    cpu = {name: r["cpu_s"] for name, r in result.items()}
+    full, cycle = cpu["finetune"], cpu["finetune"] + cpu["evaluate"]
+    tasks = {n: round(c / full, 3) for n, c in cpu.items() if n.startswith("fused")}
+    rounds = {
+        f"{n}_{when}": round((cpu[f"fused_{n}_{when}"] + cpu[f"fused_{n}_eval_{when}"]) / cycle, 3)
+        for n in ("fc", "default", "sample")
+        for when in ("first", "later")
+    }
+    return {"cpu_ratio_to_finetune": tasks, "round_cpu_ratio_to_finetune": rounds}
 
 
 def participant_site(participants: int, index: int) -> Site:

@@ -141,9 +141,16 @@ def local_evaluate(
     weights: Mapping[str, torch.Tensor],
     forget: ForgetSpec | None = None,
     excluded: ForgetSet | None = None,
+    layout: AdapterLayout | None = None,
+    values: Mapping[str, torch.Tensor] | None = None,
 ) -> EvalOutcome:
-    """Counts on the remaining test data and on this participant's part of the forgotten set."""
+    """Counts on the remaining test data and on this participant's part of the forgotten set.
+    With `layout`, `weights` is the base and `values` its adapter: the same weights as merged
+    (one index_add each), and the frozen prefix before the first adapted tensor is computed
+    once for every round of the job that evaluates this base (participant.prefix)."""
     model = load_model(site.workload, weights)
+    if layout is not None:
+        attach_adapter(model, layout, None if values is None else dict(values))
     n, objective = site.buckets, site.workload
     test = remaining_test(site, forget, excluded)
     kept = score(model, test, n, objective=objective, losses=True)

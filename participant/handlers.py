@@ -27,7 +27,7 @@ from fused.common.domain.tasks import (
     TaskTimings,
     TrainOutcome,
 )
-from fused.common.ml.adapters import AdapterLayout, merge_weights, zero_values
+from fused.common.ml.adapters import AdapterLayout, zero_values
 from fused.participant.executor import (
     adapter_layout,
     local_adapter_update,
@@ -198,12 +198,10 @@ def _trained(task: TaskSpec, ctx: TaskContext, blob_id: str, stats: TrainStats) 
 
 
 def evaluate(task: TaskSpec, ctx: TaskContext, transport: ArtifactTransport) -> TaskOutcome:
-    """Counts on the local test data; an adapter is merged into the base first."""
+    """Counts on the local test data; a task with an adapter evaluates base plus adapter."""
     with ctx.clock.stage("compute"):
-        weights = ctx.weights
-        if ctx.layout is not None:
-            weights = merge_weights(weights, ctx.layout, ctx.values)
-        ev = local_evaluate(ctx.site, weights, task.forget, task.excluded)
+        site, forget, excluded = ctx.site, task.forget, task.excluded
+        ev = local_evaluate(site, ctx.weights, forget, excluded, ctx.layout, ctx.values)
     if not math.isfinite(ev.loss_sum):
         raise NonFiniteResult(f"evaluation loss is {ev.loss_sum} (the model may be poisoned)")
     return TaskOutcome(ctx.site.participant_id, task.task_id, eval=ev)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 
@@ -54,23 +55,57 @@ class CachedPrefix:
         return out
 
 
-_lock = threading.Lock()
-_kept: tuple[Hashable, Activations] | None = None  # the last task's, by what made them
+class _Kept:
+    """Recent prefix outputs by what made them: in an adapter job's round, the training rows
+    and, for its evaluation, the test rows and the forgotten ones. The oldest go first, to stay
+    within `entries` and `max_bytes` together."""
+
+    def __init__(self, entries: int, max_bytes: int) -> None:
+        self._entries, self._max_bytes = entries, max_bytes
+        self._kept: OrderedDict[Hashable, Activations] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Activations | None:
+        with self._lock:
+            found = self._kept.get(key)
+            if found is not None:
+                self._kept.move_to_end(key)
+            return found
+
+    def put(self, key: Hashable, activations: Activations) -> None:
+        with self._lock:
+            self._kept[key] = activations
+            self._kept.move_to_end(key)
+            while len(self._kept) > self._entries or self._bytes() > self._max_bytes:
+                self._kept.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._kept.clear()
+
+    def _bytes(self) -> int:
+        return sum(_size(a) for a in self._kept.values())
+
+
+def _size(activations: Activations) -> int:
+    return sum(t.nelement() * t.element_size() for t in activations)
+
+
+KEEP_ENTRIES = 4
+_kept = _Kept(KEEP_ENTRIES, PREFIX_CACHE_BYTES)
 
 
 def drop_kept() -> None:
-    """Forget the kept activations (a bench measures a first round this way)."""
-    global _kept
-    with _lock:
-        _kept = None
+    """Forget the kept activations (a bench measures a job's first round this way)."""
+    _kept.clear()
 
 
 def cut_prefix(
     model: nn.Module, rows: Rows, max_bytes: int = PREFIX_CACHE_BYTES
 ) -> CachedPrefix | None:
-    """The model split at its first trainable tensor (by `requires_grad` as it is now), with the
-    prefix's outputs on every row; None when no exact cut exists or they exceed `max_bytes`."""
-    global _kept
+    """The model split at its first tensor that requires grad (a trained one, or an adapter's
+    values being evaluated), with the prefix's outputs on every row; None when no exact cut
+    exists or they exceed `max_bytes`."""
     graph = _trace(model)
     cut = None if graph is None else _cut(model, graph)
     if graph is None or cut is None:
@@ -78,13 +113,10 @@ def cut_prefix(
     frozen, frontier = cut
     prefix = fx.GraphModule(model, _prefix_graph(graph, frontier))
     key = (rows.key(), rows.inputs, repr(prefix), prefix.code, _digest(prefix))
-    with _lock:
-        kept = _kept[1] if _kept is not None and _kept[0] == key else None
-    activations = kept if kept is not None else _activations(prefix, rows, max_bytes)
+    activations = _kept.get(key) or _activations(prefix, rows, max_bytes)
     if activations is None:
         return None
-    with _lock:
-        _kept = (key, activations)
+    _kept.put(key, activations)
     suffix = fx.GraphModule(model, _suffix_graph(graph, frozen, frontier))
     suffix.graph.eliminate_dead_code()  # frozen parameter-only nodes the rest does not read
     suffix.recompile()

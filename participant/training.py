@@ -302,6 +302,26 @@ def _forward(
     return whole if cached is None else cached
 
 
+def _scoring(
+    model: nn.Module, data: TensorData, objective: Objective, hw: Hardware
+) -> Callable[[int, int], torch.Tensor]:
+    """The model's outputs on rows start..end of `data`. A model with an adapter attached
+    (only its values require grad) runs through the kept frozen prefix where the cut is exact:
+    an adapter job evaluates the same base on the same rows every round."""
+    flags = [p.requires_grad for p in model.parameters()]
+    if len(data) and any(flags) and not all(flags):
+        x = data.features().to(hw.device)
+        forward = _forward(model, data, x, objective, hw, partial=True)
+        return lambda start, end: forward(torch.arange(start, end, device=hw.device))
+
+    def whole(start: int, end: int) -> torch.Tensor:
+        xb = data.subset(slice(start, end)).features().to(hw.device)  # (B, ...)
+        out: torch.Tensor = model(objective.transform(xb))
+        return out
+
+    return whole
+
+
 def evaluate(
     model: nn.Module,
     data: TensorData,
@@ -353,13 +373,13 @@ def score(
     model.eval()
     try:
         model.to(device)
+        outputs_of = _scoring(model, data, objective, hw)
         with torch.no_grad():
             for start in range(0, n, batch_size):
-                end = start + batch_size
-                xb = data.subset(slice(start, end)).features().to(device)  # (B, ...)
+                end = min(start + batch_size, n)
                 yb = target[start:end].to(device)  # (B,)
                 with _autocast(hw):
-                    outputs = model(objective.transform(xb))  # (B, num_classes) for classes
+                    outputs = outputs_of(start, end)  # (B, num_classes) for classes
                 counts = counts + objective.evaluate(outputs.float(), yb)
                 if losses:
                     found = loss_histogram(objective.sample_losses(outputs.float(), yb))

@@ -22,12 +22,14 @@ from fused.common.ml.data.tensors import TensorData
 from fused.common.ml.models import init_model
 from fused.common.ml.workloads import workload_for
 from fused.participant.executor import (
+    local_evaluate,
     adapter_layout,
     load_model,
     local_adapter_update,
     local_update,
 )
 from fused.participant.forgetting import remaining_train
+from fused.participant.prefix import drop_kept
 from fused.participant.site import shard_site
 from fused.participant.training import TrainConfig, train_local
 from tests.unit.test_executor import (
@@ -149,6 +151,25 @@ def test_local_adapter_update_continues_from_given_values(
     )
     assert_bit_equal(again, first)  # deterministic
     assert any(not torch.equal(second[n], first[n]) for n in layout.names)
+
+
+def test_evaluating_base_plus_adapter_equals_the_merged_weights(
+    shards: list[Shard], mlp_weights: Weights
+) -> None:
+    """The evaluation task of an adapter job attaches the adapter instead of merging it, so
+    the frozen layers before it run once for every round: the counts are the merged model's,
+    to the bit, the first time and when the kept prefix serves."""
+    site = shard_site(shards[CLEAN])
+    layout = layout_for(mlp_weights, ["net.4.weight", "net.2.weight"], 0.5, 3)
+    gen = torch.Generator().manual_seed(4)
+    values = {n: 0.3 * torch.randn(i.numel(), generator=gen) for n, i in layout.indices.items()}
+    spec = ForgetSpec("class", class_label=FORGET_CLASS)
+    merged = local_evaluate(site, merge_weights(mlp_weights, layout, values), spec)
+    drop_kept()
+    first = local_evaluate(site, mlp_weights, spec, layout=layout, values=values)
+    kept = local_evaluate(site, mlp_weights, spec, layout=layout, values=values)
+    assert first == merged and kept == merged
+    assert merged != local_evaluate(site, mlp_weights, spec)  # the adapter does matter
 
 
 # --------------------------------------------------------------------------- norm statistics
