@@ -24,15 +24,21 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{', ' + record.phase + ' round ' + str(record.round) if record.phase else ''}\n"
             f"{record.reason}\n"
         )
-        rows = [_round_row(r) for r in job.rounds]
-        return head + table(["phase", "round", "parts", "accuracy", "loss", "bytes", "s"], rows)
+        rows = [round_row(r) for r in job.rounds]
+        return head + table(ROUND_COLUMNS, rows)
 
     emit(args, job, text)
     return 0
 
 
-def _round_row(r: RoundRecord) -> list[Any]:
+# "compute s" and "xfer s": the slowest participant's local work and its transfers (fetch and
+# upload), as its agent measured them; "-" where the round recorded no timings
+ROUND_COLUMNS = ["phase", "round", "parts", "accuracy", "loss", "bytes", "s", "compute s", "xfer s"]
+
+
+def round_row(r: RoundRecord) -> list[Any]:
     m = r.metrics
+    slowest = max(m.timings.values(), key=lambda t: t.total_s, default=None)
     return [
         r.phase,
         r.round,
@@ -41,6 +47,8 @@ def _round_row(r: RoundRecord) -> list[Any]:
         f"{m.aggregate.train_loss:.4f}" if m.aggregate is not None else "-",
         human_bytes(m.bytes.total if m.bytes is not None else 0),
         f"{m.seconds:.1f}",
+        f"{slowest.compute_s:.2f}" if slowest is not None else "-",
+        f"{slowest.fetch_s + slowest.upload_s:.2f}" if slowest is not None else "-",
     ]
 
 
