@@ -93,6 +93,7 @@ class LoadConfig:
     round_deadline_s: float
     wait_for_participants_s: float
     register_timeout_s: float
+    register_spread_s: float
     job_timeout_s: float
     evaluate_each_round: bool
     processes: int = 0  # load processes; 0: one per PARTICIPANTS_PER_PROCESS
@@ -204,7 +205,11 @@ async def drive(config: LoadConfig, port: int, coordinator_pid: int) -> dict[str
     target = f"127.0.0.1:{port}"
     summary, initial_weights = make_assets()
     settings = Settings(
-        target, config.work_s, summary, register_timeout_s=config.register_timeout_s
+        target,
+        config.work_s,
+        summary,
+        register_timeout_s=config.register_timeout_s,
+        register_spread_s=config.register_spread_s,
     )
     processes = config.processes or default_processes(config.participants)
     workers = LoadProcesses(slices(config.participants, processes, settings, config.tokens))
@@ -349,6 +354,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--wait-for-participants-s", type=float, default=300.0)
     parser.add_argument("--register-timeout-s", type=float, default=30.0)
     parser.add_argument(
+        "--register-spread-s",
+        type=float,
+        default=0.0,
+        help="agents start at random times over this many seconds (default: all at once)",
+    )
+    parser.add_argument(
         "--load-processes",
         type=int,
         default=0,
@@ -384,6 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         round_deadline_s=args.round_deadline_s,
         wait_for_participants_s=args.wait_for_participants_s,
         register_timeout_s=args.register_timeout_s,
+        register_spread_s=args.register_spread_s,
         job_timeout_s=args.job_timeout_s,
         evaluate_each_round=not args.no_eval_each_round,
         processes=args.load_processes,

@@ -124,6 +124,7 @@ class Settings:
     work_s: float  # mean simulated training time; evaluation takes a third of it
     summary: bytes  # the serialized DataSummary every participant registers (bench.load_assets)
     register_timeout_s: float = 30.0
+    register_spread_s: float = 0.0  # each first registration at a random time in [0, this)
     push_timeout_s: float = 60.0  # the agent's, plus the wait for the next task
     transfer_timeout_s: float = 300.0  # the agent's, for DownloadBlob and UploadBlob
 
@@ -187,6 +188,7 @@ class Participant:
         backoff = 0.5
         beats = asyncio.create_task(self._heartbeats())
         pending: Pulled | None = None
+        await asyncio.sleep(self._rng.uniform(0.0, self._settings.register_spread_s))
         try:
             while True:
                 try:

@@ -23,7 +23,7 @@ CALL_TYPES = (REGISTER, HEARTBEAT, PULL, PUSH, PUSH_WAIT, DOWNLOAD, UPLOAD)
 LONG_POLLS = frozenset({PULL, PUSH_WAIT})
 # Calls on the wire per kind; PUSH and PUSH_WAIT time the same call twice.
 WIRE_CALLS = (REGISTER, HEARTBEAT, PULL, PUSH, DOWNLOAD, UPLOAD)
-MAX_ERROR_SAMPLES = 5
+MAX_ERROR_SAMPLES = 12
 
 
 @dataclass
@@ -33,6 +33,7 @@ class Stats:
     latencies: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in CALL_TYPES})
     calls: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
+    error_codes: Counter[str] = field(default_factory=Counter)  # "kind CODE"
     error_samples: list[str] = field(default_factory=list)
     rejected_results: int = 0
     client_errors: int = 0  # artifacts that failed their checks here
@@ -47,7 +48,10 @@ class Stats:
     def error(self, kind: str, message: str) -> None:
         self.calls[kind] += 1
         self.errors[kind] += 1
-        self.sample(f"{kind}: {message}")
+        code = message.split(":", 1)[0]
+        self.error_codes[f"{kind} {code}"] += 1
+        if self.error_codes[f"{kind} {code}"] == 1:  # the first of each kind and code
+            self.sample(f"{kind}: {message}")
 
     def client_error(self, message: str) -> None:
         self.client_errors += 1
@@ -66,6 +70,7 @@ class Stats:
             self.latencies.setdefault(kind, []).extend(values)
         self.calls.update(other.calls)
         self.errors.update(other.errors)
+        self.error_codes.update(other.error_codes)
         for text in other.error_samples:
             self.sample(text)
         self.rejected_results += other.rejected_results
@@ -80,6 +85,7 @@ class Stats:
         return {
             "errors": sum(self.errors.values()),
             "errors_by_call": dict(self.errors),
+            "errors_by_code": dict(self.error_codes),
             "error_samples": self.error_samples,
             "rejected_results": self.rejected_results,
             "client_errors": self.client_errors,

@@ -43,6 +43,7 @@ class Refused:
 Settled = Accepted[P] | Refused
 
 _TOUCH_EVERY_S = 30.0  # persist last_seen at most this often per participant
+_SAVE_EVERY_S = 5.0  # ... in one transaction for everyone due (10,000 agents: 2,000 rows)
 
 
 class NotRegisteredError(LookupError):
@@ -98,6 +99,8 @@ class Fleet:
         self._clock = clock
         self._last_seen: dict[str, float] = {}  # registered in this process
         self._persisted_seen: dict[str, float] = {}
+        self._unsaved_seen: dict[str, float] = {}  # last_seen due to be persisted
+        self._saved_at = clock()
         self._queues: dict[str, deque[str]] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
         self._open: dict[str, _OpenTask] = {}
@@ -121,6 +124,7 @@ class Fleet:
             record.registered_at = previous.registered_at
         self._store.upsert_participant(record)
         self._last_seen[pid] = self._persisted_seen[pid] = record.last_seen
+        self._unsaved_seen.pop(pid, None)
         queue = self._queues.setdefault(pid, deque())
         for task_id, open_task in self._tasks_of(pid).items():
             if open_task.pulled:
@@ -136,9 +140,19 @@ class Fleet:
         self._last_seen[pid] = now
         self._offline.discard(pid)
         if now - self._persisted_seen.get(pid, 0.0) >= _TOUCH_EVERY_S:
-            self._store.touch_participant(pid, now)
-            self._persisted_seen[pid] = now
+            self._unsaved_seen[pid] = now
+        if now - self._saved_at >= _SAVE_EVERY_S:
+            self.save_liveness()
         return True
+
+    def save_liveness(self) -> None:
+        """Persist the last_seen of everyone due, in one transaction: a commit per agent
+        every 30 s took a third of the event loop at 10,000 agents (bench.load)."""
+        self._saved_at = self._clock()
+        due, self._unsaved_seen = self._unsaved_seen, {}
+        if due:
+            self._store.touch_participants(due)
+            self._persisted_seen.update(due)
 
     def is_registered(self, pid: str) -> bool:
         return pid in self._last_seen
@@ -176,7 +190,8 @@ class Fleet:
 
     def _drop(self, pid: str) -> None:
         """No longer registered in this process; a long poll of pid ends."""
-        for table in (self._last_seen, self._persisted_seen, self._queues, self._uploads):
+        tables = (self._last_seen, self._persisted_seen, self._unsaved_seen, self._queues)
+        for table in (*tables, self._uploads):
             table.pop(pid, None)
         self._offline.discard(pid)
         self._wake(pid)
@@ -188,7 +203,12 @@ class Fleet:
         return self._polling.get(pid, 0) > 0 or self._clock() - seen <= self._offline_after_s
 
     def online_ids(self) -> list[str]:
-        return sorted(pid for pid in self._last_seen if self.is_online(pid))
+        """is_online for everyone, inlined: jobs ask several times a second while waiting."""
+        since = self._clock() - self._offline_after_s
+        polling = self._polling
+        return sorted(
+            pid for pid, seen in self._last_seen.items() if seen >= since or polling.get(pid, 0)
+        )
 
     def last_seen(self, pid: str) -> float | None:
         return self._last_seen.get(pid)
@@ -200,6 +220,7 @@ class Fleet:
         """Mark silent participants offline and fail their open tasks at once, instead of
         letting rounds wait for their deadlines. Returns {newly offline id: failed task ids}."""
         reaped: dict[str, list[str]] = {}
+        self.save_liveness()  # the reaper's period paces the saves when no one beats
         for pid in self._last_seen:
             if pid in self._offline or self.is_online(pid):
                 continue
@@ -294,7 +315,8 @@ class Fleet:
             event = self._wakeups.setdefault(pid, asyncio.Event())
             event.clear()
             try:
-                await asyncio.wait_for(event.wait(), timeout=remaining)
+                async with asyncio.timeout(remaining):  # no task per wait, as wait_for makes
+                    await event.wait()
             except TimeoutError:
                 return None
         return None

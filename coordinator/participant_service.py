@@ -4,6 +4,7 @@ transfers; failures are answered through rpc_errors' table."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import re
@@ -39,6 +40,7 @@ INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT
 
 PARTICIPANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_CLASSES = 10_000
+DEADLINE_MARGIN_S = 2.0  # a long poll's empty answer leaves this much of the caller's deadline
 
 
 @dataclass(frozen=True)
@@ -89,15 +91,21 @@ def _record(pid: str, request: participant_pb2.RegisterRequest) -> ParticipantRe
 
 def _check_schema(data: participant_pb2.DataSummary) -> bytes:
     """The declared tensor schema, when it parses and its sha256 is the declared digest."""
+    _checked_schema(data.tensor_schema, data.schema_digest)
+    return data.tensor_schema
+
+
+@functools.lru_cache(maxsize=64)  # a federation's agents declare the same few schemas
+def _checked_schema(schema: bytes, digest: str) -> None:
+    """Raises RequestRefused (never cached) for a bad schema or digest."""
     try:
-        parse_schema(data.tensor_schema)
+        parse_schema(schema)
     except ValueError as exc:
         raise RequestRefused(INVALID_ARGUMENT, f"data summary: {exc}") from None
-    if hashlib.sha256(data.tensor_schema).hexdigest() != data.schema_digest:
+    if hashlib.sha256(schema).hexdigest() != digest:
         raise RequestRefused(
             INVALID_ARGUMENT, "data summary: schema_digest is not the sha256 of tensor_schema"
         )
-    return data.tensor_schema
 
 
 @dataclass(frozen=True, eq=False)
@@ -161,8 +169,18 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
         self, request: participant_pb2.PullTaskRequest, context: Context
     ) -> participant_pb2.PullTaskResponse:
         pid = bound_participant(request.participant_id)
-        wait_s = max(0.0, min(request.wait_s, self.terms.poll_wait_s))
+        wait_s = self._wait_within(request.wait_s, context)
         return await self._task_reply(pid, await self.fleet.pull(pid, wait_s))
+
+    def _wait_within(self, asked: float, context: Context) -> float:
+        """How long a call may wait for a task: as asked, at most poll_wait_s, and ending
+        DEADLINE_MARGIN_S before the caller's deadline, so that a call that queued behind a
+        burst is answered empty instead of running out of time."""
+        wait_s = max(0.0, min(asked, self.terms.poll_wait_s))
+        remaining = context.time_remaining()
+        if remaining is not None:
+            wait_s = min(wait_s, max(0.0, remaining - DEADLINE_MARGIN_S))
+        return wait_s
 
     async def _task_reply(
         self, pid: str, task: TaskSpec | None
@@ -177,7 +195,6 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
     async def _next_task(self, pid: str, wait_s: float) -> participant_pb2.PullTaskResponse:
         """After an accepted result: the next task within wait_s, or none (a blocked or
         removed participant learns why from its next PullTask)."""
-        wait_s = max(0.0, min(wait_s, self.terms.poll_wait_s))
         try:
             task = await self.fleet.pull(pid, wait_s)
         except (ParticipantBlockedError, NotRegisteredError):
@@ -200,7 +217,8 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
         reply = participant_pb2.PushResultResponse(accepted=True)
         if request.wait_s > 0:
             await context.send_initial_metadata(())  # headers now: the result is in (bench.load)
-            reply.next.CopyFrom(await self._next_task(pid, request.wait_s))
+            wait_s = self._wait_within(request.wait_s, context)
+            reply.next.CopyFrom(await self._next_task(pid, wait_s))
         return reply
 
     async def _store_inline(self, pid: str, request: participant_pb2.PushResultRequest) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from fused.common.domain.ledger import ForgetRequest, LedgerEntry, LedgerStatus, RequestStatus
@@ -44,6 +45,13 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     def touch_participant(self, participant_id: str, when: float) -> None:
         """Set last_seen; raises UnknownRecordError for an unknown id."""
+
+    def touch_participants(self, seen: Mapping[str, float]) -> None:
+        """Set several participants' last_seen at once; ids without a record are skipped
+        (removed meanwhile). Stores override it with one transaction."""
+        for participant_id, when in seen.items():
+            with contextlib.suppress(UnknownRecordError):
+                self.touch_participant(participant_id, when)
 
     @abc.abstractmethod
     def delete_participant(self, participant_id: str) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from fused.common.domain.records import (
 )
 from fused.coordinator.state.base import StateStore, UnknownRecordError
 from fused.coordinator.state.memory import apply_job_update
+from fused.coordinator.state.participant_cache import ParticipantCache
 from fused.coordinator.state.sqlite_rows import (
     BLOCKED_COLS,
     EVENT_COLS,
@@ -49,6 +50,7 @@ class SqliteStateStore(StateStore):
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
         self._lock = threading.RLock()
+        self._participants = ParticipantCache()  # filled on first read
         # isolation_level=None: no implicit transactions; writes use explicit BEGIN IMMEDIATE.
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
@@ -112,38 +114,62 @@ class SqliteStateStore(StateStore):
         with self._lock:
             self._conn.close()
 
-    # participants
+    # participants: reads come from the write-through cache (participant_cache.py)
+    def _participant_cache(self) -> ParticipantCache:
+        with self._lock:
+            if not self._participants.loaded:
+                rows = self._query(f"SELECT {PARTICIPANT_COLS} FROM participants")
+                self._participants.fill([from_row(ParticipantRecord, r) for r in rows])
+            return self._participants
+
     def upsert_participant(self, record: ParticipantRecord) -> None:
         row = to_row(record)
-        with self._write() as conn:
-            conn.execute(
-                f"INSERT OR REPLACE INTO participants ({PARTICIPANT_COLS}) "
-                f"VALUES ({placeholders(PARTICIPANT_COLS)})",
-                row,
-            )
+        with self._lock:  # the cache changes only once the row is committed
+            with self._write() as conn:
+                conn.execute(
+                    f"INSERT OR REPLACE INTO participants ({PARTICIPANT_COLS}) "
+                    f"VALUES ({placeholders(PARTICIPANT_COLS)})",
+                    row,
+                )
+            self._participants.put(record)
 
     def get_participant(self, participant_id: str) -> ParticipantRecord | None:
-        rows = self._query(
-            f"SELECT {PARTICIPANT_COLS} FROM participants WHERE participant_id = ?",
-            (participant_id,),
-        )
-        return from_row(ParticipantRecord, rows[0]) if rows else None
+        with self._lock:
+            return self._participant_cache().get(participant_id)
 
     def list_participants(self) -> list[ParticipantRecord]:
-        rows = self._query(f"SELECT {PARTICIPANT_COLS} FROM participants ORDER BY participant_id")
-        return [from_row(ParticipantRecord, r) for r in rows]
+        with self._lock:
+            return self._participant_cache().listed()
 
     def touch_participant(self, participant_id: str, when: float) -> None:
-        with self._write() as conn:
-            cursor = conn.execute(
-                "UPDATE participants SET last_seen = ? WHERE participant_id = ?",
-                (float(when), participant_id),
-            )
-            if cursor.rowcount == 0:
-                raise UnknownRecordError(participant_id)
+        with self._lock:
+            with self._write() as conn:
+                cursor = conn.execute(
+                    "UPDATE participants SET last_seen = ? WHERE participant_id = ?",
+                    (float(when), participant_id),
+                )
+                if cursor.rowcount == 0:
+                    raise UnknownRecordError(participant_id)
+            if self._participants.loaded:
+                self._participants.touch(participant_id, when)
+
+    def touch_participants(self, seen: Mapping[str, float]) -> None:
+        rows = [(float(when), pid) for pid, when in seen.items()]
+        with self._lock:  # one commit for all: the fleet saves liveness in batches
+            with self._write() as conn:
+                conn.executemany(
+                    "UPDATE participants SET last_seen = ? WHERE participant_id = ?", rows
+                )
+            if self._participants.loaded:
+                for when, pid in rows:
+                    self._participants.touch(pid, when)
 
     def delete_participant(self, participant_id: str) -> bool:
-        return self._delete("participants", participant_id)
+        with self._lock:
+            deleted = self._delete("participants", participant_id)
+            if self._participants.loaded:
+                self._participants.drop(participant_id)
+            return deleted
 
     def _delete(self, table: str, participant_id: str) -> bool:
         with self._write() as conn:
