@@ -3,7 +3,8 @@ fixed-point grid, so a round's FedAvg can fold updates in as they arrive, in any
 O(model) memory, and still give the same bits (and subtract a contribution exactly).
 
 Floating values: w * x is formed in float64 (exact for float32, float16 and bfloat16 values
-with integer weights below 2^29) and split into three int64 limbs, at 2^0, 2^-40 and 2^-80:
+with integer weights below 2^29; a float64 value's product is rounded there, once per
+contribution) and split into three int64 limbs, at 2^0, 2^-40 and 2^-80:
 the integer part, then 40 bits of fraction twice, the last rounded to nearest. Only bits below
 2^-80 are lost (|x| < 2^-57 for float32), and each contribution is rounded on its own, so the
 sum is a function of the set of contributions. Integer and bool tensors are summed as int64.
