@@ -18,8 +18,12 @@ every participant's agent measured of its task (RoundMetrics.timings):
                  participant's compute
   between        from the end of that evaluation to the next round's start
 
-Seconds are means over rounds 2.. (round 1 also fetches the base); round 1 is listed too.
-Prints JSON; the processes' logs stay under --work.
+On a busy host wall time is mostly waiting for a core, so each round also gets the CPU-seconds
+the participants' processes and the coordinator's spent in it (Linux /proc, sampled when the
+coordinator reports the round done): `participants_cpu_s` (all agents together) and
+`coordinator_cpu_s`, and the same for its evaluation round. Seconds are means over rounds 2..
+(round 1 also fetches the base); round 1 is listed too. Prints JSON; the processes' logs stay
+under --work.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,14 +58,34 @@ PHASES = {"fused": "adapter", "finetune": "finetune", "retrain": "retrain"}
 FC = ("fc1.weight", "fc2.weight")
 
 
-def run_job(fed: LocalFederation, job: control_pb2.JobInfo) -> control_pb2.JobInfo:
+RoundCpu = dict[tuple[str, int], dict[str, float]]  # (phase, round) -> CPU-seconds by side
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU-seconds of a live process (Linux /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _sides(fed: LocalFederation) -> dict[str, float]:
+    assert fed.coordinator is not None
+    agents = sum(cpu_seconds(p.pid) for p in fed.participants.values())
+    return {"participants_cpu_s": agents, "coordinator_cpu_s": cpu_seconds(fed.coordinator.pid)}
+
+
+def run_job(fed: LocalFederation, job: control_pb2.JobInfo) -> tuple[control_pb2.JobInfo, RoundCpu]:
+    """Follow the job to its end; the CPU each round cost, by side."""
     stub = fed.control()
-    for _ in stub.WatchJob(control_pb2.WatchJobRequest(job_id=job.job_id)):
-        pass
+    last, per_round = _sides(fed), {}
+    for event in stub.WatchJob(control_pb2.WatchJobRequest(job_id=job.job_id)):
+        if event.kind == "round_completed":
+            now = _sides(fed)
+            per_round[(event.phase, event.round)] = {k: now[k] - last[k] for k in now}
+            last = now
     info: control_pb2.JobInfo = stub.GetJob(control_pb2.GetJobRequest(job_id=job.job_id))
     if info.status != "completed":
         raise RuntimeError(f"job {info.job_id} {info.status}: {info.reason}")
-    return info
+    return info, per_round
 
 
 def specs(base: str, rounds: int, train: TrainConfig, others: int) -> dict[str, UnlearningSpec]:
@@ -85,7 +110,7 @@ def _slowest(metrics: RoundMetrics) -> TaskTimings | None:
     return max(metrics.timings.values(), key=lambda t: t.total_s, default=None)
 
 
-def decompose(info: control_pb2.JobInfo, phase: str) -> list[dict[str, Any]]:
+def decompose(info: control_pb2.JobInfo, phase: str, cpu: RoundCpu) -> list[dict[str, Any]]:
     """One row per round of `phase`: the split described in the module's docstring."""
     records = {(r.phase, r.round): r for r in info.rounds}
     rows = []
@@ -94,7 +119,7 @@ def decompose(info: control_pb2.JobInfo, phase: str) -> list[dict[str, Any]]:
             continue
         wall = r.finished_at - r.started_at
         ev = records.get(("evaluate", n))
-        row: dict[str, Any] = {"round": n, "round_s": wall}
+        row: dict[str, Any] = {"round": n, "round_s": wall, **cpu.get((phase, n), {})}
         slowest = _slowest(RoundMetrics.from_dict(json.loads(r.metrics_json)))
         if slowest is not None:
             row["training_s"] = slowest.compute_s
@@ -105,6 +130,8 @@ def decompose(info: control_pb2.JobInfo, phase: str) -> list[dict[str, Any]]:
             row["evaluation_s"] = ev.finished_at - ev.started_at
             judged = _slowest(RoundMetrics.from_dict(json.loads(ev.metrics_json)))
             row["evaluation_compute_s"] = judged.compute_s if judged else None
+            for side, used in cpu.get(("evaluate", n), {}).items():
+                row[f"evaluation_{side}"] = used
             after = [x.started_at for x in info.rounds if x.started_at >= ev.finished_at]
             row["between_s"] = min(after) - ev.finished_at if after else None
         rows.append(row)
@@ -117,14 +144,15 @@ def mean_rows(rows: list[dict[str, Any]]) -> dict[str, float]:
     return {k: round(statistics.fmean(v), 4) for k, v in values.items() if v}
 
 
-def summarize(info: control_pb2.JobInfo, phase: str) -> dict[str, Any]:
-    rows = decompose(info, phase)
+def summarize(info: control_pb2.JobInfo, phase: str, cpu: RoundCpu) -> dict[str, Any]:
+    rows = decompose(info, phase, cpu)
     later = [r for r in rows if r["round"] >= 2] or rows
     return {
         "job_s": round(info.updated_at - info.created_at, 3),
         "per_round_mean": mean_rows(later),
         "round_1": {k: round(v, 4) if isinstance(v, float) else v for k, v in rows[0].items()},
         "phases_s": _phase_seconds(info),
+        "participants_cpu_s": round(sum(c["participants_cpu_s"] for c in cpu.values()), 3),
     }
 
 
@@ -158,13 +186,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             min_participants=args.participants,
             evaluate_each_round=False,
         )
-        trained = run_job(fed, start_training(fed.control(), spec))
+        trained, cpu = run_job(fed, start_training(fed.control(), spec))
         base = json.loads(trained.result_json)["version_id"]
-        report["train"] = summarize(trained, "train")
+        report["train"] = summarize(trained, "train", cpu)
         for name, unlearning in specs(base, args.rounds, train, args.participants - 1).items():
             request = control_pb2.StartUnlearningRequest(spec=unlearning_spec_to_proto(unlearning))
-            info = run_job(fed, fed.control().StartUnlearning(request, timeout=30))
-            report[name] = summarize(info, PHASES[name])
+            info, cpu = run_job(fed, fed.control().StartUnlearning(request, timeout=30))
+            report[name] = summarize(info, PHASES[name], cpu)
             fed.control().Revert(control_pb2.VersionRequest(version_id=_version(info)))
     print(json.dumps(report, indent=2))
     return 0
