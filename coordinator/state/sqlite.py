@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fused.common.domain.ledger import ForgetRequest, LedgerEntry, LedgerStatus, RequestStatus
+from fused.common.domain.record_codec import normalized
 from fused.common.domain.records import (
     BlockedParticipant,
     JobEvent,
@@ -25,7 +26,7 @@ from fused.common.domain.records import (
 )
 from fused.coordinator.state.base import StateStore, UnknownRecordError
 from fused.coordinator.state.memory import apply_job_update
-from fused.coordinator.state.participant_cache import ParticipantCache
+from fused.coordinator.state.record_cache import JobCache, ParticipantCache
 from fused.coordinator.state.sqlite_rows import (
     BLOCKED_COLS,
     EVENT_COLS,
@@ -51,6 +52,7 @@ class SqliteStateStore(StateStore):
         self.path = str(path)
         self._lock = threading.RLock()
         self._participants = ParticipantCache()  # filled on first read
+        self._jobs = JobCache()
         # isolation_level=None: no implicit transactions; writes use explicit BEGIN IMMEDIATE.
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
@@ -114,7 +116,7 @@ class SqliteStateStore(StateStore):
         with self._lock:
             self._conn.close()
 
-    # participants: reads come from the write-through cache (participant_cache.py)
+    # participants: reads come from the write-through cache (record_cache.py)
     def _participant_cache(self) -> ParticipantCache:
         with self._lock:
             if not self._participants.loaded:
@@ -264,30 +266,44 @@ class SqliteStateStore(StateStore):
             row = conn.execute(select, (request_id,)).fetchone()
         return from_row(ForgetRequest, row)
 
-    # jobs
+    # jobs: get_job reads through a cache (record_cache.py) that writes here keep current
     def create_job(self, record: JobRecord) -> None:
         row = to_row(record)
-        with self._write() as conn:
-            if self._exists(conn, "jobs", "job_id", record.job_id):
-                raise ValueError(f"job {record.job_id!r} already exists")
-            conn.execute(f"INSERT INTO jobs ({JOB_COLS}) VALUES ({placeholders(JOB_COLS)})", row)
+        with self._lock:
+            with self._write() as conn:
+                if self._exists(conn, "jobs", "job_id", record.job_id):
+                    raise ValueError(f"job {record.job_id!r} already exists")
+                conn.execute(
+                    f"INSERT INTO jobs ({JOB_COLS}) VALUES ({placeholders(JOB_COLS)})", row
+                )
+            self._jobs.put(normalized(record))
 
     def update_job(self, job_id: str, **fields: Any) -> JobRecord:
-        with self._write() as conn:
-            current = conn.execute(
-                f"SELECT {JOB_COLS} FROM jobs WHERE job_id = ?", (job_id,)
-            ).fetchone()
-            if current is None:
-                raise UnknownRecordError(job_id)
-            updated = apply_job_update(from_row(JobRecord, current), fields)
-            row = to_row(updated)
-            assignments = ", ".join(f"{c.strip()} = ?" for c in JOB_COLS.split(",")[1:])
-            conn.execute(f"UPDATE jobs SET {assignments} WHERE job_id = ?", (*row[1:], job_id))
+        with self._lock:
+            with self._write() as conn:
+                current = conn.execute(
+                    f"SELECT {JOB_COLS} FROM jobs WHERE job_id = ?", (job_id,)
+                ).fetchone()
+                if current is None:
+                    raise UnknownRecordError(job_id)
+                updated = apply_job_update(from_row(JobRecord, current), fields)
+                row = to_row(updated)
+                assignments = ", ".join(f"{c.strip()} = ?" for c in JOB_COLS.split(",")[1:])
+                conn.execute(f"UPDATE jobs SET {assignments} WHERE job_id = ?", (*row[1:], job_id))
+            self._jobs.put(updated)
             return updated
 
     def get_job(self, job_id: str) -> JobRecord | None:
-        rows = self._query(f"SELECT {JOB_COLS} FROM jobs WHERE job_id = ?", (job_id,))
-        return from_row(JobRecord, rows[0]) if rows else None
+        with self._lock:
+            cached = self._jobs.get(job_id)
+            if cached is not None:
+                return cached
+            rows = self._query(f"SELECT {JOB_COLS} FROM jobs WHERE job_id = ?", (job_id,))
+            if not rows:
+                return None
+            record = from_row(JobRecord, rows[0])
+            self._jobs.put(record)
+            return record
 
     def list_jobs(self) -> list[JobRecord]:
         rows = self._query(f"SELECT {JOB_COLS} FROM jobs ORDER BY created_at, job_id")

@@ -1,5 +1,6 @@
-"""The SQLite store's participant reads come from its write-through cache: they return what
-the database holds (a fresh store on the same file agrees) and never alias the cache."""
+"""The SQLite store's participant and job reads come from its write-through caches: they
+return what the database holds (a fresh store on the same file agrees) and never alias the
+cache."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from fused.coordinator.state import ParticipantRecord, SqliteStateStore, UnknownRecordError
+from fused.common.domain.records import JobKind
+from fused.coordinator.state import (
+    JobRecord,
+    JobStatus,
+    ParticipantRecord,
+    SqliteStateStore,
+    UnknownRecordError,
+)
 
 
 def participant(pid: str, seen: float = 6.0) -> ParticipantRecord:
@@ -59,4 +67,31 @@ def test_returned_records_are_copies(tmp_path: Path) -> None:
     got.info["dataset"] = "changed"
     store.list_participants()[0].info["x"] = "y"
     assert store.get_participant("m") == participant("m")
+    store.close()
+
+
+def job(job_id: str) -> JobRecord:
+    spec = {"rounds": 2, "train": {"lr": 0.05}, "excluded": {"participants": []}}
+    return JobRecord(job_id, JobKind.TRAIN, spec, JobStatus.RUNNING, "", 0, "", 1.0, 1.0)
+
+
+def test_job_reads_follow_every_write_and_never_alias(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = SqliteStateStore(path)
+    store.create_job(job("j1"))
+    got = store.get_job("j1")
+    assert got is not None and got.spec == job("j1").spec
+    got.spec["train"]["lr"] = 9.0  # the caller's copy only
+    updated = store.update_job("j1", round=2, result={"versions": ["v1"]})
+    updated.result["versions"].append("v2")
+    again = store.get_job("j1")
+    assert again is not None
+    assert again.round == 2 and again.result == {"versions": ["v1"]}
+    assert again.spec["train"]["lr"] == 0.05
+    other = SqliteStateStore(path)  # what the database holds
+    assert other.get_job("j1") == again
+    assert other.get_job("nope") is None
+    with pytest.raises(ValueError):
+        store.create_job(job("j1"))
+    other.close()
     store.close()
