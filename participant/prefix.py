@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 
+from fused.participant.prefix_pool import index_free
+
 __all__ = ["PREFIX_CACHE_BYTES", "CachedPrefix", "Rows", "cut_prefix", "drop_kept"]
 
 # The activations one task keeps (and the process keeps for the next task); a prefix output
@@ -113,7 +115,9 @@ def cut_prefix(
     frozen, frontier = cut
     prefix = fx.GraphModule(model, _prefix_graph(graph, frontier))
     key = (rows.key(), rows.inputs, repr(prefix), prefix.code, _digest(prefix))
-    activations = _kept.get(key) or _activations(prefix, rows, max_bytes)
+    activations = _kept.get(key) or _activations(
+        prefix, _fast(model, graph, frontier), rows, max_bytes
+    )
     if activations is None:
         return None
     _kept.put(key, activations)
@@ -123,22 +127,40 @@ def cut_prefix(
     return CachedPrefix(activations, suffix)
 
 
-def _activations(prefix: fx.GraphModule, rows: Rows, max_bytes: int) -> Activations | None:
-    """The prefix on every row, in chunks; None unless exact and within the size bound."""
-    x, inputs = rows.x, rows.inputs
-    first = _run(prefix, inputs(x[:CHUNK]))
-    if first is None or not _per_sample(prefix, inputs, x, first):
+def _fast(model: nn.Module, graph: fx.Graph, frontier: list[fx.Node]) -> fx.GraphModule | None:
+    """The prefix with index-free max pools, if it has pools to rewrite."""
+    fast = fx.GraphModule(model, _prefix_graph(graph, frontier))
+    return fast if index_free(fast) else None
+
+
+def _activations(
+    prefix: fx.GraphModule, fast: fx.GraphModule | None, rows: Rows, max_bytes: int
+) -> Activations | None:
+    """The prefix on every row, in chunks; None unless exact and within the size bound. The
+    `fast` prefix computes the chunks when it gives the first one bit for bit."""
+    first = _run(prefix, _inputs(rows, 0, CHUNK))
+    if first is None or not _per_sample(prefix, rows, first):
         return None
-    row_bytes = sum(t[:1].nelement() * t.element_size() for t in first)
-    if row_bytes * len(x) > max_bytes:
+    if _size(first) // len(first[0]) * len(rows.x) > max_bytes:
         return None
+    exact = fast is not None and _equal(_run(fast, _inputs(rows, 0, CHUNK)), first)
+    runner = fast if fast is not None and exact else prefix
     chunks = [first]
-    for start in range(CHUNK, len(x), CHUNK):
-        chunk = _run(prefix, inputs(x[start : start + CHUNK]))
+    for start in range(CHUNK, len(rows.x), CHUNK):
+        chunk = _run(runner, _inputs(rows, start, start + CHUNK))
         if chunk is None:
             return None
         chunks.append(chunk)
     return tuple(torch.cat(parts) for parts in zip(*chunks, strict=True))
+
+
+def _inputs(rows: Rows, start: int, end: int) -> torch.Tensor:
+    # a copy: a model that works on its input in place must not change the stored rows
+    return rows.inputs(rows.x[start:end].clone())
+
+
+def _equal(a: Activations | None, b: Activations) -> bool:
+    return a is not None and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def _digest(module: nn.Module) -> bytes:
@@ -245,13 +267,11 @@ def _run(prefix: fx.GraphModule, batch: torch.Tensor) -> tuple[torch.Tensor, ...
     return tuple(outputs) if ok else None
 
 
-def _per_sample(
-    prefix: fx.GraphModule, inputs: Inputs, x: torch.Tensor, first: tuple[torch.Tensor, ...]
-) -> bool:
+def _per_sample(prefix: fx.GraphModule, rows: Rows, first: Activations) -> bool:
     """Whether the first sample's activations are the same computed alone: a prefix that mixes
     a batch's samples or draws at random would not give cached rows equal to fresh ones."""
     try:
-        alone = _run(prefix, inputs(x[:1]))
+        alone = _run(prefix, _inputs(rows, 0, 1))
     except Exception:  # batch statistics refuse a batch of one: not per sample either
         return False
     return alone is not None and all(

@@ -175,3 +175,11 @@ def test_a_cut_with_two_frontier_tensors_gives_the_model_outputs() -> None:
 
 def test_an_untraceable_model_is_run_whole() -> None:
     assert cut_prefix(_frozen(Branchy(branching=True), "b."), rows(torch.randn(8, 6))) is None
+
+
+def test_a_prefix_working_in_place_leaves_the_stored_rows_alone() -> None:
+    stem = nn.Sequential(nn.ReLU(inplace=True), nn.Linear(8, 8))
+    x = torch.randn(40, 8)
+    stored = x.clone()
+    cached = cut_prefix(_frozen_stem(stem, training=True), rows(x, "in-place"))
+    assert cached is not None and torch.equal(x, stored)
