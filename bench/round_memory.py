@@ -18,11 +18,11 @@ separate (`ru_maxrss`), reading and decoding the uploads as `update_check` does:
   a shuffled order; "streamed_reversed" runs it again in the reverse order.
 
 Both start from the same state (the model's weights loaded as the round's starting point).
-Prints JSON: per variant the RSS before the round and at its peak (MiB), seconds in all and
-after the last upload arrived (what delays the round's commit: the held path checks and
-averages everything there, the streamed one only finishes); the ratios; whether both streamed
-orders gave the same bits; how far the streamed aggregate is from the held one (largest
-absolute and relative difference, differing elements).
+Prints JSON: per variant the RSS before the round and at its peak (MiB), CPU seconds, wall
+seconds in all and after the last upload arrived (what delays the round's commit: the held
+path checks and averages everything there, the streamed one only finishes); the ratios;
+whether both streamed orders gave the same bits; how far the streamed aggregate is from the
+held one (largest absolute and relative difference, differing elements).
 """
 
 from __future__ import annotations
@@ -98,6 +98,12 @@ def prepare(work: Path, model: str, participants: int) -> dict[str, Any]:
 
 def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _cpu_s() -> float:
+    """This process's CPU seconds: steadier than wall time on a shared machine."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _held(work: Path, plan: dict[str, Any]) -> tuple[Tensors, float]:
@@ -176,14 +182,14 @@ def child(work: Path, variant: str, threads: int) -> dict[str, Any]:
     is written to `work` for the parent to compare."""
     torch.set_num_threads(threads)
     plan = json.loads((work / "plan.json").read_text())
-    before = _rss_mib()
+    before, cpu = _rss_mib(), _cpu_s()
     started = time.perf_counter()
     if variant == "held":
         out, last_arrival = _held(work, plan)
     else:
         order = "reversed" if variant.endswith("reversed") else "shuffled"
         out, last_arrival = _streamed(work, plan, order)
-    ended = time.perf_counter()
+    ended, cpu = time.perf_counter(), _cpu_s() - cpu
     peak = _rss_mib()
     (work / f"{variant}.safetensors").write_bytes(encode_tensors(out))
     return {
@@ -191,6 +197,7 @@ def child(work: Path, variant: str, threads: int) -> dict[str, Any]:
         "peak_rss_mib": round(peak),
         "seconds": round(ended - started, 2),
         "seconds_after_last_arrival": round(ended - last_arrival, 2),
+        "cpu_seconds": round(cpu, 2),
     }
 
 
@@ -244,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["peak_rss_ratio_held_over_streamed"] = round(
             held["peak_rss_mib"] / streamed["peak_rss_mib"], 2
         )
-        for key in ("seconds", "seconds_after_last_arrival"):
+        for key in ("seconds", "seconds_after_last_arrival", "cpu_seconds"):
             ratio = streamed[key] / max(held[key], 0.01)
             report[f"{key}_ratio_streamed_over_held"] = round(ratio, 2)
         report["orders_identical"] = compare(work, "streamed", "streamed_reversed")["identical"]
