@@ -47,6 +47,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,7 +63,15 @@ from bench.flower_env import (
 )
 from bench.flower_fused import run_fused
 from bench.flower_job import MODEL_DATASETS, Job, global_accuracy, prepare_shards
-from bench.flower_report import compare, max_abs_diff, round_compute, system_report
+from bench.flower_report import (
+    RoundCompute,
+    compare,
+    max_abs_diff,
+    median_compute,
+    median_report,
+    round_compute,
+    system_report,
+)
 from bench.flower_side import AGGREGATIONS, CLIENT_ROLE, SERVER_ROLE
 from bench.proxy import LOOPBACK, CountingProxy, write_events
 
@@ -148,8 +157,9 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
         raise SystemExit(f"--rounds {args.rounds} leaves none after the warm-up rounds")
     if args.participants < 1:
         raise SystemExit(f"--participants must be >= 1, got {args.participants}")
-    if args.compute_repeats < 1:
-        raise SystemExit(f"--compute-repeats must be >= 1, got {args.compute_repeats}")
+    for name in ("compute_repeats", "repeats"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     return args
 
 
@@ -174,6 +184,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compute-repeats", type=int, default=2, help="timings per epoch")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="passes (compute, FUSED, Flower; the systems' order alternating); the report "
+        "gives each figure's median",
+    )
     parser.add_argument(
         "--no-agent-warmup",
         dest="agent_warmup",
@@ -245,23 +262,47 @@ def _config(job: Job, flwr_version: str) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Pass:
+    """One measurement of each system and of the compute, on the same job."""
+
+    fused: dict[str, Any]
+    flower: dict[str, Any]
+    compute: RoundCompute
+    weights_max_abs_diff: float
+
+
+def measure(job: Job, python: Path, flower_first: bool, compute_repeats: int) -> Pass:
+    """The compute, then both systems; `flower_first` alternates their order between passes,
+    so a load that drifts over a run weighs on both alike."""
+    log(f"timing each participant's local epoch alone ({compute_repeats} times)")
+    compute = round_compute(epoch_seconds(job, compute_repeats), os.cpu_count() or 1)
+    if flower_first:
+        flower, flower_weights = run_flower(job, python)
+        fused, fused_weights = run_fused(job)
+    else:
+        fused, fused_weights = run_fused(job)
+        flower, flower_weights = run_flower(job, python)
+    return Pass(fused, flower, compute, max_abs_diff(fused_weights, flower_weights))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     python = ensure_flower_venv(args.venv.absolute(), args.flwr_version)
     work: Path = args.work_dir.absolute()
     work.mkdir(parents=True, exist_ok=True)
     job = _job(args, work)
-    log(f"timing each participant's local epoch alone ({args.compute_repeats} times)")
-    compute = round_compute(epoch_seconds(job, args.compute_repeats), os.cpu_count() or 1)
-    fused, fused_weights = run_fused(job)
-    flower, flower_weights = run_flower(job, python)
+    passes = [measure(job, python, i % 2 == 1, args.compute_repeats) for i in range(args.repeats)]
+    fused = median_report([p.fused for p in passes])
+    flower = median_report([p.flower for p in passes])
+    compute = median_compute([p.compute for p in passes])
     report: dict[str, Any] = {
         "fused": fused,
         "flower": flower,
-        "compute": compute.as_json(),
+        "compute": {**compute.as_json(), "passes": [p.compute.as_json() for p in passes]},
         **compare(fused, flower, compute.seconds),
-        "final_weights_max_abs_diff": max_abs_diff(fused_weights, flower_weights),
-        "config": _config(job, flower["version"]),
+        "final_weights_max_abs_diff": max(p.weights_max_abs_diff for p in passes),
+        "config": {**_config(job, flower["version"]), "repeats": args.repeats},
     }
     text = json.dumps(report, indent=2)
     (work / "report.json").write_text(text + "\n")

@@ -4,6 +4,7 @@ scrapes, and the FUSED / Flower ratios."""
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -143,6 +144,40 @@ def round_compute(epoch_seconds: Sequence[float], cores: int) -> RoundCompute:
     if not epoch_seconds or min(epoch_seconds) <= 0 or cores < 1:
         raise ValueError(f"need positive epoch times and cores, got {epoch_seconds}, {cores}")
     return RoundCompute(tuple(epoch_seconds), cores)
+
+
+# A system's figures that a run of several passes reports as their median.
+MEDIAN_KEYS = (
+    "bytes_per_round",
+    "bytes_per_participant_per_round",
+    "bytes_up_per_round",
+    "bytes_down_per_round",
+    "seconds_per_round",
+    "seconds_per_round_all",
+    "first_round_extra_seconds",
+)
+
+
+def median_report(passes: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One system's report over several passes: the first pass's, each MEDIAN_KEYS figure
+    replaced by its median over the passes (None where a pass has none), and each pass's
+    figures under "passes"."""
+    if not passes:
+        raise ValueError("no passes to summarise")
+    medians: dict[str, Any] = {}
+    for key in MEDIAN_KEYS:
+        values = [p[key] for p in passes]
+        medians[key] = None if None in values else statistics.median(values)
+    figures = [{key: p[key] for key in (*MEDIAN_KEYS, "round_seconds")} for p in passes]
+    return {**passes[0], **medians, "passes": figures}
+
+
+def median_compute(passes: Sequence[RoundCompute]) -> RoundCompute:
+    """Each participant's median epoch over the passes, combined as one round's compute."""
+    if not passes:
+        raise ValueError("no passes to summarise")
+    epochs = zip(*(p.epoch_seconds for p in passes), strict=True)
+    return round_compute([statistics.median(e) for e in epochs], passes[0].cores)
 
 
 COMPUTE_RATIO_GOAL = 1.2  # seconds per round over the round's pure compute, FUSED's

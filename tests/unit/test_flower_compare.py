@@ -16,9 +16,12 @@ from bench.flower_compute import epoch_seconds
 from bench.flower_env import REPO_ROOT, check_venv_path
 from bench.flower_job import MODEL_DATASETS, Job, prepare_shards
 from bench.flower_report import (
+    MEDIAN_KEYS,
     compare,
     first_round_extra,
     measured_window,
+    median_compute,
+    median_report,
     message_bytes_by_method,
     ratio,
     round_compute,
@@ -89,6 +92,36 @@ def test_round_compute_is_the_max_or_the_sum_over_the_cores() -> None:
             round_compute(*bad)
 
 
+def _pass(seconds: float, extra: float | None) -> dict[str, object]:
+    figures = dict.fromkeys(MEDIAN_KEYS, 10.0)
+    return {
+        **figures,
+        "seconds_per_round": seconds,
+        "first_round_extra_seconds": extra,
+        "round_seconds": [seconds],
+        "accuracy": 0.5,
+    }
+
+
+def test_median_report_over_passes() -> None:
+    report = median_report([_pass(3.0, 1.0), _pass(1.0, 2.0), _pass(2.0, 0.5)])
+    assert report["seconds_per_round"] == 2.0
+    assert report["first_round_extra_seconds"] == 1.0
+    assert report["bytes_per_round"] == 10.0
+    assert report["accuracy"] == 0.5  # the first pass's, not a figure with a median
+    assert [p["seconds_per_round"] for p in report["passes"]] == [3.0, 1.0, 2.0]
+    assert median_report([_pass(1.0, None), _pass(2.0, 1.0)])["first_round_extra_seconds"] is None
+    with pytest.raises(ValueError):
+        median_report([])
+
+
+def test_median_compute_takes_each_participants_median_epoch() -> None:
+    passes = [round_compute(e, cores=2) for e in ([1.0, 4.0], [3.0, 2.0], [2.0, 3.0])]
+    compute = median_compute(passes)
+    assert compute.epoch_seconds == (2.0, 3.0)
+    assert compute.seconds == 3.0  # max(3, 5 / 2)
+
+
 def test_compare_ratios_and_goal() -> None:
     fused = {"bytes_per_round": 90.0, "seconds_per_round": 2.0}
     flower = {"bytes_per_round": 100.0, "seconds_per_round": 1.0}
@@ -140,6 +173,7 @@ def _args(**values: object) -> argparse.Namespace:
         "participants": 4,
         "model": "lenet",
         "compute_repeats": 2,
+        "repeats": 1,
     }
     return argparse.Namespace(**{**defaults, **values})
 
@@ -153,6 +187,7 @@ def test_quick_means_three_rounds_of_the_mlp() -> None:
         {"warmup_rounds": -1},
         {"participants": 0},
         {"compute_repeats": 0},
+        {"repeats": 0},
     )
     for bad in bad_settings:
         with pytest.raises(SystemExit):
