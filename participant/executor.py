@@ -60,13 +60,18 @@ def local_sensitivity(
     cfg: TrainConfig,
     excluded: ForgetSet | None = None,
     forget: ForgetSpec | None = None,
+    forget_only: bool = False,
 ) -> SensitivityOutcome:
     """Critical layer identification: train one round, report sum |p_after - p_before| per
     adaptable parameter tensor (plain L1, no size normalisation), never the model itself.
     With `forget` (a forget-aware selection rule asks), the same again from the same weights
-    on this participant's forgotten training data alone, if it holds any."""
-    data = remaining_train(site, None, cfg.seed, excluded)
-    distances, n = _moved(site, weights, data, cfg)
+    on this participant's forgotten training data alone, if it holds any. `forget_only`:
+    that measure alone (the model's training recorded the rest)."""
+    distances: dict[str, float] = {}
+    n = 0
+    if not forget_only:
+        data = remaining_train(site, None, cfg.seed, excluded)
+        distances, n = _moved(site, weights, data, cfg)
     held = forgotten_train(site, forget) if forget is not None else None
     if held is None or len(held) == 0:
         return SensitivityOutcome(distances, n)

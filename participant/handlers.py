@@ -213,7 +213,9 @@ def sensitivity(task: TaskSpec, ctx: TaskContext, transport: ArtifactTransport) 
     """Per-tensor L1 distances after one round of training (and on the forgotten data, when
     the task carries the request); the model stays here."""
     with ctx.clock.stage("compute"):
-        outcome = local_sensitivity(ctx.site, ctx.weights, task.train, task.excluded, task.forget)
+        outcome = local_sensitivity(
+            ctx.site, ctx.weights, task.train, task.excluded, task.forget, task.forget_only
+        )
     moved = [*outcome.distances.values(), *outcome.forget_distances.values()]
     if not all(math.isfinite(d) for d in moved):
         raise NonFiniteResult("local training diverged: non-finite layer distances")

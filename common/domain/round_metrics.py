@@ -89,6 +89,25 @@ class Ranking:
     note: str = ""  # e.g. a forget-aware rule that fell back to CLI, and why
 
 
+@dataclass(frozen=True)
+class LayerDistances:
+    """What a training round recorded for a later layer ranking: per accepted participant,
+    how far its update moved each adaptable tensor from the round's model (sum |after -
+    before|, the CLI measure) and the samples it trained on. A FUSED job unlearning the
+    model this round produced ranks from it instead of a sensitivity round on everyone."""
+
+    distances: dict[str, dict[str, float]]  # participant -> tensor -> L1 distance
+    examples: dict[str, int]  # participant -> samples trained on
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"distances": self.distances, "examples": self.examples}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LayerDistances:
+        distances = {p: {t: float(d) for t, d in ds.items()} for p, ds in data["distances"].items()}
+        return cls(distances, {p: int(n) for p, n in data["examples"].items()})
+
+
 _EVAL_KEYS = ("accuracy", "fa", "forget_total", "loss", "num_examples", "correct", "total")
 
 
@@ -104,6 +123,7 @@ class RoundMetrics:
     ranking: Ranking | None = None
     # participant -> where its accepted task's time went, as its agent measured it
     timings: dict[str, TaskTimings] = field(default_factory=dict)
+    layer_distances: LayerDistances | None = None  # a training job's last round only
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"seconds": self.seconds, "failures": dict(self.failures)}
@@ -121,6 +141,8 @@ class RoundMetrics:
         if self.ranking is not None:
             out["ranking"] = [_score_dict(s) for s in self.ranking.layers]
             out["selection"] = {"rule": self.ranking.rule, "note": self.ranking.note}
+        if self.layer_distances is not None:
+            out["layer_distances"] = self.layer_distances.to_dict()
         return out
 
     @classmethod
@@ -134,6 +156,11 @@ class RoundMetrics:
             evaluation=_evaluation(data),
             ranking=_ranking(data),
             timings={p: TaskTimings.from_dict(t) for p, t in data.get("timings", {}).items()},
+            layer_distances=(
+                LayerDistances.from_dict(data["layer_distances"])
+                if "layer_distances" in data
+                else None
+            ),
         )
 
 

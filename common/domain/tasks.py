@@ -161,6 +161,7 @@ class TaskSpec:
     forget: ForgetSpec | None = None
     adapter: AdapterRef | None = None
     excluded: ForgetSet = field(default_factory=ForgetSet)  # the forget ledger's, for this job
+    forget_only: bool = False  # sensitivity: measure on the forgotten data alone
 
     def blob_ids(self) -> tuple[str, ...]:
         """The artifacts this task reads."""

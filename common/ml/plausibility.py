@@ -71,6 +71,12 @@ def update_norm(update: Mapping[str, torch.Tensor], reference: Mapping[str, torc
     return math.sqrt(total)
 
 
+def l1_distance(tensor: torch.Tensor, reference: torch.Tensor) -> float:
+    """sum |tensor - reference|, summed in float64: how far training moved one tensor (the
+    measure a participant's sensitivity task reports)."""
+    return float((tensor.detach() - reference.detach()).abs().sum(dtype=torch.float64))
+
+
 def norm_refusals(
     norms: Mapping[str, float],
     factor: float,

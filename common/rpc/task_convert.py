@@ -50,6 +50,7 @@ _TASK_FIELDS = (
     "model_name",
     "num_classes",
     "deadline_unix",
+    "forget_only",
 )
 
 

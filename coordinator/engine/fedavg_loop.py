@@ -14,13 +14,14 @@ from fused.common.domain.records import Phase
 from fused.common.domain.round_metrics import (
     AggregateSummary,
     EvalSummary,
+    LayerDistances,
     PayloadKind,
     RoundMetrics,
 )
 from fused.common.domain.tasks import AdapterRef, ForgetSpec, TaskKind, TaskOutcome
 from fused.common.domain.train_config import TrainConfig
 from fused.common.ml.fedavg import weighted_mean
-from fused.common.ml.plausibility import update_norm
+from fused.common.ml.plausibility import l1_distance, update_norm
 from fused.coordinator.engine.checkpoints import Checkpoint, HistoryEntry, last_checkpoint
 from fused.coordinator.engine.context import JobContext
 from fused.coordinator.engine.evaluation import ModelInfo, evaluate_model
@@ -86,10 +87,17 @@ class FedAvgPlan:
     evaluate_each_round: bool
     forget: ForgetSpec | None = None
     stop: Plateau | None = None  # stop once the forgotten set's FA stops falling
+    # tensors whose per-participant L1 movement the last round records for a later layer
+    # ranking (a training job's adaptable tensors; () records nothing)
+    record_distances: tuple[str, ...] = ()
 
 
 def update_check(
-    ctx: JobContext, payload: Payload, into: RoundSum, reference: Tensors | None
+    ctx: JobContext,
+    payload: Payload,
+    into: RoundSum,
+    reference: Tensors | None,
+    measured: tuple[str, ...] = (),
 ) -> ResultCheck[Received]:
     """Checks a training result, decodes its upload and folds it into the round's sum; the
     round's result keeps only the upload's blob id and norm (from `reference`, if given)."""
@@ -108,7 +116,7 @@ def update_check(
                 "pushing"
             )
         share = Contribution(outcome.participant_id, t.update_blob_id, t.num_examples)
-        return await asyncio.to_thread(_receive, ctx, payload, into, reference, share)
+        return await asyncio.to_thread(_receive, ctx, payload, into, reference, share, measured)
 
     return check
 
@@ -119,12 +127,17 @@ def _receive(
     into: RoundSum,
     reference: Tensors | None,
     share: Contribution,
+    measured: tuple[str, ...] = (),
 ) -> Received:
-    """Where each arriving update is decoded: measured, folded in, then dropped."""
+    """Where each arriving update is decoded: measured, folded in, then dropped. `measured`
+    names the tensors whose L1 distance from `reference` is kept (needs `reference`)."""
     tensors = payload.decode(ctx.artifacts.get_bytes(share.blob_id))
     norm = None if reference is None else update_norm(tensors, reference)
+    distances = None
+    if measured and reference is not None:
+        distances = {n: l1_distance(tensors[n], reference[n]) for n in measured}
     into.fold(share, tensors)
-    return Received(share.blob_id, norm)
+    return Received(share.blob_id, norm, distances)
 
 
 def _loader(ctx: JobContext, payload: Payload) -> Load:
@@ -193,19 +206,36 @@ async def _one_round(
         plan.forget,
         payload.adapter(blob, for_training=True),
     )
-    # the round's starting point, for update norms: the only model-sized copy the round keeps
-    # beside its sum (and the uploads being decoded)
-    reference = await payload.reference(ctx, blob) if measures_norms(ctx.policy) else None
+    # the round's starting point, for update norms and recorded distances: the only
+    # model-sized copy the round keeps beside its sum (and the uploads being decoded)
+    measured = plan.record_distances if r == plan.rounds else ()
+    needs_reference = measures_norms(ctx.policy) or bool(measured)
+    reference = await payload.reference(ctx, blob) if needs_reference else None
     into = round_sum(ctx.policy, _loader(ctx, payload))
-    result = await run_round(ctx, round_plan, update_check(ctx, payload, into, reference))
+    check = update_check(ctx, payload, into, reference, measured)
+    result = await run_round(ctx, round_plan, check)
     del reference
     for pid in _gone_offline(ctx, plan.phase, r, chosen):  # so a lost quorum names them
         result.failures.setdefault(pid, "offline since the previous round")
     screen_updates(ctx, result, plan.phase, r)
     check_quorum(result, plan.min_participants, plan.phase, r)
     aggregate = await _aggregate(ctx, payload, into, result, plan.phase, r)
-    finish_round(ctx, plan.phase, r, started, result, RoundMetrics(aggregate=aggregate))
+    recorded = _layer_distances(result) if measured else None
+    metrics = RoundMetrics(aggregate=aggregate, layer_distances=recorded)
+    finish_round(ctx, plan.phase, r, started, result, metrics)
     return aggregate.blob, HistoryEntry(r, aggregate.train_loss, aggregate.num_examples)
+
+
+def _layer_distances(result: RoundResult[Received]) -> LayerDistances:
+    """The accepted updates' distances and sample counts (those screened out are left out)."""
+    distances: dict[str, dict[str, float]] = {}
+    examples: dict[str, int] = {}
+    for accepted in result.in_order():
+        train, got = accepted.outcome.train, accepted.payload.distances
+        if train is not None and got is not None:
+            distances[accepted.outcome.participant_id] = got
+            examples[accepted.outcome.participant_id] = train.num_examples
+    return LayerDistances(distances, examples)
 
 
 def _gone_offline(ctx: JobContext, phase: Phase, r: int, chosen: list[str]) -> list[str]:

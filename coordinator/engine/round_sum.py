@@ -38,6 +38,8 @@ class Received:
 
     blob_id: str
     norm: float | None
+    # per adaptable tensor, sum |update - start| (a training job's last round records it)
+    distances: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ class RoundPlan:
     train_config: Callable[[str], TrainConfig]  # per participant (seeds differ)
     forget: ForgetSpec | None = None
     adapter: AdapterRef | None = None
+    forget_only: bool = False  # sensitivity: measure on the forgotten data alone
 
 
 def seeded(train: TrainConfig, seed: int, r: int) -> Callable[[str], TrainConfig]:
@@ -65,6 +66,7 @@ def _task(ctx: JobContext, plan: RoundPlan, pid: str, deadline: float) -> TaskSp
         forget=plan.forget.for_participant(pid) if plan.forget else None,
         adapter=plan.adapter,
         excluded=ctx.excluded.for_participant(pid),
+        forget_only=plan.forget_only,
     )
 
 

@@ -4,6 +4,7 @@ version. The workload's code runs on the participants and in `fusedctl`, never h
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -28,7 +29,12 @@ from fused.coordinator.engine.participants import (
     join_federation,
     version_federation,
 )
-from fused.coordinator.engine.schemas import check_weights, load_schema, num_parameters
+from fused.coordinator.engine.schemas import (
+    adaptable_sizes,
+    check_weights,
+    load_schema,
+    num_parameters,
+)
 from fused.coordinator.engine.weights import WeightsPayload
 from fused.coordinator.state import StateStore
 from fused.coordinator.versions import load_weights, save_weights
@@ -63,7 +69,9 @@ class TrainingJob(JobKindHandler):
         schema = await load_schema(ctx.artifacts, fed.schema_digest)
         weights = await _initial_weights(ctx, spec)
         check_weights(schema, weights, "the initial weights")
-        plan = _plan(spec)
+        # the last round records how far each update moved each adaptable tensor: a FUSED job
+        # unlearning this model ranks its layers from that, with no round on everyone
+        plan = dataclasses.replace(_plan(spec), record_distances=tuple(adaptable_sizes(schema)))
         if resume:
             _announce_resume(ctx, plan.phase)
         first = await save_weights(ctx.artifacts, weights, model.name)

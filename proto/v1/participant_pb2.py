@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from fused.proto.v1 import common_pb2 as fused_dot_proto_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n fused/proto/v1/participant.proto\x12\x08\x66used.v1\x1a\x1b\x66used/proto/v1/common.proto\"?\n\x11\x46orgettingRequest\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x12\n\nsample_ids\x18\x02 \x03(\x04\"E\n\x0f\x46orgettingReply\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0e\n\x06job_id\x18\x03 \x01(\t\"\xe0\x01\n\x0b\x44\x61taSummary\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x14\n\x0c\x63lass_counts\x18\x02 \x03(\x04\x12\x11\n\tnum_train\x18\x03 \x01(\x04\x12\x10\n\x08num_test\x18\x04 \x01(\x04\x12\x10\n\x08workload\x18\x05 \x01(\t\x12\x18\n\x10workload_version\x18\x06 \x01(\t\x12\x15\n\rtensor_schema\x18\x07 \x01(\x0c\x12\x15\n\rschema_digest\x18\x08 \x01(\t\x12\x13\n\x0bnum_classes\x18\t \x01(\r\x12\x16\n\x0eworkload_error\x18\n \x01(\t\"\x7f\n\x0fRegisterRequest\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12#\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x15.fused.v1.DataSummary\x12\x15\n\ragent_version\x18\x03 \x01(\t\x12\x18\n\x10protocol_version\x18\x04 \x01(\r\"\x8e\x01\n\x10RegisterResponse\x12\x1c\n\x14heartbeat_interval_s\x18\x01 \x01(\x01\x12\x13\n\x0bpoll_wait_s\x18\x02 \x01(\x01\x12\x13\n\x0b\x63hunk_bytes\x18\x03 \x01(\x04\x12\x18\n\x10max_upload_bytes\x18\x04 \x01(\x04\x12\x18\n\x10inline_max_bytes\x18\x05 \x01(\x04\";\n\x10HeartbeatRequest\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\"\'\n\x11HeartbeatResponse\x12\x12\n\nregistered\x18\x01 \x01(\x08\"9\n\x0fPullTaskRequest\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x0e\n\x06wait_s\x18\x02 \x01(\x01\"\x84\x01\n\x0b\x41\x64\x61pterSpec\x12\x0e\n\x06layers\x18\x01 \x03(\t\x12\x0f\n\x07\x64\x65nsity\x18\x02 \x01(\x01\x12\x11\n\tmask_seed\x18\x03 \x01(\x04\x12\x13\n\x0bmask_digest\x18\x04 \x01(\t\x12\x16\n\x0evalues_blob_id\x18\x05 \x01(\t\x12\x14\n\x0cupload_dtype\x18\x06 \x01(\t\"\xd9\x02\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05phase\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\r\x12 \n\x04kind\x18\x05 \x01(\x0e\x32\x12.fused.v1.TaskKind\x12\x15\n\rmodel_blob_id\x18\x06 \x01(\t\x12\x12\n\nmodel_name\x18\x07 \x01(\t\x12\x13\n\x0bnum_classes\x18\x08 \x01(\r\x12$\n\x05train\x18\t \x01(\x0b\x32\x15.fused.v1.TrainConfig\x12\x15\n\rdeadline_unix\x18\n \x01(\x01\x12$\n\x06\x66orget\x18\x0b \x01(\x0b\x32\x14.fused.v1.ForgetSpec\x12&\n\x07\x61\x64\x61pter\x18\x0c \x01(\x0b\x32\x15.fused.v1.AdapterSpec\x12%\n\x08\x65xcluded\x18\r \x01(\x0b\x32\x13.fused.v1.ForgetSet\"U\n\x10PullTaskResponse\x12\x1c\n\x04task\x18\x01 \x01(\x0b\x32\x0e.fused.v1.Task\x12#\n\x05\x62lobs\x18\x02 \x03(\x0b\x32\x14.fused.v1.InlineBlob\"_\n\x0bTrainResult\x12\x16\n\x0eupdate_blob_id\x18\x01 \x01(\t\x12\x14\n\x0cnum_examples\x18\x02 \x01(\x04\x12\x11\n\tmean_loss\x18\x03 \x01(\x01\x12\x0f\n\x07seconds\x18\x04 \x01(\x01\"\x98\x01\n\nEvalResult\x12\x0f\n\x07\x63orrect\x18\x01 \x03(\x04\x12\r\n\x05total\x18\x02 \x03(\x04\x12\x10\n\x08loss_sum\x18\x03 \x01(\x01\x12\x16\n\x0e\x66orget_correct\x18\x04 \x01(\x04\x12\x14\n\x0c\x66orget_total\x18\x05 \x01(\x04\x12\x13\n\x0btest_losses\x18\x06 \x03(\x04\x12\x15\n\rforget_losses\x18\x07 \x03(\x04\"\xb7\x02\n\x11SensitivityResult\x12=\n\tdistances\x18\x01 \x03(\x0b\x32*.fused.v1.SensitivityResult.DistancesEntry\x12\x14\n\x0cnum_examples\x18\x02 \x01(\x04\x12J\n\x10\x66orget_distances\x18\x03 \x03(\x0b\x32\x30.fused.v1.SensitivityResult.ForgetDistancesEntry\x12\x17\n\x0f\x66orget_examples\x18\x04 \x01(\x04\x1a\x30\n\x0e\x44istancesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x36\n\x14\x46orgetDistancesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x1c\n\tTaskError\x12\x0f\n\x07message\x18\x01 \x01(\t\"\xcc\x02\n\x11PushResultRequest\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12&\n\x05train\x18\x03 \x01(\x0b\x32\x15.fused.v1.TrainResultH\x00\x12$\n\x04\x65val\x18\x04 \x01(\x0b\x32\x14.fused.v1.EvalResultH\x00\x12$\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x13.fused.v1.TaskErrorH\x00\x12\x32\n\x0bsensitivity\x18\x06 \x01(\x0b\x32\x1b.fused.v1.SensitivityResultH\x00\x12#\n\x05\x62lobs\x18\x07 \x03(\x0b\x32\x14.fused.v1.InlineBlob\x12\x0e\n\x06wait_s\x18\x08 \x01(\x01\x12&\n\x07timings\x18\t \x01(\x0b\x32\x15.fused.v1.TaskTimingsB\t\n\x07outcome\"g\n\x0bTaskTimings\x12\x0f\n\x07\x66\x65tch_s\x18\x01 \x01(\x01\x12\x10\n\x08\x64\x65\x63ode_s\x18\x02 \x01(\x01\x12\x11\n\tcompute_s\x18\x03 \x01(\x01\x12\x10\n\x08\x65ncode_s\x18\x04 \x01(\x01\x12\x10\n\x08upload_s\x18\x05 \x01(\x01\"a\n\x12PushResultResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12(\n\x04next\x18\x03 \x01(\x0b\x32\x1a.fused.v1.PullTaskResponse\"6\n\x13\x44ownloadBlobRequest\x12\x0f\n\x07\x62lob_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"E\n\x13UploadStatusRequest\x12\x0f\n\x07\x62lob_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\"8\n\x14UploadStatusResponse\x12\x10\n\x08\x63omplete\x18\x01 \x01(\x08\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"3\n\x12UploadBlobResponse\x12\x0f\n\x07\x62lob_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04*\x8a\x01\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fTASK_KIND_TRAIN\x10\x01\x12\x16\n\x12TASK_KIND_EVALUATE\x10\x02\x12\x19\n\x15TASK_KIND_SENSITIVITY\x10\x03\x12\x1b\n\x17TASK_KIND_ADAPTER_TRAIN\x10\x04\x32\xd1\x04\n\x12ParticipantService\x12\x41\n\x08Register\x12\x19.fused.v1.RegisterRequest\x1a\x1a.fused.v1.RegisterResponse\x12\x44\n\tHeartbeat\x12\x1a.fused.v1.HeartbeatRequest\x1a\x1b.fused.v1.HeartbeatResponse\x12\x41\n\x08PullTask\x12\x19.fused.v1.PullTaskRequest\x1a\x1a.fused.v1.PullTaskResponse\x12G\n\nPushResult\x12\x1b.fused.v1.PushResultRequest\x1a\x1c.fused.v1.PushResultResponse\x12\x44\n\x0c\x44ownloadBlob\x12\x1d.fused.v1.DownloadBlobRequest\x1a\x13.fused.v1.BlobChunk0\x01\x12\x41\n\nUploadBlob\x12\x13.fused.v1.BlobChunk\x1a\x1c.fused.v1.UploadBlobResponse(\x01\x12P\n\x0fGetUploadStatus\x12\x1d.fused.v1.UploadStatusRequest\x1a\x1e.fused.v1.UploadStatusResponse\x12K\n\x11RequestForgetting\x12\x1b.fused.v1.ForgettingRequest\x1a\x19.fused.v1.ForgettingReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n fused/proto/v1/participant.proto\x12\x08\x66used.v1\x1a\x1b\x66used/proto/v1/common.proto\"?\n\x11\x46orgettingRequest\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x12\n\nsample_ids\x18\x02 \x03(\x04\"E\n\x0f\x46orgettingReply\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0e\n\x06job_id\x18\x03 \x01(\t\"\xe0\x01\n\x0b\x44\x61taSummary\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x14\n\x0c\x63lass_counts\x18\x02 \x03(\x04\x12\x11\n\tnum_train\x18\x03 \x01(\x04\x12\x10\n\x08num_test\x18\x04 \x01(\x04\x12\x10\n\x08workload\x18\x05 \x01(\t\x12\x18\n\x10workload_version\x18\x06 \x01(\t\x12\x15\n\rtensor_schema\x18\x07 \x01(\x0c\x12\x15\n\rschema_digest\x18\x08 \x01(\t\x12\x13\n\x0bnum_classes\x18\t \x01(\r\x12\x16\n\x0eworkload_error\x18\n \x01(\t\"\x7f\n\x0fRegisterRequest\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12#\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x15.fused.v1.DataSummary\x12\x15\n\ragent_version\x18\x03 \x01(\t\x12\x18\n\x10protocol_version\x18\x04 \x01(\r\"\x8e\x01\n\x10RegisterResponse\x12\x1c\n\x14heartbeat_interval_s\x18\x01 \x01(\x01\x12\x13\n\x0bpoll_wait_s\x18\x02 \x01(\x01\x12\x13\n\x0b\x63hunk_bytes\x18\x03 \x01(\x04\x12\x18\n\x10max_upload_bytes\x18\x04 \x01(\x04\x12\x18\n\x10inline_max_bytes\x18\x05 \x01(\x04\";\n\x10HeartbeatRequest\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\"\'\n\x11HeartbeatResponse\x12\x12\n\nregistered\x18\x01 \x01(\x08\"9\n\x0fPullTaskRequest\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x0e\n\x06wait_s\x18\x02 \x01(\x01\"\x84\x01\n\x0b\x41\x64\x61pterSpec\x12\x0e\n\x06layers\x18\x01 \x03(\t\x12\x0f\n\x07\x64\x65nsity\x18\x02 \x01(\x01\x12\x11\n\tmask_seed\x18\x03 \x01(\x04\x12\x13\n\x0bmask_digest\x18\x04 \x01(\t\x12\x16\n\x0evalues_blob_id\x18\x05 \x01(\t\x12\x14\n\x0cupload_dtype\x18\x06 \x01(\t\"\xee\x02\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05phase\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\r\x12 \n\x04kind\x18\x05 \x01(\x0e\x32\x12.fused.v1.TaskKind\x12\x15\n\rmodel_blob_id\x18\x06 \x01(\t\x12\x12\n\nmodel_name\x18\x07 \x01(\t\x12\x13\n\x0bnum_classes\x18\x08 \x01(\r\x12$\n\x05train\x18\t \x01(\x0b\x32\x15.fused.v1.TrainConfig\x12\x15\n\rdeadline_unix\x18\n \x01(\x01\x12$\n\x06\x66orget\x18\x0b \x01(\x0b\x32\x14.fused.v1.ForgetSpec\x12&\n\x07\x61\x64\x61pter\x18\x0c \x01(\x0b\x32\x15.fused.v1.AdapterSpec\x12%\n\x08\x65xcluded\x18\r \x01(\x0b\x32\x13.fused.v1.ForgetSet\x12\x13\n\x0b\x66orget_only\x18\x0e \x01(\x08\"U\n\x10PullTaskResponse\x12\x1c\n\x04task\x18\x01 \x01(\x0b\x32\x0e.fused.v1.Task\x12#\n\x05\x62lobs\x18\x02 \x03(\x0b\x32\x14.fused.v1.InlineBlob\"_\n\x0bTrainResult\x12\x16\n\x0eupdate_blob_id\x18\x01 \x01(\t\x12\x14\n\x0cnum_examples\x18\x02 \x01(\x04\x12\x11\n\tmean_loss\x18\x03 \x01(\x01\x12\x0f\n\x07seconds\x18\x04 \x01(\x01\"\x98\x01\n\nEvalResult\x12\x0f\n\x07\x63orrect\x18\x01 \x03(\x04\x12\r\n\x05total\x18\x02 \x03(\x04\x12\x10\n\x08loss_sum\x18\x03 \x01(\x01\x12\x16\n\x0e\x66orget_correct\x18\x04 \x01(\x04\x12\x14\n\x0c\x66orget_total\x18\x05 \x01(\x04\x12\x13\n\x0btest_losses\x18\x06 \x03(\x04\x12\x15\n\rforget_losses\x18\x07 \x03(\x04\"\xb7\x02\n\x11SensitivityResult\x12=\n\tdistances\x18\x01 \x03(\x0b\x32*.fused.v1.SensitivityResult.DistancesEntry\x12\x14\n\x0cnum_examples\x18\x02 \x01(\x04\x12J\n\x10\x66orget_distances\x18\x03 \x03(\x0b\x32\x30.fused.v1.SensitivityResult.ForgetDistancesEntry\x12\x17\n\x0f\x66orget_examples\x18\x04 \x01(\x04\x1a\x30\n\x0e\x44istancesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x36\n\x14\x46orgetDistancesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x1c\n\tTaskError\x12\x0f\n\x07message\x18\x01 \x01(\t\"\xcc\x02\n\x11PushResultRequest\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12&\n\x05train\x18\x03 \x01(\x0b\x32\x15.fused.v1.TrainResultH\x00\x12$\n\x04\x65val\x18\x04 \x01(\x0b\x32\x14.fused.v1.EvalResultH\x00\x12$\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x13.fused.v1.TaskErrorH\x00\x12\x32\n\x0bsensitivity\x18\x06 \x01(\x0b\x32\x1b.fused.v1.SensitivityResultH\x00\x12#\n\x05\x62lobs\x18\x07 \x03(\x0b\x32\x14.fused.v1.InlineBlob\x12\x0e\n\x06wait_s\x18\x08 \x01(\x01\x12&\n\x07timings\x18\t \x01(\x0b\x32\x15.fused.v1.TaskTimingsB\t\n\x07outcome\"g\n\x0bTaskTimings\x12\x0f\n\x07\x66\x65tch_s\x18\x01 \x01(\x01\x12\x10\n\x08\x64\x65\x63ode_s\x18\x02 \x01(\x01\x12\x11\n\tcompute_s\x18\x03 \x01(\x01\x12\x10\n\x08\x65ncode_s\x18\x04 \x01(\x01\x12\x10\n\x08upload_s\x18\x05 \x01(\x01\"a\n\x12PushResultResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12(\n\x04next\x18\x03 \x01(\x0b\x32\x1a.fused.v1.PullTaskResponse\"6\n\x13\x44ownloadBlobRequest\x12\x0f\n\x07\x62lob_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"E\n\x13UploadStatusRequest\x12\x0f\n\x07\x62lob_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\"8\n\x14UploadStatusResponse\x12\x10\n\x08\x63omplete\x18\x01 \x01(\x08\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"3\n\x12UploadBlobResponse\x12\x0f\n\x07\x62lob_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04*\x8a\x01\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fTASK_KIND_TRAIN\x10\x01\x12\x16\n\x12TASK_KIND_EVALUATE\x10\x02\x12\x19\n\x15TASK_KIND_SENSITIVITY\x10\x03\x12\x1b\n\x17TASK_KIND_ADAPTER_TRAIN\x10\x04\x32\xd1\x04\n\x12ParticipantService\x12\x41\n\x08Register\x12\x19.fused.v1.RegisterRequest\x1a\x1a.fused.v1.RegisterResponse\x12\x44\n\tHeartbeat\x12\x1a.fused.v1.HeartbeatRequest\x1a\x1b.fused.v1.HeartbeatResponse\x12\x41\n\x08PullTask\x12\x19.fused.v1.PullTaskRequest\x1a\x1a.fused.v1.PullTaskResponse\x12G\n\nPushResult\x12\x1b.fused.v1.PushResultRequest\x1a\x1c.fused.v1.PushResultResponse\x12\x44\n\x0c\x44ownloadBlob\x12\x1d.fused.v1.DownloadBlobRequest\x1a\x13.fused.v1.BlobChunk0\x01\x12\x41\n\nUploadBlob\x12\x13.fused.v1.BlobChunk\x1a\x1c.fused.v1.UploadBlobResponse(\x01\x12P\n\x0fGetUploadStatus\x12\x1d.fused.v1.UploadStatusRequest\x1a\x1e.fused.v1.UploadStatusResponse\x12K\n\x11RequestForgetting\x12\x1b.fused.v1.ForgettingRequest\x1a\x19.fused.v1.ForgettingReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,8 +36,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SENSITIVITYRESULT_DISTANCESENTRY']._serialized_options = b'8\001'
   _globals['_SENSITIVITYRESULT_FORGETDISTANCESENTRY']._loaded_options = None
   _globals['_SENSITIVITYRESULT_FORGETDISTANCESENTRY']._serialized_options = b'8\001'
-  _globals['_TASKKIND']._serialized_start=2817
-  _globals['_TASKKIND']._serialized_end=2955
+  _globals['_TASKKIND']._serialized_start=2838
+  _globals['_TASKKIND']._serialized_end=2976
   _globals['_FORGETTINGREQUEST']._serialized_start=75
   _globals['_FORGETTINGREQUEST']._serialized_end=138
   _globals['_FORGETTINGREPLY']._serialized_start=140
@@ -57,35 +57,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ADAPTERSPEC']._serialized_start=874
   _globals['_ADAPTERSPEC']._serialized_end=1006
   _globals['_TASK']._serialized_start=1009
-  _globals['_TASK']._serialized_end=1354
-  _globals['_PULLTASKRESPONSE']._serialized_start=1356
-  _globals['_PULLTASKRESPONSE']._serialized_end=1441
-  _globals['_TRAINRESULT']._serialized_start=1443
-  _globals['_TRAINRESULT']._serialized_end=1538
-  _globals['_EVALRESULT']._serialized_start=1541
-  _globals['_EVALRESULT']._serialized_end=1693
-  _globals['_SENSITIVITYRESULT']._serialized_start=1696
-  _globals['_SENSITIVITYRESULT']._serialized_end=2007
-  _globals['_SENSITIVITYRESULT_DISTANCESENTRY']._serialized_start=1903
-  _globals['_SENSITIVITYRESULT_DISTANCESENTRY']._serialized_end=1951
-  _globals['_SENSITIVITYRESULT_FORGETDISTANCESENTRY']._serialized_start=1953
-  _globals['_SENSITIVITYRESULT_FORGETDISTANCESENTRY']._serialized_end=2007
-  _globals['_TASKERROR']._serialized_start=2009
-  _globals['_TASKERROR']._serialized_end=2037
-  _globals['_PUSHRESULTREQUEST']._serialized_start=2040
-  _globals['_PUSHRESULTREQUEST']._serialized_end=2372
-  _globals['_TASKTIMINGS']._serialized_start=2374
-  _globals['_TASKTIMINGS']._serialized_end=2477
-  _globals['_PUSHRESULTRESPONSE']._serialized_start=2479
-  _globals['_PUSHRESULTRESPONSE']._serialized_end=2576
-  _globals['_DOWNLOADBLOBREQUEST']._serialized_start=2578
-  _globals['_DOWNLOADBLOBREQUEST']._serialized_end=2632
-  _globals['_UPLOADSTATUSREQUEST']._serialized_start=2634
-  _globals['_UPLOADSTATUSREQUEST']._serialized_end=2703
-  _globals['_UPLOADSTATUSRESPONSE']._serialized_start=2705
-  _globals['_UPLOADSTATUSRESPONSE']._serialized_end=2761
-  _globals['_UPLOADBLOBRESPONSE']._serialized_start=2763
-  _globals['_UPLOADBLOBRESPONSE']._serialized_end=2814
-  _globals['_PARTICIPANTSERVICE']._serialized_start=2958
-  _globals['_PARTICIPANTSERVICE']._serialized_end=3551
+  _globals['_TASK']._serialized_end=1375
+  _globals['_PULLTASKRESPONSE']._serialized_start=1377
+  _globals['_PULLTASKRESPONSE']._serialized_end=1462
+  _globals['_TRAINRESULT']._serialized_start=1464
+  _globals['_TRAINRESULT']._serialized_end=1559
+  _globals['_EVALRESULT']._serialized_start=1562
+  _globals['_EVALRESULT']._serialized_end=1714
+  _globals['_SENSITIVITYRESULT']._serialized_start=1717
+  _globals['_SENSITIVITYRESULT']._serialized_end=2028
+  _globals['_SENSITIVITYRESULT_DISTANCESENTRY']._serialized_start=1924
+  _globals['_SENSITIVITYRESULT_DISTANCESENTRY']._serialized_end=1972
+  _globals['_SENSITIVITYRESULT_FORGETDISTANCESENTRY']._serialized_start=1974
+  _globals['_SENSITIVITYRESULT_FORGETDISTANCESENTRY']._serialized_end=2028
+  _globals['_TASKERROR']._serialized_start=2030
+  _globals['_TASKERROR']._serialized_end=2058
+  _globals['_PUSHRESULTREQUEST']._serialized_start=2061
+  _globals['_PUSHRESULTREQUEST']._serialized_end=2393
+  _globals['_TASKTIMINGS']._serialized_start=2395
+  _globals['_TASKTIMINGS']._serialized_end=2498
+  _globals['_PUSHRESULTRESPONSE']._serialized_start=2500
+  _globals['_PUSHRESULTRESPONSE']._serialized_end=2597
+  _globals['_DOWNLOADBLOBREQUEST']._serialized_start=2599
+  _globals['_DOWNLOADBLOBREQUEST']._serialized_end=2653
+  _globals['_UPLOADSTATUSREQUEST']._serialized_start=2655
+  _globals['_UPLOADSTATUSREQUEST']._serialized_end=2724
+  _globals['_UPLOADSTATUSRESPONSE']._serialized_start=2726
+  _globals['_UPLOADSTATUSRESPONSE']._serialized_end=2782
+  _globals['_UPLOADBLOBRESPONSE']._serialized_start=2784
+  _globals['_UPLOADBLOBRESPONSE']._serialized_end=2835
+  _globals['_PARTICIPANTSERVICE']._serialized_start=2979
+  _globals['_PARTICIPANTSERVICE']._serialized_end=3572
 # @@protoc_insertion_point(module_scope)

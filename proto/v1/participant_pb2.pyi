@@ -353,6 +353,7 @@ class Task(_message.Message):
     FORGET_FIELD_NUMBER: _builtins.int
     ADAPTER_FIELD_NUMBER: _builtins.int
     EXCLUDED_FIELD_NUMBER: _builtins.int
+    FORGET_ONLY_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     job_id: _builtins.str
     phase: _builtins.str
@@ -365,6 +366,10 @@ class Task(_message.Message):
     num_classes: _builtins.int
     deadline_unix: _builtins.float
     """results after this are not counted"""
+    forget_only: _builtins.bool
+    """Sensitivity tasks: measure only on the forgotten data (the retained distances were
+    recorded while the model trained), so the task is cheap and only holders get one.
+    """
     @_builtins.property
     def train(self) -> _common_pb2.TrainConfig: ...
     @_builtins.property
@@ -395,10 +400,11 @@ class Task(_message.Message):
         forget: _common_pb2.ForgetSpec | None = ...,
         adapter: Global___AdapterSpec | None = ...,
         excluded: _common_pb2.ForgetSet | None = ...,
+        forget_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "excluded", b"excluded", "forget", b"forget", "train", b"train"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "deadline_unix", b"deadline_unix", "excluded", b"excluded", "forget", b"forget", "job_id", b"job_id", "kind", b"kind", "model_blob_id", b"model_blob_id", "model_name", b"model_name", "num_classes", b"num_classes", "phase", b"phase", "round", b"round", "task_id", b"task_id", "train", b"train"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "deadline_unix", b"deadline_unix", "excluded", b"excluded", "forget", b"forget", "forget_only", b"forget_only", "job_id", b"job_id", "kind", b"kind", "model_blob_id", b"model_blob_id", "model_name", b"model_name", "num_classes", b"num_classes", "phase", b"phase", "round", b"round", "task_id", b"task_id", "train", b"train"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -155,7 +155,8 @@ def test_forget_aware_selection_records_both_rankings(trained: Trained, rule: st
     )
     assert float(result["fa_after"]) < float(result["fa_before"]), result
     reply = trained.fed.control().GetLayers(control_pb2.GetJobRequest(job_id=result["job_id"]))
-    assert reply.selection == rule == result["selection"] and reply.note == ""
+    assert reply.selection == rule == result["selection"]
+    assert reply.note.startswith("retained distances recorded by round 12 of training job")
     layers = list(reply.layers)
     assert all(entry.HasField("forget_distance") for entry in layers)
     assert all(entry.forget_distance > 0 and entry.distance > 0 for entry in layers)
@@ -168,6 +169,47 @@ def test_forget_aware_selection_records_both_rankings(trained: Trained, rule: st
     assert str(result["stopped"]).startswith(
         ("stopped after round", "ran all 8 rounds: FA was still falling")
     )
+
+
+def sensitivity_round(fed: LocalFederation, job_id: str) -> control_pb2.RoundInfo:
+    info = fed.control().GetJob(control_pb2.GetJobRequest(job_id=job_id))
+    (found,) = [r for r in info.rounds if r.phase == "sensitivity"]
+    return found
+
+
+@pytest.mark.parametrize(("rule", "asked"), [("cli", []), ("combined", ["p0"])])
+def test_the_training_recorded_distances_spare_the_sensitivity_round(
+    trained: Trained, rule: str, asked: list[str]
+) -> None:
+    """The training's last round recorded each update's per-tensor L1 distances, so a FUSED
+    job on its model ranks from them: CLI asks nobody, a forget-aware rule only the holder of
+    the forgotten data (on that data alone). The retained distances leave the forgotten
+    participant out, and match what the round recorded."""
+    config = FusedConfig(top_k=2, density=0.1, selection=rule)
+    result = unlearn(trained, config, forget=ForgetSpec("participant", participant_id="p0"))
+    check_forgetting(result)
+    sensitivity = sensitivity_round(trained.fed, result["job_id"])
+    assert list(sensitivity.participants) == asked
+    training = trained.fed.control().GetJob(
+        control_pb2.GetJobRequest(job_id=training_job(trained))
+    )
+    train_rounds = [r for r in training.rounds if r.phase == "train"]
+    last = json.loads(train_rounds[-1].metrics_json)["layer_distances"]
+    assert sorted(last["distances"]) == ["p0", "p1", "p2"]
+    kept = ("p1", "p2")
+    total = sum(last["examples"][p] for p in kept)
+    reply = trained.fed.control().GetLayers(control_pb2.GetJobRequest(job_id=result["job_id"]))
+    for entry in reply.layers:
+        expected = sum(last["distances"][p][entry.name] * last["examples"][p] for p in kept)
+        assert entry.distance == pytest.approx(expected / total, rel=1e-12)
+        assert entry.HasField("forget_distance") == (rule == "combined")
+    assert "recorded by round 12 of training job" in reply.note
+
+
+def training_job(trained: Trained) -> str:
+    models = trained.fed.control().ListModels(control_pb2.ListModelsRequest()).models
+    (base,) = [m for m in models if m.version_id == trained.base]
+    return str(base.job_id)
 
 
 def test_the_defaults_forget_a_flipper_without_budget_flags(trained: Trained) -> None:

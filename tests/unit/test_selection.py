@@ -92,7 +92,7 @@ def test_the_round_averages_by_samples_and_holders_by_forgotten_samples() -> Non
     assert sens.retained["fc1.weight"] == pytest.approx((100 * 50 + 300 * 100 + 100 * 150) / 500)
     assert sens.forgotten is not None
     assert sens.forgotten["head.weight"] == pytest.approx((30 * 6 + 10 * 18) / 40)
-    ranking = rank(result, SIZES, FusedConfig(top_k=2, selection="combined"))
+    ranking = rank(sens, SIZES, FusedConfig(top_k=2, selection="combined"))
     assert ranking.rule == "combined" and ranking.note == ""
     chosen = [s.name for s in ranking.layers if s.selected]
     assert chosen == ["head.weight", "fc1.weight"]
@@ -104,7 +104,7 @@ def test_the_round_averages_by_samples_and_holders_by_forgotten_samples() -> Non
 def test_without_holders_the_ranking_records_no_forget_distance() -> None:
     result: RoundResult[SensitivityOutcome] = RoundResult()
     result.accepted = {"p0": report("p0", 100, 1.0)}
-    ranking = rank(result, SIZES, FusedConfig(top_k=1, selection="forget"))
+    ranking = rank(measured(result, SIZES), SIZES, FusedConfig(top_k=1, selection="forget"))
     assert all(s.forget_distance is None for s in ranking.layers)
     assert [s.name for s in ranking.layers if s.selected] == ["fc1.weight"]
     assert "ranked by CLI" in ranking.note
