@@ -22,10 +22,10 @@ from fused.common.ml.data.tensors import TensorData
 from fused.common.ml.models import init_model
 from fused.common.ml.workloads import workload_for
 from fused.participant.executor import (
-    local_evaluate,
     adapter_layout,
     load_model,
     local_adapter_update,
+    local_evaluate,
     local_update,
 )
 from fused.participant.forgetting import remaining_train
