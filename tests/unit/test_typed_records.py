@@ -14,6 +14,7 @@ from fused.common.domain.round_metrics import (
     AggregateSummary,
     ByteSummary,
     EvalSummary,
+    LayerDistances,
     LayerScore,
     PayloadKind,
     Ranking,
@@ -111,6 +112,24 @@ ROUNDS = [
                 }
             ],
             "selection": {"rule": "forget", "note": "a note"},
+        },
+    ),
+    StoredRound(
+        "a training job's last round, with the distances it recorded",
+        RoundMetrics(
+            1.0,
+            {},
+            None,
+            AggregateSummary(PayloadKind.WEIGHTS, "c" * 64, 0.5, 30),
+            layer_distances=LayerDistances({"p0": {"fc1.weight": 2.5}}, {"p0": 30}),
+        ),
+        {
+            "seconds": 1.0,
+            "failures": {},
+            "train_loss": 0.5,
+            "num_examples": 30,
+            "model": "c" * 64,
+            "layer_distances": {"distances": {"p0": {"fc1.weight": 2.5}}, "examples": {"p0": 30}},
         },
     ),
 ]
