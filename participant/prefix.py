@@ -1,8 +1,9 @@
 """A frozen prefix computed once: when only some parameters train (a FUSED adapter on fc
 layers), everything between the input and the first trainable tensor gives the same result in
-every epoch, so it runs once per task, without autograd, and each epoch runs only the rest.
-Its results are kept for the next task: an adapter job's rounds share the base and the data,
-so from its second round on the prefix does not run at all.
+every epoch, so it runs once per task, without autograd or argmax indices (prefix_pool), and
+each epoch runs only the rest. Its results are kept for later tasks: an adapter job's rounds
+and their evaluations share the base and the rows, so from its second round on the prefix
+does not run at all.
 
 The model is traced with torch.fx and cut where the trainable part begins. The cut is used only
 when it is exact for this model and data: the trace succeeds, the prefix ends in tensors with
