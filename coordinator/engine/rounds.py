@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from fused.common.domain.records import Phase, RoundRecord
-from fused.common.domain.round_metrics import RoundMetrics
+from fused.common.domain.round_metrics import RoundMetrics, task_timings
 from fused.common.domain.tasks import AdapterRef, ForgetSpec, TaskKind, TaskSpec
 from fused.common.domain.train_config import TrainConfig, task_seed
 from fused.coordinator.engine.context import JobContext, JobFailed
@@ -126,6 +126,7 @@ def finish_round(
         seconds=ctx.clock() - started,
         failures=result.failures,
         bytes=ctx.round_bytes(phase.value, r).summary(),
+        timings=task_timings({pid: a.outcome for pid, a in result.accepted.items()}),
     )
     participants = sorted(result.accepted)
     record = RoundRecord(ctx.job_id, phase, r, started, ctx.clock(), participants, full)
