@@ -24,6 +24,11 @@ the mask before any work proportional to it; the zstd frame must declare exactly
 truncated payload, trailing bytes, +0.0 among the values (zeros travel as positions) and
 non-finite values are refused with an AdapterCodecError (a ValueError) that names the tensor.
 Encoding is deterministic.
+
+Reading only, `decode_adapter` also takes the retired "fused-adapter-v2" (`adapter_codec_v2`):
+artifacts stored before the upgrade stay readable. The first bytes tell the two apart: v3's
+magic, or a zstd frame's (28 b5 2f fd), which every v2 payload starts with. Anything else is
+refused.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import numpy.typing as npt
 import torch
 import zstandard
 
+from fused.common.codecs import adapter_codec_v2 as v2
 from fused.common.codecs.positions import PositionCodecError, decode_positions, encode_positions
 from fused.common.codecs.varint import varint
 from fused.common.ml.adapters import AdapterLayout, check_values
@@ -59,6 +65,7 @@ _DTYPE_NAMES = tuple(VALUE_DTYPES)  # the dtype byte is an index into this
 _BITS = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
 _DIGEST_BYTES = 32
 _MAX_VARINT_BYTES = 10
+_ZSTD_MAGIC_HEX = v2.ZSTD_MAGIC.hex(" ")  # how refusals name v2's first bytes
 
 
 class AdapterCodecError(ValueError):
@@ -194,7 +201,8 @@ def _read_header(reader: _Reader, layout: AdapterLayout, dtype: str | None) -> t
     magic = reader.take(len(MAGIC), "its magic")
     if magic != MAGIC:
         raise AdapterCodecError(
-            f"adapter payload starts with {magic!r}, not {MAGIC!r}: not a {FORMAT} payload"
+            f"adapter payload starts with {magic!r}, not {MAGIC!r}: not a {FORMAT} payload, "
+            f"nor a stored {v2.FORMAT} one (a zstd frame: {_ZSTD_MAGIC_HEX})"
         )
     code = reader.take(1, "its value dtype")[0]
     if code >= len(_DTYPE_NAMES):
@@ -294,6 +302,16 @@ def _check_values(name: str, vector: torch.Tensor) -> None:
         )
 
 
+def _decode_v2(
+    data: bytes, layout: AdapterLayout, dtype: str | None, max_bytes: int | None
+) -> dict[str, torch.Tensor]:
+    """A stored fused-adapter-v2 payload, its errors named as this module's."""
+    try:
+        return v2.decode_adapter_v2(data, layout, dtype, max_bytes)
+    except v2.AdapterV2Error as exc:
+        raise AdapterCodecError(f"adapter payload ({v2.FORMAT}): {exc}") from exc
+
+
 def decode_adapter(
     data: bytes,
     layout: AdapterLayout,
@@ -301,10 +319,13 @@ def decode_adapter(
     max_bytes: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Validate a payload against ``layout`` (and the job's value ``dtype``, if given);
-    return float32 values aligned with ``layout.indices``. Raises AdapterCodecError."""
+    return float32 values aligned with ``layout.indices``: from a v3 payload, or a stored v2
+    one (``max_bytes`` defaults to its own format's limit). Raises AdapterCodecError."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise AdapterCodecError(f"adapter payload must be bytes, got {type(data).__name__}")
     data = bytes(data)
+    if v2.is_v2(data):
+        return _decode_v2(data, layout, dtype, max_bytes)
     limit = default_max_bytes(layout) if max_bytes is None else max_bytes
     if len(data) > limit:
         raise AdapterCodecError(

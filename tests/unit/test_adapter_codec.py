@@ -201,7 +201,7 @@ def _values_with(position: int, value: float) -> torch.Tensor:
 
 MALFORMED: list[tuple[str, Callable[[], bytes], str]] = [
     ("empty", lambda: b"", "truncated in its magic"),
-    ("v2 payload", lambda: zstandard.compress(b"{}"), "not a fused-adapter-v3 payload"),
+    ("neither v3 nor v2", lambda: b"FAv2" + _all()[4:], "not a fused-adapter-v3 payload, nor"),
     ("dtype code", lambda: _edit(_all(), len(MAGIC), 9), "unknown value dtype code 9"),
     ("wrong digest", lambda: _all(digest=bytes(32)), "different mask"),
     ("short digest", lambda: _all()[: HEADER - 1], "truncated in its mask digest"),

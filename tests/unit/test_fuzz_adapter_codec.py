@@ -1,5 +1,5 @@
 """Property-based fuzzing of the sparse adapter codec (common/codecs/adapter_codec.py),
-bombs included."""
+bombs included, and of its reading of stored fused-adapter-v2 payloads (adapter_codec_v2)."""
 
 from __future__ import annotations
 
@@ -24,13 +24,16 @@ from fused.common.codecs.adapter_codec import (
 from fused.common.codecs.positions import encode_positions
 from fused.common.codecs.varint import varint
 from fused.common.ml.adapters import AdapterLayout, build_layout
+from tests.unit.adapter_v2_payloads import encode_v2, frame
 from tests.unit.fuzzing import (
     GIB,
+    SAFETENSORS_MUTATIONS,
     Tensors,
     accept_or_reject,
     float32_vectors,
     fuzz,
     mutate_bytes,
+    mutate_safetensors,
     redeclare,
     rle_frame,
     same_bits,
@@ -159,11 +162,12 @@ def test_adapter_payload_off_the_layout_names_the_offending_tensor(
     with pytest.raises(AdapterCodecError) as info:
         decode_adapter(hostile, layout)
     assert repr(name) in str(info.value), (kind, str(info.value))
-    # Honest bytes for another layout are refused too (its mask digest differs).
+    # Honest bytes for another layout are refused too (its mask digest differs); a larger
+    # layout's may exceed this one's size limit, which is checked first.
     other = data.draw(st.sampled_from([x for x in LAYOUTS if x is not layout]))
     honest = encode_adapter(other, _adapter_values(data, other))
     with pytest.raises(AdapterCodecError, match="different mask"):
-        decode_adapter(honest, layout)
+        decode_adapter(honest, layout, max_bytes=len(honest))
 
 
 @fuzz(300)
@@ -239,3 +243,57 @@ def test_adapter_decompression_bomb_is_refused_before_allocating_it() -> None:
     # And with the default limit the 32 KiB bomb is already too big.
     with pytest.raises(AdapterCodecError, match="more than the limit"):
         decode_adapter(_with_frame(layout, bomb), layout)
+
+
+# --------------------------------------------------------------------------- stored v2
+
+
+@fuzz(100)
+@given(layout=st.sampled_from(LAYOUTS), dtype=st.sampled_from(sorted(VALUE_DTYPES)), data=st.data())
+def test_stored_v2_decodes_as_v3_of_the_same_values(
+    layout: AdapterLayout, dtype: str, data: st.DataObject
+) -> None:
+    values = {n: v.clamp(-6e4, 6e4) for n, v in _adapter_values(data, layout).items()}
+    v2 = decode_adapter(encode_v2(layout, values, dtype), layout, dtype)
+    v3 = decode_adapter(encode_adapter(layout, values, dtype), layout, dtype)
+    _check_adapter_result(v2, layout)
+    for name in layout.names:
+        assert same_bits(v2[name], v3[name]), name
+
+
+@pytest.mark.parametrize("where", ["frame", "declared-size", *SAFETENSORS_MUTATIONS])
+@fuzz(60)
+@given(layout=st.sampled_from(LAYOUTS), dtype=st.sampled_from(sorted(VALUE_DTYPES)), data=st.data())
+def test_mutated_v2_payloads_only_raise_adapter_error(
+    where: str, layout: AdapterLayout, dtype: str, data: st.DataObject
+) -> None:
+    values = {n: v.clamp(-1e4, 1e4) for n, v in _adapter_values(data, layout).items()}
+    payload = encode_v2(layout, values, dtype)
+    if where == "frame":
+        payload = mutate_bytes(data, payload)
+    elif where == "declared-size":
+        payload = redeclare(data, payload)
+    else:  # a lie inside the safetensors file, in an honest frame
+        raw = zstandard.ZstdDecompressor().decompress(payload)
+        payload = frame(mutate_safetensors(data, raw, where))
+    job_dtype = data.draw(st.none() | st.just(dtype))
+    result = accept_or_reject(lambda: decode_adapter(payload, layout, job_dtype), AdapterCodecError)
+    if result is not None:
+        _check_adapter_result(result, layout)
+
+
+def test_v2_decompression_bomb_is_refused_before_allocating_it() -> None:
+    layout = LAYOUTS[0]
+    errors: list[str] = []
+
+    def decode(payload: bytes) -> None:
+        with pytest.raises(AdapterCodecError) as info:
+            decode_adapter(payload, layout, max_bytes=len(payload))  # past the size bound
+        errors.append(str(info.value))
+
+    assert traced_peak(lambda: decode(rle_frame(GIB, GIB))) < 4 * 2**20
+    assert f"declares {GIB} decompressed bytes" in errors[-1]
+    assert traced_peak(lambda: decode(rle_frame(GIB, None))) < 4 * 2**20
+    assert "does not declare" in errors[-1]
+    assert traced_peak(lambda: decode(rle_frame(GIB, 64))) < 4 * 2**20  # it lies: more follow
+    assert "could not be decompressed" in errors[-1]
