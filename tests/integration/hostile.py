@@ -340,7 +340,8 @@ def bad_adapters(layout: AdapterLayout) -> dict[str, bytes]:
             layout, zstandard.ZstdCompressor(write_content_size=False).compress(bytes(100))
         ),
         "oversized": os.urandom(default_max_bytes(layout) + 1024),
-        "not_v3": frame.compress(bytes(1024)),  # what a fused-adapter-v2 payload looked like
+        "not_v3": b"FAv2" + bytes(1024),  # neither format
+        "v2_garbage": frame.compress(bytes(1024)),  # a zstd frame: read as a stored v2, refused
         "two_frames": _adapter_frame(layout, high + high),
         "mask": _adapter(layout, digest="0" * 64),
         "nan": _adapter(layout, first=float("nan")),

@@ -197,11 +197,15 @@ class Attack:
         self.sensitivity_done = True
         names = [n for n, _ in init_model(task.model_name, task.num_classes, 0).named_parameters()]
         distances = {n: 0.0 for n in names} | {names[0]: float("nan")}
-        sens = participant_pb2.SensitivityResult(distances=distances, num_examples=50)
+        if task.forget_only:  # the training recorded the rest: only forget distances are asked
+            sens = participant_pb2.SensitivityResult(forget_distances=distances, forget_examples=5)
+            detail = "forget distances must be finite and non-negative"
+        else:
+            sens = participant_pb2.SensitivityResult(distances=distances, num_examples=50)
+            detail = "sensitivity distances must be finite and non-negative"
         request = participant_pb2.PushResultRequest(
             participant_id=MALLORY, task_id=task.task_id, sensitivity=sens
         )
-        detail = "sensitivity distances must be finite and non-negative"
         self.check(
             "sensitivity report with a NaN distance",
             lambda: described(self.mallory.push(request)),

@@ -64,6 +64,7 @@ ADAPTER_ATTACKS = [
     ("no_content_size", "does not declare its content size"),
     ("oversized", "bytes, more than the limit"),
     ("not_v3", "not a fused-adapter-v3 payload"),
+    ("v2_garbage", "adapter payload (fused-adapter-v2)"),
     ("two_frames", "could not be decompressed"),
     ("mask", "adapter was built for a different mask"),
     ("nan", "is not finite"),
