@@ -6,6 +6,7 @@ across processes) and summarises percentiles over every call of a kind.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ LONG_POLLS = frozenset({PULL, PUSH_WAIT})
 # Calls on the wire per kind; PUSH and PUSH_WAIT time the same call twice.
 WIRE_CALLS = (REGISTER, HEARTBEAT, PULL, PUSH, DOWNLOAD, UPLOAD)
 MAX_ERROR_SAMPLES = 12
+SLOW_S = 1.0  # non-long-poll calls slower than this are counted per second of the run
 
 
 @dataclass
@@ -40,10 +42,13 @@ class Stats:
     inline_in: int = 0  # artifacts that came inside task replies
     inline_out: int = 0  # updates sent inside results
     next_from_push: int = 0  # tasks that came in a result's reply (no long poll needed)
+    slow: Counter[int] = field(default_factory=Counter)  # unix second -> calls over SLOW_S
 
     def ok(self, kind: str, seconds: float) -> None:
         self.calls[kind] += 1
         self.latencies[kind].append(seconds * 1000.0)
+        if seconds > SLOW_S and kind not in LONG_POLLS:
+            self.slow[int(time.time())] += 1  # wall clock: comparable across processes
 
     def error(self, kind: str, message: str) -> None:
         self.calls[kind] += 1
@@ -78,6 +83,7 @@ class Stats:
         self.inline_in += other.inline_in
         self.inline_out += other.inline_out
         self.next_from_push += other.next_from_push
+        self.slow.update(other.slow)
 
     def summary(self, participants: int, rounds: int) -> dict[str, Any]:
         overall = [v for k, vs in self.latencies.items() if k not in LONG_POLLS for v in vs]
@@ -100,6 +106,10 @@ class Stats:
             "p99_ms": {k: _pct(v, 99) for k, v in groups.items()},
             "max_ms": {k: (round(max(v), 3) if v else None) for k, v in groups.items()},
         }
+
+    def slow_timeline(self, since: float) -> dict[int, int]:
+        """Calls slower than SLOW_S (long polls aside) by second of the run since `since`."""
+        return {int(t - since): n for t, n in sorted(self.slow.items())}
 
     def per_round(self, participants: int, rounds: int) -> dict[str, float]:
         """Wire calls per participant per job round (a round: its training task and its

@@ -10,6 +10,7 @@ its Stats and resource use through a queue; the parent merges them.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import math
 import multiprocessing
@@ -24,12 +25,33 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.load_participant import ModelCache, Participant, Settings
+from bench.load_artifacts import ModelCache
+from bench.load_participant import Participant, Settings
 from bench.load_stats import Stats
 
 PARTICIPANTS_PER_PROCESS = 2500  # the default split: --load-processes 0
 PROGRESS_SLOTS = 3  # per process: participants registered, calls made, calls failed
 REPORT_TIMEOUT_S = 120.0
+GC_YOUNG = 700  # Python's default
+GC_FULL_EVERY = 1000  # gen1 collections per full one (default 10)
+
+
+class GcPauses:
+    """The process's time in the cyclic garbage collector (gc.callbacks)."""
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.longest = 0.0
+        self._started = 0.0
+        gc.callbacks.append(self._note)
+
+    def _note(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._started
+        self.seconds[info["generation"]] += pause
+        self.longest = max(self.longest, pause)
 
 
 def default_processes(participants: int) -> int:
@@ -51,6 +73,8 @@ class WorkerReport:
     tasks: Counter[str] = field(default_factory=Counter)
     crashes: list[str] = field(default_factory=list)
     loop_lag_ms: list[float] = field(default_factory=list)
+    gc_seconds: tuple[float, float, float] = (0.0, 0.0, 0.0)  # collecting, by generation
+    gc_max_pause_s: float = 0.0
     cpu_seconds: float = 0.0
     peak_rss_mb: float = 0.0
     torch_imported: bool = False
@@ -133,7 +157,11 @@ def work(
     stop: multiprocessing.synchronize.Event,
     out: multiprocessing.queues.Queue[WorkerReport],
 ) -> None:
+    pauses = GcPauses()
     report = asyncio.run(_serve(part, index, progress, stop))
+    young, middle, full = (round(s, 3) for s in pauses.seconds)
+    report.gc_seconds = (young, middle, full)
+    report.gc_max_pause_s = round(pauses.longest, 3)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     report.cpu_seconds = round(usage.ru_utime + usage.ru_stime, 2)
     report.peak_rss_mb = round(usage.ru_maxrss / 1024, 1)
@@ -155,6 +183,10 @@ async def _serve(
         Participant(part.first + i, part.settings, stats, models, registered, token)
         for i, token in enumerate(part.tokens)
     ]
+    # What start-up made is never scanned again, and full collections are rare: each one
+    # scans every live call of a few thousand agents and stalls all of them (seconds).
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG, 10, GC_FULL_EVERY)
     runners = [asyncio.create_task(p.run()) for p in participants]
     lags: list[float] = []
     every_s = 0.1

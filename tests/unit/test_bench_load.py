@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from bench.load_participant import ModelCache, Settings, make_update
+from bench.load_artifacts import ModelCache, make_update
+from bench.load_participant import Settings
 from bench.load_workers import slices
 from fused.common.codecs.tensor_codec import decode_tensors, encode_tensors, schema_of
 from fused.common.ml.models import init_model
