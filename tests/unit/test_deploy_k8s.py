@@ -5,6 +5,7 @@ NetworkPolicy, locked-down pods."""
 from __future__ import annotations
 
 import re
+import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -69,35 +70,51 @@ def test_kustomize_build_validates() -> None:
         kubernetes_validate.validate(doc, K8S_VERSIONS[-1], strict=True)
 
 
-def test_servicemonitor_structure() -> None:
-    """ServiceMonitor is a CRD that kubernetes_validate has no schema for: checked by hand."""
-    (monitor,) = read_yaml_docs(K8S / "servicemonitor.yaml")
-    with pytest.raises(kubernetes_validate.SchemaNotFoundError):
-        kubernetes_validate.validate(monitor, K8S_VERSIONS[-1], strict=True)
-    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
-    assert monitor["kind"] == "ServiceMonitor"
-    assert set(monitor) == {"apiVersion", "kind", "metadata", "spec"}
-    spec = monitor["spec"]
-    assert set(spec) <= {"selector", "namespaceSelector", "endpoints", "jobLabel"}
-    assert spec["namespaceSelector"]["matchNames"] == ["fused"]
-    wanted = spec["selector"]["matchLabels"]
-    services = [
+def _monitored(monitor: dict[str, Any]) -> list[dict[str, Any]]:
+    wanted = monitor["spec"]["selector"]["matchLabels"]
+    return [
         doc
         for (kind, _), doc in k8s_objects().items()
         if kind == "Service" and wanted.items() <= doc["metadata"]["labels"].items()
     ]
+
+
+def test_servicemonitor_structure() -> None:
+    """ServiceMonitor is a CRD that kubernetes_validate has no schema for: checked by hand."""
+    monitors = read_yaml_docs(K8S / "servicemonitor.yaml")
+    assert [m["metadata"]["name"] for m in monitors] == ["fused", "fused-coordinator-participants"]
+    for monitor in monitors:
+        with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+            kubernetes_validate.validate(monitor, K8S_VERSIONS[-1], strict=True)
+        assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+        assert monitor["kind"] == "ServiceMonitor"
+        assert set(monitor) == {"apiVersion", "kind", "metadata", "spec"}
+        spec = monitor["spec"]
+        assert set(spec) <= {"selector", "namespaceSelector", "endpoints", "jobLabel"}
+        assert spec["namespaceSelector"]["matchNames"] == ["fused"]
+        assert spec["endpoints"], "no endpoints"
+        for endpoint in spec["endpoints"]:
+            assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "scheme"}
+            assert re.fullmatch(r"\d+[smh]", endpoint["interval"])
+            for service in _monitored(monitor):
+                assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
     # The coordinator's ClusterIP service and the participants' service; not the coordinator's
     # headless service too, or its pod would be scraped twice.
-    assert sorted(s["metadata"]["name"] for s in services) == [
-        "fused-coordinator",
-        "fused-participant",
-    ]
-    assert spec["endpoints"], "no endpoints"
-    for endpoint in spec["endpoints"]:
-        assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "scheme"}
-        assert re.fullmatch(r"\d+[smh]", endpoint["interval"])
-        for service in services:
-            assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    everything, per_participant = monitors
+    names = sorted(s["metadata"]["name"] for s in _monitored(everything))
+    assert names == ["fused-coordinator", "fused-participant"]
+    assert [e["path"] for e in everything["spec"]["endpoints"]] == ["/metrics"]
+    # Each participant's bytes: the coordinator alone, under the job prometheus.yml names.
+    (coordinator,) = _monitored(per_participant)
+    assert coordinator["metadata"]["name"] == "fused-coordinator"
+    job = coordinator["metadata"]["labels"][per_participant["spec"]["jobLabel"]]
+    assert job == "fused-coordinator-participants"
+    assert [e["path"] for e in per_participant["spec"]["endpoints"]] == ["/metrics/participants"]
+
+
+def test_per_participant_metrics_are_on_where_they_are_scraped() -> None:
+    config = tomllib.loads(k8s_objects()[("ConfigMap", "fused-config")]["data"]["coordinator.toml"])
+    assert config["coordinator"]["per_participant_metrics"] is True
 
 
 def _pod_specs() -> Iterator[tuple[str, dict[str, Any]]]:
