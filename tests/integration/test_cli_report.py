@@ -151,7 +151,15 @@ def test_json_logs_carry_job_round_and_participant(
     rounds = [e for e in entries if e.get("job") == trained.job_id and "round" in e]
     started = {(e["phase"], e["round"]) for e in rounds if e["message"].endswith(" started")}
     assert started == {("train", 1), ("train", 2), ("evaluate", 1), ("evaluate", 2)}
-    assert all(e["message"] == f"{e['phase']} round {e['round']} started" for e in rounds[:4])
+    opened = [e for e in rounds if "participant" not in e][:4]  # the round's own lines
+    assert all(e["message"] == f"{e['phase']} round {e['round']} started" for e in opened)
+    accepted = [e for e in rounds if " accepted: " in e["message"]]  # one per task, with timings
+    assert {(e["phase"], e["round"], e["participant"]) for e in accepted} == {
+        (phase, r, f"p{i}")
+        for phase in ("train", "evaluate")
+        for r in (1, 2)
+        for i in range(NUM_PARTICIPANTS)
+    }
     registered = {e["participant"] for e in entries if "registered" in e["message"]}
     assert registered == {f"p{i}" for i in range(NUM_PARTICIPANTS)}
     for i in range(NUM_PARTICIPANTS):
