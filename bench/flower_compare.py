@@ -195,7 +195,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--no-agent-warmup",
         dest="agent_warmup",
         action="store_false",
-        help="start FUSED's agents with --no-warmup (their first step lands in round 1)",
+        help="start FUSED's agents with --skip-warmup (their first step lands in round 1)",
     )
     parser.add_argument(
         "--flower-aggregation",

@@ -59,7 +59,7 @@ def run_fused(job: Job) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
 
     work = job.work_dir / "fused"
     shutil.rmtree(work, ignore_errors=True)
-    agent_flags = () if job.agent_warmup else ("--no-warmup",)
+    agent_flags = () if job.agent_warmup else ("--skip-warmup",)
     with LocalFederation(work) as fed:
         fed.start_coordinator()
         with CountingProxy(fed.port) as proxy:

@@ -84,9 +84,12 @@ class ParticipantConfig:
         default=None,
         metadata={"help": "ask it to forget these of this participant's sample ids, then exit"},
     )
-    warmup: bool = dataclasses.field(
-        default=True,
-        metadata={"help": "one training step at start: the first task is not the process's first"},
+    skip_warmup: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "skip the training step at start that keeps torch's first-step set-up out "
+            "of the first task"
+        },
     )
     log_level: str = "info"
     log_json: bool = False
@@ -148,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         backoff_max_s=cfg.backoff_max_s,
     )
     site, offer = _open(participant_id, reference, cfg.data_dir)
-    if site is not None and cfg.warmup:
+    if site is not None and not cfg.skip_warmup:
         warm_up_logged(site)  # before registering: no task waits for it
     agent = Agent(settings, site, offer, metrics)
     for sig in (signal.SIGTERM, signal.SIGINT):

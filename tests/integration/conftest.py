@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,10 @@ import pytest
 from fused.common.ml.data.partition import partition_to_directory
 from fused.common.ml.data.partition_config import PartitionConfig
 from fused.tools.launch import LocalFederation
+
+# The agents these tests start skip their start-up training step (about 2 CPU-seconds each on
+# 2 shared cores): no test times a first round, and tests/unit/test_warmup.py covers the step.
+os.environ.setdefault("FUSED_SKIP_WARMUP", "true")
 
 NUM_PARTICIPANTS = 3
 

@@ -63,5 +63,5 @@ def test_warmup_is_on_by_default_and_can_be_turned_off() -> None:
     def parse(*argv: str) -> ParticipantConfig:
         return load_config(ParticipantConfig, argv, prog="p", section="participant", environ={})
 
-    assert parse().warmup is True
-    assert parse("--no-warmup").warmup is False
+    assert parse().skip_warmup is False
+    assert parse("--skip-warmup").skip_warmup is True
