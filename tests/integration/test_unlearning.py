@@ -190,9 +190,7 @@ def test_the_training_recorded_distances_spare_the_sensitivity_round(
     check_forgetting(result)
     sensitivity = sensitivity_round(trained.fed, result["job_id"])
     assert list(sensitivity.participants) == asked
-    training = trained.fed.control().GetJob(
-        control_pb2.GetJobRequest(job_id=training_job(trained))
-    )
+    training = trained.fed.control().GetJob(control_pb2.GetJobRequest(job_id=training_job(trained)))
     train_rounds = [r for r in training.rounds if r.phase == "train"]
     last = json.loads(train_rounds[-1].metrics_json)["layer_distances"]
     assert sorted(last["distances"]) == ["p0", "p1", "p2"]
