@@ -66,7 +66,9 @@ def test_round_deadline_goes_on_without_a_silent_participant(federation: LocalFe
     assert time.monotonic() - started < 60
     train = next(r for r in info.rounds if r.phase == "train")
     assert "ghost" not in train.participants
-    assert "no result within 10 s" in json.loads(train.metrics_json)["failures"]["ghost"]
+    why = json.loads(train.metrics_json)["failures"]["ghost"]
+    # the deadline and the offline reaper (both 10 s here) race: either names the silence
+    assert "no result within 10 s" in why or "went silent (10 s without a heartbeat)" in why, why
 
 
 def test_job_fails_with_a_reason_when_quorum_is_missing(federation: LocalFederation) -> None:
