@@ -18,12 +18,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from fused.common.domain.tasks import TaskOutcome, TaskSpec
 from fused.common.rpc.channels import CHUNK_BYTES, TlsFiles, create_channel
+from fused.common.rpc.client_metering import CountingChannel
 from fused.common.rpc.metering import (
     MD_JOB,
     MD_PARTICIPANT,
     MD_PHASE,
     MD_ROUND,
-    CountingChannel,
     WireMetrics,
 )
 from fused.common.rpc.protocol import PROTOCOL_VERSION

@@ -144,27 +144,24 @@ class SqliteStateStore(StateStore):
             return self._participant_cache().listed()
 
     def touch_participant(self, participant_id: str, when: float) -> None:
-        with self._lock:
-            with self._write() as conn:
-                cursor = conn.execute(
-                    "UPDATE participants SET last_seen = ? WHERE participant_id = ?",
-                    (float(when), participant_id),
-                )
-                if cursor.rowcount == 0:
-                    raise UnknownRecordError(participant_id)
-            if self._participants.loaded:
-                self._participants.touch(participant_id, when)
+        if self._touch({participant_id: when}) == 0:
+            raise UnknownRecordError(participant_id)
 
     def touch_participants(self, seen: Mapping[str, float]) -> None:
+        self._touch(seen)  # one commit for all: the fleet saves liveness in batches
+
+    def _touch(self, seen: Mapping[str, float]) -> int:
+        """Set last_seen in one transaction; returns how many rows it updated."""
         rows = [(float(when), pid) for pid, when in seen.items()]
-        with self._lock:  # one commit for all: the fleet saves liveness in batches
+        with self._lock:
             with self._write() as conn:
-                conn.executemany(
+                cursor = conn.executemany(
                     "UPDATE participants SET last_seen = ? WHERE participant_id = ?", rows
                 )
             if self._participants.loaded:
                 for when, pid in rows:
                     self._participants.touch(pid, when)
+            return cursor.rowcount
 
     def delete_participant(self, participant_id: str) -> bool:
         with self._lock:

@@ -20,13 +20,13 @@ from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry
 
 from fused.common.rpc.channels import create_channel, create_server
+from fused.common.rpc.client_metering import CountingChannel
 from fused.common.rpc.metering import (
     MD_PARTICIPANT,
     MD_PHASE,
     NO_PARTICIPANT,
     NO_PHASE,
     CallLabels,
-    CountingChannel,
     CountingServerInterceptor,
     Resolve,
     WireMetrics,
