@@ -112,6 +112,16 @@ class SqliteStateStore(StateStore):
         row = conn.execute(f"SELECT 1 FROM {table} WHERE {column} = ?", (value,)).fetchone()
         return row is not None
 
+    def _insert_new(self, table: str, cols: str, key: str, record: Any, what: str) -> None:
+        """Insert `record`'s row; ValueError if its `key` is taken already."""
+        value = getattr(record, key)
+        with self._write() as conn:
+            if self._exists(conn, table, key, value):
+                raise ValueError(f"{what} {value!r} already exists")
+            conn.execute(
+                f"INSERT INTO {table} ({cols}) VALUES ({placeholders(cols)})", to_row(record)
+            )
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
@@ -197,13 +207,7 @@ class SqliteStateStore(StateStore):
 
     # the forget ledger
     def add_ledger_entry(self, entry: LedgerEntry) -> None:
-        with self._write() as conn:
-            if self._exists(conn, "ledger", "entry_id", entry.entry_id):
-                raise ValueError(f"ledger entry {entry.entry_id!r} already exists")
-            conn.execute(
-                f"INSERT INTO ledger ({LEDGER_COLS}) VALUES ({placeholders(LEDGER_COLS)})",
-                to_row(entry),
-            )
+        self._insert_new("ledger", LEDGER_COLS, "entry_id", entry, "ledger entry")
 
     def list_ledger(self) -> list[LedgerEntry]:
         rows = self._query(f"SELECT {LEDGER_COLS} FROM ledger ORDER BY requested_at, entry_id")
@@ -230,14 +234,7 @@ class SqliteStateStore(StateStore):
 
     # participants' forgetting requests
     def add_forget_request(self, request: ForgetRequest) -> None:
-        with self._write() as conn:
-            if self._exists(conn, "forget_requests", "request_id", request.request_id):
-                raise ValueError(f"forget request {request.request_id!r} already exists")
-            conn.execute(
-                f"INSERT INTO forget_requests ({REQUEST_COLS}) "
-                f"VALUES ({placeholders(REQUEST_COLS)})",
-                to_row(request),
-            )
+        self._insert_new("forget_requests", REQUEST_COLS, "request_id", request, "forget request")
 
     def list_forget_requests(self) -> list[ForgetRequest]:
         rows = self._query(
@@ -265,14 +262,8 @@ class SqliteStateStore(StateStore):
 
     # jobs: get_job reads through a cache (record_cache.py) that writes here keep current
     def create_job(self, record: JobRecord) -> None:
-        row = to_row(record)
-        with self._lock:
-            with self._write() as conn:
-                if self._exists(conn, "jobs", "job_id", record.job_id):
-                    raise ValueError(f"job {record.job_id!r} already exists")
-                conn.execute(
-                    f"INSERT INTO jobs ({JOB_COLS}) VALUES ({placeholders(JOB_COLS)})", row
-                )
+        with self._lock:  # the cache changes only once the row is committed
+            self._insert_new("jobs", JOB_COLS, "job_id", record, "job")
             self._jobs.put(normalized(record))
 
     def update_job(self, job_id: str, **fields: Any) -> JobRecord:
