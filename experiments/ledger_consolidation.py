@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from experiments.job_records import bytes_per_round
 from experiments.ledger_sequence import (
     Setup,
     data_dir_used,
@@ -38,7 +39,6 @@ from experiments.ledger_sequence import (
 from experiments.ledger_sequence import parse as sequence_parse
 from experiments.ledger_sequence_jobs import Produced, sha256_of
 from experiments.ledger_sequence_summary import VERSIONS, stats
-from experiments.paper import bytes_per_round
 from experiments.seeds import git_commit
 from fused.client import ConsolidationSpec, Coordinator, Job, JobEvent, JobStatus, LedgerStatus
 from fused.common.domain.records import Phase

@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from experiments.job_records import run_job
 from experiments.ledger_sequence_jobs import (
     Produced,
     active_id,
@@ -49,7 +50,6 @@ from experiments.ledger_sequence_jobs import (
     unlearn,
 )
 from experiments.ledger_sequence_summary import VERSIONS, render, summarize
-from experiments.paper import run_job
 from experiments.seeds import git_commit
 from fused.client.initial_weights import start_training
 from fused.common.domain.specs import FusedConfig, TrainingSpec, UnlearningSpec

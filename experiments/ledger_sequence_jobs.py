@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments.paper import bytes_per_round, export, run_job
+from experiments.job_records import bytes_per_round, export, run_job
 from fused.common.domain.specs import UnlearningSpec
 from fused.common.domain.tasks import ForgetSpec
 from fused.common.rpc.control_convert import unlearning_spec_to_proto

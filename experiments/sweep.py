@@ -22,15 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from experiments.central import build_sets, evaluate_weights
-from experiments.paper import (
-    FULL,
-    Experiment,
-    export,
-    partition,
-    run_job,
-    run_method,
-    training_spec,
-)
+from experiments.job_records import export, run_job
+from experiments.paper import FULL, Experiment, partition, run_method, training_spec
 from fused.client.initial_weights import start_training
 from fused.common.codecs.tensor_codec import decode_tensors
 from fused.common.domain.specs import METHOD_CONFIGS, UnlearningSpec
