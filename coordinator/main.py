@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fused-coordinator: {exc}", file=sys.stderr)
         return 2
     try:
-        setup_logging(config.log_level, config.log_json, "coordinator")
+        setup_logging(config.log_level, config.log_json, "coordinator", writer_thread=True)
         raise_open_files_limit()
         disable_created_series()
         asyncio.run(serve(config))

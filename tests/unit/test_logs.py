@@ -22,6 +22,7 @@ from fused.common.runtime.logs import (
     log_fields,
     set_log_fields,
     setup_logging,
+    stop_log_writer,
 )
 
 
@@ -187,3 +188,21 @@ def test_setup_logging_text(capsys: pytest.CaptureFixture[str]) -> None:
     err = capsys.readouterr().err
     assert " participant DEBUG tests.setup: task started " in err
     assert err.rstrip().endswith("[job=job-4 phase=adapter round=2 participant=p3]")
+
+
+@pytest.mark.usefixtures("root_restored")
+def test_setup_logging_writer_thread(capsys: pytest.CaptureFixture[str]) -> None:
+    """Records go out from the writer thread with the emitting context's fields and the
+    message as it read when logged."""
+    setup_logging("info", json_lines=True, name="coordinator", writer_thread=True)
+    try:
+        values = ["before"]
+        with log_fields(job="job-7", participant="p1"):
+            logging.getLogger("tests.setup").info("value %s\x1b", values, extra={"n": 3})
+        values[0] = "after"
+    finally:
+        stop_log_writer()  # writes out what is queued
+    (line,) = capsys.readouterr().err.splitlines()
+    entry = json.loads(line)
+    assert entry["message"] == "value ['before']\\x1b"
+    assert (entry["job"], entry["participant"], entry["n"]) == ("job-7", "p1", 3)
