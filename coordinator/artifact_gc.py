@@ -7,6 +7,7 @@ the adapters and bases they name) and the checkpoints of unfinished jobs are sti
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -65,6 +66,57 @@ def referenced(store: StateStore) -> set[str]:
     return keep
 
 
+@dataclass(frozen=True)
+class Collection:
+    """What collection works on: the store, the artifacts, the spool and the upload records."""
+
+    store: StateStore
+    artifacts: ArtifactStore
+    spool: UploadSpool
+    fleet: Fleet
+    ledger: UploadLedger | None = None
+    pinned: Pinned | None = None
+
+    def begin(self) -> tuple[set[str], int]:
+        """On the event loop while no job runs (no task is open, so no upload or download
+        can start, and no job can start halfway): what to keep, and abandoned upload parts
+        removed (a part an upload still writes, its task closed under it, is kept). The
+        finished uploads leave the records and the participants' quotas: they may be gone."""
+        keep = referenced(self.store) | (self.pinned.current() if self.pinned else set())
+        parts = self.spool.clear()
+        self.fleet.forget_uploads()  # the next upload of one of them sends the bytes again
+        if self.ledger is not None:
+            self.ledger.forget_stored()
+        self.artifacts.start_collection()
+        return keep, parts
+
+    def sweep(self, keep: set[str], parts: int) -> Collected:
+        """In any thread, after begin(): delete the unreferenced artifacts."""
+        removed, freed = self.artifacts.remove_unreferenced(keep)
+        if removed or parts:
+            log.info(
+                "collected %d artifacts (%.1f MB) and %d upload parts", removed, freed / 1e6, parts
+            )
+        return Collected(removed, freed, parts)
+
+    def __call__(self) -> Collected:
+        """Collect at once, on the calling thread (where no job runs)."""
+        return self.sweep(*self.begin())
+
+    def in_background(self) -> asyncio.Task[Collected]:
+        """Collect with the deletions in a thread: after a 1,000-participant job they held the
+        event loop for seconds (bench.load). Call on the loop where no job runs; an artifact
+        a job that starts meanwhile stores or finds is kept (ArtifactStore.start_collection)."""
+        keep, parts = self.begin()
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(self.sweep, keep, parts))
+        _running.add(task)  # the loop holds tasks weakly
+        task.add_done_callback(_running.discard)
+        return task
+
+
+_running: set[asyncio.Task[Collected]] = set()
+
+
 def collect(
     store: StateStore,
     artifacts: ArtifactStore,
@@ -73,22 +125,6 @@ def collect(
     ledger: UploadLedger | None = None,
     pinned: Pinned | None = None,
 ) -> Collected:
-    """Delete unreferenced artifacts and abandoned upload parts. Call only while no job runs
-    (no task is open, so no new upload or download can start), on the event loop so that no
-    job can start halfway. A part an upload is still writing (its task closed under it) is
-    kept; the ledger's finished uploads are gone, so they leave the participants' quotas."""
-    keep = referenced(store) | (pinned.current() if pinned is not None else set())
-    removed = freed = 0
-    for digest in artifacts.digests():
-        if digest not in keep:
-            freed += artifacts.remove(digest)
-            removed += 1
-    parts = spool.clear()
-    fleet.forget_uploads()  # what they uploaded may be gone: the next upload sends it again
-    if ledger is not None:
-        ledger.forget_stored()
-    if removed or parts:
-        log.info(
-            "collected %d artifacts (%.1f MB) and %d upload parts", removed, freed / 1e6, parts
-        )
-    return Collected(removed, freed, parts)
+    """Delete unreferenced artifacts and abandoned upload parts, on the calling thread; call
+    only while no job runs (Collection.begin)."""
+    return Collection(store, artifacts, spool, fleet, ledger, pinned)()

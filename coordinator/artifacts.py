@@ -76,6 +76,8 @@ class ArtifactStore:
         self._lock = threading.Lock()
         self._active: set[Path] = set()  # temp files of open writers; ensure() keeps them
         self._verified: dict[str, tuple[int, int, int]] = {}  # digest -> stamp when hashed
+        self._collections = 0  # collections under way (remove_unreferenced)
+        self._touched: set[str] = set()  # digests stored or looked up meanwhile: kept
 
     # ----------------------------------------------------------------- setup
 
@@ -107,6 +109,38 @@ class ArtifactStore:
         self._verified.pop(digest, None)
         return size
 
+    def start_collection(self) -> None:
+        """Call where no job runs, having read what is referenced: from now until its
+        remove_unreferenced ends, a digest stored or found by exists() is never removed by it
+        (a job that starts meanwhile may store content a collection was about to delete)."""
+        with self._lock:
+            self._collections += 1
+
+    def remove_unreferenced(self, keep: set[str]) -> tuple[int, int]:
+        """Delete each artifact not in `keep` nor touched since start_collection (which must
+        come first); returns (artifacts, bytes) freed. Runs in any thread."""
+        removed = freed = 0
+        try:
+            for digest in self.digests():
+                if digest in keep:
+                    continue
+                with self._lock:  # a writer touches under it before it checks the file
+                    if digest in self._touched:
+                        continue
+                    freed += self.remove(digest)
+                removed += 1
+        finally:
+            with self._lock:
+                self._collections -= 1
+                if not self._collections:
+                    self._touched.clear()
+        return removed, freed
+
+    def _touch(self, digest: str) -> None:
+        with self._lock:
+            if self._collections:
+                self._touched.add(digest)
+
     def path_for(self, digest: str) -> Path:
         validate_digest(digest)
         return self._objects / digest[:2] / digest
@@ -114,7 +148,10 @@ class ArtifactStore:
     # ----------------------------------------------------------------- reads
 
     def exists(self, digest: str) -> bool:
-        return self.path_for(digest).is_file()
+        """Whether it is stored; a collection under way keeps it (the caller may rely on it)."""
+        path = self.path_for(digest)
+        self._touch(digest)
+        return path.is_file()
 
     def size(self, digest: str) -> int:
         path = self.path_for(digest)
@@ -187,6 +224,7 @@ class ArtifactStore:
     def put_bytes(self, data: bytes) -> str:
         """Store `data`; return its sha256 hex digest. Storing existing content is a no-op."""
         digest = hashlib.sha256(data).hexdigest()
+        self._touch(digest)
         if self._is_intact(digest):
             return digest
         fd, tmp_name = self._mkstemp()
@@ -209,6 +247,7 @@ class ArtifactStore:
         digest = hashed or _file_digest(path)
         if digest != expected_digest:
             raise ValueError(f"content has sha256 {digest}, not the declared {expected_digest}")
+        self._touch(digest)
         if self._is_intact(digest):
             path.unlink()
             return digest
@@ -249,6 +288,7 @@ class ArtifactStore:
     def _install(self, tmp: Path, digest: str) -> None:
         """Atomically move a complete, fsynced temp file into place (replacing a corrupt copy)."""
         target = self.path_for(digest)
+        self._touch(digest)  # ArtifactWriter.commit comes here directly
         if self._is_intact(digest):
             return  # the caller's _forget() removes the temp file
         target.parent.mkdir(parents=True, exist_ok=True)

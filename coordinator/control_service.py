@@ -4,6 +4,7 @@ the transfers; failures are answered through rpc_errors' table."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -286,7 +287,9 @@ class ControlServicer(LedgerCalls, control_pb2_grpc.ControlServiceServicer):
     ) -> control_pb2.DropVersionsResponse:
         dropped = drop_versions(self.store, list(request.version_ids))
         if self.collect is not None and not self.jobs.busy():
-            self.collect()  # else the last job to end collects
+            collecting = self.collect()  # else the last job to end collects
+            if inspect.isawaitable(collecting):
+                await collecting  # the reply says the dropped artifacts are gone
         return control_pb2.DropVersionsResponse(dropped=dropped)
 
     async def ListModels(

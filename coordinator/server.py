@@ -7,7 +7,6 @@ import dataclasses
 import json
 import logging
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from fused.common.rpc.identity import read_auth_file
 from fused.common.rpc.metering import CountingServerInterceptor, PreSerializedResponses
 from fused.common.rpc.protocol import INLINE_MAX_BYTES
 from fused.coordinator.accounting import CallAccounting
-from fused.coordinator.artifact_gc import Pinned, collect
+from fused.coordinator.artifact_gc import Collection, Pinned
 from fused.coordinator.artifacts import ArtifactStore
 from fused.coordinator.auth import AuthInterceptor, AuthPolicy
 from fused.coordinator.control_service import ControlServicer
@@ -180,8 +179,8 @@ class Coordinator:
             terms.inline_max_bytes,
         )
         pinned = Pinned()
-        gc = partial(collect, store, artifacts, spool, fleet, uploads.ledger, pinned)
-        on_idle = None if cfg.keep_artifacts else gc
+        collection = Collection(store, artifacts, spool, fleet, uploads.ledger, pinned)
+        on_idle = None if cfg.keep_artifacts else collection.in_background
         jobs = self.jobs = JobManager(
             store, artifacts, fleet, self.metrics, JOB_KINDS, on_idle=on_idle
         )

@@ -6,6 +6,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,10 @@ def test_finished_jobs_leave_only_what_versions_need(federation: LocalFederation
         kept = ("adapter_digest", "base_digest", "schema_digest", "init_digest")
         needed |= {m["digest"], *(meta.get(key) for key in kept)} - {None}
     objects = federation.work_dir / "state" / "artifacts" / "sha256"
-    stored = {p.name for p in objects.glob("??/*")}
+    for _ in range(100):  # the deletions run in a thread after the job ends
+        stored = {p.name for p in objects.glob("??/*")}
+        if stored == needed:
+            break
+        time.sleep(0.1)
     assert stored == needed  # the rounds' aggregates and uploads were collected
     assert not list((federation.work_dir / "state" / "uploads").glob("*/*.part"))

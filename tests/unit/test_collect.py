@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from fused.common.domain.records import JobKind, Phase, VersionKind
 from fused.common.domain.round_metrics import AggregateSummary, PayloadKind, RoundMetrics
 from fused.common.domain.version_meta import AdapterMeta, VersionMeta
-from fused.coordinator.artifact_gc import collect, referenced
+from fused.coordinator.artifact_gc import Collected, Collection, collect, referenced
 from fused.coordinator.artifacts import ArtifactStore
 from fused.coordinator.fleet import Fleet
 from fused.coordinator.state import JobRecord, JobStatus, ModelVersion, RoundRecord
@@ -67,3 +68,36 @@ def test_collect_keeps_versions_and_unfinished_checkpoints(tmp_path: Path) -> No
     assert spool.offset("p0", "a" * 64) == 0
     assert not fleet.uploaded("p0", blob["upload"])  # it must send the bytes again
     assert collect(store, artifacts, spool, fleet).artifacts == 0  # nothing left to collect
+
+
+def test_a_collection_keeps_what_is_stored_or_found_while_it_runs(tmp_path: Path) -> None:
+    """Between the keep set and the deletions a job may start and store (or find, and
+    rely on) content that was unreferenced: the sweep keeps it."""
+    artifacts = ArtifactStore(tmp_path / "artifacts")
+    artifacts.ensure()
+    stale, stored, found = (artifacts.put_bytes(n) for n in (b"stale", b"stored", b"found"))
+    store = InMemoryStateStore()
+    collection = Collection(
+        store, artifacts, UploadSpool(tmp_path / "up", artifacts), Fleet(store, 15)
+    )
+    keep, parts = collection.begin()
+    assert artifacts.put_bytes(b"stored") == stored  # already there: no write, but kept
+    assert artifacts.exists(found)
+    done = collection.sweep(keep, parts)
+    assert done.artifacts == 1 and sorted(artifacts.digests()) == sorted([stored, found])
+    assert collection().artifacts == 2  # the next collection takes them
+    assert artifacts.digests() == [] and stale not in artifacts.digests()
+
+
+def test_background_collection_ends_with_its_task(tmp_path: Path) -> None:
+    artifacts = ArtifactStore(tmp_path / "artifacts")
+    artifacts.ensure()
+    artifacts.put_bytes(b"old round")
+    store = InMemoryStateStore()
+    spool = UploadSpool(tmp_path / "up", artifacts)
+
+    async def collect_in_background() -> Collected:
+        return await Collection(store, artifacts, spool, Fleet(store, 15)).in_background()
+
+    done = asyncio.run(collect_in_background())
+    assert done.artifacts == 1 and artifacts.digests() == []
