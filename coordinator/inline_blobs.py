@@ -25,6 +25,8 @@ class InlineBlobs:
         self._sent: dict[str, deque[str]] = {}
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._cached_bytes = 0
+        self._loading: dict[str, asyncio.Future[bytes | None]] = {}
+        self._too_big: set[str] = set()
 
     def new_session(self, pid: str) -> None:
         self._sent.pop(pid, None)
@@ -43,13 +45,24 @@ class InlineBlobs:
 
     async def _small(self, digest: str) -> bytes | None:
         """The artifact's bytes when it fits inline; None when it does not, or when it is
-        missing or corrupt (the agent's DownloadBlob then gets the error that says so)."""
+        missing or corrupt (the agent's DownloadBlob then gets the error that says so). A
+        round's thousand replies that miss the cache together wait for one read."""
         data = self._cache.get(digest)
         if data is not None:
             self._cache.move_to_end(digest)
             return data
+        if digest in self._too_big:
+            return None
+        loading = self._loading.get(digest)
+        if loading is None:
+            loading = self._loading[digest] = asyncio.ensure_future(self._load(digest))
+            loading.add_done_callback(lambda _: self._loading.pop(digest, None))
+        return await asyncio.shield(loading)  # one caller's cancellation stops no one's read
+
+    async def _load(self, digest: str) -> bytes | None:
         try:
             if self._artifacts.size(digest) > self.max_bytes:
+                self._too_big.add(digest)  # content-addressed: its size never changes
                 return None
             data = await asyncio.to_thread(self._artifacts.get_bytes, digest)  # digest checked
         except (MissingArtifactError, CorruptArtifactError):
