@@ -221,20 +221,26 @@ class ArtifactStore:
 
     # ----------------------------------------------------------------- writes
 
-    def put_bytes(self, data: bytes) -> str:
-        """Store `data`; return its sha256 hex digest. Storing existing content is a no-op."""
+    def put_bytes(self, data: bytes, durable: bool = True) -> str:
+        """Store `data`; return its sha256 hex digest. Storing existing content is a no-op.
+        `durable=False` skips the fsyncs, for what a crash makes worthless anyway (a round's
+        uploads: the round is redone); a copy a power failure damages fails its digest check
+        on every read and is replaced by the next put."""
         digest = hashlib.sha256(data).hexdigest()
         self._touch(digest)
         if self._is_intact(digest):
+            if durable:  # the copy there may have been put without fsync
+                _fsync_file(self.path_for(digest))
             return digest
         fd, tmp_name = self._mkstemp()
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            self._install(tmp, digest)
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
+            self._install(tmp, digest, durable)
         finally:
             self._forget(tmp)
         return digest
@@ -285,15 +291,23 @@ class ArtifactStore:
             return False
         return True
 
-    def _install(self, tmp: Path, digest: str) -> None:
-        """Atomically move a complete, fsynced temp file into place (replacing a corrupt copy)."""
+    def _install(self, tmp: Path, digest: str, durable: bool = True) -> None:
+        """Atomically move a complete (fsynced, if durable) temp file into place (replacing a
+        corrupt copy)."""
         target = self.path_for(digest)
         self._touch(digest)  # ArtifactWriter.commit comes here directly
         if self._is_intact(digest):
             return  # the caller's _forget() removes the temp file
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        if durable:
+            _fsync_dir(target.parent)
+
+
+def _fsync_file(path: Path) -> None:
+    with path.open("rb") as f:
+        os.fsync(f.fileno())
+    _fsync_dir(path.parent)
 
 
 def _file_digest(path: Path) -> str:

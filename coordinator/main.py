@@ -9,6 +9,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
+import torch
+
 from fused.common.rpc.metering import disable_created_series
 from fused.common.runtime.config import ConfigError, load_config
 from fused.common.runtime.logs import setup_logging
@@ -47,12 +49,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             section="coordinator",
             description="FUSED federation coordinator daemon",
         )
+        if config.threads < 0:
+            raise ConfigError(f"threads must be 0 (torch's default) or more, got {config.threads}")
     except ConfigError as exc:
         print(f"fused-coordinator: {exc}", file=sys.stderr)
         return 2
     try:
         setup_logging(config.log_level, config.log_json, "coordinator", writer_thread=True)
         raise_open_files_limit()
+        if config.threads > 0:
+            torch.set_num_threads(config.threads)
         disable_created_series()
         asyncio.run(serve(config))
     except (ValueError, OSError) as exc:  # bad TLS or auth files, a port in use, ...

@@ -137,7 +137,8 @@ class Uploads:
             self.on_refusal(exc.reason)
             raise
         try:
-            await asyncio.to_thread(self.artifacts.put_bytes, blob.data)
+            # no fsync: a crash redoes the round, and the result is sent again
+            await asyncio.to_thread(self.artifacts.put_bytes, blob.data, False)
         finally:
             self.ledger.end(stream)
         self.fleet.record_upload(pid, blob.blob_id)

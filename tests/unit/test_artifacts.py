@@ -79,6 +79,31 @@ def test_put_repairs_a_corrupt_copy(store: ArtifactStore) -> None:
     assert store.get_bytes(digest) == b"precious"
 
 
+def _count_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    real = os.fsync
+
+    def counted(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", counted)
+    return calls
+
+
+def test_a_round_upload_is_stored_without_fsync(
+    store: ArtifactStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _count_fsyncs(monkeypatch)
+    digest = store.put_bytes(b"an update", durable=False)
+    assert store.get_bytes(digest) == b"an update"
+    assert calls == []
+    # the same content stored durably later (an aggregate equal to the one upload): synced
+    assert store.put_bytes(b"an update") == digest
+    assert len(calls) == 2  # the file and its directory
+    assert _tmp_files(store) == []
+
+
 def test_missing_artifact(store: ArtifactStore) -> None:
     digest = hashlib.sha256(b"never stored").hexdigest()
     assert not store.exists(digest)

@@ -330,9 +330,16 @@ def test_participant_shares_the_file_with_the_coordinator(tmp_path: Path) -> Non
 
 
 def test_coordinator_rejects_participant_only_keys_at_top_level(tmp_path: Path) -> None:
-    path = _toml(tmp_path, "threads = 4\n")
-    with pytest.raises(ConfigError, match="unknown keys threads"):
+    path = _toml(tmp_path, 'device = "cpu"\n')
+    with pytest.raises(ConfigError, match="unknown keys device"):
         _coordinator(["--config", str(path)])
+
+
+def test_coordinator_refuses_negative_threads(capsys: pytest.CaptureFixture[str]) -> None:
+    from fused.coordinator.main import main
+
+    assert main(["--threads", "-1", "--metrics-port", "-1"]) == 2
+    assert "threads must be 0 (torch's default) or more, got -1" in capsys.readouterr().err
 
 
 def test_coordinator_bad_int_names_field_and_source() -> None:
