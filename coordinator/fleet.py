@@ -196,6 +196,10 @@ class Fleet:
         self._offline.discard(pid)
         self._wake(pid)
 
+    def allow_silence(self, seconds: float) -> None:
+        """Count agents offline only after `seconds` of silence, if longer than before."""
+        self._offline_after_s = max(self._offline_after_s, seconds)
+
     def is_online(self, pid: str) -> bool:
         seen = self._last_seen.get(pid)
         if seen is None:

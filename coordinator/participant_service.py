@@ -27,6 +27,7 @@ from fused.coordinator.fleet import (
     TaskClosedError,
 )
 from fused.coordinator.forget_requests import ForgetRequests
+from fused.coordinator.heartbeat_pace import HeartbeatPace
 from fused.coordinator.inline_blobs import InlineBlobs
 from fused.coordinator.limits import MAX_INLINE_BLOBS
 from fused.coordinator.metrics import CoordinatorMetrics
@@ -119,6 +120,7 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
     metrics: CoordinatorMetrics
     inline: InlineBlobs
     requests: ForgetRequests | None = None  # participants' own forgetting requests
+    pace: HeartbeatPace | None = None  # heartbeat intervals for the fleet's size
 
     def count_rejected(self, reason: str) -> None:
         self.metrics.rejected_results.labels(reason).inc()
@@ -149,8 +151,9 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
         self.inline.new_session(pid)
         log.info("participant %s registered (%d training samples)", pid, request.data.num_train)
         t = self.terms
+        beat_s = t.heartbeat_interval_s if self.pace is None else self.pace.interval_for(pid)
         return participant_pb2.RegisterResponse(
-            heartbeat_interval_s=t.heartbeat_interval_s,
+            heartbeat_interval_s=beat_s,
             poll_wait_s=t.poll_wait_s,
             chunk_bytes=t.chunk_bytes,
             max_upload_bytes=t.max_upload_bytes,

@@ -34,6 +34,7 @@ from fused.coordinator.early_auth import EarlyAuthInterceptor
 from fused.coordinator.engine.manager import JobManager
 from fused.coordinator.fleet import Fleet
 from fused.coordinator.forget_requests import ForgetRequests
+from fused.coordinator.heartbeat_pace import HeartbeatPace
 from fused.coordinator.inline_blobs import InlineBlobs
 from fused.coordinator.internal_errors import InternalErrors
 from fused.coordinator.jobs import JOB_KINDS
@@ -78,6 +79,14 @@ class CoordinatorConfig(LimitsConfig):  # connection and upload limits: limits_c
     )
     heartbeat_interval_s: float = 5.0  # agents beat only while busy: a long poll shows liveness
     offline_after_s: float = 15.0
+    max_heartbeats_per_s: float = dataclasses.field(
+        default=500.0,
+        metadata={
+            "help": "heartbeats a second the busy agents should stay under: an agent registering "
+            "into a fleet of N is told to beat every max(heartbeat_interval_s, N / this) "
+            "seconds, and offline_after_s grows in proportion; 0 = heartbeat_interval_s"
+        },
+    )
     poll_wait_s: float = 30.0
     max_upload_mb: int = 512
     inline_max_bytes: int = dataclasses.field(
@@ -212,6 +221,10 @@ class Coordinator:
             cfg.server_limits(MAX_MESSAGE_BYTES),
         )
         downloads = Downloads(artifacts, terms.chunk_bytes)
+        known = {p.participant_id for p in store.list_participants()}
+        pace = HeartbeatPace(
+            fleet, cfg.heartbeat_interval_s, cfg.offline_after_s, cfg.max_heartbeats_per_s, known
+        )
         requests = ForgetRequests(store, jobs, cfg.auto_approve_forget_requests)
         participant_pb2_grpc.add_ParticipantServiceServicer_to_server(
             ParticipantServicer(
@@ -222,6 +235,7 @@ class Coordinator:
                 self.metrics,
                 InlineBlobs(artifacts, terms.inline_max_bytes),
                 requests,
+                pace=pace,
             ),
             self._server,
         )
