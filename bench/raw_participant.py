@@ -19,6 +19,7 @@ import grpc
 
 from fused.client.initial_weights import start_training
 from fused.common.domain.specs import TrainingSpec
+from fused.common.rpc.channels import TlsFiles, create_channel
 from fused.common.rpc.metering import MD_PARTICIPANT
 from fused.common.rpc.protocol import PROTOCOL_VERSION
 from fused.participant.site import builtin_summary
@@ -101,23 +102,28 @@ def byte_chunks(blob: bytes, job_id: str, round_number: int) -> Chunks:
 class RawParticipant:
     """One hand-written participant; every call carries its id as local-mode metadata."""
 
-    def __init__(self, address: str, participant_id: str) -> None:
+    def __init__(self, address: str, participant_id: str, tls: TlsFiles | None = None) -> None:
         self.participant_id = participant_id
         self.md = ((MD_PARTICIPANT, participant_id),)
-        self.channel = grpc.insecure_channel(address)
+        self.channel = create_channel(address, tls) if tls else grpc.insecure_channel(address)
         self.stub = participant_pb2_grpc.ParticipantServiceStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()
 
-    def register(self, summary: participant_pb2.DataSummary = DIGITS) -> None:
+    def register(
+        self, summary: participant_pb2.DataSummary = DIGITS
+    ) -> participant_pb2.RegisterResponse:
         request = participant_pb2.RegisterRequest(
             protocol_version=PROTOCOL_VERSION,
             participant_id=self.participant_id,
             data=summary,
             agent_version="raw/1",
         )
-        self.stub.Register(request, metadata=self.md, timeout=TIMEOUT_S)
+        reply: participant_pb2.RegisterResponse = self.stub.Register(
+            request, metadata=self.md, timeout=TIMEOUT_S
+        )
+        return reply
 
     def pull(self, wait_s: float = 30.0) -> participant_pb2.Task | None:
         request = participant_pb2.PullTaskRequest(participant_id=self.participant_id, wait_s=wait_s)
@@ -182,11 +188,12 @@ def held_task(
     control: control_pb2_grpc.ControlServiceStub,
     pid: str,
     spec: TrainingSpec,
+    tls: TlsFiles | None = None,
 ) -> Iterator[tuple[RawParticipant, str, int]]:
     """A hand-written participant holding an open task of a training job started with `spec`
     (uploads belong to one): yields it, the task's job and round; declines the task at the
     end and waits for the job to finish."""
-    raw = RawParticipant(address, pid)
+    raw = RawParticipant(address, pid, tls)
     raw.register()
     job = start_training(control, spec)
     task = raw.pull_task()

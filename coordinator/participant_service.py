@@ -16,10 +16,11 @@ import grpc
 
 from fused.common.domain.tasks import TaskSpec
 from fused.common.ml.schema import parse_schema
-from fused.common.rpc.metering import respond_for, task_metadata
+from fused.common.rpc.metering import current_labels, respond_for, task_metadata
 from fused.common.rpc.protocol import version_refusal
 from fused.common.rpc.task_convert import outcome_from_proto, task_to_proto
 from fused.coordinator.auth import RequestRefused
+from fused.coordinator.bulk_tickets import TicketBook
 from fused.coordinator.fleet import (
     Fleet,
     NotRegisteredError,
@@ -54,6 +55,7 @@ class RegisterTerms:
     chunk_bytes: int
     max_upload_bytes: int
     inline_max_bytes: int
+    bulk_port: int = 0  # 0: no bulk port, artifacts go by DownloadBlob and UploadBlob only
 
 
 def _digest(blob_id: str) -> str:
@@ -120,6 +122,7 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
     metrics: CoordinatorMetrics
     inline: InlineBlobs
     requests: ForgetRequests | None = None  # participants' own forgetting requests
+    tickets: TicketBook | None = None  # the bulk port's, when there is one
     pace: HeartbeatPace | None = None  # heartbeat intervals for the fleet's size
 
     def count_rejected(self, reason: str) -> None:
@@ -158,6 +161,7 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
             chunk_bytes=t.chunk_bytes,
             max_upload_bytes=t.max_upload_bytes,
             inline_max_bytes=t.inline_max_bytes,
+            bulk_port=t.bulk_port,
         )
 
     @answers()
@@ -235,10 +239,8 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
         for blob in request.blobs:
             await self.uploads.receive_inline(pid, blob, task.job_id, task.round)
 
-    @answers()
-    async def DownloadBlob(  # type: ignore[override]
-        self, request: participant_pb2.DownloadBlobRequest, context: Context
-    ) -> AsyncIterator[bytes]:  # pre-serialized BlobChunks (PreSerializedResponses)
+    def _downloader(self, request: participant_pb2.DownloadBlobRequest) -> str:
+        """The caller, if it may download the blob `request` names."""
         pid = self._registered_caller("register before downloading")
         blob_id = _digest(request.blob_id)
         if not self.fleet.may_download(pid, blob_id):
@@ -246,8 +248,38 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"blob {blob_id} is not named by an open task of {pid} (nor uploaded by it)",
             )
-        for chunk in await self.downloads.open(blob_id, request.offset):
+        return pid
+
+    @answers()
+    async def DownloadBlob(  # type: ignore[override]
+        self, request: participant_pb2.DownloadBlobRequest, context: Context
+    ) -> AsyncIterator[bytes]:  # pre-serialized BlobChunks (PreSerializedResponses)
+        self._downloader(request)
+        for chunk in await self.downloads.open(request.blob_id, request.offset):
             yield chunk
+
+    @answers(rejected="transfer refused: ")
+    async def OpenTransfer(
+        self, request: participant_pb2.OpenTransferRequest, context: Context
+    ) -> participant_pb2.OpenTransferResponse:
+        """A bulk port ticket, after the checks of the call it stands for."""
+        if self.tickets is None:
+            raise RequestRefused(
+                grpc.StatusCode.UNIMPLEMENTED,
+                "this coordinator has no bulk port: use DownloadBlob and UploadBlob",
+            )
+        kind = request.WhichOneof("transfer")
+        if kind == "download":
+            pid = self._downloader(request.download)
+            ticket = self.tickets.issue(pid, current_labels(), download=request.download)
+            return participant_pb2.OpenTransferResponse(ticket=ticket)
+        if kind == "upload":
+            pid = self._registered_caller("register before uploading")
+            if self.uploads.precheck(pid, request.upload):
+                return participant_pb2.OpenTransferResponse(complete=True)
+            ticket = self.tickets.issue(pid, current_labels(), upload=request.upload)
+            return participant_pb2.OpenTransferResponse(ticket=ticket)
+        raise ValueError("name the download or the upload to open")
 
     @answers()
     async def GetUploadStatus(

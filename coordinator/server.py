@@ -29,6 +29,8 @@ from fused.coordinator.accounting import CallAccounting
 from fused.coordinator.artifact_gc import Collection, Pinned
 from fused.coordinator.artifacts import ArtifactStore
 from fused.coordinator.auth import AuthInterceptor, AuthPolicy
+from fused.coordinator.bulk_server import BulkDeps, BulkLimits, BulkServer
+from fused.coordinator.bulk_tickets import TicketBook
 from fused.coordinator.control_service import ControlServicer
 from fused.coordinator.early_auth import EarlyAuthInterceptor
 from fused.coordinator.engine.manager import JobManager
@@ -111,6 +113,17 @@ class CoordinatorConfig(LimitsConfig):  # connection and upload limits: limits_c
             "that cannot speak (mutual) TLS, e.g. Kubernetes grpc probes; '' = off"
         },
     )
+    bulk_listen: str = dataclasses.field(
+        default="",
+        metadata={
+            "help": "also move large artifacts over this host:port, a plain TCP port with the "
+            "gRPC port's TLS (agents connect to it on the host they dial, with a ticket from "
+            "an authenticated call); '' = off: DownloadBlob and UploadBlob streams only"
+        },
+    )
+    bulk_max_connections: int = dataclasses.field(
+        default=64, metadata={"help": "transfers the bulk port serves at once; more are closed"}
+    )
     keep_artifacts: bool = dataclasses.field(
         default=False,
         metadata={
@@ -168,6 +181,8 @@ class Coordinator:
         self._health = health_aio.HealthServicer()
         self._health_server: Any = None
         self.health_port = 0
+        self._bulk: BulkServer | None = None
+        self.bulk_port = 0
 
     async def start(self) -> None:
         cfg = self.config
@@ -177,12 +192,17 @@ class Coordinator:
         artifacts.ensure()
         fleet = self.fleet = Fleet(store, cfg.offline_after_s)
         spool = UploadSpool(cfg.state_dir / "uploads", artifacts)
+        tickets = TicketBook() if cfg.bulk_listen else None
+        if cfg.bulk_listen:  # bound first: Register tells agents its port
+            self._bulk = BulkServer(self._tls(), BulkLimits(cfg.bulk_max_connections))
+            self.bulk_port = self._bulk.bind(cfg.bulk_listen)
         terms = RegisterTerms(
             cfg.heartbeat_interval_s,
             cfg.poll_wait_s,
             CHUNK_BYTES,
             cfg.max_upload_mb << 20,
             cfg.inline_max_bytes,
+            self.bulk_port,
         )
         upload_limits = cfg.upload_limits(terms.max_upload_bytes, terms.chunk_bytes)
         refusals = self.metrics.upload_refusals
@@ -235,10 +255,15 @@ class Coordinator:
                 self.metrics,
                 InlineBlobs(artifacts, terms.inline_max_bytes),
                 requests,
+                tickets,
                 pace=pace,
             ),
             self._server,
         )
+        if self._bulk is not None and tickets is not None:
+            wire, rejected = self.metrics.wire, self.metrics.rejected_results
+            deps = BulkDeps(tickets, downloads, uploads, wire, lambda r: rejected.labels(r).inc())
+            self._bulk.start(deps)
         control_pb2_grpc.add_ControlServiceServicer_to_server(
             ControlServicer(
                 store,
@@ -275,6 +300,7 @@ class Coordinator:
                 "port": self.port,
                 "metrics_port": self.metrics_port,
                 "health_port": self.health_port,
+                "bulk_port": self.bulk_port,
             }
             tmp = cfg.ready_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(ready))
@@ -335,6 +361,8 @@ class Coordinator:
             await stopping
         if self._health_server is not None:
             await self._health_server.stop(0)
+        if self._bulk is not None:
+            await self._bulk.stop()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()

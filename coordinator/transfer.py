@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -24,6 +22,8 @@ from fused.common.rpc.framing import encode_blob_chunk
 from fused.coordinator.artifacts import ArtifactStore
 from fused.coordinator.auth import check_known_fields
 from fused.coordinator.fleet import Fleet
+from fused.coordinator.spool import SpoolWriter as SpoolWriter  # re-exported: one import site
+from fused.coordinator.spool import UploadSpool as UploadSpool
 from fused.coordinator.state import StateStore
 from fused.coordinator.upload_limits import (
     LimitExceeded,
@@ -35,7 +35,6 @@ from fused.coordinator.upload_limits import (
 )
 from fused.proto.v1 import common_pb2
 
-_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -111,6 +110,26 @@ class Uploads:
         finally:
             receipt.close()  # a broken connection keeps what arrived
 
+    async def receive_bulk(
+        self, pid: str, first: common_pb2.BlobChunk, pump: Callable[[SpoolWriter], Awaitable[None]]
+    ) -> StoredBlob:
+        """One upload whose bytes `pump` moves into the spool writer (the bulk port): `first`,
+        the chunk an UploadBlob stream would start with (without data), is checked and
+        admitted as that chunk is; then as receive() does."""
+        receipt = _Receipt(self, pid)
+        try:
+            done = receipt.take(first)
+            if done is not None:
+                return done
+            assert receipt.writer is not None  # take() opened it
+            await pump(receipt.writer)
+            return await self._finish(pid, receipt.writer)
+        except LimitExceeded as exc:
+            self.on_refusal(exc.reason)
+            raise
+        finally:
+            receipt.close()
+
     async def receive_inline(
         self, pid: str, blob: common_pb2.InlineBlob, job_id: str, round_number: int
     ) -> StoredBlob:
@@ -178,6 +197,19 @@ class Uploads:
         self.fleet.record_upload(pid, digest)
         self.ledger.stored(pid, digest, writer.total)
         return StoredBlob(digest, writer.total)
+
+    def precheck(self, pid: str, first: common_pb2.BlobChunk) -> bool:
+        """Whether an upload starting with `first` would be accepted now (as receive() checks
+        it; ValueError or RequestRefused say why not): True when pid had uploaded it
+        already, False when its bytes are to be sent."""
+        check_known_fields(first)
+        self.check_first_chunk(pid, first)
+        if self.fleet.uploaded(pid, first.blob_id):
+            return True
+        held = self.spool.offset(pid, first.blob_id)
+        if first.offset != held:
+            raise ValueError(f"upload starts at offset {first.offset}; resume at offset {held}")
+        return False
 
     def check_first_chunk(self, pid: str, chunk: common_pb2.BlobChunk) -> None:
         if not DIGEST.match(chunk.blob_id):
@@ -256,11 +288,17 @@ class Downloads:
         out: a corrupt artifact is never served. Raises MissingArtifactError,
         CorruptArtifactError (also while streaming, if the file changed since) or
         OffsetOutOfRange."""
+        total = await self.checked_size(digest, offset)
+        return self._chunks(digest, offset, total)
+
+    async def checked_size(self, digest: str, offset: int = 0) -> int:
+        """The artifact's size once its content checks out (the bulk port then sends its
+        file); raises as open() does."""
         total = self.artifacts.size(digest)
         await asyncio.to_thread(self.artifacts.verify, digest)
         if offset > total:
             raise OffsetOutOfRange(f"offset beyond size {total}")
-        return self._chunks(digest, offset, total)
+        return total
 
     def _chunks(self, digest: str, start: int, total: int) -> Iterator[bytes]:
         offset = 0
@@ -270,119 +308,3 @@ class Downloads:
                 skip = max(0, start - offset)
                 yield encode_blob_chunk(digest, offset + skip, chunk[skip:], total)
             offset = end
-
-
-class UploadSpool:
-    """Bytes of unfinished uploads under root/<participant>/<digest>.part.
-
-    A broken stream leaves its part file; the next stream for the same participant and
-    digest must start where it ends. A complete file is checked and moved into the store.
-    """
-
-    def __init__(self, root: Path, artifacts: ArtifactStore) -> None:
-        self._root = root
-        self._artifacts = artifacts
-        self._active: set[Path] = set()  # parts an open stream is writing: never collected
-
-    def _path(self, participant: str, digest: str) -> Path:
-        if not _SAFE.match(participant):  # ids are validated at registration; be sure anyway
-            raise ValueError(f"bad participant id {participant!r}")
-        return self._root / participant / f"{digest}.part"
-
-    def _parts(self, pattern: str = "*/*.part") -> list[Path]:
-        return list(self._root.glob(pattern)) if self._root.exists() else []
-
-    def clear(self) -> int:
-        """Remove every partial upload no stream is writing; returns how many."""
-        parts = [p for p in self._parts() if p not in self._active]
-        for part in parts:
-            part.unlink(missing_ok=True)
-        return len(parts)
-
-    def held_bytes(self, participant: str, but: str = "") -> int:
-        """Bytes of the participant's part files no open stream writes, `but` that digest's."""
-        skip = self._path(participant, but) if but else None
-        total = 0
-        for part in self._parts(f"{participant}/*.part"):
-            if part in self._active or part == skip:
-                continue
-            try:
-                total += part.stat().st_size
-            except FileNotFoundError:
-                continue
-        return total
-
-    def offset(self, participant: str, digest: str) -> int:
-        path = self._path(participant, digest)
-        return path.stat().st_size if path.exists() else 0
-
-    def open(self, participant: str, digest: str, total: int, offset: int) -> SpoolWriter:
-        held = self.offset(participant, digest)
-        if offset != held:
-            raise ValueError(f"upload starts at offset {offset}; resume at offset {held}")
-        path = self._path(participant, digest)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        writer = SpoolWriter(self._artifacts, path, digest, total, held, self._active.discard)
-        self._active.add(path)
-        return writer
-
-
-class SpoolWriter:
-    def __init__(
-        self,
-        artifacts: ArtifactStore,
-        path: Path,
-        digest: str,
-        total: int,
-        held: int,
-        on_close: Callable[[Path], None] = lambda path: None,
-    ) -> None:
-        self._artifacts = artifacts
-        self._path = path
-        self._digest = digest
-        self.total = total
-        self.size = held
-        self._on_close = on_close  # the spool stops protecting the part from collection
-        self._file = path.open("ab")
-        # Hashed as it arrives (a resumed part is read once here), so that finishing does
-        # not read the whole upload back.
-        self._hasher = hashlib.sha256()
-        if held:
-            with path.open("rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    self._hasher.update(block)
-
-    def write(self, offset: int, data: bytes) -> None:
-        if offset != self.size:
-            raise ValueError(f"chunk at offset {offset}, expected {self.size}")
-        if self.size + len(data) > self.total:
-            raise ValueError(f"upload exceeds its declared size of {self.total} bytes")
-        self._file.write(data)
-        self._hasher.update(data)
-        self.size += len(data)
-
-    def close(self) -> None:
-        """Keep what arrived, durably, for a later resume."""
-        self._sync()
-        self._on_close(self._path)
-
-    def _sync(self) -> None:
-        if not self._file.closed:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-
-    def finish(self) -> str:
-        """Check the complete upload's digest and store it; a mismatch discards it. The part
-        stays protected from collection until it has moved (close() ends that)."""
-        self._sync()
-        try:
-            return self._artifacts.adopt(self._path, self._digest, self._hasher.hexdigest())
-        except ValueError:
-            self.discard()
-            raise
-
-    def discard(self) -> None:
-        if not self._file.closed:
-            self._file.close()
-        self._path.unlink(missing_ok=True)

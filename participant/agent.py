@@ -30,6 +30,7 @@ from fused.common.rpc.protocol import PROTOCOL_VERSION
 from fused.common.rpc.task_convert import task_from_proto
 from fused.common.runtime.logs import log_fields, set_log_fields
 from fused.participant.blobs import BlobCache
+from fused.participant.bulk import BulkLink
 from fused.participant.handlers import run_task
 from fused.participant.reporting import error_outcome, failure_reason, push_outcome, shorten
 from fused.participant.retry import Action, RegistrationRefused, Stage, decide
@@ -318,6 +319,16 @@ class Agent:
         task: TaskSpec,
         reply: participant_pb2.RegisterResponse,
     ) -> TaskTransfer:
+        bulk = None
+        if reply.bulk_port:  # its bytes count as the stream calls' would, by the task's phase
+            wire, pid = self._metrics.wire, self._pid
+
+            def count(method: str, direction: str, n: int) -> None:
+                wire.record(method, direction, task.phase, pid, n)
+
+            bulk = BulkLink.beside(
+                self._settings.coordinator, reply.bulk_port, self._settings.tls, count
+            )
         return TaskTransfer(
             stub,
             task,
@@ -326,6 +337,7 @@ class Agent:
             max_download_bytes=self._settings.max_download_bytes,
             chunk_bytes=reply.chunk_bytes or CHUNK_BYTES,
             inline_max_bytes=reply.inline_max_bytes,
+            bulk=bulk,
         )
 
     def _run_task(self, task: TaskSpec, transfer: TaskTransfer) -> TaskOutcome:

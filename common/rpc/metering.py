@@ -163,6 +163,10 @@ class _CallTally:
         else:
             self._add(labels, direction, n, 1)
 
+    def labels(self) -> CallLabels:
+        """The call's labels as they stand now (CallLabels() while the caller is unknown)."""
+        return self._labels or self._settle(self._resolve()) or CallLabels()
+
     def caller_known(self) -> None:
         """Label what waits now, if the labels can be resolved (see `caller_known`)."""
         if self._labels is None:
@@ -199,6 +203,13 @@ def caller_known() -> None:
     tally = _current_call.get()
     if tally is not None:
         tally.caller_known()
+
+
+def current_labels() -> CallLabels:
+    """How the current call's bytes are counted: bytes it arranges to move elsewhere (a bulk
+    transfer it opens) are counted alike."""
+    tally = _current_call.get()
+    return tally.labels() if tally is not None else CallLabels()
 
 
 def respond_for(md: Metadata) -> None:

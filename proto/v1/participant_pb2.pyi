@@ -200,6 +200,7 @@ class RegisterResponse(_message.Message):
     CHUNK_BYTES_FIELD_NUMBER: _builtins.int
     MAX_UPLOAD_BYTES_FIELD_NUMBER: _builtins.int
     INLINE_MAX_BYTES_FIELD_NUMBER: _builtins.int
+    BULK_PORT_FIELD_NUMBER: _builtins.int
     heartbeat_interval_s: _builtins.float
     poll_wait_s: _builtins.float
     """how long PullTask may hold a call open"""
@@ -211,6 +212,10 @@ class RegisterResponse(_message.Message):
     """Artifacts up to this size travel inline: in PushResultRequest.blobs instead of an
     UploadBlob stream, and in PullTaskResponse.blobs instead of a DownloadBlob stream.
     """
+    bulk_port: _builtins.int
+    """The coordinator's bulk port, on the host the agent dialled: large artifacts move there
+    with OpenTransfer tickets (TLS as on this port). 0: DownloadBlob and UploadBlob only.
+    """
     def __init__(
         self,
         *,
@@ -219,10 +224,11 @@ class RegisterResponse(_message.Message):
         chunk_bytes: _builtins.int = ...,
         max_upload_bytes: _builtins.int = ...,
         inline_max_bytes: _builtins.int = ...,
+        bulk_port: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_bytes", b"chunk_bytes", "heartbeat_interval_s", b"heartbeat_interval_s", "inline_max_bytes", b"inline_max_bytes", "max_upload_bytes", b"max_upload_bytes", "poll_wait_s", b"poll_wait_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bulk_port", b"bulk_port", "chunk_bytes", b"chunk_bytes", "heartbeat_interval_s", b"heartbeat_interval_s", "inline_max_bytes", b"inline_max_bytes", "max_upload_bytes", b"max_upload_bytes", "poll_wait_s", b"poll_wait_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -742,6 +748,58 @@ class PushResultResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PushResultResponse: _TypeAlias = PushResultResponse  # noqa: Y015
+
+@_typing.final
+class OpenTransferRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOWNLOAD_FIELD_NUMBER: _builtins.int
+    UPLOAD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def download(self) -> Global___DownloadBlobRequest: ...
+    @_builtins.property
+    def upload(self) -> _common_pb2.BlobChunk:
+        """what an upload's first chunk names, without data"""
+
+    def __init__(
+        self,
+        *,
+        download: Global___DownloadBlobRequest | None = ...,
+        upload: _common_pb2.BlobChunk | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["download", b"download", "transfer", b"transfer", "upload", b"upload"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["download", b"download", "transfer", b"transfer", "upload", b"upload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_transfer: _TypeAlias = _typing.Literal["download", "upload"]  # noqa: Y015
+    _WhichOneofArgType_transfer: _TypeAlias = _typing.Literal["transfer", b"transfer"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_transfer) -> _WhichOneofReturnType_transfer | None: ...
+
+Global___OpenTransferRequest: _TypeAlias = OpenTransferRequest  # noqa: Y015
+
+@_typing.final
+class OpenTransferResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TICKET_FIELD_NUMBER: _builtins.int
+    COMPLETE_FIELD_NUMBER: _builtins.int
+    ticket: _builtins.bytes
+    """present it on the bulk port within seconds; it is good once"""
+    complete: _builtins.bool
+    """an upload the caller had made already: no ticket, nothing to send"""
+    def __init__(
+        self,
+        *,
+        ticket: _builtins.bytes = ...,
+        complete: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "ticket", b"ticket"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenTransferResponse: _TypeAlias = OpenTransferResponse  # noqa: Y015
 
 @_typing.final
 class DownloadBlobRequest(_message.Message):

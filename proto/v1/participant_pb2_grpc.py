@@ -72,6 +72,11 @@ class ParticipantServiceStub:
                 request_serializer=fused_dot_proto_dot_v1_dot_participant__pb2.UploadStatusRequest.SerializeToString,
                 response_deserializer=fused_dot_proto_dot_v1_dot_participant__pb2.UploadStatusResponse.FromString,
                 _registered_method=True)
+        self.OpenTransfer = channel.unary_unary(
+                '/fused.v1.ParticipantService/OpenTransfer',
+                request_serializer=fused_dot_proto_dot_v1_dot_participant__pb2.OpenTransferRequest.SerializeToString,
+                response_deserializer=fused_dot_proto_dot_v1_dot_participant__pb2.OpenTransferResponse.FromString,
+                _registered_method=True)
         self.RequestForgetting = channel.unary_unary(
                 '/fused.v1.ParticipantService/RequestForgetting',
                 request_serializer=fused_dot_proto_dot_v1_dot_participant__pb2.ForgettingRequest.SerializeToString,
@@ -129,6 +134,14 @@ class ParticipantServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenTransfer(self, request, context):
+        """A single-use ticket to move one artifact over the bulk port (RegisterResponse.bulk_port)
+        instead of DownloadBlob or UploadBlob, after the same checks those calls make.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RequestForgetting(self, request, context):
         """Ask to be forgotten, or to have some of one's own samples forgotten. It lands pending
         until an operator decides (or the coordinator approves such requests by configuration).
@@ -174,6 +187,11 @@ def add_ParticipantServiceServicer_to_server(servicer, server):
                     servicer.GetUploadStatus,
                     request_deserializer=fused_dot_proto_dot_v1_dot_participant__pb2.UploadStatusRequest.FromString,
                     response_serializer=fused_dot_proto_dot_v1_dot_participant__pb2.UploadStatusResponse.SerializeToString,
+            ),
+            'OpenTransfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenTransfer,
+                    request_deserializer=fused_dot_proto_dot_v1_dot_participant__pb2.OpenTransferRequest.FromString,
+                    response_serializer=fused_dot_proto_dot_v1_dot_participant__pb2.OpenTransferResponse.SerializeToString,
             ),
             'RequestForgetting': grpc.unary_unary_rpc_method_handler(
                     servicer.RequestForgetting,
@@ -372,6 +390,33 @@ class ParticipantService:
             '/fused.v1.ParticipantService/GetUploadStatus',
             fused_dot_proto_dot_v1_dot_participant__pb2.UploadStatusRequest.SerializeToString,
             fused_dot_proto_dot_v1_dot_participant__pb2.UploadStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenTransfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fused.v1.ParticipantService/OpenTransfer',
+            fused_dot_proto_dot_v1_dot_participant__pb2.OpenTransferRequest.SerializeToString,
+            fused_dot_proto_dot_v1_dot_participant__pb2.OpenTransferResponse.FromString,
             options,
             channel_credentials,
             insecure,

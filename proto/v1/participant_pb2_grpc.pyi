@@ -47,6 +47,10 @@ class ParticipantServiceStub:
     broken stream the next upload continues at the offset GetUploadStatus reports.
     """
     GetUploadStatus: _grpc.UnaryUnaryMultiCallable[_participant_pb2.UploadStatusRequest, _participant_pb2.UploadStatusResponse]
+    OpenTransfer: _grpc.UnaryUnaryMultiCallable[_participant_pb2.OpenTransferRequest, _participant_pb2.OpenTransferResponse]
+    """A single-use ticket to move one artifact over the bulk port (RegisterResponse.bulk_port)
+    instead of DownloadBlob or UploadBlob, after the same checks those calls make.
+    """
     RequestForgetting: _grpc.UnaryUnaryMultiCallable[_participant_pb2.ForgettingRequest, _participant_pb2.ForgettingReply]
     """Ask to be forgotten, or to have some of one's own samples forgotten. It lands pending
     until an operator decides (or the coordinator approves such requests by configuration).
@@ -70,6 +74,10 @@ class ParticipantServiceAsyncStub(ParticipantServiceStub):
     broken stream the next upload continues at the offset GetUploadStatus reports.
     """
     GetUploadStatus: _aio.UnaryUnaryMultiCallable[_participant_pb2.UploadStatusRequest, _participant_pb2.UploadStatusResponse]  # type: ignore[assignment]
+    OpenTransfer: _aio.UnaryUnaryMultiCallable[_participant_pb2.OpenTransferRequest, _participant_pb2.OpenTransferResponse]  # type: ignore[assignment]
+    """A single-use ticket to move one artifact over the bulk port (RegisterResponse.bulk_port)
+    instead of DownloadBlob or UploadBlob, after the same checks those calls make.
+    """
     RequestForgetting: _aio.UnaryUnaryMultiCallable[_participant_pb2.ForgettingRequest, _participant_pb2.ForgettingReply]  # type: ignore[assignment]
     """Ask to be forgotten, or to have some of one's own samples forgotten. It lands pending
     until an operator decides (or the coordinator approves such requests by configuration).
@@ -132,6 +140,16 @@ class ParticipantServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _participant_pb2.UploadStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_participant_pb2.UploadStatusResponse, _abc.Awaitable[_participant_pb2.UploadStatusResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def OpenTransfer(
+        self,
+        request: _participant_pb2.OpenTransferRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_participant_pb2.OpenTransferResponse, _abc.Awaitable[_participant_pb2.OpenTransferResponse]]:
+        """A single-use ticket to move one artifact over the bulk port (RegisterResponse.bulk_port)
+        instead of DownloadBlob or UploadBlob, after the same checks those calls make.
+        """
 
     @_abc_1.abstractmethod
     def RequestForgetting(

@@ -99,6 +99,11 @@ class EchoServicer(participant_pb2_grpc.ParticipantServiceServicer):
     ) -> participant_pb2.ForgettingReply:
         return participant_pb2.ForgettingReply(request_id="r-1", status="pending")
 
+    async def OpenTransfer(
+        self, request: participant_pb2.OpenTransferRequest, context: Context
+    ) -> participant_pb2.OpenTransferResponse:
+        return participant_pb2.OpenTransferResponse(ticket=b"t" * 32)
+
 
 def blob_chunks(blob_id: str) -> list[common_pb2.BlobChunk]:
     total = sum(CHUNK_SIZES)

@@ -1,0 +1,116 @@
+"""The agent's side of the coordinator's bulk port (framing: common/rpc/bulk_wire.py): one
+connection out per artifact, authorized by an OpenTransfer ticket."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import socket
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from fused.common.rpc.bulk_wire import (
+    HEADER,
+    HELLO_BYTES,
+    IO_BYTES,
+    MAGIC,
+    MAX_REASON_BYTES,
+    client_context,
+    read_header,
+    recv_exactly,
+)
+from fused.common.rpc.channels import TlsFiles
+
+Count = Callable[[str, str, int], None]  # (method, direction, bytes) on the wire metrics
+TIMEOUT_S = 60.0  # the longest wait for the coordinator on a bulk connection
+
+
+def _uncounted(method: str, direction: str, n: int) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class BulkLink:
+    """Where the bulk port is (the host the agent dials, the port Register named), the TLS
+    of the agent's channel, and where its bytes are counted (as DownloadBlob/UploadBlob)."""
+
+    host: str
+    port: int
+    tls: TlsFiles | None = None
+    count: Count = _uncounted
+
+    @classmethod
+    def beside(cls, target: str, port: int, tls: TlsFiles | None, count: Count) -> BulkLink:
+        """The bulk port `port` on the host of the gRPC target "host:port"."""
+        host = target.rpartition(":")[0].removeprefix("dns:///").strip("[]")
+        return cls(host, port, tls, count)
+
+    def download(self, ticket: bytes, digest: str, max_bytes: int) -> bytes:
+        """The artifact's bytes, checked against `digest` (hashed while the rest arrives)."""
+        with self._connect(ticket, "DownloadBlob") as sock:
+            _, size = read_header(sock)
+            self.count("DownloadBlob", "received", HEADER.size + size)
+            if size > max_bytes:
+                raise ValueError(f"download of {size} bytes exceeds {max_bytes} bytes")
+            data, got = _receive_hashed(sock, size)
+        if got != digest:
+            raise ValueError(f"downloaded artifact does not match its digest {digest}")
+        return data
+
+    def upload(self, ticket: bytes, blob: bytes, offset: int) -> str:
+        """Send blob[offset:] once the coordinator admits it; the digest it stored."""
+        with self._connect(ticket, "UploadBlob") as sock:
+            stored = self._reply(sock)
+            if stored:  # uploaded before: nothing to send
+                return stored
+            sock.sendall(memoryview(blob)[offset:])
+            self.count("UploadBlob", "sent", len(blob) - offset)
+            return self._reply(sock)
+
+    def _reply(self, sock: socket.socket) -> str:
+        _, length = read_header(sock)
+        if length > MAX_REASON_BYTES:
+            raise ConnectionError(f"a bulk reply of {length} bytes")
+        text = recv_exactly(sock, length).decode()
+        self.count("UploadBlob", "received", HEADER.size + length)
+        return text
+
+    def _connect(self, ticket: bytes, method: str) -> socket.socket:
+        sock = socket.create_connection((self.host, self.port), timeout=TIMEOUT_S)
+        try:
+            if self.tls is not None:
+                ctx = client_context(self.tls)
+                sock = ctx.wrap_socket(sock, server_hostname=self.host)
+            sock.sendall(MAGIC + ticket)
+        except BaseException:
+            sock.close()
+            raise
+        self.count(method, "sent", HELLO_BYTES)
+        return sock
+
+
+def _receive_hashed(sock: socket.socket, size: int) -> tuple[bytes, str]:
+    """`size` bytes and their sha256, hashed on a second thread while the rest arrives."""
+    # Received in place into the buffer getvalue() hands over without a copy; bytes(size)
+    # comes zeroed from calloc, so its pages are first touched by the receive itself (fresh
+    # pages cost here about what the transfer does).
+    buf = io.BytesIO(bytes(size))
+    view = buf.getbuffer()
+    hasher = hashlib.sha256()
+    hashed: list[Future[None]] = []
+    with ThreadPoolExecutor(1, thread_name_prefix="bulk-hash") as pool:
+        got = start = 0
+        while got < size:
+            n = sock.recv_into(view[got:], min(size - got, IO_BYTES))
+            if n == 0:
+                raise ConnectionError(f"bulk download cut after {got} of {size} bytes")
+            got += n
+            if got - start >= IO_BYTES or got == size:
+                hashed.append(pool.submit(hasher.update, view[start:got]))
+                start = got
+        for done in hashed:
+            done.result()
+    del hashed
+    view.release()
+    return buf.getvalue(), hasher.hexdigest()
