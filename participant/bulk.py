@@ -3,10 +3,11 @@ connection out per artifact, authorized by an OpenTransfer ticket."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -48,46 +49,61 @@ class BulkLink:
 
     def download(self, ticket: bytes, digest: str, max_bytes: int) -> bytes:
         """The artifact's bytes, checked against `digest` (hashed while the rest arrives)."""
-        with self._connect(ticket, "DownloadBlob") as sock:
+        with self._connect(ticket, "DownloadBlob") as (sock, tally):
             _, size = read_header(sock)
-            self.count("DownloadBlob", "received", HEADER.size + size)
+            tally.received += HEADER.size
             if size > max_bytes:
                 raise ValueError(f"download of {size} bytes exceeds {max_bytes} bytes")
             data, got = _receive_hashed(sock, size)
+            tally.received += size
         if got != digest:
             raise ValueError(f"downloaded artifact does not match its digest {digest}")
         return data
 
     def upload(self, ticket: bytes, blob: bytes, offset: int) -> str:
         """Send blob[offset:] once the coordinator admits it; the digest it stored."""
-        with self._connect(ticket, "UploadBlob") as sock:
-            stored = self._reply(sock)
+        with self._connect(ticket, "UploadBlob") as (sock, tally):
+            stored = _reply(sock, tally)
             if stored:  # uploaded before: nothing to send
                 return stored
             sock.sendall(memoryview(blob)[offset:])
-            self.count("UploadBlob", "sent", len(blob) - offset)
-            return self._reply(sock)
+            tally.sent += len(blob) - offset
+            return _reply(sock, tally)
 
-    def _reply(self, sock: socket.socket) -> str:
-        _, length = read_header(sock)
-        if length > MAX_REASON_BYTES:
-            raise ConnectionError(f"a bulk reply of {length} bytes")
-        text = recv_exactly(sock, length).decode()
-        self.count("UploadBlob", "received", HEADER.size + length)
-        return text
-
-    def _connect(self, ticket: bytes, method: str) -> socket.socket:
+    @contextlib.contextmanager
+    def _connect(self, ticket: bytes, method: str) -> Iterator[tuple[socket.socket, _Tally]]:
+        """A connection that has presented `ticket`; its bytes are counted as one message
+        each way of `method` when it closes (as the coordinator counts them)."""
+        tally = _Tally()
         sock = socket.create_connection((self.host, self.port), timeout=TIMEOUT_S)
         try:
             if self.tls is not None:
                 ctx = client_context(self.tls)
                 sock = ctx.wrap_socket(sock, server_hostname=self.host)
             sock.sendall(MAGIC + ticket)
-        except BaseException:
+            tally.sent += HELLO_BYTES
+            yield sock, tally
+        finally:
             sock.close()
-            raise
-        self.count(method, "sent", HELLO_BYTES)
-        return sock
+            for direction, n in (("sent", tally.sent), ("received", tally.received)):
+                if n:
+                    self.count(method, direction, n)
+
+
+@dataclass
+class _Tally:
+    sent: int = 0
+    received: int = 0
+
+
+def _reply(sock: socket.socket, tally: _Tally) -> str:
+    """A short OK frame's text (a digest, or nothing)."""
+    _, length = read_header(sock)
+    if length > MAX_REASON_BYTES:
+        raise ConnectionError(f"a bulk reply of {length} bytes")
+    text = recv_exactly(sock, length).decode()
+    tally.received += HEADER.size + length
+    return text
 
 
 def _receive_hashed(sock: socket.socket, size: int) -> tuple[bytes, str]:

@@ -197,10 +197,11 @@ def test_k8s_coordinator(tmp_path: Path) -> None:
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {
         "grpc": _port(cfg.listen),
+        "bulk": _port(cfg.bulk_listen),
         "metrics": cfg.metrics_port,
         "health": _port(cfg.health_listen),
     }
-    assert ports == {"grpc": 50051, "metrics": 9464, "health": 8081}
+    assert ports == {"grpc": 50051, "bulk": 50052, "metrics": 9464, "health": 8081}
     assert cfg.listen.startswith("0.0.0.0:") and cfg.metrics_address == "0.0.0.0"
     # The kubelet dials the pod IP, so the health port listens on every interface.
     assert cfg.health_listen.startswith("0.0.0.0:")
@@ -230,7 +231,7 @@ def test_k8s_coordinator(tmp_path: Path) -> None:
     annotations = sts["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == str(cfg.metrics_port)
-    # The Service carries gRPC and metrics; the health port is for the kubelet only.
+    # The Service carries gRPC, the bulk port and metrics; the health port is for the kubelet.
     service = objects[("Service", "fused-coordinator")]
     served = {p["name"]: p["port"] for p in service["spec"]["ports"]}
     assert served == {name: port for name, port in ports.items() if name != "health"}
@@ -265,10 +266,12 @@ def test_k8s_network_policy(tmp_path: Path) -> None:
     cfg = _k8s_config(CoordinatorConfig, "coordinator", tmp_path, {})
     coordinator = _policy_for("coordinator")
     opened = {p["port"] for rule in coordinator["spec"]["ingress"] for p in rule["ports"]}
-    assert opened == {_port(cfg.listen), cfg.metrics_port, _port(cfg.health_listen)}
-    # gRPC: only this application's pods (participants, an operator's fusedctl pod).
-    (grpc_from,) = _allowed_sources(coordinator, _port(cfg.listen))
-    assert grpc_from == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "fused"}}}]
+    grpc_ports = {_port(cfg.listen), _port(cfg.bulk_listen)}
+    assert opened == {*grpc_ports, cfg.metrics_port, _port(cfg.health_listen)}
+    # gRPC and the bulk port: only this application's pods (participants, fusedctl's pod).
+    for port in grpc_ports:
+        (grpc_from,) = _allowed_sources(coordinator, port)
+        assert grpc_from == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "fused"}}}]
     # Health: the kubelet probes from the node, which no pod or namespace selector names, so
     # the rule admits every source (or an ipBlock of the nodes' addresses).
     health_from = _allowed_sources(coordinator, _port(cfg.health_listen))
