@@ -1,6 +1,6 @@
 """The bulk port: large artifacts move over a plain TCP connection (TLS with the gRPC port's
 certificates, client certificates required when it requires them) instead of gRPC streams,
-at close to what the network allows. Participants still only connect out.
+which in Python cost several times what the bytes do. Participants still only connect out.
 
 A transfer is opened by OpenTransfer, an authenticated gRPC call that makes DownloadBlob's
 or UploadBlob's checks and returns a single-use ticket (bulk_tickets.py); the connection
@@ -105,7 +105,12 @@ class BulkServer:
     async def _accept(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            conn, _ = await loop.sock_accept(listener)
+            try:
+                conn, _ = await loop.sock_accept(listener)
+            except OSError as exc:  # e.g. out of file descriptors: the next may succeed
+                log.warning("bulk port: accept failed (%s)", exc)
+                await asyncio.sleep(0.1)
+                continue
             if len(self._conns) >= self._limits.max_connections:
                 conn.close()  # a thread each: a flood must not queue behind real transfers
                 continue
@@ -148,6 +153,7 @@ class BulkServer:
         return ticket
 
     async def _transfer(self, sock: socket.socket, ticket: Ticket, progress: Progress) -> None:
+        sock.settimeout(self._deps.uploads.limits.idle_timeout_s)  # a peer that stops reading
         if ticket.download is not None:
             request = ticket.download
             total = await self._deps.downloads.checked_size(request.blob_id, request.offset)
