@@ -18,7 +18,7 @@ import pytest
 from bench.raw_participant import RawParticipant, held_task
 from fused.cli.pki import init_pki
 from fused.common.domain.specs import TrainingSpec
-from fused.common.rpc.bulk_wire import MAGIC, BulkRefused
+from fused.common.rpc.bulk_wire import MAGIC, BulkRefused, read_header
 from fused.common.rpc.channels import TlsFiles
 from fused.common.rpc.task_convert import task_from_proto
 from fused.participant.blobs import BlobCache
@@ -76,7 +76,7 @@ def held(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Held]:
     with LocalFederation(tmp_path_factory.mktemp("bulk")) as fed:
         fed.start_coordinator(
             *("--bulk-listen", "127.0.0.1:0", "--max-upload-mb", str(MAX_UPLOAD_MB)),
-            *("--offline-after-s", "600"),
+            *("--offline-after-s", "600", "--upload-idle-timeout-s", "2"),
         )
         with held_task(fed.address, fed.control(), "bk", SPEC) as (raw, job_id, rnd):
             port = raw.register().bulk_port
@@ -156,6 +156,19 @@ def test_a_cut_upload_resumes_where_it_stopped(held: Held) -> None:
     assert held.raw.upload_offset(digest) == 1 << 20
     assert held.with_bulk().upload(payload) == digest  # resumed at that offset
     assert held.with_bulk().fetch(digest) == payload
+
+
+def test_a_stalled_upload_is_cut_and_told_where_to_resume(held: Held) -> None:
+    payload = blob("stalled", 2)
+    digest = hashlib.sha256(payload).hexdigest()
+    ticket = held.ticket(upload=held.first_chunk(digest, len(payload)))
+    with socket.create_connection(("127.0.0.1", held.link.port), timeout=30) as sock:
+        sock.sendall(MAGIC + ticket)
+        assert read_header(sock) == (0, 0)  # go ahead
+        sock.sendall(payload[: 1 << 20])  # then nothing, past upload_idle_timeout_s
+        with pytest.raises(BulkRefused, match=r"sent nothing for 2 s; resume at offset 1048576"):
+            read_header(sock)
+    assert held.with_bulk().upload(payload) == digest
 
 
 def test_without_a_bulk_port_artifacts_stream(tmp_path: Path) -> None:
