@@ -226,14 +226,21 @@ class Mtls:
 def test_an_agent_moves_its_artifacts_over_the_bulk_port_with_mtls(mtls: Mtls) -> None:
     info = run_job(mtls.fed, dataclasses.replace(SPEC, round_deadline_s=60))
     assert info.status == "completed", info.reason
-    samples = scrape(mtls.fed.metrics_port)
-    counted = {
-        (dict(labels)["method"], dict(labels)["direction"], dict(labels)["phase"])
-        for (name, labels), v in samples.items()
-        if name == "fused_wire_bytes_total" and v > 0
+    coordinator = counted(mtls.fed.metrics_port)
+    assert coordinator[("OpenTransfer", "received", "train")] > 0
+    agent = counted(mtls.fed.participant_metrics["p0"])  # the only agent: the same bytes
+    for method in ("DownloadBlob", "UploadBlob"):
+        for mine, theirs in (("sent", "received"), ("received", "sent")):
+            assert agent[(method, mine, "train")] == coordinator[(method, theirs, "train")] > 0
+
+
+def counted(metrics_port: int) -> dict[tuple[str, str, str], float]:
+    """fused_wire_bytes_total by (method, direction, phase)."""
+    return {
+        (dict(labels)["method"], dict(labels)["direction"], dict(labels)["phase"]): v
+        for (name, labels), v in scrape(metrics_port).items()
+        if name == "fused_wire_bytes_total"
     }
-    assert {("DownloadBlob", "sent", "train"), ("UploadBlob", "received", "train")} <= counted
-    assert ("OpenTransfer", "received", "train") in counted
 
 
 def test_a_ticket_is_bound_to_its_participants_certificate(mtls: Mtls) -> None:
