@@ -11,6 +11,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from fused.common.rpc.bulk_tls import Stream, TlsStream
 from fused.common.rpc.bulk_wire import (
     HEADER,
     HELLO_BYTES,
@@ -37,7 +38,7 @@ class Progress:
 
 @dataclass(frozen=True)
 class Hello:
-    sock: socket.socket  # TLS-wrapped when the port has TLS
+    sock: Stream  # TLS when the port has TLS
     ticket: bytes
     peer: Identity | None  # the verified client certificate's identity (mTLS)
 
@@ -48,10 +49,12 @@ def hello(
     """The TLS handshake (with a context) and the opening HELLO, both within timeout_s."""
     conn.settimeout(timeout_s)
     deadline = time.monotonic() + timeout_s
-    sock: socket.socket = conn if ctx is None else ctx.wrap_socket(conn, server_side=True)
+    sock: Stream = conn
     peer = None
-    if isinstance(sock, ssl.SSLSocket):
-        der = sock.getpeercert(binary_form=True)
+    if ctx is not None:
+        sock = TlsStream(conn, ctx, server_side=True)
+        sock.handshake()
+        der = sock.peer_certificate()
         peer = identity_from_cert(ssl.DER_cert_to_PEM_cert(der).encode()) if der else None
     sock.settimeout(max(0.001, deadline - time.monotonic()))
     data = recv_exactly(sock, HELLO_BYTES)
@@ -61,18 +64,18 @@ def hello(
     return Hello(sock, data[len(MAGIC) :], peer)
 
 
-def send(sock: socket.socket, data: bytes, progress: Progress) -> None:
+def send(sock: Stream, data: bytes, progress: Progress) -> None:
     sock.sendall(data)
     progress.sent += len(data)
 
 
-def send_file(sock: socket.socket, path: Path, offset: int, total: int, progress: Progress) -> None:
+def send_file(sock: Stream, path: Path, offset: int, total: int, progress: Progress) -> None:
     """An OK frame with the file's bytes from `offset`: sendfile(2) on a plain socket; read
     and sent in large blocks through TLS."""
     count = total - offset
     with path.open("rb") as f:
         send(sock, HEADER.pack(OK, count), progress)
-        if not isinstance(sock, ssl.SSLSocket):
+        if isinstance(sock, socket.socket):
             progress.sent += sock.sendfile(f, offset, count)
             return
         f.seek(offset)
@@ -83,9 +86,7 @@ def send_file(sock: socket.socket, path: Path, offset: int, total: int, progress
             offset += n
 
 
-def receive(
-    sock: socket.socket, writer: SpoolWriter, limits: UploadLimits, progress: Progress
-) -> None:
+def receive(sock: Stream, writer: SpoolWriter, limits: UploadLimits, progress: Progress) -> None:
     """The rest of an upload into the spool writer. The writer (file write and sha256) works
     on one buffer while the socket fills the other; each buffer must arrive within the
     upload limits' deadline (idle timeout, minimum rate), else LimitExceeded."""
@@ -115,7 +116,7 @@ class _Pace:
 
 
 def _fill(
-    sock: socket.socket, view: memoryview, pace: _Pace, offset: int, progress: Progress
+    sock: Stream, view: memoryview, pace: _Pace, offset: int, progress: Progress
 ) -> tuple[int, Exception | None]:
     """Fill `view` (the upload's bytes at `offset`), each read within the pace's deadline:
     how many bytes arrived, and why no more did when that is fewer."""

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from fused.common.rpc.bulk_tls import Stream
 from fused.common.rpc.bulk_wire import OK, frame, server_context
 from fused.common.rpc.channels import TlsFiles
 from fused.common.rpc.identity import PARTICIPANT, Identity
@@ -71,7 +72,7 @@ class BulkServer:
         self._mtls = tls is not None and tls.ca is not None
         self._limits = limits
         self._pool = ThreadPoolExecutor(limits.max_connections, thread_name_prefix="bulk")
-        self._conns: set[socket.socket] = set()
+        self._conns: set[Stream] = set()
         self._serving: set[asyncio.Task[None]] = set()
         self._listener: socket.socket | None = None
         self._deps: BulkDeps  # set by start()
@@ -126,11 +127,11 @@ class BulkServer:
     async def _serve(self, conn: socket.socket) -> None:
         progress = Progress()
         method, labels = UNREDEEMED, CallLabels()
-        sock = conn
+        sock: Stream = conn
         try:
             timeout = self._limits.handshake_timeout_s
             hello = await self._io(bulk_io.hello, conn, self._ctx, timeout, progress)
-            sock = hello.sock  # TLS wraps (and detaches) conn
+            sock = hello.sock  # TLS, when the port has it
             self._conns.add(sock)
             ticket = self._redeem(hello)
             method, labels = ticket.method, ticket.labels
@@ -152,7 +153,7 @@ class BulkServer:
             raise BulkRefusal("the client certificate is not that of the ticket's participant")
         return ticket
 
-    async def _transfer(self, sock: socket.socket, ticket: Ticket, progress: Progress) -> None:
+    async def _transfer(self, sock: Stream, ticket: Ticket, progress: Progress) -> None:
         sock.settimeout(self._deps.uploads.limits.idle_timeout_s)  # a peer that stops reading
         if ticket.download is not None:
             request = ticket.download
@@ -171,9 +172,7 @@ class BulkServer:
         stored = await uploads.receive_bulk(ticket.participant, ticket.upload, pump)
         await self._io(bulk_io.send, sock, frame(OK, stored.blob_id.encode()), progress)
 
-    async def _refuse(
-        self, sock: socket.socket, method: str, exc: Exception, progress: Progress
-    ) -> None:
+    async def _refuse(self, sock: Stream, method: str, exc: Exception, progress: Progress) -> None:
         """Answer what a transfer raised as the gRPC calls would (rpc_errors' table); an
         exception no rule covers is a bug: logged, and answered INTERNAL."""
         words = UPLOAD_WORDS if method == "UploadBlob" else Wording()
@@ -203,7 +202,7 @@ class BulkServer:
                     labels.charge(direction, n)
 
 
-def _peer(sock: socket.socket) -> str:
+def _peer(sock: Stream) -> str:
     try:
         host, port = sock.getpeername()[:2]
     except OSError:
@@ -211,7 +210,7 @@ def _peer(sock: socket.socket) -> str:
     return f"ipv4:{host}:{port}"
 
 
-def _shut(sock: socket.socket) -> None:
+def _shut(sock: Stream) -> None:
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
     sock.close()

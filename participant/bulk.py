@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from fused.common.rpc.bulk_tls import Stream, TlsStream
 from fused.common.rpc.bulk_wire import (
     HEADER,
     HELLO_BYTES,
@@ -71,15 +72,16 @@ class BulkLink:
             return _reply(sock, tally)
 
     @contextlib.contextmanager
-    def _connect(self, ticket: bytes, method: str) -> Iterator[tuple[socket.socket, _Tally]]:
+    def _connect(self, ticket: bytes, method: str) -> Iterator[tuple[Stream, _Tally]]:
         """A connection that has presented `ticket`; its bytes are counted as one message
         each way of `method` when it closes (as the coordinator counts them)."""
         tally = _Tally()
-        sock = socket.create_connection((self.host, self.port), timeout=TIMEOUT_S)
+        raw = socket.create_connection((self.host, self.port), timeout=TIMEOUT_S)
+        sock: Stream = raw
         try:
             if self.tls is not None:
-                ctx = client_context(self.tls)
-                sock = ctx.wrap_socket(sock, server_hostname=self.host)
+                sock = TlsStream(raw, client_context(self.tls), False, self.host)
+                sock.handshake()
             sock.sendall(MAGIC + ticket)
             tally.sent += HELLO_BYTES
             yield sock, tally
@@ -96,7 +98,7 @@ class _Tally:
     received: int = 0
 
 
-def _reply(sock: socket.socket, tally: _Tally) -> str:
+def _reply(sock: Stream, tally: _Tally) -> str:
     """A short OK frame's text (a digest, or nothing)."""
     _, length = read_header(sock)
     if length > MAX_REASON_BYTES:
@@ -106,7 +108,7 @@ def _reply(sock: socket.socket, tally: _Tally) -> str:
     return text
 
 
-def _receive_hashed(sock: socket.socket, size: int) -> tuple[bytes, str]:
+def _receive_hashed(sock: Stream, size: int) -> tuple[bytes, str]:
     """`size` bytes and their sha256, hashed on a second thread while the rest arrives."""
     # Received in place into the buffer getvalue() hands over without a copy; bytes(size)
     # comes zeroed from calloc, so its pages are first touched by the receive itself (fresh

@@ -13,10 +13,10 @@ MAGIC and the 32-byte ticket OpenTransfer gave it. The coordinator answers with 
 
 from __future__ import annotations
 
-import socket
 import ssl
 import struct
 
+from fused.common.rpc.bulk_tls import Stream
 from fused.common.rpc.channels import TlsFiles
 
 MAGIC = b"FUSEDBK1"
@@ -37,14 +37,14 @@ def frame(status: int, payload: bytes = b"") -> bytes:
     return HEADER.pack(status, len(payload)) + payload
 
 
-def recv_exactly(sock: socket.socket, n: int) -> bytes:
+def recv_exactly(sock: Stream, n: int) -> bytes:
     """n bytes, or ConnectionError when the peer closes first."""
     buf = bytearray(n)
     recv_into_all(sock, memoryview(buf))
     return bytes(buf)
 
 
-def recv_into_all(sock: socket.socket, view: memoryview) -> None:
+def recv_into_all(sock: Stream, view: memoryview) -> None:
     """Fill `view` from the socket; ConnectionError when the peer closes first."""
     got = 0
     while got < len(view):
@@ -56,7 +56,7 @@ def recv_into_all(sock: socket.socket, view: memoryview) -> None:
         got += n
 
 
-def read_header(sock: socket.socket) -> tuple[int, int]:
+def read_header(sock: Stream) -> tuple[int, int]:
     """(status, length) of the next frame; a REFUSED frame raises BulkRefused."""
     status, length = HEADER.unpack(recv_exactly(sock, HEADER.size))
     if status == OK:
