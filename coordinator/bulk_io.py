@@ -21,7 +21,6 @@ from fused.common.rpc.bulk_wire import (
     OK,
     REFUSED,
     frame,
-    recv_exactly,
 )
 from fused.common.rpc.identity import Identity, identity_from_cert
 from fused.coordinator.spool import SpoolWriter
@@ -53,15 +52,21 @@ def hello(
     peer = None
     if ctx is not None:
         sock = TlsStream(conn, ctx, server_side=True)
-        sock.handshake()
+        sock.handshake(deadline)
         der = sock.peer_certificate()
         peer = identity_from_cert(ssl.DER_cert_to_PEM_cert(der).encode()) if der else None
-    sock.settimeout(max(0.001, deadline - time.monotonic()))
-    data = recv_exactly(sock, HELLO_BYTES)
+    data = bytearray()
+    while len(data) < HELLO_BYTES:  # by the deadline however slowly it comes
+        sock.settimeout(max(0.001, deadline - time.monotonic()))
+        view = memoryview(bytearray(HELLO_BYTES - len(data)))
+        n = sock.recv_into(view)
+        if n == 0:
+            raise ConnectionError("the peer closed the connection before its hello")
+        data += view[:n]
     progress.received += HELLO_BYTES
     if not data.startswith(MAGIC):
         raise ValueError("not a bulk transfer (bad hello)")
-    return Hello(sock, data[len(MAGIC) :], peer)
+    return Hello(sock, bytes(data[len(MAGIC) :]), peer)
 
 
 def send(sock: Stream, data: bytes, progress: Progress) -> None:

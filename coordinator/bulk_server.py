@@ -50,7 +50,7 @@ class BulkRefusal(ValueError):
 @dataclass(frozen=True)
 class BulkLimits:
     max_connections: int = 64  # transfers at once (each holds a thread); more are closed
-    handshake_timeout_s: float = 5.0  # for the TLS handshake and the hello
+    handshake_timeout_s: float = 5.0  # for the TLS handshake and the hello, together
 
 
 @dataclass(frozen=True)

@@ -194,7 +194,8 @@ class Coordinator:
         spool = UploadSpool(cfg.state_dir / "uploads", artifacts)
         tickets = TicketBook() if cfg.bulk_listen else None
         if cfg.bulk_listen:  # bound first: Register tells agents its port
-            self._bulk = BulkServer(self._tls(), BulkLimits(cfg.bulk_max_connections))
+            limits = BulkLimits(cfg.bulk_max_connections, cfg.handshake_timeout_s)
+            self._bulk = BulkServer(self._tls(), limits)
             self.bulk_port = self._bulk.bind(cfg.bulk_listen)
         terms = RegisterTerms(
             cfg.heartbeat_interval_s,

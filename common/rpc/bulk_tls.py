@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 
 BLOCK = 1 << 20  # ciphertext read, or plaintext encrypted, per system call
 
@@ -24,13 +25,16 @@ class TlsStream:
         )
         self._raw = memoryview(bytearray(BLOCK))
 
-    def handshake(self) -> None:
+    def handshake(self, deadline: float | None = None) -> None:
+        """The TLS handshake, done by `deadline` (time.monotonic()) when one is given."""
         while True:
             try:
                 self._tls.do_handshake()
                 break
             except ssl.SSLWantReadError:
                 self._flush()
+                if deadline is not None:
+                    self._sock.settimeout(max(0.001, deadline - time.monotonic()))
                 if not self._fill():
                     raise ConnectionError("the peer closed in the TLS handshake") from None
         self._flush()

@@ -77,6 +77,7 @@ def held(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Held]:
         fed.start_coordinator(
             *("--bulk-listen", "127.0.0.1:0", "--max-upload-mb", str(MAX_UPLOAD_MB)),
             *("--offline-after-s", "600", "--upload-idle-timeout-s", "2"),
+            *("--handshake-timeout-s", "1"),
         )
         with held_task(fed.address, fed.control(), "bk", SPEC) as (raw, job_id, rnd):
             port = raw.register().bulk_port
@@ -114,6 +115,12 @@ def test_artifacts_cross_both_ways_and_every_byte_is_counted(held: Held) -> None
 def test_an_unknown_ticket_is_refused(held: Held) -> None:
     with pytest.raises(BulkRefused, match="unknown, used or expired ticket"):
         held.link.download(secrets.token_bytes(32), "0" * 64, 1 << 20)
+
+
+def test_a_connection_that_says_nothing_is_closed(held: Held) -> None:
+    with socket.create_connection(("127.0.0.1", held.link.port), timeout=30) as sock:
+        sock.sendall(MAGIC[:3])  # then nothing: closed after handshake_timeout_s
+        assert sock.recv(1) == b""
 
 
 def test_a_ticket_is_good_once(held: Held) -> None:
